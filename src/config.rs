@@ -1,0 +1,556 @@
+//! Configuration: raw settings from flags, `SESSIOND_*` environment variables
+//! and an optional TOML file, validated into one resolved [`Config`].
+//!
+//! Precedence is flag or environment variable, then the file, then the
+//! default. Every error names the setting it is about, and nothing listens
+//! before the whole configuration is valid. Secrets are held in [`Secret`],
+//! whose `Debug` never prints them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+/// Signing algorithms for access tokens and JWTs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum SigningAlgorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256, 2048-bit keys (SuperTokens' choice).
+    RS256,
+    /// ECDSA on P-256 with SHA-256.
+    ES256,
+    /// Ed25519.
+    EdDSA,
+}
+
+impl SigningAlgorithm {
+    /// The JOSE name of the algorithm.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RS256 => "RS256",
+            Self::ES256 => "ES256",
+            Self::EdDSA => "EdDSA",
+        }
+    }
+}
+
+impl std::str::FromStr for SigningAlgorithm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "RS256" => Ok(Self::RS256),
+            "ES256" => Ok(Self::ES256),
+            "EdDSA" => Ok(Self::EdDSA),
+            other => Err(format!("`{other}` is not one of RS256, ES256, EdDSA")),
+        }
+    }
+}
+
+/// A secret string (an API key). `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret itself; call only where it is compared or sent.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// Server settings as given on the command line or in the environment.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML file with settings; flags and environment variables override it.
+    #[arg(long, env = "SESSIOND_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on for gRPC, gRPC-Web and HTTP [default: 127.0.0.1:50051].
+    #[arg(long, env = "SESSIOND_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Directory of the embedded store [default: ./data].
+    #[arg(long, env = "SESSIOND_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// API key that backend callers send as `x-api-key` (repeatable).
+    #[arg(
+        long = "api-key",
+        env = "SESSIOND_API_KEYS",
+        value_name = "KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+    /// Access token lifetime [default: 1h].
+    #[arg(long, env = "SESSIOND_ACCESS_TOKEN_LIFETIME", value_name = "DUR")]
+    pub access_token_lifetime: Option<String>,
+    /// Refresh token lifetime, sliding on every refresh [default: 100d].
+    #[arg(long, env = "SESSIOND_REFRESH_TOKEN_LIFETIME", value_name = "DUR")]
+    pub refresh_token_lifetime: Option<String>,
+    /// How long a rotated-out refresh token may rotate again [default: 30s, at most 300s].
+    #[arg(long, env = "SESSIOND_REFRESH_GRACE_PERIOD", value_name = "DUR")]
+    pub refresh_grace_period: Option<String>,
+    /// RS256, ES256 or EdDSA [default: EdDSA].
+    #[arg(long, env = "SESSIOND_SIGNING_ALGORITHM", value_name = "ALG")]
+    pub signing_algorithm: Option<String>,
+    /// How often the rotating signing key is replaced [default: 168h].
+    #[arg(long, env = "SESSIOND_KEY_ROTATION_INTERVAL", value_name = "DUR")]
+    pub key_rotation_interval: Option<String>,
+    /// Issuer URL placed in `iss` and the discovery document [default: http://<listen address>].
+    #[arg(long, env = "SESSIOND_ISSUER", value_name = "URL")]
+    pub issuer: Option<String>,
+    /// Largest access token payload, session data or JWT payload, in bytes of JSON [default: 16KiB].
+    #[arg(long, env = "SESSIOND_MAX_PAYLOAD_SIZE", value_name = "BYTES")]
+    pub max_payload_size: Option<String>,
+    /// How often expired sessions are removed from the store [default: 10m].
+    #[arg(long, env = "SESSIOND_SWEEP_INTERVAL", value_name = "DUR")]
+    pub sweep_interval: Option<String>,
+    /// How long in-flight requests may run after SIGTERM/SIGINT [default: 10s].
+    #[arg(long, env = "SESSIOND_DRAIN_TIMEOUT", value_name = "DUR")]
+    pub drain_timeout: Option<String>,
+    /// Log filter, such as `info` or `sessiond=debug` [default: info].
+    #[arg(long = "log", env = "SESSIOND_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+/// The optional configuration file; keys are the flag names with underscores.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    api_keys: Vec<String>,
+    access_token_lifetime: Option<String>,
+    refresh_token_lifetime: Option<String>,
+    refresh_grace_period: Option<String>,
+    signing_algorithm: Option<String>,
+    key_rotation_interval: Option<String>,
+    issuer: Option<String>,
+    max_payload_size: Option<FileSize>,
+    sweep_interval: Option<String>,
+    drain_timeout: Option<String>,
+    log: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FileSize {
+    Bytes(u64),
+    Text(String),
+}
+
+/// A configuration error naming the setting at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting `{setting}`: {message}")]
+pub struct ConfigError {
+    /// The flag name of the setting.
+    pub setting: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+fn bad(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting,
+        message: message.into(),
+    }
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory of the embedded store.
+    pub data_dir: PathBuf,
+    /// Accepted `x-api-key` values; empty means loopback-only, no key needed.
+    pub api_keys: Vec<Secret>,
+    /// Access token lifetime.
+    pub access_token_lifetime: Duration,
+    /// Refresh token lifetime (sliding).
+    pub refresh_token_lifetime: Duration,
+    /// Window in which a rotated-out refresh token may rotate again.
+    pub refresh_grace_period: Duration,
+    /// Algorithm of newly generated signing keys.
+    pub signing_algorithm: SigningAlgorithm,
+    /// Rotating key lifetime as a signer.
+    pub key_rotation_interval: Duration,
+    /// Issuer URL; `None` means `http://<bound address>`.
+    pub issuer: Option<String>,
+    /// Largest JSON payload accepted, in bytes.
+    pub max_payload_bytes: usize,
+    /// Interval of the expired-session sweeper.
+    pub sweep_interval: Duration,
+    /// Limit on draining in-flight requests at shutdown.
+    pub drain_timeout: Duration,
+    /// Log filter.
+    pub log: String,
+}
+
+/// Bounds on the refresh grace period (SuperTokens allows 0 to 300 s).
+pub const MAX_REFRESH_GRACE: Duration = Duration::from_secs(300);
+
+impl Config {
+    /// The defaults, with the store in `data_dir`.
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: data_dir.into(),
+            api_keys: Vec::new(),
+            access_token_lifetime: Duration::from_secs(3600),
+            refresh_token_lifetime: Duration::from_secs(100 * 86_400),
+            refresh_grace_period: Duration::from_secs(30),
+            signing_algorithm: SigningAlgorithm::EdDSA,
+            key_rotation_interval: Duration::from_secs(168 * 3600),
+            issuer: None,
+            max_payload_bytes: 16 * 1024,
+            sweep_interval: Duration::from_secs(600),
+            drain_timeout: Duration::from_secs(10),
+            log: "info".to_owned(),
+        }
+    }
+
+    /// Resolves flags and environment (in `args`) over the file named by
+    /// `args.config`, over the defaults, and validates the result.
+    pub fn resolve(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let mut c = Self::with_data_dir(
+            args.data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./data")),
+        );
+        if let Some(v) = args.listen.as_ref().or(file.listen.as_ref()) {
+            c.listen = v.trim().parse().map_err(|_| {
+                bad(
+                    "listen",
+                    format!("`{v}` is not an address like 127.0.0.1:50051"),
+                )
+            })?;
+        }
+        let keys = if args.api_keys.is_empty() {
+            file.api_keys
+        } else {
+            args.api_keys.clone()
+        };
+        c.api_keys = keys
+            .into_iter()
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty())
+            .map(Secret)
+            .collect();
+        let dur =
+            |setting: &'static str, a: &Option<String>, f: Option<String>, into: &mut Duration| {
+                if let Some(v) = a.clone().or(f) {
+                    *into = parse_duration(&v).map_err(|m| bad(setting, m))?;
+                }
+                Ok::<(), ConfigError>(())
+            };
+        dur(
+            "access-token-lifetime",
+            &args.access_token_lifetime,
+            file.access_token_lifetime,
+            &mut c.access_token_lifetime,
+        )?;
+        dur(
+            "refresh-token-lifetime",
+            &args.refresh_token_lifetime,
+            file.refresh_token_lifetime,
+            &mut c.refresh_token_lifetime,
+        )?;
+        dur(
+            "refresh-grace-period",
+            &args.refresh_grace_period,
+            file.refresh_grace_period,
+            &mut c.refresh_grace_period,
+        )?;
+        dur(
+            "key-rotation-interval",
+            &args.key_rotation_interval,
+            file.key_rotation_interval,
+            &mut c.key_rotation_interval,
+        )?;
+        dur(
+            "sweep-interval",
+            &args.sweep_interval,
+            file.sweep_interval,
+            &mut c.sweep_interval,
+        )?;
+        dur(
+            "drain-timeout",
+            &args.drain_timeout,
+            file.drain_timeout,
+            &mut c.drain_timeout,
+        )?;
+        if let Some(v) = args
+            .signing_algorithm
+            .as_ref()
+            .or(file.signing_algorithm.as_ref())
+        {
+            c.signing_algorithm = v
+                .trim()
+                .parse()
+                .map_err(|m: String| bad("signing-algorithm", m))?;
+        }
+        c.issuer = args.issuer.clone().or(file.issuer);
+        let size = match (&args.max_payload_size, file.max_payload_size) {
+            (Some(v), _) => Some(parse_size(v)),
+            (None, Some(FileSize::Bytes(n))) => Some(Ok(n)),
+            (None, Some(FileSize::Text(v))) => Some(parse_size(&v)),
+            (None, None) => None,
+        };
+        if let Some(size) = size {
+            c.max_payload_bytes = size.map_err(|m| bad("max-payload-size", m))? as usize;
+        }
+        if let Some(v) = args.log.clone().or(file.log) {
+            c.log = v;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks the relations and ranges of every setting.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        for key in &self.api_keys {
+            let k = key.expose();
+            if k.len() < 16 {
+                return Err(bad(
+                    "api-key",
+                    "every API key must be at least 16 characters long",
+                ));
+            }
+            if !k.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(bad(
+                    "api-key",
+                    "API keys may hold only visible ASCII characters (they travel in a header)",
+                ));
+            }
+        }
+        if self.api_keys.is_empty() && !self.listen.ip().is_loopback() {
+            return Err(bad(
+                "api-key",
+                format!(
+                    "no API key is configured, so sessiond listens only on loopback addresses; \
+                     set --api-key (SESSIOND_API_KEYS) to listen on {}",
+                    self.listen
+                ),
+            ));
+        }
+        let secs = Duration::from_secs;
+        if self.access_token_lifetime < secs(1) {
+            return Err(bad("access-token-lifetime", "must be at least 1s"));
+        }
+        if self.refresh_token_lifetime < secs(60) {
+            return Err(bad("refresh-token-lifetime", "must be at least 1m"));
+        }
+        if self.refresh_token_lifetime > secs(10 * 365 * 86_400) {
+            return Err(bad("refresh-token-lifetime", "must be at most 3650d"));
+        }
+        if self.access_token_lifetime > self.refresh_token_lifetime {
+            return Err(bad(
+                "access-token-lifetime",
+                "must not be longer than the refresh token lifetime",
+            ));
+        }
+        if self.refresh_grace_period > MAX_REFRESH_GRACE {
+            return Err(bad("refresh-grace-period", "must be between 0s and 300s"));
+        }
+        if self.key_rotation_interval < secs(3600)
+            || self.key_rotation_interval > secs(365 * 86_400)
+        {
+            return Err(bad("key-rotation-interval", "must be between 1h and 365d"));
+        }
+        if let Some(issuer) = &mut self.issuer {
+            let trimmed = issuer.trim().trim_end_matches('/').to_owned();
+            let rest = trimmed
+                .strip_prefix("https://")
+                .or_else(|| trimmed.strip_prefix("http://"));
+            let ok = rest.is_some_and(|r| {
+                !r.is_empty()
+                    && !r.contains(['?', '#'])
+                    && !r.chars().any(|c| c.is_whitespace() || c.is_control())
+            });
+            if !ok {
+                return Err(bad(
+                    "issuer",
+                    "must be an http:// or https:// URL without query or fragment",
+                ));
+            }
+            *issuer = trimmed;
+        }
+        if !(1024..=1024 * 1024).contains(&self.max_payload_bytes) {
+            return Err(bad("max-payload-size", "must be between 1KiB and 1MiB"));
+        }
+        if self.sweep_interval < secs(1) {
+            return Err(bad("sweep-interval", "must be at least 1s"));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(bad("data-dir", "must not be empty"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log).map_err(|e| bad("log", e.to_string()))?;
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad("config", format!("cannot read {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| bad("config", format!("{}: {}", path.display(), e.message())))
+}
+
+/// Parses durations written like `2s`, `15m`, `1h`, `100d`, `500ms` or `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    let err = || format!("`{text}` is not a duration like 30s, 15m, 1h or 100d");
+    if s.is_empty() {
+        return Err(err());
+    }
+    let mut total: u64 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(err());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| err())?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let ms_per = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(err()),
+        };
+        rest = &rest[unit_len..];
+        total = n
+            .checked_mul(ms_per)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(err)?;
+    }
+    Ok(Duration::from_millis(total))
+}
+
+/// Parses sizes written as bytes (`16384`) or with a `KiB`/`MiB` suffix.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let s = text.trim();
+    let err = || format!("`{text}` is not a size like 16384, 16KiB or 1MiB");
+    let (num, mult) = if let Some(n) = s.strip_suffix("KiB") {
+        (n, 1024)
+    } else if let Some(n) = s.strip_suffix("MiB") {
+        (n, 1024 * 1024)
+    } else {
+        (s, 1)
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_every_unit() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("100d"), Ok(Duration::from_secs(8_640_000)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        for bad in ["", "10", "h", "1x", "1.5h", "-1s", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad} should not parse");
+        }
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("16384"), Ok(16384));
+        assert_eq!(parse_size("16KiB"), Ok(16384));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert!(parse_size("lots").is_err());
+    }
+
+    fn resolve(f: impl FnOnce(&mut ServeArgs)) -> Result<Config, ConfigError> {
+        let mut args = ServeArgs::default();
+        f(&mut args);
+        Config::resolve(&args)
+    }
+
+    #[test]
+    fn defaults_resolve() {
+        let c = resolve(|_| {}).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.access_token_lifetime, Duration::from_secs(3600));
+        assert_eq!(c.refresh_token_lifetime, Duration::from_secs(100 * 86400));
+        assert_eq!(c.refresh_grace_period, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let e = resolve(|a| a.access_token_lifetime = Some("soon".into())).unwrap_err();
+        assert_eq!(e.setting, "access-token-lifetime");
+        let e = resolve(|a| a.refresh_grace_period = Some("10m".into())).unwrap_err();
+        assert_eq!(e.setting, "refresh-grace-period");
+        let e = resolve(|a| a.signing_algorithm = Some("HS256".into())).unwrap_err();
+        assert_eq!(e.setting, "signing-algorithm");
+        let e = resolve(|a| a.listen = Some("0.0.0.0:50051".into())).unwrap_err();
+        assert_eq!(e.setting, "api-key");
+        let e = resolve(|a| a.issuer = Some("ftp://x".into())).unwrap_err();
+        assert_eq!(e.setting, "issuer");
+        let e = resolve(|a| a.api_keys = vec!["short".into()]).unwrap_err();
+        assert_eq!(e.setting, "api-key");
+    }
+
+    #[test]
+    fn a_key_allows_a_public_listen_address() {
+        let c = resolve(|a| {
+            a.listen = Some("0.0.0.0:50051".into());
+            a.api_keys = vec!["0123456789abcdef0123".into()];
+        })
+        .unwrap();
+        assert_eq!(c.api_keys.len(), 1);
+        assert!(!format!("{c:?}").contains("0123456789abcdef0123"));
+    }
+
+    #[test]
+    fn file_values_apply_under_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessiond.toml");
+        std::fs::write(
+            &path,
+            "access_token_lifetime = \"15m\"\nrefresh_grace_period = \"5s\"\nmax_payload_size = 4096\n",
+        )
+        .unwrap();
+        let c = resolve(|a| {
+            a.config = Some(path.clone());
+            a.refresh_grace_period = Some("10s".into());
+        })
+        .unwrap();
+        assert_eq!(c.access_token_lifetime, Duration::from_secs(900));
+        assert_eq!(c.refresh_grace_period, Duration::from_secs(10));
+        assert_eq!(c.max_payload_bytes, 4096);
+
+        std::fs::write(&path, "acess_token_lifetime = \"15m\"\n").unwrap();
+        let e = resolve(|a| a.config = Some(path.clone())).unwrap_err();
+        assert_eq!(e.setting, "config");
+        assert!(e.message.contains("acess_token_lifetime"), "{e}");
+    }
+}

@@ -1,0 +1,41 @@
+//! sessiond: a gRPC session service with SuperTokens' session recipe,
+//! backed by an embedded store, with tokens signed in-process.
+//!
+//! # Layout
+//!
+//! - [`config`]: flags, environment and file settings, validated into [`Config`].
+//! - [`clock`]: time as a parameter ([`Clock`]), so tests move time instead of sleeping.
+//! - [`store`]: the [`store::SessionStore`] trait and its sled backend.
+//! - [`token`]: signing keys and their rotation, access and refresh tokens.
+//! - [`session`]: the session recipe rules.
+//! - [`jwt`]: application JWTs, JWKS and OpenID discovery.
+//! - [`error`]: the domain error and the table of error reasons.
+//! - [`api`]: gRPC services, caller authentication, protobuf conversions.
+//! - [`http`]: plain HTTP routes on the same port.
+//! - [`server`]: wiring and lifecycle ([`serve`]).
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod ids;
+pub mod jwt;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod token;
+
+/// Generated protobuf types and gRPC stubs of `sessiond.v1`.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("sessiond.v1");
+
+    /// The encoded descriptor set of `proto/`, for reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/sessiond_descriptor.bin"));
+}
+
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use config::Config;
+pub use server::{ServeError, serve};
