@@ -1,0 +1,200 @@
+//! The conformance suite every [`SessionStore`] backend must pass. Each
+//! backend instantiates it with [`conformance_suite!`].
+
+use std::sync::Arc;
+
+use serde_json::{Map, json};
+
+use super::{Change, Generation, KeyRecord, SessionRecord, SessionStore};
+
+fn record(handle: &str, user: &str, tenant: &str, expires_at_ms: u64) -> SessionRecord {
+    SessionRecord {
+        handle: handle.to_owned(),
+        user_id: user.to_owned(),
+        tenant_id: tenant.to_owned(),
+        access_payload: Map::new(),
+        data: Map::new(),
+        created_at_ms: 1,
+        expires_at_ms,
+        current: Generation {
+            refresh_hash: "h1".into(),
+            anti_csrf_hash: None,
+        },
+        previous: None,
+        rotated_at_ms: 1,
+    }
+}
+
+fn handles(mut v: Vec<super::UserSession>) -> Vec<String> {
+    v.sort_by(|a, b| a.handle.cmp(&b.handle));
+    v.into_iter().map(|s| s.handle).collect()
+}
+
+pub async fn create_read_list_delete(store: Arc<dyn SessionStore>) {
+    store
+        .create_session(&record("a", "alice", "public", 100))
+        .unwrap();
+    store
+        .create_session(&record("b", "alice", "t2", 100))
+        .unwrap();
+    store
+        .create_session(&record("c", "alicia", "public", 100))
+        .unwrap();
+    store.durable().await.unwrap();
+
+    assert_eq!(store.session("a").unwrap().unwrap().user_id, "alice");
+    assert!(store.session("zz").unwrap().is_none());
+    assert_eq!(
+        handles(store.user_sessions("alice", Some("public")).unwrap()),
+        ["a"]
+    );
+    assert_eq!(
+        handles(store.user_sessions("alice", None).unwrap()),
+        ["a", "b"]
+    );
+    assert_eq!(
+        store.user_sessions("alice", Some("t2")).unwrap()[0].tenant_id,
+        "t2"
+    );
+    assert!(
+        store.user_sessions("ali", None).unwrap().is_empty(),
+        "a prefix of a user id is another user"
+    );
+
+    let removed = store.delete_sessions(&["a".into(), "nope".into()]).unwrap();
+    assert_eq!(removed, ["a"]);
+    assert!(store.session("a").unwrap().is_none());
+    assert_eq!(handles(store.user_sessions("alice", None).unwrap()), ["b"]);
+}
+
+pub async fn concurrent_updates_lose_nothing(store: Arc<dyn SessionStore>) {
+    store
+        .create_session(&record("n", "u", "public", 100))
+        .unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    store
+                        .update_session("n", &mut |r| {
+                            let mut r = r.expect("exists").clone();
+                            let n = r.data.get("n").and_then(|v| v.as_u64()).unwrap_or(0);
+                            r.data.insert("n".into(), json!(n + 1));
+                            Change::Put(Box::new(r))
+                        })
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(store.session("n").unwrap().unwrap().data["n"], json!(400));
+}
+
+pub async fn update_moves_indexes_and_sweep_follows(store: Arc<dyn SessionStore>) {
+    store
+        .create_session(&record("x", "u", "public", 100))
+        .unwrap();
+    store
+        .create_session(&record("y", "u", "public", 100))
+        .unwrap();
+    // Extend x: the old expiry entry must not sweep it.
+    let applied = store
+        .update_session("x", &mut |r| {
+            let mut r = r.unwrap().clone();
+            r.expires_at_ms = 500;
+            Change::Put(Box::new(r))
+        })
+        .unwrap();
+    assert!(matches!(applied, Change::Put(_)));
+    let listed = store.user_sessions("u", None).unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .find(|s| s.handle == "x")
+            .unwrap()
+            .expires_at_ms,
+        500
+    );
+
+    assert_eq!(store.sweep_expired(200, 100).unwrap(), 1);
+    assert!(store.session("y").unwrap().is_none());
+    assert!(store.session("x").unwrap().is_some());
+    assert_eq!(handles(store.user_sessions("u", None).unwrap()), ["x"]);
+    assert_eq!(store.sweep_expired(499, 100).unwrap(), 0);
+    assert_eq!(store.sweep_expired(500, 100).unwrap(), 1);
+    assert!(store.user_sessions("u", None).unwrap().is_empty());
+
+    // Delete through update, and Keep on a missing session.
+    store
+        .create_session(&record("z", "u", "public", 100))
+        .unwrap();
+    store.update_session("z", &mut |_| Change::Delete).unwrap();
+    assert!(store.session("z").unwrap().is_none());
+    assert!(store.user_sessions("u", None).unwrap().is_empty());
+    let mut saw = None;
+    store
+        .update_session("missing", &mut |r| {
+            saw = Some(r.is_none());
+            Change::Keep
+        })
+        .unwrap();
+    assert_eq!(saw, Some(true));
+}
+
+pub async fn keys_and_secrets(store: Arc<dyn SessionStore>) {
+    let key = KeyRecord {
+        kid: "d-1".into(),
+        alg: "EdDSA".into(),
+        private_pkcs8: vec![1, 2, 3],
+        created_at_ms: 1,
+        signs_from_ms: 1,
+        max_token_lifetime_ms: 10,
+        max_jwt_exp_ms: 0,
+        is_static: false,
+    };
+    store.put_key(&key).unwrap();
+    assert_eq!(store.keys().unwrap(), std::slice::from_ref(&key));
+    store.delete_key("d-1").unwrap();
+    assert!(store.keys().unwrap().is_empty());
+
+    let first = store.secret("s", &mut || vec![9; 4]).unwrap();
+    let again = store.secret("s", &mut || vec![7; 4]).unwrap();
+    assert_eq!(first, vec![9; 4]);
+    assert_eq!(again, first, "a secret is made once");
+    store.durable().await.unwrap();
+}
+
+/// Instantiates the suite for a backend: `conformance_suite!(sled, open_fn)`
+/// where `open_fn(&Path) -> Arc<dyn SessionStore>`.
+macro_rules! conformance_suite {
+    ($backend:ident, $open:expr) => {
+        mod $backend {
+            use $crate::store::conformance as suite;
+
+            macro_rules! case {
+                ($name:ident) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        let dir = tempfile::tempdir().unwrap();
+                        suite::$name(($open)(dir.path())).await;
+                    }
+                };
+            }
+            case!(create_read_list_delete);
+            case!(concurrent_updates_lose_nothing);
+            case!(update_moves_indexes_and_sweep_follows);
+            case!(keys_and_secrets);
+        }
+    };
+}
+
+conformance_suite!(
+    sled,
+    |dir: &std::path::Path| -> std::sync::Arc<dyn crate::store::SessionStore> {
+        crate::store::SledStore::open(dir, 8 << 20).unwrap()
+    }
+);

@@ -1,0 +1,210 @@
+//! Storage of sessions, signing keys and server secrets.
+//!
+//! The [`SessionStore`] trait names no backend type: the session rules in
+//! `session/` and the key ring in `token/` depend only on it. Each backend
+//! lives in its own module and is named after it ([`SledStore`]); every
+//! backend runs the same conformance suite (`store::conformance`).
+//!
+//! Rules every backend keeps:
+//! - a write is visible to reads as soon as the call returns, and durable on
+//!   disk once a later [`SessionStore::durable`] future resolves; callers
+//!   acknowledge nothing to clients before that;
+//! - [`SessionStore::update_session`] is atomic per session: concurrent
+//!   updates of one session are serialised, none is lost;
+//! - the store never interprets tokens or payloads, and never logs records
+//!   (they hold refresh token hashes and user data).
+
+mod sled;
+
+#[cfg(test)]
+mod conformance;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub use self::sled::SledStore;
+
+/// A boxed future, for trait methods that must stay object safe.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// One refresh generation: the token that is (or was) current.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Generation {
+    /// SHA-256 (hex) of the refresh token.
+    pub refresh_hash: String,
+    /// SHA-256 (hex) of the anti-CSRF token minted with it, when enabled.
+    pub anti_csrf_hash: Option<String>,
+}
+
+/// A stored session.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// Random, unguessable id (UUID form).
+    pub handle: String,
+    /// The user the session belongs to.
+    pub user_id: String,
+    /// The tenant of the session.
+    pub tenant_id: String,
+    /// The user part of the access token payload.
+    pub access_payload: Map<String, Value>,
+    /// Database-only session data.
+    pub data: Map<String, Value>,
+    /// Creation time, ms since the epoch.
+    pub created_at_ms: u64,
+    /// Expiry of the refresh token, ms since the epoch; slides on rotation.
+    pub expires_at_ms: u64,
+    /// The current refresh generation.
+    pub current: Generation,
+    /// The generation `current` replaced, if any.
+    pub previous: Option<Generation>,
+    /// When `previous` was rotated out, ms since the epoch.
+    pub rotated_at_ms: u64,
+}
+
+impl fmt::Debug for SessionRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Payloads and hashes stay out of debug output.
+        f.debug_struct("SessionRecord")
+            .field("handle", &self.handle)
+            .field("tenant_id", &self.tenant_id)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stored signing key.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// Key id: `d-<created ms>` for rotating keys, `s-<random>` for the static key.
+    pub kid: String,
+    /// JOSE algorithm name.
+    pub alg: String,
+    /// PKCS#8 DER private key, base64 in the stored form.
+    #[serde(with = "b64")]
+    pub private_pkcs8: Vec<u8>,
+    /// Creation time, ms.
+    pub created_at_ms: u64,
+    /// When the key starts signing, ms.
+    pub signs_from_ms: u64,
+    /// Longest lifetime of an access token this key may have signed, ms.
+    pub max_token_lifetime_ms: u64,
+    /// Latest `exp` (ms) of a long-lived JWT this key signed through CreateJwt.
+    pub max_jwt_exp_ms: u64,
+    /// The static key: never rotates.
+    pub is_static: bool,
+}
+
+impl fmt::Debug for KeyRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRecord")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("signs_from_ms", &self.signs_from_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+mod b64 {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        STANDARD.decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// What an [`SessionStore::update_session`] closure decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Leave the session as it is.
+    Keep,
+    /// Replace the session with this record (same handle, user and tenant).
+    Put(Box<SessionRecord>),
+    /// Remove the session.
+    Delete,
+}
+
+/// A session of a user, as listed by the per-user index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSession {
+    /// The session handle.
+    pub handle: String,
+    /// The session's tenant.
+    pub tenant_id: String,
+    /// Refresh expiry, ms.
+    pub expires_at_ms: u64,
+}
+
+/// Storage failures. None of them is caused by a caller's input.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the data directory.
+    #[error("the data directory {0} is in use by another sessiond process")]
+    Locked(String),
+    /// The backend failed (disk, I/O).
+    #[error("storage failure: {0}")]
+    Backend(String),
+    /// A stored record could not be decoded.
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The storage interface of sessiond.
+pub trait SessionStore: Send + Sync + 'static {
+    /// Inserts a new session and indexes it by user and by expiry.
+    fn create_session(&self, record: &SessionRecord) -> Result<(), StoreError>;
+
+    /// Reads a session, expired or not.
+    fn session(&self, handle: &str) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Atomically reads a session and applies the closure's decision.
+    ///
+    /// The closure may run several times (on conflicts) and must not have
+    /// side effects beyond overwriting its own captured results. Returns the
+    /// decision that was applied.
+    fn update_session(
+        &self,
+        handle: &str,
+        decide: &mut dyn FnMut(Option<&SessionRecord>) -> Change,
+    ) -> Result<Change, StoreError>;
+
+    /// Removes sessions atomically; returns the handles that existed.
+    fn delete_sessions(&self, handles: &[String]) -> Result<Vec<String>, StoreError>;
+
+    /// Lists a user's sessions in one tenant, or in all tenants with `None`.
+    fn user_sessions(
+        &self,
+        user_id: &str,
+        tenant_id: Option<&str>,
+    ) -> Result<Vec<UserSession>, StoreError>;
+
+    /// Removes up to `limit` sessions whose refresh expiry is at or before
+    /// `now_ms`; returns how many were removed.
+    fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError>;
+
+    /// All stored signing keys.
+    fn keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Inserts or replaces a signing key.
+    fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+
+    /// Removes a signing key.
+    fn delete_key(&self, kid: &str) -> Result<(), StoreError>;
+
+    /// Returns the server secret called `name`, creating it with `make` the
+    /// first time (atomically: concurrent first calls agree on one value).
+    fn secret(&self, name: &str, make: &mut dyn FnMut() -> Vec<u8>) -> Result<Vec<u8>, StoreError>;
+
+    /// Resolves once every write that returned before this call is durable.
+    /// Concurrent callers share one flush.
+    fn durable(&self) -> BoxFuture<Result<(), StoreError>>;
+}
