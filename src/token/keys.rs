@@ -1,0 +1,640 @@
+//! The key ring: signing keys, their rotation and their publication.
+//!
+//! Two kinds of keys, both kept in the store so they survive restarts:
+//! - **rotating** keys (`kid` `d-<created ms>`), which sign access tokens and
+//!   JWTs. A successor is generated one publication delay (60 s) before the
+//!   current key's interval ends and enters the JWKS at once, but signs only
+//!   when the delay has passed, so verifiers that cache the JWKS see it
+//!   first. A key that no longer signs keeps verifying until every token it
+//!   signed has expired (`retires_at`), then leaves the JWKS and the store.
+//! - the **static** key (`kid` `s-<random>`), which never rotates and signs
+//!   JWTs from CreateJwt with `use_static_signing_key`.
+//!
+//! Every key is pinned to its algorithm: verification never takes the
+//! algorithm from a token's header alone. Private keys never leave this
+//! module except as the encoding key handed to the signer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaPublicKeyComponents,
+};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
+use serde::Serialize;
+
+use super::{KeyError, b64url, der};
+use crate::clock::SharedClock;
+use crate::config::SigningAlgorithm;
+use crate::store::{KeyRecord, SessionStore};
+
+/// How long a new rotating key is published before it signs.
+pub const PUBLISH_DELAY_MS: u64 = 60_000;
+
+/// A public JSON Web Key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Jwk {
+    /// Key type: RSA, EC or OKP.
+    pub kty: &'static str,
+    /// Key id.
+    pub kid: String,
+    /// Algorithm.
+    pub alg: &'static str,
+    /// Always "sig".
+    #[serde(rename = "use")]
+    pub use_: &'static str,
+    /// RSA modulus.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n: Option<String>,
+    /// RSA exponent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub e: Option<String>,
+    /// Curve.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crv: Option<&'static str>,
+    /// X coordinate or Ed25519 public key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub x: Option<String>,
+    /// Y coordinate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub y: Option<String>,
+}
+
+/// A loaded signing key.
+pub struct SigningKey {
+    record: KeyRecord,
+    algorithm: Algorithm,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    jwk: Jwk,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.record.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// The key id.
+    pub fn kid(&self) -> &str {
+        &self.record.kid
+    }
+
+    /// The algorithm the key is pinned to.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The public key for verification.
+    pub fn decoding_key(&self) -> &DecodingKey {
+        &self.decoding
+    }
+
+    /// The public JWK.
+    pub fn jwk(&self) -> &Jwk {
+        &self.jwk
+    }
+
+    /// When the key starts (or started) signing, ms.
+    pub fn signs_from_ms(&self) -> u64 {
+        self.record.signs_from_ms
+    }
+
+    /// Signs `claims` as a compact JWS with this key. Access tokens carry the
+    /// header field `version: "5"` that SuperTokens' SDKs check.
+    pub fn sign<T: Serialize>(&self, claims: &T, access_token: bool) -> Result<String, KeyError> {
+        let mut header = Header::new(self.algorithm);
+        header.kid = Some(self.record.kid.clone());
+        if access_token {
+            header.extras.insert("version", "5");
+        }
+        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(|_| KeyError::Sign)
+    }
+
+    fn load(record: KeyRecord) -> Result<Self, KeyError> {
+        let pkcs8 = record.private_pkcs8.as_slice();
+        let kid = record.kid.clone();
+        let jwk = |kty, alg| Jwk {
+            kty,
+            kid: kid.clone(),
+            alg,
+            use_: "sig",
+            n: None,
+            e: None,
+            crv: None,
+            x: None,
+            y: None,
+        };
+        let (algorithm, encoding, decoding, jwk) = match record.alg.as_str() {
+            "EdDSA" => {
+                let pair = Ed25519KeyPair::from_pkcs8(pkcs8)
+                    .map_err(|_| KeyError::Crypto("is not Ed25519"))?;
+                let public = pair.public_key().as_ref().to_vec();
+                let jwk = Jwk {
+                    crv: Some("Ed25519"),
+                    x: Some(b64url(&public)),
+                    ..jwk("OKP", "EdDSA")
+                };
+                (
+                    Algorithm::EdDSA,
+                    EncodingKey::from_ed_der(pkcs8),
+                    DecodingKey::from_ed_der(&public),
+                    jwk,
+                )
+            }
+            "ES256" => {
+                let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8)
+                    .map_err(|_| KeyError::Crypto("is not P-256"))?;
+                let point = pair.public_key().as_ref().to_vec();
+                if point.len() != 65 || point[0] != 4 {
+                    return Err(KeyError::Crypto("has an unexpected public point"));
+                }
+                let jwk = Jwk {
+                    crv: Some("P-256"),
+                    x: Some(b64url(&point[1..33])),
+                    y: Some(b64url(&point[33..])),
+                    ..jwk("EC", "ES256")
+                };
+                (
+                    Algorithm::ES256,
+                    EncodingKey::from_ec_der(pkcs8),
+                    DecodingKey::from_ec_der(&point),
+                    jwk,
+                )
+            }
+            "RS256" => {
+                let pair = aws_lc_rs::rsa::KeyPair::from_pkcs8(pkcs8)
+                    .map_err(|_| KeyError::Crypto("is not RSA"))?;
+                let pkcs1 =
+                    der::pkcs8_private_key(pkcs8).ok_or(KeyError::Crypto("is not PKCS#8"))?;
+                let components = RsaPublicKeyComponents::<Vec<u8>>::from(pair.public_key());
+                let jwk = Jwk {
+                    n: Some(b64url(&components.n)),
+                    e: Some(b64url(&components.e)),
+                    ..jwk("RSA", "RS256")
+                };
+                (
+                    Algorithm::RS256,
+                    EncodingKey::from_rsa_der(pkcs1),
+                    DecodingKey::from_rsa_der(pair.public_key().as_ref()),
+                    jwk,
+                )
+            }
+            _ => return Err(KeyError::Crypto("has an unsupported algorithm")),
+        };
+        Ok(Self {
+            record,
+            algorithm,
+            encoding,
+            decoding,
+            jwk,
+        })
+    }
+}
+
+/// Generates a PKCS#8 private key for `alg`.
+fn generate_pkcs8(alg: SigningAlgorithm) -> Result<Vec<u8>, KeyError> {
+    let rng = SystemRandom::new();
+    match alg {
+        SigningAlgorithm::EdDSA => Ed25519KeyPair::generate_pkcs8(&rng)
+            .map(|d| d.as_ref().to_vec())
+            .map_err(|_| KeyError::Crypto("generation failed")),
+        SigningAlgorithm::ES256 => {
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                .map(|d| d.as_ref().to_vec())
+                .map_err(|_| KeyError::Crypto("generation failed"))
+        }
+        SigningAlgorithm::RS256 => aws_lc_rs::rsa::KeyPair::generate(KeySize::Rsa2048)
+            .and_then(|k| k.as_der())
+            .map(|d| d.as_ref().to_vec())
+            .map_err(|_| KeyError::Crypto("generation failed")),
+    }
+}
+
+/// Settings of the key ring.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyRingConfig {
+    /// Algorithm for new keys.
+    pub algorithm: SigningAlgorithm,
+    /// How long a rotating key signs, ms.
+    pub rotation_interval_ms: u64,
+    /// Access token lifetime, ms (bounds how long a retired key must verify).
+    pub access_lifetime_ms: u64,
+}
+
+/// The loaded keys at one moment.
+struct KeySet {
+    /// Rotating keys, oldest `signs_from` first.
+    rotating: Vec<Arc<SigningKey>>,
+    static_key: Arc<SigningKey>,
+    by_kid: HashMap<String, Arc<SigningKey>>,
+}
+
+impl KeySet {
+    fn new(records: Vec<KeyRecord>) -> Result<Option<Self>, KeyError> {
+        let mut rotating = Vec::new();
+        let mut static_key = None;
+        for r in records {
+            let key = Arc::new(SigningKey::load(r)?);
+            if key.record.is_static {
+                static_key = Some(key);
+            } else {
+                rotating.push(key);
+            }
+        }
+        rotating.sort_by_key(|k| (k.record.signs_from_ms, k.record.created_at_ms));
+        let Some(static_key) = static_key else {
+            return Ok(None);
+        };
+        if rotating.is_empty() {
+            return Ok(None);
+        }
+        let by_kid = rotating
+            .iter()
+            .chain(std::iter::once(&static_key))
+            .map(|k| (k.record.kid.clone(), k.clone()))
+            .collect();
+        Ok(Some(Self {
+            rotating,
+            static_key,
+            by_kid,
+        }))
+    }
+
+    /// The rotating key that signs at `now`.
+    fn signer(&self, now: u64) -> &Arc<SigningKey> {
+        self.rotating
+            .iter()
+            .rev()
+            .find(|k| k.record.signs_from_ms <= now)
+            .unwrap_or(&self.rotating[0])
+    }
+
+    /// When a key stops verifying; `None` while it may still sign.
+    fn retires_at(&self, key: &SigningKey) -> Option<u64> {
+        if key.record.is_static {
+            return None;
+        }
+        let successor = self
+            .rotating
+            .iter()
+            .find(|k| k.record.signs_from_ms > key.record.signs_from_ms)?;
+        let from = successor.record.signs_from_ms;
+        Some((from + key.record.max_token_lifetime_ms).max(key.record.max_jwt_exp_ms))
+    }
+
+    fn is_live(&self, key: &SigningKey, now: u64) -> bool {
+        self.retires_at(key).is_none_or(|t| now < t)
+    }
+
+    fn latest(&self) -> &Arc<SigningKey> {
+        self.rotating.last().expect("a key set has a rotating key")
+    }
+}
+
+/// The signing keys of the server.
+pub struct KeyRing {
+    store: Arc<dyn SessionStore>,
+    clock: SharedClock,
+    config: KeyRingConfig,
+    set: RwLock<Arc<KeySet>>,
+    writer: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyRing {
+    /// Loads the keys from the store, generating the first ones on a new store.
+    pub async fn open(
+        store: Arc<dyn SessionStore>,
+        clock: SharedClock,
+        config: KeyRingConfig,
+    ) -> Result<Self, KeyError> {
+        let now = clock.now_ms();
+        let mut records = store.keys()?;
+        let mut changed = false;
+        if !records.iter().any(|r| r.is_static) {
+            let suffix = super::random_bytes::<8>()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>();
+            records.push(new_record(format!("s-{suffix}"), config, now, now, true).await?);
+            store.put_key(records.last().expect("pushed"))?;
+            changed = true;
+        }
+        if !records.iter().any(|r| !r.is_static) {
+            records.push(new_record(format!("d-{now}"), config, now, now, false).await?);
+            store.put_key(records.last().expect("pushed"))?;
+            changed = true;
+        }
+        // Keys that may still sign must stay verifiable for the configured
+        // access token lifetime, even if it grew since they were made.
+        let latest_signing = records
+            .iter()
+            .filter(|r| !r.is_static && r.signs_from_ms <= now)
+            .map(|r| r.signs_from_ms)
+            .max()
+            .unwrap_or(0);
+        for r in records.iter_mut() {
+            if !r.is_static
+                && r.signs_from_ms >= latest_signing
+                && r.max_token_lifetime_ms < config.access_lifetime_ms
+            {
+                r.max_token_lifetime_ms = config.access_lifetime_ms;
+                store.put_key(r)?;
+                changed = true;
+            }
+        }
+        if changed {
+            store.durable().await?;
+        }
+        let set = KeySet::new(records)?.ok_or(KeyError::Crypto("set is incomplete"))?;
+        let ring = Self {
+            store,
+            clock,
+            config,
+            set: RwLock::new(Arc::new(set)),
+            writer: tokio::sync::Mutex::new(()),
+        };
+        ring.maintain().await?;
+        Ok(ring)
+    }
+
+    fn snapshot(&self) -> Arc<KeySet> {
+        self.set.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The rotating key that signs now.
+    pub fn signer(&self) -> Arc<SigningKey> {
+        self.snapshot().signer(self.clock.now_ms()).clone()
+    }
+
+    /// The static key.
+    pub fn static_signer(&self) -> Arc<SigningKey> {
+        self.snapshot().static_key.clone()
+    }
+
+    /// The key with this id, if it still verifies.
+    pub fn verifier(&self, kid: &str) -> Option<Arc<SigningKey>> {
+        let set = self.snapshot();
+        let key = set.by_kid.get(kid)?;
+        set.is_live(key, self.clock.now_ms()).then(|| key.clone())
+    }
+
+    /// The published keys: every key that still verifies, and keys that will
+    /// sign soon. Newest first, the static key last.
+    pub fn jwks(&self) -> Vec<Jwk> {
+        let set = self.snapshot();
+        let now = self.clock.now_ms();
+        set.rotating
+            .iter()
+            .rev()
+            .filter(|k| set.is_live(k, now))
+            .chain(std::iter::once(&set.static_key))
+            .map(|k| k.jwk.clone())
+            .collect()
+    }
+
+    /// Seconds until a new key is expected in the JWKS (for `Cache-Control`).
+    pub fn jwks_max_age_secs(&self) -> u64 {
+        let set = self.snapshot();
+        let next = self.next_rotation_ms(&set);
+        next.saturating_sub(self.clock.now_ms()) / 1000
+    }
+
+    fn next_rotation_ms(&self, set: &KeySet) -> u64 {
+        let latest = set.latest();
+        (latest.record.signs_from_ms + self.config.rotation_interval_ms)
+            .saturating_sub(PUBLISH_DELAY_MS)
+    }
+
+    /// True when [`KeyRing::maintain`] has work to do.
+    pub fn needs_maintenance(&self) -> bool {
+        let set = self.snapshot();
+        let now = self.clock.now_ms();
+        let latest = set.latest();
+        now >= self.next_rotation_ms(&set)
+            || latest.jwk.alg != self.config.algorithm.as_str()
+            || set.rotating.iter().any(|k| !set.is_live(k, now))
+    }
+
+    /// Starts a rotation when one is due (or the configured algorithm
+    /// changed) and removes keys that no longer verify anything.
+    pub async fn maintain(&self) -> Result<(), KeyError> {
+        let _guard = self.writer.lock().await;
+        let set = self.snapshot();
+        let now = self.clock.now_ms();
+        let latest = set.latest();
+        if now >= self.next_rotation_ms(&set) || latest.jwk.alg != self.config.algorithm.as_str() {
+            self.add_successor(&set, now).await?;
+        }
+        let set = self.snapshot();
+        let retired: Vec<_> = set
+            .rotating
+            .iter()
+            .filter(|k| !set.is_live(k, now))
+            .cloned()
+            .collect();
+        if !retired.is_empty() {
+            for k in &retired {
+                self.store.delete_key(k.kid())?;
+            }
+            self.store.durable().await?;
+            let records = self.records_except(&set, |k| retired.iter().any(|r| r.kid() == k.kid()));
+            self.replace(records)?;
+            tracing::info!(
+                retired = retired.len(),
+                "retired signing keys that no longer verify any token"
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts a rotation now; returns the new key, which signs after the
+    /// publication delay.
+    pub async fn rotate_now(&self) -> Result<Arc<SigningKey>, KeyError> {
+        let _guard = self.writer.lock().await;
+        let set = self.snapshot();
+        self.add_successor(&set, self.clock.now_ms()).await
+    }
+
+    /// Records that `kid` signed a JWT expiring at `exp_ms`, so the key keeps
+    /// verifying until then. Returns once that is durable.
+    pub async fn note_jwt_expiry(&self, kid: &str, exp_ms: u64) -> Result<(), KeyError> {
+        let _guard = self.writer.lock().await;
+        let set = self.snapshot();
+        let Some(key) = set.by_kid.get(kid) else {
+            return Ok(());
+        };
+        if key.record.is_static || key.record.max_jwt_exp_ms >= exp_ms {
+            return Ok(());
+        }
+        let mut record = key.record.clone();
+        record.max_jwt_exp_ms = exp_ms;
+        self.store.put_key(&record)?;
+        self.store.durable().await?;
+        let mut records = self.records_except(&set, |k| k.kid() == kid);
+        records.push(record);
+        self.replace(records)
+    }
+
+    async fn add_successor(&self, set: &KeySet, now: u64) -> Result<Arc<SigningKey>, KeyError> {
+        let mut created = now;
+        while set.by_kid.contains_key(&format!("d-{created}")) {
+            created += 1;
+        }
+        let signs_from = now + PUBLISH_DELAY_MS;
+        let record = new_record(
+            format!("d-{created}"),
+            self.config,
+            created,
+            signs_from,
+            false,
+        )
+        .await?;
+        self.store.put_key(&record)?;
+        self.store.durable().await?;
+        let kid = record.kid.clone();
+        let mut records = self.records_except(set, |_| false);
+        records.push(record);
+        self.replace(records)?;
+        tracing::info!(kid = %kid, signs_from_ms = signs_from, "published a new signing key");
+        Ok(self.snapshot().by_kid[&kid].clone())
+    }
+
+    fn records_except(&self, set: &KeySet, drop: impl Fn(&SigningKey) -> bool) -> Vec<KeyRecord> {
+        set.by_kid
+            .values()
+            .filter(|k| !drop(k))
+            .map(|k| k.record.clone())
+            .collect()
+    }
+
+    fn replace(&self, records: Vec<KeyRecord>) -> Result<(), KeyError> {
+        let set = KeySet::new(records)?.ok_or(KeyError::Crypto("set is incomplete"))?;
+        *self.set.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+        Ok(())
+    }
+}
+
+async fn new_record(
+    kid: String,
+    config: KeyRingConfig,
+    created_at_ms: u64,
+    signs_from_ms: u64,
+    is_static: bool,
+) -> Result<KeyRecord, KeyError> {
+    let alg = config.algorithm;
+    let private_pkcs8 = tokio::task::spawn_blocking(move || generate_pkcs8(alg))
+        .await
+        .map_err(|_| KeyError::Crypto("generation was interrupted"))??;
+    Ok(KeyRecord {
+        kid,
+        alg: alg.as_str().to_owned(),
+        private_pkcs8,
+        created_at_ms,
+        signs_from_ms,
+        max_token_lifetime_ms: config.access_lifetime_ms,
+        max_jwt_exp_ms: 0,
+        is_static,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::SledStore;
+    use std::time::Duration;
+
+    const HOUR: u64 = 3_600_000;
+
+    async fn ring(alg: SigningAlgorithm) -> (tempfile::TempDir, Arc<ManualClock>, KeyRing) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 16 << 20).unwrap();
+        let clock = ManualClock::starting_now();
+        let config = KeyRingConfig {
+            algorithm: alg,
+            rotation_interval_ms: 24 * HOUR,
+            access_lifetime_ms: HOUR,
+        };
+        let ring = KeyRing::open(store, clock.clone(), config).await.unwrap();
+        (dir, clock, ring)
+    }
+
+    #[tokio::test]
+    async fn every_algorithm_signs_and_verifies() {
+        for alg in [
+            SigningAlgorithm::EdDSA,
+            SigningAlgorithm::ES256,
+            SigningAlgorithm::RS256,
+        ] {
+            let (_dir, _clock, ring) = ring(alg).await;
+            let key = ring.signer();
+            let claims = serde_json::json!({"sub": "u"});
+            let token = key.sign(&claims, true).unwrap();
+            let header = jsonwebtoken::decode_header(&token).unwrap();
+            assert_eq!(header.kid.as_deref(), Some(key.kid()));
+            assert_eq!(
+                header.extras.get::<String>("version").unwrap().as_deref(),
+                Some("5")
+            );
+            let mut v = jsonwebtoken::Validation::new(key.algorithm());
+            v.required_spec_claims.clear();
+            v.validate_exp = false;
+            jsonwebtoken::decode::<serde_json::Value>(&token, key.decoding_key(), &v).unwrap();
+            let jwks = ring.jwks();
+            assert_eq!(jwks.len(), 2, "{alg:?}: a rotating and a static key");
+            assert!(jwks.iter().all(|k| k.alg == alg.as_str()));
+            // The published key verifies too (what an outside verifier does).
+            let published: jsonwebtoken::jwk::Jwk =
+                serde_json::from_value(serde_json::to_value(&jwks[0]).unwrap()).unwrap();
+            let dk = DecodingKey::from_jwk(&published).unwrap();
+            jsonwebtoken::decode::<serde_json::Value>(&token, &dk, &v).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn rotation_publishes_before_signing_and_retires_after_the_last_token() {
+        let (_dir, clock, ring) = ring(SigningAlgorithm::EdDSA).await;
+        let first = ring.signer();
+        assert!(first.kid().starts_with("d-"));
+        assert!(ring.static_signer().kid().starts_with("s-"));
+
+        clock.advance(Duration::from_millis(24 * HOUR - PUBLISH_DELAY_MS));
+        assert!(ring.needs_maintenance());
+        ring.maintain().await.unwrap();
+        let kids: Vec<_> = ring.jwks().into_iter().map(|k| k.kid).collect();
+        assert_eq!(kids.len(), 3, "the successor is published: {kids:?}");
+        assert_eq!(ring.signer().kid(), first.kid(), "but does not sign yet");
+
+        clock.advance(Duration::from_millis(PUBLISH_DELAY_MS));
+        let second = ring.signer();
+        assert_ne!(second.kid(), first.kid());
+        assert!(
+            ring.verifier(first.kid()).is_some(),
+            "old tokens still verify"
+        );
+
+        clock.advance(Duration::from_millis(HOUR));
+        assert!(
+            ring.verifier(first.kid()).is_none(),
+            "retired after the access lifetime"
+        );
+        ring.maintain().await.unwrap();
+        assert!(!ring.jwks().iter().any(|k| k.kid == first.kid()));
+        assert!(ring.verifier(second.kid()).is_some());
+    }
+}

@@ -1,0 +1,123 @@
+//! Tokens and the keys that sign them.
+//!
+//! - [`keys`]: the key ring — rotating and static signing keys, their
+//!   generation, publication (JWKS) and retirement.
+//! - [`access`]: access tokens (JWTs with SuperTokens v5 claims): minting and
+//!   verification pinned to each key's algorithm.
+//! - [`refresh`]: opaque refresh tokens, authenticated with a server MAC so a
+//!   forged token can never trigger theft handling.
+//!
+//! This module never logs a token, a key or a secret, and never puts one in
+//! an error message.
+
+pub mod access;
+mod der;
+pub mod keys;
+pub mod refresh;
+
+use aws_lc_rs::digest;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use subtle::ConstantTimeEq;
+
+/// Why a token was refused. Messages say what is wrong, never what the token was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not a token of the expected shape.
+    #[error("the token is malformed")]
+    Malformed,
+    /// Signed by no key this server knows (or one that has retired).
+    #[error("the token is signed with an unknown key")]
+    UnknownKey,
+    /// The header's algorithm is not the key's algorithm.
+    #[error("the token's algorithm does not match its key")]
+    WrongAlgorithm,
+    /// The signature (or MAC) does not verify.
+    #[error("the token's signature is invalid")]
+    BadSignature,
+    /// Past its `exp`.
+    #[error("the token has expired")]
+    Expired,
+}
+
+/// Key handling failures (generation, parsing of stored keys).
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The crypto library refused to generate or parse a key.
+    #[error("signing key {0}")]
+    Crypto(&'static str),
+    /// Signing failed.
+    #[error("signing failed")]
+    Sign,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// `N` bytes from the system's secure random generator.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    // The system RNG failing is not recoverable: no token may be minted.
+    SystemRandom::new()
+        .fill(&mut out)
+        .expect("system random generator failed");
+    out
+}
+
+/// A random token of 32 bytes, base64url without padding.
+pub fn random_token() -> String {
+    b64url(&random_bytes::<32>())
+}
+
+/// base64url without padding.
+pub fn b64url(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Decodes base64url without padding.
+pub fn b64url_decode(text: &str) -> Option<Vec<u8>> {
+    URL_SAFE_NO_PAD.decode(text).ok()
+}
+
+/// SHA-256 of `data`, lowercase hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    let d = digest::digest(&digest::SHA256, data);
+    let mut out = String::with_capacity(64);
+    for b in d.as_ref() {
+        out.push(char::from_digit((b >> 4) as u32, 16).expect("nibble"));
+        out.push(char::from_digit((b & 0xf) as u32, 16).expect("nibble"));
+    }
+    out
+}
+
+/// Compares two secrets in time independent of where they differ.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_hex_matches_a_known_vector() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn random_tokens_differ() {
+        assert_ne!(random_token(), random_token());
+        assert_eq!(random_token().len(), 43);
+    }
+
+    #[test]
+    fn ct_eq_compares() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"abcd"));
+    }
+}
