@@ -1,0 +1,125 @@
+//! The domain error and the table of stable error reasons.
+//!
+//! [`Reason`] is the one list of machine-readable reasons clients see in
+//! `google.rpc.ErrorInfo.reason`, with the gRPC code each maps to. [`Error`]
+//! is what session and JWT rules return; `api::error` turns it into a
+//! `tonic::Status` with one exhaustive match. Error messages may be shown to
+//! callers: they name fields and rules, never a token, key or secret.
+
+use crate::store::StoreError;
+use crate::token::KeyError;
+
+/// Stable error reasons (`ErrorInfo.reason`, domain `sessiond`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Token malformed, bad signature, unknown key, session gone.
+    Unauthorised,
+    /// Access token expired, or anti-CSRF check failed on GetSession.
+    TryRefreshToken,
+    /// A rotated-out refresh token was reused; the session is revoked.
+    TokenTheftDetected,
+    /// A claim validator failed.
+    InvalidClaims,
+    /// The named session does not exist or has expired.
+    SessionNotFound,
+    /// A payload tried to set a reserved claim.
+    ProtectedClaim,
+    /// Any other bad input.
+    InvalidArgument,
+    /// The caller sent no (valid) API key or token.
+    MissingCredentials,
+    /// The caller's credentials do not allow the call.
+    PermissionDenied,
+    /// A failure inside sessiond; never caused by input.
+    Internal,
+}
+
+impl Reason {
+    /// The reason string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthorised => "UNAUTHORISED",
+            Self::TryRefreshToken => "TRY_REFRESH_TOKEN",
+            Self::TokenTheftDetected => "TOKEN_THEFT_DETECTED",
+            Self::InvalidClaims => "INVALID_CLAIMS",
+            Self::SessionNotFound => "SESSION_NOT_FOUND",
+            Self::ProtectedClaim => "PROTECTED_CLAIM",
+            Self::InvalidArgument => "INVALID_ARGUMENT",
+            Self::MissingCredentials => "MISSING_CREDENTIALS",
+            Self::PermissionDenied => "PERMISSION_DENIED",
+            Self::Internal => "INTERNAL",
+        }
+    }
+
+    /// The gRPC code that goes with the reason.
+    pub fn code(self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Self::Unauthorised
+            | Self::TryRefreshToken
+            | Self::TokenTheftDetected
+            | Self::MissingCredentials => Code::Unauthenticated,
+            Self::InvalidClaims | Self::PermissionDenied => Code::PermissionDenied,
+            Self::SessionNotFound => Code::NotFound,
+            Self::ProtectedClaim | Self::InvalidArgument => Code::InvalidArgument,
+            Self::Internal => Code::Internal,
+        }
+    }
+}
+
+/// What session and JWT rules fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The token or session is not acceptable; the message says why.
+    #[error("{0}")]
+    Unauthorised(String),
+    /// The access token expired or failed the anti-CSRF check.
+    #[error("{0}")]
+    TryRefreshToken(String),
+    /// A rotated-out refresh token was reused; the session was revoked.
+    #[error("a rotated-out refresh token was reused; the session has been revoked")]
+    TokenTheft {
+        /// The revoked session.
+        session_handle: String,
+        /// Its user.
+        user_id: String,
+    },
+    /// The named session does not exist or has expired.
+    #[error("no session with this handle exists")]
+    SessionNotFound,
+    /// A payload tried to set a reserved claim.
+    #[error("`{claim}` is a reserved claim and cannot be set")]
+    ProtectedClaim {
+        /// The request field holding the claim.
+        field: String,
+        /// The claim.
+        claim: String,
+    },
+    /// Bad input.
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        /// The request field at fault.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Key handling failed.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+impl Error {
+    /// A bad-input error for `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Result alias for domain operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,688 @@
+//! The session recipe: SuperTokens' session rules on top of a
+//! [`SessionStore`] and the [`KeyRing`].
+//!
+//! Owns creation, verification, refresh rotation with theft detection,
+//! revocation, session data and payload updates. Rules it keeps:
+//! - nothing is acknowledged before it is durable (every write awaits
+//!   [`SessionStore::durable`]);
+//! - refresh rotation happens inside one store transaction per session, so
+//!   concurrent refreshes are serialised and leave one live lineage;
+//! - expired sessions are treated as absent at once, whether or not the
+//!   sweeper has removed them yet;
+//! - it never sees protobuf types (the `api` module converts) and never logs
+//!   a token.
+
+pub mod payload;
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::clock::SharedClock;
+use crate::error::{Error, Result};
+use crate::ids::SessionHandle;
+use crate::store::{Change, Generation, SessionRecord, SessionStore};
+use crate::token::access::{self, AccessClaims};
+use crate::token::keys::{KeyRing, SigningKey};
+use crate::token::refresh::{self, RefreshTokens};
+use crate::token::{TokenError, ct_eq, random_bytes, random_token, sha256_hex};
+
+/// Most handles one bulk call may name.
+pub const MAX_HANDLES_PER_CALL: usize = 1000;
+
+/// Settings of the session rules.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Access token lifetime, ms.
+    pub access_lifetime_ms: u64,
+    /// Refresh token lifetime, ms (sliding).
+    pub refresh_lifetime_ms: u64,
+    /// Refresh grace period, ms.
+    pub grace_ms: u64,
+    /// Largest JSON payload, bytes.
+    pub max_payload_bytes: usize,
+    /// `iss` of access tokens.
+    pub issuer: String,
+}
+
+/// A session as clients see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionView {
+    /// Handle.
+    pub handle: String,
+    /// User.
+    pub user_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// User part of the access token payload.
+    pub access_payload: Map<String, Value>,
+}
+
+/// A token with its lifetime (ms since the epoch).
+#[derive(Clone, PartialEq)]
+pub struct IssuedToken {
+    /// The token.
+    pub token: String,
+    /// Expiry, ms.
+    pub expiry_ms: u64,
+    /// Creation, ms.
+    pub created_ms: u64,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("expiry_ms", &self.expiry_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answer to create and refresh.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    /// The session.
+    pub session: SessionView,
+    /// New access token.
+    pub access: IssuedToken,
+    /// New refresh token.
+    pub refresh: IssuedToken,
+    /// New anti-CSRF token, when the session uses one.
+    pub anti_csrf: Option<String>,
+}
+
+/// Input of [`SessionManager::create`].
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    /// User.
+    pub user_id: String,
+    /// Tenant ("" means the default).
+    pub tenant_id: String,
+    /// User claims for the access token.
+    pub access_payload: Map<String, Value>,
+    /// Database-only data.
+    pub data: Map<String, Value>,
+    /// Mint an anti-CSRF token.
+    pub anti_csrf: bool,
+}
+
+/// Input of [`SessionManager::verify`].
+#[derive(Clone, Default)]
+pub struct Verify {
+    /// The access token.
+    pub access_token: String,
+    /// The anti-CSRF token the client sent.
+    pub anti_csrf_token: Option<String>,
+    /// Compare the anti-CSRF token.
+    pub check_anti_csrf: bool,
+    /// Check the store too.
+    pub check_database: bool,
+}
+
+/// Input of [`SessionManager::refresh`].
+#[derive(Clone, Default)]
+pub struct Refresh {
+    /// The refresh token.
+    pub refresh_token: String,
+    /// The anti-CSRF token the client sent.
+    pub anti_csrf_token: Option<String>,
+    /// Skip the anti-CSRF comparison.
+    pub disable_anti_csrf: bool,
+}
+
+/// A stored session, for admin reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionInfo {
+    /// Handle.
+    pub handle: String,
+    /// User.
+    pub user_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Database-only data.
+    pub data: Map<String, Value>,
+    /// Stored access token payload.
+    pub access_payload: Map<String, Value>,
+    /// Creation, ms.
+    pub created_ms: u64,
+    /// Refresh expiry, ms.
+    pub expires_ms: u64,
+}
+
+/// The session rules.
+pub struct SessionManager {
+    store: Arc<dyn SessionStore>,
+    keys: Arc<KeyRing>,
+    refresh_tokens: RefreshTokens,
+    clock: SharedClock,
+    config: SessionConfig,
+}
+
+impl std::fmt::Debug for SessionManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionManager")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unauthorised(e: TokenError) -> Error {
+    match e {
+        TokenError::Expired => Error::TryRefreshToken("the access token has expired".into()),
+        other => Error::Unauthorised(format!("{other}")),
+    }
+}
+
+fn session_gone() -> Error {
+    Error::Unauthorised("the session does not exist or has expired".into())
+}
+
+impl SessionManager {
+    /// Builds the rules over an open store and key ring.
+    pub async fn new(
+        store: Arc<dyn SessionStore>,
+        keys: Arc<KeyRing>,
+        clock: SharedClock,
+        config: SessionConfig,
+    ) -> Result<Self> {
+        let secret = store.secret(RefreshTokens::SECRET_NAME, &mut || {
+            random_bytes::<32>().to_vec()
+        })?;
+        store.durable().await?;
+        Ok(Self {
+            store,
+            keys,
+            refresh_tokens: RefreshTokens::new(&secret),
+            clock,
+            config,
+        })
+    }
+
+    /// The key ring.
+    pub fn keys(&self) -> &Arc<KeyRing> {
+        &self.keys
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    async fn signer(&self) -> Result<Arc<SigningKey>> {
+        if self.keys.needs_maintenance() {
+            self.keys.maintain().await?;
+        }
+        Ok(self.keys.signer())
+    }
+
+    fn live(&self, record: Option<SessionRecord>) -> Option<SessionRecord> {
+        let now = self.now();
+        record.filter(|r| r.expires_at_ms > now)
+    }
+
+    fn mint_access(
+        &self,
+        key: &SigningKey,
+        record: &SessionRecord,
+        refresh_hash: &str,
+        anti_csrf: Option<String>,
+        now: u64,
+        exp_s: u64,
+    ) -> Result<IssuedToken> {
+        let claims = AccessClaims {
+            user_id: record.user_id.clone(),
+            tenant_id: record.tenant_id.clone(),
+            session_handle: record.handle.clone(),
+            refresh_token_hash: refresh_hash.to_owned(),
+            anti_csrf_token: anti_csrf,
+            iat: now / 1000,
+            exp: exp_s,
+            iss: Some(self.config.issuer.clone()),
+            payload: record.access_payload.clone(),
+        };
+        Ok(IssuedToken {
+            token: access::mint(key, &claims)?,
+            expiry_ms: exp_s * 1000,
+            created_ms: now,
+        })
+    }
+
+    fn tokens(
+        &self,
+        key: &SigningKey,
+        record: &SessionRecord,
+        refresh: String,
+        anti_csrf: Option<String>,
+        now: u64,
+    ) -> Result<Tokens> {
+        let exp_s = (now + self.config.access_lifetime_ms) / 1000;
+        let access = self.mint_access(
+            key,
+            record,
+            &record.current.refresh_hash,
+            anti_csrf.clone(),
+            now,
+            exp_s,
+        )?;
+        Ok(Tokens {
+            session: view(record),
+            access,
+            refresh: IssuedToken {
+                token: refresh,
+                expiry_ms: record.expires_at_ms,
+                created_ms: now,
+            },
+            anti_csrf,
+        })
+    }
+
+    fn check_payload(&self, field: &str, payload: &Map<String, Value>) -> Result<()> {
+        payload::refuse_reserved(field, payload)?;
+        payload::limit_size(field, payload, self.config.max_payload_bytes)
+    }
+
+    /// CreateNewSession.
+    pub async fn create(&self, new: NewSession) -> Result<Tokens> {
+        payload::user_id("user_id", &new.user_id)?;
+        let tenant_id = payload::tenant_id("tenant_id", &new.tenant_id)?;
+        self.check_payload("access_token_payload", &new.access_payload)?;
+        payload::limit_size(
+            "session_data_in_database",
+            &new.data,
+            self.config.max_payload_bytes,
+        )?;
+
+        let key = self.signer().await?;
+        let now = self.now();
+        let handle = SessionHandle::random();
+        let refresh = self.refresh_tokens.mint(&handle);
+        let anti_csrf = new.anti_csrf.then(random_token);
+        let record = SessionRecord {
+            handle: handle.to_string(),
+            user_id: new.user_id,
+            tenant_id,
+            access_payload: new.access_payload,
+            data: new.data,
+            created_at_ms: now,
+            expires_at_ms: now + self.config.refresh_lifetime_ms,
+            current: Generation {
+                refresh_hash: refresh::hash(&refresh),
+                anti_csrf_hash: anti_csrf.as_deref().map(|t| sha256_hex(t.as_bytes())),
+            },
+            previous: None,
+            rotated_at_ms: now,
+        };
+        self.store.create_session(&record)?;
+        let tokens = self.tokens(&key, &record, refresh, anti_csrf, now)?;
+        self.store.durable().await?;
+        Ok(tokens)
+    }
+
+    /// GetSession (without claim validators).
+    pub async fn verify(&self, req: Verify) -> Result<SessionView> {
+        let now = self.now();
+        let claims = access::verify(&self.keys, &req.access_token, now).map_err(unauthorised)?;
+        if req.check_anti_csrf
+            && let Some(expected) = &claims.anti_csrf_token
+        {
+            let given = req.anti_csrf_token.as_deref().unwrap_or("");
+            if !ct_eq(given.as_bytes(), expected.as_bytes()) {
+                return Err(Error::TryRefreshToken(
+                    "the anti-CSRF token does not match".into(),
+                ));
+            }
+        }
+        if req.check_database {
+            let record = self
+                .live(self.store.session(&claims.session_handle)?)
+                .ok_or_else(session_gone)?;
+            let in_lineage = record.current.refresh_hash == claims.refresh_token_hash
+                || record
+                    .previous
+                    .as_ref()
+                    .is_some_and(|p| p.refresh_hash == claims.refresh_token_hash);
+            if !in_lineage || record.user_id != claims.user_id {
+                return Err(Error::Unauthorised(
+                    "the access token belongs to a refresh token that was rotated out".into(),
+                ));
+            }
+        }
+        Ok(SessionView {
+            handle: claims.session_handle,
+            user_id: claims.user_id,
+            tenant_id: claims.tenant_id,
+            access_payload: claims.payload,
+        })
+    }
+
+    /// RefreshSession: rotation with theft detection.
+    pub async fn refresh(&self, req: Refresh) -> Result<Tokens> {
+        let handle = self
+            .refresh_tokens
+            .open(&req.refresh_token)
+            .map_err(|e| Error::Unauthorised(format!("the refresh token is invalid ({e})")))?;
+        let presented = refresh::hash(&req.refresh_token);
+        let given_anti_csrf = req
+            .anti_csrf_token
+            .as_deref()
+            .map(|t| sha256_hex(t.as_bytes()));
+        let new_refresh = self.refresh_tokens.mint(&handle);
+        let new_anti_csrf = random_token();
+        let key = self.signer().await?;
+        let now = self.now();
+        let (grace, lifetime) = (self.config.grace_ms, self.config.refresh_lifetime_ms);
+
+        enum Outcome {
+            Gone,
+            AntiCsrfMismatch,
+            Theft(String),
+            Rotated(Box<SessionRecord>),
+        }
+        let mut outcome = Outcome::Gone;
+        self.store
+            .update_session(&handle.to_string(), &mut |record| {
+                let Some(r) = record else {
+                    outcome = Outcome::Gone;
+                    return Change::Keep;
+                };
+                if r.expires_at_ms <= now {
+                    outcome = Outcome::Gone;
+                    return Change::Delete;
+                }
+                let in_grace = now < r.rotated_at_ms.saturating_add(grace);
+                let (generation, is_current) = if r.current.refresh_hash == presented {
+                    (&r.current, true)
+                } else if let Some(prev) = r
+                    .previous
+                    .as_ref()
+                    .filter(|p| in_grace && p.refresh_hash == presented)
+                {
+                    (prev, false)
+                } else {
+                    outcome = Outcome::Theft(r.user_id.clone());
+                    return Change::Delete;
+                };
+                if let Some(expected) = &generation.anti_csrf_hash
+                    && !req.disable_anti_csrf
+                    && given_anti_csrf.as_ref() != Some(expected)
+                {
+                    outcome = Outcome::AntiCsrfMismatch;
+                    return Change::Keep;
+                }
+                let mut next = r.clone();
+                let uses_anti_csrf = r.current.anti_csrf_hash.is_some();
+                next.current = Generation {
+                    refresh_hash: refresh::hash(&new_refresh),
+                    anti_csrf_hash: uses_anti_csrf.then(|| sha256_hex(new_anti_csrf.as_bytes())),
+                };
+                if is_current {
+                    next.previous = Some(r.current.clone());
+                    next.rotated_at_ms = now;
+                    next.expires_at_ms = now + lifetime;
+                }
+                outcome = Outcome::Rotated(Box::new(next.clone()));
+                Change::Put(Box::new(next))
+            })?;
+
+        match outcome {
+            Outcome::Gone => Err(session_gone()),
+            Outcome::AntiCsrfMismatch => Err(Error::Unauthorised(
+                "the anti-CSRF token does not match".into(),
+            )),
+            Outcome::Theft(user_id) => {
+                self.store.durable().await?;
+                tracing::warn!(session_handle = %handle, "refresh token reuse: session revoked");
+                Err(Error::TokenTheft {
+                    session_handle: handle.to_string(),
+                    user_id,
+                })
+            }
+            Outcome::Rotated(record) => {
+                let anti_csrf = record
+                    .current
+                    .anti_csrf_hash
+                    .is_some()
+                    .then_some(new_anti_csrf);
+                let tokens = self.tokens(&key, &record, new_refresh, anti_csrf, now)?;
+                self.store.durable().await?;
+                Ok(tokens)
+            }
+        }
+    }
+
+    /// RevokeSession.
+    pub async fn revoke(&self, handle: &str) -> Result<bool> {
+        let handle = payload::handle("session_handle", handle)?;
+        let removed = self.store.delete_sessions(&[handle.to_string()])?;
+        self.store.durable().await?;
+        Ok(!removed.is_empty())
+    }
+
+    /// RevokeMultipleSessions.
+    pub async fn revoke_many(&self, handles: &[String]) -> Result<Vec<String>> {
+        if handles.len() > MAX_HANDLES_PER_CALL {
+            return Err(Error::invalid(
+                "session_handles",
+                format!("at most {MAX_HANDLES_PER_CALL} handles per call"),
+            ));
+        }
+        let parsed = handles
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                payload::handle(&format!("session_handles[{i}]"), h).map(|h| h.to_string())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let removed = self.store.delete_sessions(&parsed)?;
+        self.store.durable().await?;
+        Ok(removed)
+    }
+
+    fn user_scope(
+        &self,
+        user_id: &str,
+        tenant_id: &str,
+        all_tenants: bool,
+    ) -> Result<Option<String>> {
+        payload::user_id("user_id", user_id)?;
+        if all_tenants {
+            Ok(None)
+        } else {
+            payload::tenant_id("tenant_id", tenant_id).map(Some)
+        }
+    }
+
+    /// RevokeAllSessionsForUser.
+    pub async fn revoke_user(
+        &self,
+        user_id: &str,
+        tenant_id: &str,
+        all_tenants: bool,
+    ) -> Result<Vec<String>> {
+        let tenant = self.user_scope(user_id, tenant_id, all_tenants)?;
+        let now = self.now();
+        let sessions = self.store.user_sessions(user_id, tenant.as_deref())?;
+        let handles: Vec<String> = sessions.iter().map(|s| s.handle.clone()).collect();
+        let removed = self.store.delete_sessions(&handles)?;
+        self.store.durable().await?;
+        Ok(sessions
+            .into_iter()
+            .filter(|s| s.expires_at_ms > now && removed.contains(&s.handle))
+            .map(|s| s.handle)
+            .collect())
+    }
+
+    /// GetAllSessionHandlesForUser.
+    pub fn handles_for_user(
+        &self,
+        user_id: &str,
+        tenant_id: &str,
+        all_tenants: bool,
+    ) -> Result<Vec<String>> {
+        let tenant = self.user_scope(user_id, tenant_id, all_tenants)?;
+        let now = self.now();
+        Ok(self
+            .store
+            .user_sessions(user_id, tenant.as_deref())?
+            .into_iter()
+            .filter(|s| s.expires_at_ms > now)
+            .map(|s| s.handle)
+            .collect())
+    }
+
+    /// GetSessionInformation.
+    pub fn info(&self, handle: &str) -> Result<SessionInfo> {
+        let handle = payload::handle("session_handle", handle)?;
+        let r = self
+            .live(self.store.session(&handle.to_string())?)
+            .ok_or(Error::SessionNotFound)?;
+        Ok(SessionInfo {
+            handle: r.handle,
+            user_id: r.user_id,
+            tenant_id: r.tenant_id,
+            data: r.data,
+            access_payload: r.access_payload,
+            created_ms: r.created_at_ms,
+            expires_ms: r.expires_at_ms,
+        })
+    }
+
+    /// Applies `edit` to a live session; NOT_FOUND when there is none.
+    async fn edit(
+        &self,
+        handle: &str,
+        edit: &mut (dyn FnMut(&mut SessionRecord) -> Result<()> + Send),
+    ) -> Result<()> {
+        let handle = payload::handle("session_handle", handle)?;
+        let now = self.now();
+        let mut result = Err(Error::SessionNotFound);
+        self.store
+            .update_session(&handle.to_string(), &mut |record| match record {
+                Some(r) if r.expires_at_ms > now => {
+                    let mut next = r.clone();
+                    result = edit(&mut next);
+                    if result.is_ok() {
+                        Change::Put(Box::new(next))
+                    } else {
+                        Change::Keep
+                    }
+                }
+                _ => {
+                    result = Err(Error::SessionNotFound);
+                    Change::Keep
+                }
+            })?;
+        result?;
+        self.store.durable().await?;
+        Ok(())
+    }
+
+    /// UpdateSessionDataInDatabase: overwrites the data.
+    pub async fn update_data(&self, handle: &str, data: Map<String, Value>) -> Result<()> {
+        payload::limit_size("new_session_data", &data, self.config.max_payload_bytes)?;
+        self.edit(handle, &mut |r| {
+            r.data = data.clone();
+            Ok(())
+        })
+        .await
+    }
+
+    /// MergeIntoAccessTokenPayload: shallow merge, `null` deletes.
+    pub async fn merge_payload(&self, handle: &str, update: Map<String, Value>) -> Result<()> {
+        const FIELD: &str = "access_token_payload_update";
+        payload::refuse_reserved(FIELD, &update)?;
+        let max = self.config.max_payload_bytes;
+        self.edit(handle, &mut |r| {
+            for (k, v) in &update {
+                if v.is_null() {
+                    r.access_payload.remove(k);
+                } else {
+                    r.access_payload.insert(k.clone(), v.clone());
+                }
+            }
+            payload::limit_size(FIELD, &r.access_payload, max)
+        })
+        .await
+    }
+
+    /// RegenerateAccessToken: a new token with the same `exp` and lineage,
+    /// carrying `new_payload` (stored) or the stored payload.
+    pub async fn regenerate(
+        &self,
+        access_token: &str,
+        new_payload: Option<Map<String, Value>>,
+    ) -> Result<(SessionView, IssuedToken)> {
+        if let Some(p) = &new_payload {
+            self.check_payload("new_access_token_payload", p)?;
+        }
+        let now = self.now();
+        let claims = access::verify(&self.keys, access_token, now).map_err(unauthorised)?;
+        let key = self.signer().await?;
+        let mut current = None;
+        let change =
+            self.store
+                .update_session(&claims.session_handle, &mut |record| match record {
+                    Some(r) if r.expires_at_ms > now => {
+                        let mut next = r.clone();
+                        if let Some(p) = &new_payload {
+                            next.access_payload = p.clone();
+                        }
+                        current = Some(next.clone());
+                        if new_payload.is_some() {
+                            Change::Put(Box::new(next))
+                        } else {
+                            Change::Keep
+                        }
+                    }
+                    _ => {
+                        current = None;
+                        Change::Keep
+                    }
+                })?;
+        let record = current.ok_or_else(session_gone)?;
+        let token = self.mint_access(
+            &key,
+            &record,
+            &claims.refresh_token_hash,
+            claims.anti_csrf_token.clone(),
+            now,
+            claims.exp,
+        )?;
+        if matches!(change, Change::Put(_)) {
+            self.store.durable().await?;
+        }
+        Ok((view(&record), token))
+    }
+
+    /// Removes expired sessions; returns how many.
+    pub async fn sweep(&self) -> Result<usize> {
+        const BATCH: usize = 1000;
+        let mut total = 0;
+        loop {
+            let store = self.store.clone();
+            let now = self.now();
+            let n = tokio::task::spawn_blocking(move || store.sweep_expired(now, BATCH))
+                .await
+                .map_err(|_| {
+                    Error::Store(crate::store::StoreError::Backend(
+                        "sweep interrupted".into(),
+                    ))
+                })??;
+            total += n;
+            if n < BATCH {
+                break;
+            }
+        }
+        if total > 0 {
+            self.store.durable().await?;
+        }
+        Ok(total)
+    }
+}
+
+fn view(r: &SessionRecord) -> SessionView {
+    SessionView {
+        handle: r.handle.clone(),
+        user_id: r.user_id.clone(),
+        tenant_id: r.tenant_id.clone(),
+        access_payload: r.access_payload.clone(),
+    }
+}

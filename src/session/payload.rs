@@ -1,0 +1,128 @@
+//! Checks on JSON handed in by callers: reserved claims, size, identifiers.
+
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::ids::SessionHandle;
+use crate::token::access::is_reserved;
+
+/// Refuses a payload that sets a reserved access token claim.
+pub fn refuse_reserved(field: &str, payload: &Map<String, Value>) -> Result<()> {
+    match payload.keys().find(|k| is_reserved(k)) {
+        Some(claim) => Err(Error::ProtectedClaim {
+            field: format!("{field}.{claim}"),
+            claim: claim.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Refuses JSON larger than `max` bytes once serialised.
+pub fn limit_size(field: &str, payload: &Map<String, Value>, max: usize) -> Result<()> {
+    let len = serde_json::to_vec(payload)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if len > max {
+        return Err(Error::invalid(
+            field,
+            format!("is {len} bytes of JSON; the limit is {max} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Longest accepted user id, in bytes.
+pub const MAX_USER_ID: usize = 512;
+/// Longest accepted tenant id, in bytes.
+pub const MAX_TENANT_ID: usize = 128;
+/// Tenant used when a request names none.
+pub const DEFAULT_TENANT: &str = "public";
+
+/// Checks a user id.
+pub fn user_id(field: &str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if value.len() > MAX_USER_ID {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {MAX_USER_ID} bytes"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Checks a tenant id; empty means the default tenant.
+pub fn tenant_id(field: &str, value: &str) -> Result<String> {
+    if value.is_empty() {
+        return Ok(DEFAULT_TENANT.to_owned());
+    }
+    if value.len() > MAX_TENANT_ID {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {MAX_TENANT_ID} bytes"),
+        ));
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(Error::invalid(
+            field,
+            "may hold only letters, digits, '-' and '_'",
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// Parses a session handle.
+pub fn handle(field: &str, value: &str) -> Result<SessionHandle> {
+    if value.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    SessionHandle::parse(value).ok_or_else(|| Error::invalid(field, "is not a session handle"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn map(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn reserved_claims_are_refused_with_their_field() {
+        let err = refuse_reserved("access_token_payload", &map(json!({"ok": 1, "sub": "x"})))
+            .unwrap_err();
+        match err {
+            Error::ProtectedClaim { field, claim } => {
+                assert_eq!(field, "access_token_payload.sub");
+                assert_eq!(claim, "sub");
+            }
+            other => panic!("{other:?}"),
+        }
+        refuse_reserved("p", &map(json!({"role": "admin"}))).unwrap();
+    }
+
+    #[test]
+    fn size_limit_counts_json_bytes() {
+        let m = map(json!({"k": "x".repeat(100)}));
+        limit_size("p", &m, 200).unwrap();
+        assert!(limit_size("p", &m, 50).is_err());
+    }
+
+    #[test]
+    fn identifiers() {
+        assert!(user_id("user_id", "").is_err());
+        assert!(user_id("user_id", &"u".repeat(513)).is_err());
+        user_id("user_id", "alice@example.com").unwrap();
+        assert_eq!(tenant_id("tenant_id", "").unwrap(), "public");
+        assert!(tenant_id("tenant_id", "a b").is_err());
+        assert!(handle("session_handle", "nope").is_err());
+    }
+}
