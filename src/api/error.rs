@@ -1,0 +1,86 @@
+//! Domain errors to gRPC statuses: one exhaustive conversion.
+//!
+//! Every status carries `google.rpc.ErrorInfo` (domain `sessiond`, a reason
+//! from [`Reason`]); bad input also carries `google.rpc.BadRequest` naming
+//! the field. Internal failures are logged in full and answered with a
+//! generic message.
+
+use std::collections::HashMap;
+
+use tonic::Status;
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::error::{Error, Reason};
+
+/// The ErrorInfo domain.
+pub const DOMAIN: &str = "sessiond";
+
+/// A status with ErrorInfo, and a BadRequest violation when `field` is set.
+pub fn status(
+    reason: Reason,
+    message: impl Into<String>,
+    metadata: HashMap<String, String>,
+    field: Option<(&str, &str)>,
+) -> Status {
+    let mut details = ErrorDetails::with_error_info(reason.as_str(), DOMAIN, metadata);
+    if let Some((field, description)) = field {
+        details.add_bad_request_violation(field, description);
+    }
+    Status::with_error_details(reason.code(), message, details)
+}
+
+/// INVALID_ARGUMENT naming `field`.
+pub fn invalid(field: &str, description: &str) -> Status {
+    status(
+        Reason::InvalidArgument,
+        format!("{field}: {description}"),
+        HashMap::new(),
+        Some((field, description)),
+    )
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let message = e.to_string();
+        match e {
+            Error::Unauthorised(_) => status(Reason::Unauthorised, message, HashMap::new(), None),
+            Error::TryRefreshToken(_) => {
+                status(Reason::TryRefreshToken, message, HashMap::new(), None)
+            }
+            Error::TokenTheft {
+                session_handle,
+                user_id,
+            } => status(
+                Reason::TokenTheftDetected,
+                message,
+                HashMap::from([
+                    ("session_handle".to_owned(), session_handle),
+                    ("user_id".to_owned(), user_id),
+                ]),
+                None,
+            ),
+            Error::SessionNotFound => {
+                status(Reason::SessionNotFound, message, HashMap::new(), None)
+            }
+            Error::ProtectedClaim { field, claim } => status(
+                Reason::ProtectedClaim,
+                format!("{field}: {message}"),
+                HashMap::from([("claim".to_owned(), claim)]),
+                Some((&field, "is a reserved access token claim")),
+            ),
+            Error::InvalidArgument { field, message: m } => status(
+                Reason::InvalidArgument,
+                message,
+                HashMap::new(),
+                Some((&field, &m)),
+            ),
+            Error::Store(inner) => internal(&inner),
+            Error::Key(inner) => internal(&inner),
+        }
+    }
+}
+
+fn internal(e: &dyn std::error::Error) -> Status {
+    tracing::error!(error = %e, "internal failure");
+    status(Reason::Internal, "internal error", HashMap::new(), None)
+}

@@ -1,0 +1,85 @@
+//! gRPC glue: the service implementations, caller authentication, and the
+//! conversions between protobuf messages and domain values.
+//!
+//! Protobuf types stop here: handlers validate and convert requests into
+//! domain calls, and convert the results back. Nothing below this module
+//! imports generated code.
+
+pub mod convert;
+pub mod error;
+pub mod jwt;
+pub mod session;
+
+use std::sync::Arc;
+
+use tonic::{Request, Status};
+
+use crate::config::Secret;
+use crate::error::Reason;
+use crate::token::{ct_eq, sha256_hex};
+
+/// Metadata key backend callers put their API key in.
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// The configured API keys, held as SHA-256 hashes and compared in constant
+/// time. With no keys configured every call is allowed (the server then
+/// listens on loopback only).
+#[derive(Clone)]
+pub struct ApiKeys {
+    hashes: Arc<Vec<String>>,
+}
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKeys({} configured)", self.hashes.len())
+    }
+}
+
+impl ApiKeys {
+    /// Hashes the configured keys.
+    pub fn new(keys: &[Secret]) -> Self {
+        Self {
+            hashes: Arc::new(
+                keys.iter()
+                    .map(|k| sha256_hex(k.expose().as_bytes()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Admits the request when it carries a configured key.
+    pub fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if self.hashes.is_empty() {
+            return Ok(());
+        }
+        let missing = |message: &str| {
+            error::status(
+                Reason::MissingCredentials,
+                message,
+                Default::default(),
+                None,
+            )
+        };
+        let Some(value) = req.metadata().get(API_KEY_HEADER) else {
+            return Err(missing("this call needs an x-api-key"));
+        };
+        let presented = sha256_hex(value.as_bytes());
+        // Compare against every key, without stopping at the first match.
+        let matched = self.hashes.iter().fold(false, |acc, h| {
+            acc | ct_eq(h.as_bytes(), presented.as_bytes())
+        });
+        if matched {
+            Ok(())
+        } else {
+            Err(missing("the x-api-key is not a valid API key"))
+        }
+    }
+
+    /// The key check as a tonic interceptor.
+    pub fn interceptor(
+        &self,
+    ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + use<> {
+        let keys = self.clone();
+        move |req| keys.check(&req).map(|()| req)
+    }
+}

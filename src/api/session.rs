@@ -1,0 +1,254 @@
+//! `sessiond.v1.SessionService`: validates requests, converts them into
+//! domain calls on [`SessionManager`], converts the answers back.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::convert::{json_to_struct, opt_struct, timestamp};
+use crate::pb;
+use crate::pb::session_service_server::SessionService;
+use crate::session::{
+    IssuedToken, NewSession, Refresh, SessionManager, SessionView, Tokens, Verify,
+};
+
+/// The gRPC face of the session rules.
+#[derive(Debug, Clone)]
+pub struct SessionApi {
+    manager: Arc<SessionManager>,
+}
+
+impl SessionApi {
+    /// Serves `manager`.
+    pub fn new(manager: Arc<SessionManager>) -> Self {
+        Self { manager }
+    }
+}
+
+fn session(v: SessionView) -> pb::Session {
+    pb::Session {
+        session_handle: v.handle,
+        user_id: v.user_id,
+        tenant_id: v.tenant_id,
+        access_token_payload: Some(json_to_struct(&v.access_payload)),
+    }
+}
+
+fn token(t: IssuedToken) -> pb::Token {
+    pb::Token {
+        token: t.token,
+        expiry: Some(timestamp(t.expiry_ms)),
+        created_time: Some(timestamp(t.created_ms)),
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+impl From<Tokens> for pb::CreateNewSessionResponse {
+    fn from(t: Tokens) -> Self {
+        Self {
+            session: Some(session(t.session)),
+            access_token: Some(token(t.access)),
+            refresh_token: Some(token(t.refresh)),
+            anti_csrf_token: t.anti_csrf,
+        }
+    }
+}
+
+impl From<Tokens> for pb::RefreshSessionResponse {
+    fn from(t: Tokens) -> Self {
+        Self {
+            session: Some(session(t.session)),
+            access_token: Some(token(t.access)),
+            refresh_token: Some(token(t.refresh)),
+            anti_csrf_token: t.anti_csrf,
+        }
+    }
+}
+
+impl TryFrom<pb::CreateNewSessionRequest> for NewSession {
+    type Error = Status;
+    fn try_from(r: pb::CreateNewSessionRequest) -> Result<Self, Status> {
+        Ok(Self {
+            user_id: r.user_id,
+            tenant_id: r.tenant_id,
+            access_payload: opt_struct("access_token_payload", r.access_token_payload)?,
+            data: opt_struct("session_data_in_database", r.session_data_in_database)?,
+            anti_csrf: !r.disable_anti_csrf,
+        })
+    }
+}
+
+impl TryFrom<pb::GetSessionRequest> for Verify {
+    type Error = Status;
+    fn try_from(r: pb::GetSessionRequest) -> Result<Self, Status> {
+        if r.access_token.is_empty() {
+            return Err(super::error::invalid("access_token", "must not be empty"));
+        }
+        Ok(Self {
+            access_token: r.access_token,
+            anti_csrf_token: non_empty(r.anti_csrf_token),
+            check_anti_csrf: r.do_anti_csrf_check,
+            check_database: r.check_database,
+        })
+    }
+}
+
+impl TryFrom<pb::RefreshSessionRequest> for Refresh {
+    type Error = Status;
+    fn try_from(r: pb::RefreshSessionRequest) -> Result<Self, Status> {
+        if r.refresh_token.is_empty() {
+            return Err(super::error::invalid("refresh_token", "must not be empty"));
+        }
+        Ok(Self {
+            refresh_token: r.refresh_token,
+            anti_csrf_token: non_empty(r.anti_csrf_token),
+            disable_anti_csrf: r.disable_anti_csrf,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl SessionService for SessionApi {
+    async fn create_new_session(
+        &self,
+        req: Request<pb::CreateNewSessionRequest>,
+    ) -> Result<Response<pb::CreateNewSessionResponse>, Status> {
+        let new = NewSession::try_from(req.into_inner())?;
+        Ok(Response::new(self.manager.create(new).await?.into()))
+    }
+
+    async fn get_session(
+        &self,
+        req: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::GetSessionResponse>, Status> {
+        let verify = Verify::try_from(req.into_inner())?;
+        let view = self.manager.verify(verify).await?;
+        Ok(Response::new(pb::GetSessionResponse {
+            session: Some(session(view)),
+            access_token: None,
+        }))
+    }
+
+    async fn refresh_session(
+        &self,
+        req: Request<pb::RefreshSessionRequest>,
+    ) -> Result<Response<pb::RefreshSessionResponse>, Status> {
+        let refresh = Refresh::try_from(req.into_inner())?;
+        Ok(Response::new(self.manager.refresh(refresh).await?.into()))
+    }
+
+    async fn revoke_session(
+        &self,
+        req: Request<pb::RevokeSessionRequest>,
+    ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
+        let revoked = self
+            .manager
+            .revoke(&req.into_inner().session_handle)
+            .await?;
+        Ok(Response::new(pb::RevokeSessionResponse { revoked }))
+    }
+
+    async fn revoke_all_sessions_for_user(
+        &self,
+        req: Request<pb::RevokeAllSessionsForUserRequest>,
+    ) -> Result<Response<pb::RevokeAllSessionsForUserResponse>, Status> {
+        let r = req.into_inner();
+        let revoked = self
+            .manager
+            .revoke_user(&r.user_id, &r.tenant_id, r.revoke_across_all_tenants)
+            .await?;
+        Ok(Response::new(pb::RevokeAllSessionsForUserResponse {
+            session_handles_revoked: revoked,
+        }))
+    }
+
+    async fn revoke_multiple_sessions(
+        &self,
+        req: Request<pb::RevokeMultipleSessionsRequest>,
+    ) -> Result<Response<pb::RevokeMultipleSessionsResponse>, Status> {
+        let revoked = self
+            .manager
+            .revoke_many(&req.into_inner().session_handles)
+            .await?;
+        Ok(Response::new(pb::RevokeMultipleSessionsResponse {
+            session_handles_revoked: revoked,
+        }))
+    }
+
+    async fn get_all_session_handles_for_user(
+        &self,
+        req: Request<pb::GetAllSessionHandlesForUserRequest>,
+    ) -> Result<Response<pb::GetAllSessionHandlesForUserResponse>, Status> {
+        let r = req.into_inner();
+        let handles =
+            self.manager
+                .handles_for_user(&r.user_id, &r.tenant_id, r.fetch_across_all_tenants)?;
+        Ok(Response::new(pb::GetAllSessionHandlesForUserResponse {
+            session_handles: handles,
+        }))
+    }
+
+    async fn get_session_information(
+        &self,
+        req: Request<pb::GetSessionInformationRequest>,
+    ) -> Result<Response<pb::GetSessionInformationResponse>, Status> {
+        let info = self.manager.info(&req.into_inner().session_handle)?;
+        Ok(Response::new(pb::GetSessionInformationResponse {
+            session_handle: info.handle,
+            user_id: info.user_id,
+            tenant_id: info.tenant_id,
+            session_data_in_database: Some(json_to_struct(&info.data)),
+            custom_claims_in_access_token_payload: Some(json_to_struct(&info.access_payload)),
+            time_created: Some(timestamp(info.created_ms)),
+            expiry: Some(timestamp(info.expires_ms)),
+        }))
+    }
+
+    async fn update_session_data_in_database(
+        &self,
+        req: Request<pb::UpdateSessionDataInDatabaseRequest>,
+    ) -> Result<Response<pb::UpdateSessionDataInDatabaseResponse>, Status> {
+        let r = req.into_inner();
+        let data = opt_struct("new_session_data", r.new_session_data)?;
+        self.manager.update_data(&r.session_handle, data).await?;
+        Ok(Response::new(pb::UpdateSessionDataInDatabaseResponse {
+            updated: true,
+        }))
+    }
+
+    async fn merge_into_access_token_payload(
+        &self,
+        req: Request<pb::MergeIntoAccessTokenPayloadRequest>,
+    ) -> Result<Response<pb::MergeIntoAccessTokenPayloadResponse>, Status> {
+        let r = req.into_inner();
+        let update = opt_struct("access_token_payload_update", r.access_token_payload_update)?;
+        self.manager
+            .merge_payload(&r.session_handle, update)
+            .await?;
+        Ok(Response::new(pb::MergeIntoAccessTokenPayloadResponse {
+            updated: true,
+        }))
+    }
+
+    async fn regenerate_access_token(
+        &self,
+        req: Request<pb::RegenerateAccessTokenRequest>,
+    ) -> Result<Response<pb::RegenerateAccessTokenResponse>, Status> {
+        let r = req.into_inner();
+        if r.access_token.is_empty() {
+            return Err(super::error::invalid("access_token", "must not be empty"));
+        }
+        let payload = r
+            .new_access_token_payload
+            .map(|p| super::convert::struct_to_json("new_access_token_payload", p))
+            .transpose()?;
+        let (view, access) = self.manager.regenerate(&r.access_token, payload).await?;
+        Ok(Response::new(pb::RegenerateAccessTokenResponse {
+            session: Some(session(view)),
+            access_token: Some(token(access)),
+        }))
+    }
+}

@@ -1,0 +1,218 @@
+//! Wiring: opens the store and keys, builds every service on one port, runs
+//! the background tasks, and shuts down in order.
+//!
+//! One port serves gRPC (SessionService, JwtService, health, reflection v1
+//! and v1alpha) and the plain HTTP routes. Health reports SERVING only after
+//! the store is open and the keys are loaded, and NOT_SERVING as soon as
+//! shutdown begins; in-flight calls then get `drain_timeout` to finish, and
+//! the store is flushed before [`serve`] returns.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::api::ApiKeys;
+use crate::api::jwt::JwtApi;
+use crate::api::session::SessionApi;
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::jwt::JwtIssuer;
+use crate::pb::jwt_service_server::JwtServiceServer;
+use crate::pb::session_service_server::SessionServiceServer;
+use crate::session::{SessionConfig, SessionManager};
+use crate::store::{SessionStore, SledStore, StoreError};
+use crate::token::KeyError;
+use crate::token::keys::{KeyRing, KeyRingConfig};
+
+/// Bytes of sled's page cache.
+pub const STORE_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+
+/// Services whose health is reported (besides the server as a whole, "").
+const SERVICES: [&str; 2] = ["sessiond.v1.SessionService", "sessiond.v1.JwtService"];
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The keys could not be loaded or generated.
+    #[error("signing keys: {0}")]
+    Keys(#[from] KeyError),
+    /// Session rules could not start.
+    #[error(transparent)]
+    Domain(#[from] crate::error::Error),
+    /// The reflection descriptors are broken.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The listener has no local address.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs sessiond on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    clock: SharedClock,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr()?;
+    let issuer = config
+        .issuer
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+
+    let store: Arc<dyn SessionStore> = SledStore::open(&config.data_dir, STORE_CACHE_BYTES)?;
+    let keys = Arc::new(
+        KeyRing::open(
+            store.clone(),
+            clock.clone(),
+            KeyRingConfig {
+                algorithm: config.signing_algorithm,
+                rotation_interval_ms: config.key_rotation_interval.as_millis() as u64,
+                access_lifetime_ms: config.access_token_lifetime.as_millis() as u64,
+            },
+        )
+        .await?,
+    );
+    let manager = Arc::new(
+        SessionManager::new(
+            store.clone(),
+            keys.clone(),
+            clock.clone(),
+            SessionConfig {
+                access_lifetime_ms: config.access_token_lifetime.as_millis() as u64,
+                refresh_lifetime_ms: config.refresh_token_lifetime.as_millis() as u64,
+                grace_ms: config.refresh_grace_period.as_millis() as u64,
+                max_payload_bytes: config.max_payload_bytes,
+                issuer: issuer.clone(),
+            },
+        )
+        .await?,
+    );
+    let jwt = Arc::new(JwtIssuer::new(
+        keys.clone(),
+        clock.clone(),
+        issuer,
+        config.max_payload_bytes,
+    ));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in std::iter::once("").chain(SERVICES) {
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let api_keys = ApiKeys::new(&config.api_keys);
+    let mut routes = Routes::builder();
+    routes
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(SessionServiceServer::with_interceptor(
+            SessionApi::new(manager.clone()),
+            api_keys.interceptor(),
+        ))
+        .add_service(JwtServiceServer::with_interceptor(
+            JwtApi::new(jwt.clone()),
+            api_keys.interceptor(),
+        ));
+    let router = routes
+        .routes()
+        .into_axum_router()
+        .merge(crate::http::router(jwt))
+        .fallback(crate::http::not_found);
+
+    let background = [
+        tokio::spawn(sweeper(manager.clone(), config.sweep_interval)),
+        tokio::spawn(key_maintenance(keys.clone())),
+    ];
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::builder()
+        .accept_http1(true)
+        .add_routes(Routes::from(router))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    let mut server = tokio::spawn(server);
+    tracing::info!("sessiond ready, listening on {addr}");
+
+    tokio::select! {
+        () = shutdown => {}
+        result = &mut server => {
+            for task in &background {
+                task.abort();
+            }
+            return match result {
+                Ok(r) => r.map_err(ServeError::from),
+                Err(e) => Err(ServeError::Io(std::io::Error::other(e))),
+            };
+        }
+    }
+
+    tracing::info!("shutting down: health is NOT_SERVING, draining in-flight calls");
+    for name in std::iter::once("").chain(SERVICES) {
+        health
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(config.drain_timeout, &mut server).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(e)) => return Err(ServeError::Io(std::io::Error::other(e))),
+        Err(_) => {
+            tracing::warn!("drain timeout reached; closing the remaining connections");
+            server.abort();
+        }
+    }
+    for task in background {
+        task.abort();
+        let _ = task.await;
+    }
+    store.durable().await?;
+    tracing::info!("sessiond stopped");
+    Ok(())
+}
+
+async fn sweeper(manager: Arc<SessionManager>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match manager.sweep().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "swept expired sessions"),
+            Err(e) => tracing::error!(error = %e, "sweeping expired sessions failed"),
+        }
+    }
+}
+
+async fn key_maintenance(keys: Arc<KeyRing>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if keys.needs_maintenance()
+            && let Err(e) = keys.maintain().await
+        {
+            tracing::error!(error = %e, "signing key maintenance failed");
+        }
+    }
+}
