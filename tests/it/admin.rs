@@ -1,0 +1,409 @@
+//! Revocation, session information, data and payload updates.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sessiond::pb;
+use tonic::Code;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn revoke_one_then_the_store_check_fails() {
+    let server = TestServer::start().await;
+    let mut c = server.sessions().await;
+    let created = create(&mut c, "u", json!({})).await;
+    let revoke = |h: String| pb::RevokeSessionRequest { session_handle: h };
+    assert!(
+        c.revoke_session(revoke(handle(&created)))
+            .await
+            .unwrap()
+            .into_inner()
+            .revoked
+    );
+    assert!(
+        !c.revoke_session(revoke(handle(&created)))
+            .await
+            .unwrap()
+            .into_inner()
+            .revoked,
+        "already gone"
+    );
+
+    verify(&mut c, &access(&created), false)
+        .await
+        .expect("stateless verification holds until exp");
+    assert_status(
+        verify(&mut c, &access(&created), true).await,
+        Code::Unauthenticated,
+        "UNAUTHORISED",
+    );
+    assert_status(
+        refresh(&mut c, &refresh_token(&created)).await,
+        Code::Unauthenticated,
+        "UNAUTHORISED",
+    );
+
+    let s = assert_status(
+        c.revoke_session(revoke("nope".into())).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(bad_field(&s), "session_handle");
+}
+
+#[tokio::test]
+async fn revoke_many_and_revoke_all_for_a_user() {
+    let server = TestServer::start().await;
+    let mut c = server.sessions().await;
+    let a1 = create(&mut c, "ann", json!({})).await;
+    let a2 = create(&mut c, "ann", json!({})).await;
+    let a3 = create(&mut c, "ann", json!({})).await;
+    let other_tenant = c
+        .create_new_session(pb::CreateNewSessionRequest {
+            user_id: "ann".into(),
+            tenant_id: "t2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ben = create(&mut c, "ben", json!({})).await;
+
+    let list = |user: &str, tenant: &str, all: bool| pb::GetAllSessionHandlesForUserRequest {
+        user_id: user.into(),
+        tenant_id: tenant.into(),
+        fetch_across_all_tenants: all,
+    };
+    let mut listed = c
+        .get_all_session_handles_for_user(list("ann", "", false))
+        .await
+        .unwrap()
+        .into_inner()
+        .session_handles;
+    listed.sort();
+    let mut expected = vec![handle(&a1), handle(&a2), handle(&a3)];
+    expected.sort();
+    assert_eq!(listed, expected, "per tenant: the default tenant only");
+    let all = c
+        .get_all_session_handles_for_user(list("ann", "", true))
+        .await
+        .unwrap()
+        .into_inner()
+        .session_handles;
+    assert_eq!(all.len(), 4);
+    let t2 = c
+        .get_all_session_handles_for_user(list("ann", "t2", false))
+        .await
+        .unwrap()
+        .into_inner()
+        .session_handles;
+    assert_eq!(t2, [handle(&other_tenant)]);
+
+    let unknown = "00000000-0000-4000-8000-000000000000".to_owned();
+    let revoked = c
+        .revoke_multiple_sessions(pb::RevokeMultipleSessionsRequest {
+            session_handles: vec![handle(&a1), unknown],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session_handles_revoked;
+    assert_eq!(revoked, [handle(&a1)]);
+    assert_status(
+        verify(&mut c, &access(&a1), true).await,
+        Code::Unauthenticated,
+        "UNAUTHORISED",
+    );
+
+    let s = assert_status(
+        c.revoke_multiple_sessions(pb::RevokeMultipleSessionsRequest {
+            session_handles: vec![handle(&a2), "bad".into()],
+        })
+        .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(bad_field(&s), "session_handles[1]");
+    verify(&mut c, &access(&a2), true)
+        .await
+        .expect("nothing revoked by a refused call");
+
+    let mut revoked = c
+        .revoke_all_sessions_for_user(pb::RevokeAllSessionsForUserRequest {
+            user_id: "ann".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session_handles_revoked;
+    revoked.sort();
+    let mut expected = vec![handle(&a2), handle(&a3)];
+    expected.sort();
+    assert_eq!(revoked, expected);
+    verify(&mut c, &access(&other_tenant), true)
+        .await
+        .expect("other tenants untouched");
+    verify(&mut c, &access(&ben), true)
+        .await
+        .expect("other users untouched");
+
+    let revoked = c
+        .revoke_all_sessions_for_user(pb::RevokeAllSessionsForUserRequest {
+            user_id: "ann".into(),
+            revoke_across_all_tenants: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session_handles_revoked;
+    assert_eq!(revoked, [handle(&other_tenant)]);
+    assert!(
+        c.get_all_session_handles_for_user(list("ann", "", true))
+            .await
+            .unwrap()
+            .into_inner()
+            .session_handles
+            .is_empty()
+    );
+
+    let s = assert_status(
+        c.get_all_session_handles_for_user(list("", "", false))
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(bad_field(&s), "user_id");
+}
+
+#[tokio::test]
+async fn expired_sessions_are_invisible_at_once() {
+    let server = TestServer::start().await;
+    let mut c = server.sessions().await;
+    let created = create(&mut c, "eve", json!({})).await;
+    server.clock.advance(Duration::from_secs(100 * 86400));
+    let listed = c
+        .get_all_session_handles_for_user(pb::GetAllSessionHandlesForUserRequest {
+            user_id: "eve".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.session_handles.is_empty());
+    assert_status(
+        c.get_session_information(pb::GetSessionInformationRequest {
+            session_handle: handle(&created),
+        })
+        .await,
+        Code::NotFound,
+        "SESSION_NOT_FOUND",
+    );
+}
+
+#[tokio::test]
+async fn session_information_and_data_overwrite() {
+    let server = TestServer::start().await;
+    let mut c = server.sessions().await;
+    let created = c
+        .create_new_session(pb::CreateNewSessionRequest {
+            user_id: "fay".into(),
+            tenant_id: "acme".into(),
+            access_token_payload: Some(obj(json!({"plan": "pro"}))),
+            session_data_in_database: Some(obj(json!({"cart": [1, 2], "secret": "s"}))),
+            disable_anti_csrf: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info = |c: &mut sessiond::pb::session_service_client::SessionServiceClient<_>| {
+        let h = handle(&created);
+        let mut c = c.clone();
+        async move {
+            c.get_session_information(pb::GetSessionInformationRequest { session_handle: h })
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let got = info(&mut c).await.unwrap();
+    assert_eq!(got.user_id, "fay");
+    assert_eq!(got.tenant_id, "acme");
+    assert_eq!(
+        json(got.session_data_in_database.as_ref().unwrap()),
+        json!({"cart": [1.0, 2.0], "secret": "s"})
+    );
+    assert_eq!(
+        json(got.custom_claims_in_access_token_payload.as_ref().unwrap()),
+        json!({"plan": "pro"})
+    );
+    let created_at = got.time_created.unwrap();
+    assert_eq!(
+        got.expiry.unwrap().seconds - created_at.seconds,
+        100 * 86400
+    );
+
+    let updated = c
+        .update_session_data_in_database(pb::UpdateSessionDataInDatabaseRequest {
+            session_handle: handle(&created),
+            new_session_data: Some(obj(json!({"only": true}))),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(updated.updated);
+    let got = info(&mut c).await.unwrap();
+    assert_eq!(
+        json(got.session_data_in_database.as_ref().unwrap()),
+        json!({"only": true}),
+        "overwritten, not merged"
+    );
+    assert!(
+        !claims(&access(&created))
+            .as_object()
+            .unwrap()
+            .contains_key("only"),
+        "data never reaches tokens"
+    );
+
+    let unknown = "00000000-0000-4000-8000-000000000000".to_owned();
+    assert_status(
+        c.update_session_data_in_database(pb::UpdateSessionDataInDatabaseRequest {
+            session_handle: unknown.clone(),
+            new_session_data: Some(obj(json!({}))),
+        })
+        .await,
+        Code::NotFound,
+        "SESSION_NOT_FOUND",
+    );
+    assert_status(
+        c.get_session_information(pb::GetSessionInformationRequest {
+            session_handle: unknown,
+        })
+        .await,
+        Code::NotFound,
+        "SESSION_NOT_FOUND",
+    );
+}
+
+#[tokio::test]
+async fn payload_merge_reaches_the_next_refresh_and_regenerate() {
+    let server = TestServer::start().await;
+    let mut c = server.sessions().await;
+    let created = create(&mut c, "gus", json!({"keep": 1, "drop": 2, "change": "a"})).await;
+    let merge = |update: serde_json::Value| pb::MergeIntoAccessTokenPayloadRequest {
+        session_handle: handle(&created),
+        access_token_payload_update: Some(obj(update)),
+    };
+    assert!(
+        c.merge_into_access_token_payload(merge(json!({"drop": null, "change": "b", "new": [1]})))
+            .await
+            .unwrap()
+            .into_inner()
+            .updated
+    );
+
+    let s = assert_status(
+        c.merge_into_access_token_payload(merge(json!({"exp": 0, "x": 1})))
+            .await,
+        Code::InvalidArgument,
+        "PROTECTED_CLAIM",
+    );
+    assert_eq!(bad_field(&s), "access_token_payload_update.exp");
+
+    let expected = json!({"keep": 1, "change": "b", "new": [1]});
+    let info = c
+        .get_session_information(pb::GetSessionInformationRequest {
+            session_handle: handle(&created),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        json(info.custom_claims_in_access_token_payload.as_ref().unwrap()),
+        json!({"keep": 1.0, "change": "b", "new": [1.0]})
+    );
+
+    // The existing token is unchanged; the next regenerate and refresh carry the merge.
+    assert_eq!(claims(&access(&created))["drop"], 2);
+    let regen = c
+        .regenerate_access_token(pb::RegenerateAccessTokenRequest {
+            access_token: access(&created),
+            new_access_token_payload: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let regen_claims = claims(&regen.access_token.unwrap().token);
+    for (k, v) in expected.as_object().unwrap() {
+        assert_eq!(&regen_claims[k], v, "regenerate carries {k}");
+    }
+    assert!(regen_claims.get("drop").is_none());
+
+    let refreshed = refresh(&mut c, &refresh_token(&created)).await.unwrap();
+    let refreshed_claims = claims(&refreshed.access_token.unwrap().token);
+    for (k, v) in expected.as_object().unwrap() {
+        assert_eq!(&refreshed_claims[k], v, "refresh carries {k}");
+    }
+}
+
+#[tokio::test]
+async fn regenerate_keeps_exp_and_lineage() {
+    let server = TestServer::start().await;
+    let mut c = server.sessions().await;
+    let created = create(&mut c, "hal", json!({"v": 1})).await;
+    server.clock.advance(Duration::from_secs(600));
+    let regen = c
+        .regenerate_access_token(pb::RegenerateAccessTokenRequest {
+            access_token: access(&created),
+            new_access_token_payload: Some(obj(json!({"v": 2}))),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let token = regen.access_token.unwrap();
+    let (old, new) = (claims(&access(&created)), claims(&token.token));
+    assert_eq!(new["exp"], old["exp"], "same expiry");
+    assert_eq!(
+        new["refreshTokenHash1"], old["refreshTokenHash1"],
+        "same lineage"
+    );
+    assert_eq!(new["antiCsrfToken"], old["antiCsrfToken"]);
+    assert_eq!(new["v"], 2);
+    assert_eq!(
+        token.expiry.unwrap().seconds as u64,
+        old["exp"].as_u64().unwrap()
+    );
+    verify(&mut c, &token.token, true).await.unwrap();
+
+    // The new payload is stored: the next refresh carries it.
+    let refreshed = refresh(&mut c, &refresh_token(&created)).await.unwrap();
+    assert_eq!(claims(&refreshed.access_token.unwrap().token)["v"], 2);
+
+    let s = assert_status(
+        c.regenerate_access_token(pb::RegenerateAccessTokenRequest {
+            access_token: access(&created),
+            new_access_token_payload: Some(obj(json!({"sub": "root"}))),
+        })
+        .await,
+        Code::InvalidArgument,
+        "PROTECTED_CLAIM",
+    );
+    assert_eq!(bad_field(&s), "new_access_token_payload.sub");
+
+    c.revoke_session(pb::RevokeSessionRequest {
+        session_handle: handle(&created),
+    })
+    .await
+    .unwrap();
+    assert_status(
+        c.regenerate_access_token(pb::RegenerateAccessTokenRequest {
+            access_token: access(&created),
+            new_access_token_payload: None,
+        })
+        .await,
+        Code::Unauthenticated,
+        "UNAUTHORISED",
+    );
+}

@@ -1,0 +1,135 @@
+//! API keys, open endpoints and health.
+
+use serde_json::json;
+use sessiond::pb;
+use tonic::Code;
+use tonic::metadata::MetadataValue;
+
+use crate::helpers::*;
+
+fn with_key<T>(msg: T, key: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut()
+        .insert("x-api-key", MetadataValue::try_from(key).unwrap());
+    req
+}
+
+#[tokio::test]
+async fn api_keys_guard_session_and_jwt_services() {
+    let server = TestServer::start_with(|c| {
+        c.api_keys = vec![
+            sessiond::config::Secret::new(API_KEY),
+            sessiond::config::Secret::new("second-key-abcdefghijkl"),
+        ]
+    })
+    .await;
+    let mut c = server.sessions().await;
+    let req = || pb::CreateNewSessionRequest {
+        user_id: "u".into(),
+        ..Default::default()
+    };
+    assert_status(
+        c.create_new_session(req()).await,
+        Code::Unauthenticated,
+        "MISSING_CREDENTIALS",
+    );
+    let s = assert_status(
+        c.create_new_session(with_key(req(), "test-api-key-0123456780"))
+            .await,
+        Code::Unauthenticated,
+        "MISSING_CREDENTIALS",
+    );
+    assert!(
+        !s.message().contains("0123456780"),
+        "the key is never echoed"
+    );
+    c.create_new_session(with_key(req(), API_KEY))
+        .await
+        .unwrap();
+    c.create_new_session(with_key(req(), "second-key-abcdefghijkl"))
+        .await
+        .unwrap();
+
+    let mut j = server.jwts().await;
+    assert_status(
+        j.get_jwks(pb::GetJwksRequest {}).await,
+        Code::Unauthenticated,
+        "MISSING_CREDENTIALS",
+    );
+    j.get_jwks(with_key(pb::GetJwksRequest {}, API_KEY))
+        .await
+        .unwrap();
+
+    // Health and the HTTP routes stay open.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    let reply = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "sessiond.v1.SessionService".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.into_inner().status, 1, "SERVING");
+    let (status, _, _) = http_get(server.addr, "/.well-known/jwks.json").await;
+    assert!(status.contains("200"));
+}
+
+#[tokio::test]
+async fn without_keys_loopback_callers_need_none() {
+    let server = TestServer::start().await;
+    let mut c = server.sessions().await;
+    create(&mut c, "u", json!({})).await;
+}
+
+#[tokio::test]
+async fn reflection_lists_the_services() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let server = TestServer::start().await;
+    let mut client = ServerReflectionClient::new(server.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reflection reply")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "sessiond.v1.SessionService",
+        "sessiond.v1.JwtService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404_for_http_and_unimplemented_for_grpc() {
+    let server = TestServer::start().await;
+    let (status, _, _) = http_get(server.addr, "/no/such/page").await;
+    assert!(status.contains("404"), "{status}");
+
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/sessiond.v1.SessionService/NoSuchMethod");
+    let reply: Result<tonic::Response<pb::GetJwksResponse>, _> = grpc
+        .unary(
+            tonic::Request::new(pb::GetJwksRequest {}),
+            path,
+            tonic_prost::ProstCodec::default(),
+        )
+        .await;
+    assert_eq!(reply.unwrap_err().code(), Code::Unimplemented);
+}

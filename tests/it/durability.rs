@@ -1,0 +1,182 @@
+//! Restarts, the data directory lock, and crashes under write load.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use sessiond::pb;
+use sessiond::pb::session_service_client::SessionServiceClient;
+use tonic::Code;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn a_restart_keeps_sessions_and_keys() {
+    let server = TestServer::start().await;
+    let mut c = server.sessions().await;
+    let created = create(&mut c, "rita", json!({"k": 1})).await;
+    let before = server
+        .jwts()
+        .await
+        .get_jwks(pb::GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    drop(c);
+
+    let server = server.restart().await;
+    let mut c = server.sessions().await;
+    verify(&mut c, &access(&created), true)
+        .await
+        .expect("the access token verifies after a restart");
+    let after = server
+        .jwts()
+        .await
+        .get_jwks(pb::GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    assert_eq!(before, after, "the same keys");
+    let refreshed = refresh(&mut c, &refresh_token(&created)).await.unwrap();
+    assert_eq!(claims(&refreshed.access_token.unwrap().token)["k"], 1);
+    let listed = c
+        .get_all_session_handles_for_user(pb::GetAllSessionHandlesForUserRequest {
+            user_id: "rita".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session_handles;
+    assert_eq!(listed, [handle(&created)]);
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_data_dir_is_refused() {
+    let server = TestServer::start().await;
+    let mut config = server.config.clone();
+    config.data_dir = server.data_dir();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = sessiond::serve(
+        listener,
+        config,
+        server.clock.clone(),
+        std::future::pending(),
+    )
+    .await
+    .expect_err("the data directory is locked");
+    let text = err.to_string();
+    assert!(
+        text.contains("in use by another sessiond process"),
+        "{text}"
+    );
+}
+
+/// The `sessiond` binary, started on port 0; returns the child and the address
+/// from its ready line.
+fn spawn_binary(data_dir: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sessiond"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env_remove("SESSIOND_API_KEYS")
+        .env("SESSIOND_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("the server exited before it was ready")
+            .unwrap();
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+async fn connect(addr: &str) -> SessionServiceClient<tonic::transport::Channel> {
+    SessionServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_under_write_load_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = spawn_binary(dir.path());
+    let client = connect(&addr).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let mut c = client.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                while !stop.load(Ordering::Relaxed) && acknowledged.len() < 100_000 {
+                    let reply = c
+                        .create_new_session(pb::CreateNewSessionRequest {
+                            user_id: format!("writer-{w}"),
+                            session_data_in_database: Some(obj(json!({"n": acknowledged.len()}))),
+                            ..Default::default()
+                        })
+                        .await;
+                    match reply {
+                        Ok(r) => acknowledged.push(handle(&r.into_inner())),
+                        Err(_) => break,
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    child.kill().unwrap(); // SIGKILL: no shutdown, no final flush.
+    child.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    for w in writers {
+        acknowledged.extend(w.await.unwrap());
+    }
+    assert!(
+        acknowledged.len() > 50,
+        "the load ran ({} writes)",
+        acknowledged.len()
+    );
+
+    let (mut child, addr) = spawn_binary(dir.path());
+    let mut c = connect(&addr).await;
+    let mut missing = 0;
+    for h in &acknowledged {
+        let r = c
+            .get_session_information(pb::GetSessionInformationRequest {
+                session_handle: h.clone(),
+            })
+            .await;
+        match r {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::NotFound => missing += 1,
+            Err(s) => panic!("unexpected {s:?}"),
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} acknowledged sessions were lost",
+        acknowledged.len()
+    );
+}

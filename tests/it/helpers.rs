@@ -1,0 +1,292 @@
+//! Starting real servers on 127.0.0.1:0 and talking to them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost_types::value::Kind;
+use prost_types::{Struct, Value as PbValue};
+use sessiond::config::Config;
+use sessiond::pb;
+use sessiond::pb::jwt_service_client::JwtServiceClient;
+use sessiond::pb::session_service_client::SessionServiceClient;
+use sessiond::{ManualClock, ServeError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+pub const API_KEY: &str = "test-api-key-0123456789";
+
+/// A server running in this process on a temporary data directory, with a
+/// manual clock.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub clock: Arc<ManualClock>,
+    pub config: Config,
+    dir: Arc<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let mut config = Config::with_data_dir(dir.path());
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.drain_timeout = Duration::from_secs(5);
+        configure(&mut config);
+        Self::launch(dir, ManualClock::starting_now(), config).await
+    }
+
+    async fn launch(dir: Arc<tempfile::TempDir>, clock: Arc<ManualClock>, config: Config) -> Self {
+        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(sessiond::serve(
+            listener,
+            config.clone(),
+            clock.clone(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let server = Self {
+            addr,
+            clock,
+            config,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    /// Waits until the health service answers SERVING (bounded).
+    async fn wait_ready(&self) {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+        for _ in 0..500 {
+            if let Ok(channel) = Channel::from_shared(self.url()).unwrap().connect().await {
+                let reply = HealthClient::new(channel)
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await;
+                if reply.is_ok_and(|r| r.into_inner().status == 1) {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the server did not become ready");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    pub async fn sessions(&self) -> SessionServiceClient<Channel> {
+        SessionServiceClient::new(self.channel().await)
+    }
+
+    pub async fn jwts(&self) -> JwtServiceClient<Channel> {
+        JwtServiceClient::new(self.channel().await)
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) -> (Arc<tempfile::TempDir>, Arc<ManualClock>, Config) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+        (self.dir.clone(), self.clock.clone(), self.config.clone())
+    }
+
+    /// Stops the server and starts a new one on the same data directory and clock.
+    pub async fn restart(self) -> Self {
+        let (dir, clock, config) = self.stop().await;
+        Self::launch(dir, clock, config).await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A JSON object as a protobuf Struct.
+pub fn obj(v: serde_json::Value) -> Struct {
+    let serde_json::Value::Object(m) = v else {
+        panic!("not an object")
+    };
+    Struct {
+        fields: m.into_iter().map(|(k, v)| (k, val(v))).collect(),
+    }
+}
+
+fn val(v: serde_json::Value) -> PbValue {
+    use serde_json::Value as J;
+    let kind = match v {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
+        J::String(s) => Kind::StringValue(s),
+        J::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.into_iter().map(val).collect(),
+        }),
+        J::Object(_) => Kind::StructValue(obj(v)),
+    };
+    PbValue { kind: Some(kind) }
+}
+
+/// A protobuf Struct as JSON.
+pub fn json(s: &Struct) -> serde_json::Value {
+    fn j(v: &PbValue) -> serde_json::Value {
+        match &v.kind {
+            None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+            Some(Kind::BoolValue(b)) => (*b).into(),
+            Some(Kind::NumberValue(n)) => (*n).into(),
+            Some(Kind::StringValue(s)) => s.clone().into(),
+            Some(Kind::ListValue(l)) => l.values.iter().map(j).collect(),
+            Some(Kind::StructValue(s)) => json(s),
+        }
+    }
+    s.fields
+        .iter()
+        .map(|(k, v)| (k.clone(), j(v)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// Asserts a status's code and ErrorInfo reason (domain "sessiond").
+#[track_caller]
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, Status>,
+    code: Code,
+    reason: &str,
+) -> Status {
+    let status = result.expect_err("expected an error");
+    assert_eq!(status.code(), code, "code of {status:?}");
+    let details = status.get_error_details();
+    let info = details
+        .error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.reason, reason, "reason of {status:?}");
+    assert_eq!(info.domain, "sessiond");
+    status
+}
+
+/// The field a BadRequest names.
+pub fn bad_field(status: &Status) -> String {
+    let details = status.get_error_details();
+    let bad = details
+        .bad_request()
+        .unwrap_or_else(|| panic!("no BadRequest in {status:?}"));
+    bad.field_violations[0].field.clone()
+}
+
+/// Creates a session for `user` with an access token payload.
+pub async fn create(
+    client: &mut SessionServiceClient<Channel>,
+    user: &str,
+    payload: serde_json::Value,
+) -> pb::CreateNewSessionResponse {
+    client
+        .create_new_session(pb::CreateNewSessionRequest {
+            user_id: user.into(),
+            access_token_payload: Some(obj(payload)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+pub fn access(r: &pb::CreateNewSessionResponse) -> String {
+    r.access_token.as_ref().unwrap().token.clone()
+}
+
+pub fn refresh_token(r: &pb::CreateNewSessionResponse) -> String {
+    r.refresh_token.as_ref().unwrap().token.clone()
+}
+
+pub fn handle(r: &pb::CreateNewSessionResponse) -> String {
+    r.session.as_ref().unwrap().session_handle.clone()
+}
+
+pub async fn verify(
+    client: &mut SessionServiceClient<Channel>,
+    token: &str,
+    check_database: bool,
+) -> Result<pb::GetSessionResponse, Status> {
+    client
+        .get_session(pb::GetSessionRequest {
+            access_token: token.into(),
+            check_database,
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+pub async fn refresh(
+    client: &mut SessionServiceClient<Channel>,
+    token: &str,
+) -> Result<pb::RefreshSessionResponse, Status> {
+    client
+        .refresh_session(pb::RefreshSessionRequest {
+            refresh_token: token.into(),
+            disable_anti_csrf: true,
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// The claims of a JWT, without verifying it.
+pub fn claims(jwt: &str) -> serde_json::Value {
+    use base64::Engine;
+    let part = jwt.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// A plain HTTP/1.1 GET; returns (status line, headers, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (status.to_owned(), headers.to_lowercase(), body.to_owned())
+}

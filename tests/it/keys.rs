@@ -1,0 +1,353 @@
+//! Signing keys, rotation, JWKS, discovery and CreateJwt.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use jsonwebtoken::{DecodingKey, Validation, jwk::JwkSet};
+use serde_json::json;
+use sessiond::config::SigningAlgorithm;
+use sessiond::pb;
+use tonic::Code;
+
+use crate::helpers::*;
+
+fn kid(jwt: &str) -> String {
+    jsonwebtoken::decode_header(jwt).unwrap().kid.unwrap()
+}
+
+async fn jwks(server: &TestServer) -> JwkSet {
+    let (status, headers, body) = http_get(server.addr, "/.well-known/jwks.json").await;
+    assert!(status.contains("200"), "{status}");
+    assert!(headers.contains("cache-control: max-age="), "{headers}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Verifies a JWT the way an outside service would: with the published JWKS.
+fn verify_with_jwks(set: &JwkSet, jwt: &str) -> serde_json::Value {
+    let kid = kid(jwt);
+    let jwk = set
+        .find(&kid)
+        .unwrap_or_else(|| panic!("{kid} is not in the JWKS"));
+    let key = DecodingKey::from_jwk(jwk).unwrap();
+    let alg = jsonwebtoken::decode_header(jwt).unwrap().alg;
+    let mut v = Validation::new(alg);
+    v.validate_exp = false;
+    v.required_spec_claims.clear();
+    jsonwebtoken::decode::<serde_json::Value>(jwt, &key, &v)
+        .unwrap()
+        .claims
+}
+
+#[tokio::test]
+async fn rotation_mid_session_keeps_every_live_token_verifiable() {
+    let server =
+        TestServer::start_with(|c| c.key_rotation_interval = Duration::from_secs(24 * 3600)).await;
+    let mut c = server.sessions().await;
+    let first = create(&mut c, "u", json!({})).await;
+    let first_kid = kid(&access(&first));
+
+    server
+        .clock
+        .advance(Duration::from_secs(24 * 3600 - 30 * 60));
+    let late = create(&mut c, "u", json!({})).await;
+    assert_eq!(kid(&access(&late)), first_kid);
+
+    // Just before the interval ends a successor is published but does not sign yet.
+    server.clock.advance(Duration::from_secs(29 * 60));
+    let during = create(&mut c, "u", json!({})).await;
+    assert_eq!(
+        kid(&access(&during)),
+        first_kid,
+        "the old key signs during the publication delay"
+    );
+    let published: HashSet<String> = jwks(&server)
+        .await
+        .keys
+        .iter()
+        .filter_map(|k| k.common.key_id.clone())
+        .collect();
+    assert_eq!(
+        published.iter().filter(|k| k.starts_with("d-")).count(),
+        2,
+        "{published:?}"
+    );
+
+    server.clock.advance(Duration::from_secs(60));
+    let second = create(&mut c, "u", json!({})).await;
+    let second_kid = kid(&access(&second));
+    assert_ne!(second_kid, first_kid, "the new key signs after the delay");
+
+    // Every live token verifies, by the server and with the JWKS.
+    let set = jwks(&server).await;
+    for created in [&late, &during, &second] {
+        let token = access(created);
+        verify(&mut c, &token, true).await.unwrap();
+        verify_with_jwks(&set, &token);
+    }
+    assert_status(
+        verify(&mut c, &access(&first), false).await,
+        Code::Unauthenticated,
+        "TRY_REFRESH_TOKEN",
+    );
+    // A refresh of the first session is signed by the new key.
+    let refreshed = refresh(&mut c, &refresh_token(&first)).await.unwrap();
+    assert_eq!(kid(&refreshed.access_token.unwrap().token), second_kid);
+
+    // Once every token of the old key has expired, the key leaves the JWKS.
+    server.clock.advance(Duration::from_secs(3600));
+    let set = jwks(&server).await;
+    assert!(
+        set.find(&first_kid).is_none(),
+        "retired key still published"
+    );
+    assert!(set.find(&second_kid).is_some());
+}
+
+#[tokio::test]
+async fn rotate_signing_key_rpc_publishes_first() {
+    let server = TestServer::start().await;
+    let mut j = server.jwts().await;
+    let mut c = server.sessions().await;
+    let before = kid(&access(&create(&mut c, "u", json!({})).await));
+    let rotated = j
+        .rotate_signing_key(pb::RotateSigningKeyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(rotated.kid, before);
+    let keys = j
+        .get_jwks(pb::GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    assert!(
+        keys.iter().any(|k| k.kid == rotated.kid),
+        "published at once"
+    );
+    assert_eq!(kid(&access(&create(&mut c, "u", json!({})).await)), before);
+    server.clock.advance(Duration::from_secs(60));
+    assert_eq!(
+        kid(&access(&create(&mut c, "u", json!({})).await)),
+        rotated.kid
+    );
+}
+
+#[tokio::test]
+async fn every_algorithm_signs_tokens_that_outside_verifiers_accept() {
+    for alg in [
+        SigningAlgorithm::RS256,
+        SigningAlgorithm::ES256,
+        SigningAlgorithm::EdDSA,
+    ] {
+        let server = TestServer::start_with(|c| c.signing_algorithm = alg).await;
+        let mut c = server.sessions().await;
+        let token = access(&create(&mut c, "u", json!({"a": 1})).await);
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(format!("{:?}", header.alg), alg.as_str());
+        let claims = verify_with_jwks(&jwks(&server).await, &token);
+        assert_eq!(claims["a"], 1);
+        verify(&mut c, &token, true).await.unwrap();
+
+        let keys = server
+            .jwts()
+            .await
+            .get_jwks(pb::GetJwksRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .keys;
+        let k = keys.iter().find(|k| k.kid == kid(&token)).unwrap();
+        assert_eq!(k.alg, alg.as_str());
+        assert_eq!(k.r#use, "sig");
+        match alg {
+            SigningAlgorithm::RS256 => {
+                assert!(k.kty == "RSA" && !k.n.is_empty() && !k.e.is_empty())
+            }
+            SigningAlgorithm::ES256 => {
+                assert!(k.kty == "EC" && k.crv == "P-256" && !k.y.is_empty())
+            }
+            SigningAlgorithm::EdDSA => {
+                assert!(k.kty == "OKP" && k.crv == "Ed25519" && !k.x.is_empty())
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn algorithm_confusion_and_unknown_keys_are_refused() {
+    let server = TestServer::start_with(|c| c.signing_algorithm = SigningAlgorithm::RS256).await;
+    let mut c = server.sessions().await;
+    let token = access(&create(&mut c, "u", json!({})).await);
+    let real_claims = claims(&token);
+    let real_kid = kid(&token);
+
+    // HS256 "signed" with the published public key as the HMAC secret.
+    let set = jwks(&server).await;
+    let public = serde_json::to_vec(set.find(&real_kid).unwrap()).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some(real_kid.clone());
+    header.extras.insert("version", "5");
+    let confused = jsonwebtoken::encode(
+        &header,
+        &real_claims,
+        &jsonwebtoken::EncodingKey::from_secret(&public),
+    )
+    .unwrap();
+    assert_status(
+        verify(&mut c, &confused, false).await,
+        Code::Unauthenticated,
+        "UNAUTHORISED",
+    );
+
+    // A token signed by a key this server never had.
+    let other = TestServer::start_with(|c| c.signing_algorithm = SigningAlgorithm::RS256).await;
+    let foreign = access(&create(&mut other.sessions().await, "u", json!({})).await);
+    assert_status(
+        verify(&mut c, &foreign, false).await,
+        Code::Unauthenticated,
+        "UNAUTHORISED",
+    );
+}
+
+#[tokio::test]
+async fn create_jwt_with_rotating_and_static_keys() {
+    let server = TestServer::start().await;
+    let mut j = server.jwts().await;
+    let jwt = j
+        .create_jwt(pb::CreateJwtRequest {
+            payload: Some(obj(json!({"sub": "svc", "scope": "read"}))),
+            validity: Some(prost_types::Duration {
+                seconds: 120,
+                nanos: 0,
+            }),
+            use_static_signing_key: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jwt;
+    let set = jwks(&server).await;
+    let claims = verify_with_jwks(&set, &jwt);
+    assert_eq!(claims["scope"], "read");
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        120
+    );
+    assert_eq!(claims["iss"], server.url());
+    assert!(kid(&jwt).starts_with("d-"));
+
+    let static_jwt = j
+        .create_jwt(pb::CreateJwtRequest {
+            payload: Some(obj(json!({"sub": "svc"}))),
+            validity: None,
+            use_static_signing_key: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jwt;
+    assert!(kid(&static_jwt).starts_with("s-"));
+    verify_with_jwks(&set, &static_jwt);
+
+    // A JWT can never pass as an access token.
+    let mut c = server.sessions().await;
+    assert_status(
+        verify(&mut c, &jwt, false).await,
+        Code::Unauthenticated,
+        "UNAUTHORISED",
+    );
+    let s = assert_status(
+        j.create_jwt(pb::CreateJwtRequest {
+            payload: Some(obj(json!({"sessionHandle": "x"}))),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "PROTECTED_CLAIM",
+    );
+    assert_eq!(bad_field(&s), "payload.sessionHandle");
+    let s = assert_status(
+        j.create_jwt(pb::CreateJwtRequest {
+            validity: Some(prost_types::Duration {
+                seconds: -5,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(bad_field(&s), "validity");
+}
+
+#[tokio::test]
+async fn a_long_lived_jwt_keeps_its_rotating_key_published() {
+    let server =
+        TestServer::start_with(|c| c.key_rotation_interval = Duration::from_secs(3600)).await;
+    let mut j = server.jwts().await;
+    let jwt = j
+        .create_jwt(pb::CreateJwtRequest {
+            payload: Some(obj(json!({"sub": "svc"}))),
+            validity: Some(prost_types::Duration {
+                seconds: 30 * 86400,
+                nanos: 0,
+            }),
+            use_static_signing_key: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jwt;
+    // Many rotations later, the key that signed it is still published.
+    for _ in 0..10 {
+        server.clock.advance(Duration::from_secs(24 * 3600));
+        server
+            .sessions()
+            .await
+            .create_new_session(pb::CreateNewSessionRequest {
+                user_id: "u".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    verify_with_jwks(&jwks(&server).await, &jwt);
+    server.clock.advance(Duration::from_secs(21 * 86400));
+    j.rotate_signing_key(pb::RotateSigningKeyRequest {})
+        .await
+        .unwrap();
+    assert!(
+        jwks(&server).await.find(&kid(&jwt)).is_none(),
+        "gone once the JWT expired"
+    );
+}
+
+#[tokio::test]
+async fn discovery_document_over_grpc_and_http() {
+    let server =
+        TestServer::start_with(|c| c.issuer = Some("https://auth.example.com".into())).await;
+    let d = server
+        .jwts()
+        .await
+        .get_open_id_discovery_configuration(pb::GetOpenIdDiscoveryConfigurationRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.issuer, "https://auth.example.com");
+    assert_eq!(d.jwks_uri, "https://auth.example.com/.well-known/jwks.json");
+    let (status, _, body) = http_get(server.addr, "/.well-known/openid-configuration").await;
+    assert!(status.contains("200"));
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["issuer"], "https://auth.example.com");
+    assert_eq!(
+        doc["jwks_uri"],
+        "https://auth.example.com/.well-known/jwks.json"
+    );
+    let mut c = server.sessions().await;
+    assert_eq!(
+        claims(&access(&create(&mut c, "u", json!({})).await))["iss"],
+        "https://auth.example.com"
+    );
+}

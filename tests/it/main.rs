@@ -1,0 +1,10 @@
+//! Integration tests: each starts a real server on 127.0.0.1:0 with a
+//! temporary data directory and a manual clock, and talks gRPC to it.
+
+mod admin;
+mod callers;
+mod durability;
+mod helpers;
+mod keys;
+mod refresh;
+mod sessions;

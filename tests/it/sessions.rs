@@ -1,0 +1,291 @@
+//! Creating and verifying sessions.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::json;
+use sessiond::pb;
+use tonic::Code;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn create_then_verify_statelessly_and_against_the_store() {
+    let server = TestServer::start().await;
+    let mut c = server.sessions().await;
+    let created = create(&mut c, "alice", json!({"role": "admin", "n": 3})).await;
+
+    let session = created.session.as_ref().unwrap();
+    assert_eq!(session.user_id, "alice");
+    assert_eq!(session.tenant_id, "public");
+    assert_eq!(
+        json(session.access_token_payload.as_ref().unwrap()),
+        json!({"role": "admin", "n": 3.0})
+    );
+    assert!(
+        created.anti_csrf_token.is_some(),
+        "anti-CSRF is on unless disabled"
+    );
+
+    let claims = claims(&access(&created));
+    for reserved in [
+        "sub",
+        "iat",
+        "exp",
+        "sessionHandle",
+        "refreshTokenHash1",
+        "tId",
+        "rsub",
+        "iss",
+    ] {
+        assert!(
+            claims.get(reserved).is_some(),
+            "{reserved} missing from {claims}"
+        );
+    }
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["role"], "admin");
+    assert_eq!(
+        claims["n"], 3,
+        "integral numbers stay integers in the token"
+    );
+    assert_eq!(
+        claims["antiCsrfToken"],
+        created.anti_csrf_token.clone().unwrap()
+    );
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        3600,
+        "default access token lifetime is 1h"
+    );
+    let header_b64 = access(&created).split('.').next().unwrap().to_owned();
+    let header: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header_b64).unwrap()).unwrap();
+    assert_eq!(header["typ"], "JWT");
+    assert_eq!(header["version"], "5");
+    assert!(header["kid"].as_str().unwrap().starts_with("d-"));
+
+    for check_database in [false, true] {
+        let got = verify(&mut c, &access(&created), check_database)
+            .await
+            .unwrap();
+        let s = got.session.unwrap();
+        assert_eq!(s.session_handle, handle(&created));
+        assert_eq!(
+            json(s.access_token_payload.as_ref().unwrap())["role"],
+            "admin"
+        );
+        assert!(got.access_token.is_none());
+    }
+}
+
+#[tokio::test]
+async fn anti_csrf_is_checked_when_asked() {
+    let server = TestServer::start().await;
+    let mut c = server.sessions().await;
+    let created = create(&mut c, "bob", json!({})).await;
+    let anti_csrf = created.anti_csrf_token.clone().unwrap();
+    let get = |anti_csrf_token: &str, check: bool| pb::GetSessionRequest {
+        access_token: access(&created),
+        anti_csrf_token: anti_csrf_token.into(),
+        do_anti_csrf_check: check,
+        check_database: false,
+    };
+    c.get_session(get(&anti_csrf, true)).await.unwrap();
+    c.get_session(get("", false)).await.unwrap();
+    assert_status(
+        c.get_session(get("wrong", true)).await,
+        Code::Unauthenticated,
+        "TRY_REFRESH_TOKEN",
+    );
+    assert_status(
+        c.get_session(get("", true)).await,
+        Code::Unauthenticated,
+        "TRY_REFRESH_TOKEN",
+    );
+
+    // A session created without anti-CSRF has no token to compare.
+    let plain = c
+        .create_new_session(pb::CreateNewSessionRequest {
+            user_id: "bob".into(),
+            disable_anti_csrf: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(plain.anti_csrf_token.is_none());
+    assert!(claims(&access(&plain)).get("antiCsrfToken").is_none());
+    c.get_session(pb::GetSessionRequest {
+        access_token: access(&plain),
+        do_anti_csrf_check: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn tampered_and_random_tokens_are_unauthorised() {
+    let server = TestServer::start().await;
+    let mut c = server.sessions().await;
+    let token = access(&create(&mut c, "carol", json!({"role": "user"})).await);
+    let parts: Vec<&str> = token.split('.').collect();
+
+    // A payload that claims to be someone else, with the original signature.
+    let mut forged = claims(&token);
+    forged["sub"] = json!("mallory");
+    forged["rsub"] = json!("mallory");
+    let forged_payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap());
+    let tampered_payload = format!("{}.{}.{}", parts[0], forged_payload, parts[2]);
+
+    // One flipped character in the signature.
+    let mut sig: Vec<char> = parts[2].chars().collect();
+    sig[5] = if sig[5] == 'A' { 'B' } else { 'A' };
+    let tampered_sig = format!(
+        "{}.{}.{}",
+        parts[0],
+        parts[1],
+        sig.into_iter().collect::<String>()
+    );
+
+    // alg: none, with no signature.
+    let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT","version":"5"}"#);
+    let alg_none = format!("{none_header}.{}.", parts[1]);
+
+    let refresh = refresh_token(&create(&mut c, "carol", json!({})).await);
+    for bad in [
+        tampered_payload.as_str(),
+        tampered_sig.as_str(),
+        alg_none.as_str(),
+        "not-a-token",
+        "a.b.c",
+        refresh.as_str(),
+    ] {
+        for check_database in [false, true] {
+            assert_status(
+                verify(&mut c, bad, check_database).await,
+                Code::Unauthenticated,
+                "UNAUTHORISED",
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_expired_access_token_asks_for_a_refresh() {
+    let server = TestServer::start().await;
+    let mut c = server.sessions().await;
+    let created = create(&mut c, "dave", json!({})).await;
+    server.clock.advance(Duration::from_secs(3599));
+    verify(&mut c, &access(&created), false).await.unwrap();
+    server.clock.advance(Duration::from_secs(1));
+    let status = assert_status(
+        verify(&mut c, &access(&created), false).await,
+        Code::Unauthenticated,
+        "TRY_REFRESH_TOKEN",
+    );
+    assert!(status.message().contains("expired"), "{}", status.message());
+
+    // The refresh token still works and gives a fresh access token.
+    let refreshed = refresh(&mut c, &refresh_token(&created)).await.unwrap();
+    verify(&mut c, &refreshed.access_token.unwrap().token, true)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_is_invalid_argument_naming_the_field() {
+    let server = TestServer::start_with(|c| c.max_payload_bytes = 1024).await;
+    let mut c = server.sessions().await;
+
+    let s = assert_status(
+        c.create_new_session(pb::CreateNewSessionRequest::default())
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(bad_field(&s), "user_id");
+
+    let big = json!({"blob": "x".repeat(2000)});
+    let s = assert_status(
+        c.create_new_session(pb::CreateNewSessionRequest {
+            user_id: "u".into(),
+            access_token_payload: Some(obj(big.clone())),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(bad_field(&s), "access_token_payload");
+    let s = assert_status(
+        c.create_new_session(pb::CreateNewSessionRequest {
+            user_id: "u".into(),
+            session_data_in_database: Some(obj(big)),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(bad_field(&s), "session_data_in_database");
+
+    // Not JSON: NaN has no JSON form.
+    let mut nan = obj(json!({}));
+    nan.fields.insert(
+        "score".into(),
+        prost_types::Value {
+            kind: Some(prost_types::value::Kind::NumberValue(f64::NAN)),
+        },
+    );
+    let s = assert_status(
+        c.create_new_session(pb::CreateNewSessionRequest {
+            user_id: "u".into(),
+            access_token_payload: Some(nan),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(bad_field(&s), "access_token_payload.score");
+
+    let s = assert_status(
+        c.create_new_session(pb::CreateNewSessionRequest {
+            user_id: "u".into(),
+            access_token_payload: Some(obj(json!({"sessionHandle": "mine"}))),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "PROTECTED_CLAIM",
+    );
+    assert_eq!(bad_field(&s), "access_token_payload.sessionHandle");
+
+    let s = assert_status(
+        c.create_new_session(pb::CreateNewSessionRequest {
+            user_id: "u".into(),
+            tenant_id: "no spaces".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(bad_field(&s), "tenant_id");
+
+    let s = assert_status(
+        verify(&mut c, "", false).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(bad_field(&s), "access_token");
+    let s = assert_status(
+        refresh(&mut c, "").await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(bad_field(&s), "refresh_token");
+}
