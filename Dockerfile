@@ -1,0 +1,32 @@
+# syntax=docker/dockerfile:1
+# Build:  docker build -t sessiond .
+# Run:    docker run -p 50051:50051 -v sessiond-data:/var/lib/sessiond \
+#           -e SESSIOND_API_KEYS=<a key of 16+ characters> sessiond
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto ./proto
+COPY src ./src
+RUN cargo build --release --locked --bin sessiond \
+    && install -m 0755 target/release/sessiond /usr/local/bin/sessiond
+
+FROM debian:bookworm-slim
+RUN groupadd --system --gid 10001 sessiond \
+    && useradd --system --uid 10001 --gid sessiond --home-dir /var/lib/sessiond --shell /usr/sbin/nologin sessiond \
+    && mkdir -p /var/lib/sessiond \
+    && chown sessiond:sessiond /var/lib/sessiond
+COPY --from=build /usr/local/bin/sessiond /usr/local/bin/sessiond
+USER sessiond:sessiond
+WORKDIR /var/lib/sessiond
+# Listening beyond loopback requires SESSIOND_API_KEYS: without a key the
+# server refuses to start, with a message that says so.
+ENV SESSIOND_LISTEN=0.0.0.0:50051 \
+    SESSIOND_DATA_DIR=/var/lib/sessiond/data
+VOLUME ["/var/lib/sessiond"]
+EXPOSE 50051
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=5s --start-period=15s --retries=3 \
+    CMD ["sessiond", "health", "--timeout", "4s"]
+ENTRYPOINT ["sessiond"]
+CMD ["serve"]
