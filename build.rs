@@ -20,6 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out_dir.join("sessiond_descriptor.bin"), fds.encode_to_vec())?;
 
     tonic_prost_build::configure()
+        .codec_path("crate::api::codec::SessiondCodec")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

@@ -5,6 +5,7 @@
 //! domain calls, and convert the results back. Nothing below this module
 //! imports generated code.
 
+pub mod codec;
 pub mod convert;
 pub mod error;
 pub mod jwt;

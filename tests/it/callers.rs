@@ -133,3 +133,49 @@ async fn unknown_paths_are_404_for_http_and_unimplemented_for_grpc() {
         .await;
     assert_eq!(reply.unwrap_err().code(), Code::Unimplemented);
 }
+
+#[tokio::test]
+async fn an_undecodable_request_is_invalid_argument_not_internal() {
+    let server = TestServer::start().await;
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    grpc.ready().await.unwrap();
+    // Field 1 (user_id, a string) carrying bytes that are not UTF-8.
+    let garbage: Vec<u8> = vec![0xff, 0xfe, 0xfd];
+    let path = http::uri::PathAndQuery::from_static("/sessiond.v1.SessionService/CreateNewSession");
+    let reply: Result<tonic::Response<pb::CreateNewSessionResponse>, _> = grpc
+        .unary(
+            tonic::Request::new(garbage),
+            path,
+            tonic_prost::ProstCodec::default(),
+        )
+        .await;
+    let s = assert_status(reply, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_eq!(bad_field(&s), "request");
+}
+
+#[tokio::test]
+async fn health_turns_not_serving_when_shutdown_begins() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let server =
+        TestServer::start_with(|c| c.drain_timeout = std::time::Duration::from_millis(300)).await;
+    let mut health = HealthClient::new(server.channel().await);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "sessiond.v1.SessionService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status, 1, "SERVING");
+    // The open Watch stream is an in-flight call: it outlives the drain
+    // timeout, which bounds the shutdown.
+    let stopping = tokio::spawn(server.stop());
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        2,
+        "NOT_SERVING"
+    );
+    stopping.await.unwrap();
+}

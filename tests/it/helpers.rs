@@ -70,24 +70,23 @@ impl TestServer {
         server
     }
 
-    /// Waits until the health service answers SERVING (bounded).
+    /// Waits until the server answers health checks with SERVING. The
+    /// listener is bound before `serve` starts, so the first call simply
+    /// waits in the accept queue; no polling, no sleeps.
     async fn wait_ready(&self) {
         use tonic_health::pb::HealthCheckRequest;
         use tonic_health::pb::health_client::HealthClient;
-        for _ in 0..500 {
-            if let Ok(channel) = Channel::from_shared(self.url()).unwrap().connect().await {
-                let reply = HealthClient::new(channel)
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await;
-                if reply.is_ok_and(|r| r.into_inner().status == 1) {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the server did not become ready");
+        let channel = Channel::from_shared(self.url()).unwrap().connect_lazy();
+        let reply = tokio::time::timeout(
+            Duration::from_secs(60),
+            HealthClient::new(channel).check(HealthCheckRequest {
+                service: String::new(),
+            }),
+        )
+        .await
+        .expect("the server did not answer within 60 s")
+        .expect("the server failed to start");
+        assert_eq!(reply.into_inner().status, 1, "SERVING");
     }
 
     pub fn url(&self) -> String {
