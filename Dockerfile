@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # Build:  docker build -t sessiond .
 # Run:    docker run -p 50051:50051 -v sessiond-data:/var/lib/sessiond \
-#           -e SESSIOND_API_KEYS=<a key of 16+ characters> sessiond
+#           -e SESSIOND_API_KEYS=<a key of 16+ characters> \
+#           -e SESSIOND_ISSUER=<the URL verifiers reach this server at> sessiond
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
@@ -19,8 +20,8 @@ RUN groupadd --system --gid 10001 sessiond \
 COPY --from=build /usr/local/bin/sessiond /usr/local/bin/sessiond
 USER sessiond:sessiond
 WORKDIR /var/lib/sessiond
-# Listening beyond loopback requires SESSIOND_API_KEYS: without a key the
-# server refuses to start, with a message that says so.
+# Listening beyond loopback requires SESSIOND_API_KEYS and SESSIOND_ISSUER:
+# without them the server refuses to start, with a message that says so.
 ENV SESSIOND_LISTEN=0.0.0.0:50051 \
     SESSIOND_DATA_DIR=/var/lib/sessiond/data
 VOLUME ["/var/lib/sessiond"]

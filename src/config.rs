@@ -120,6 +120,20 @@ pub struct ServeArgs {
     /// Log filter, such as `info` or `sessiond=debug` [default: info].
     #[arg(long = "log", env = "SESSIOND_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+    /// ClaimProvider for one claim key, as KEY=URL (repeatable).
+    #[arg(
+        long = "claim-provider",
+        env = "SESSIOND_CLAIM_PROVIDERS",
+        value_name = "KEY=URL",
+        value_delimiter = ','
+    )]
+    pub claim_providers: Vec<String>,
+    /// ClaimProvider for every claim key without its own.
+    #[arg(long, env = "SESSIOND_DEFAULT_CLAIM_PROVIDER", value_name = "URL")]
+    pub default_claim_provider: Option<String>,
+    /// Deadline of each ClaimProvider call [default: 2s].
+    #[arg(long, env = "SESSIOND_CLAIM_PROVIDER_TIMEOUT", value_name = "DUR")]
+    pub claim_provider_timeout: Option<String>,
 }
 
 /// The optional configuration file; keys are the flag names with underscores.
@@ -140,6 +154,10 @@ struct FileConfig {
     sweep_interval: Option<String>,
     drain_timeout: Option<String>,
     log: Option<String>,
+    #[serde(default)]
+    claim_providers: std::collections::BTreeMap<String, String>,
+    default_claim_provider: Option<String>,
+    claim_provider_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,6 +213,12 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Log filter.
     pub log: String,
+    /// ClaimProvider addresses by claim key.
+    pub claim_providers: Vec<(String, String)>,
+    /// ClaimProvider for other claim keys.
+    pub default_claim_provider: Option<String>,
+    /// Deadline of a ClaimProvider call.
+    pub claim_provider_timeout: Duration,
 }
 
 /// Bounds on the refresh grace period (SuperTokens allows 0 to 300 s).
@@ -217,6 +241,9 @@ impl Config {
             sweep_interval: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(10),
             log: "info".to_owned(),
+            claim_providers: Vec::new(),
+            default_claim_provider: None,
+            claim_provider_timeout: Duration::from_secs(2),
         }
     }
 
@@ -318,6 +345,28 @@ impl Config {
         if let Some(v) = args.log.clone().or(file.log) {
             c.log = v;
         }
+        dur(
+            "claim-provider-timeout",
+            &args.claim_provider_timeout,
+            file.claim_provider_timeout,
+            &mut c.claim_provider_timeout,
+        )?;
+        c.claim_providers = if args.claim_providers.is_empty() {
+            file.claim_providers.into_iter().collect()
+        } else {
+            args.claim_providers
+                .iter()
+                .map(|p| {
+                    p.split_once('=')
+                        .map(|(k, u)| (k.trim().to_owned(), u.trim().to_owned()))
+                        .ok_or_else(|| bad("claim-provider", format!("`{p}` is not KEY=URL")))
+                })
+                .collect::<Result<_, _>>()?
+        };
+        c.default_claim_provider = args
+            .default_claim_provider
+            .clone()
+            .or(file.default_claim_provider);
         c.validate()?;
         Ok(c)
     }
@@ -373,6 +422,17 @@ impl Config {
         {
             return Err(bad("key-rotation-interval", "must be between 1h and 365d"));
         }
+        if self.issuer.is_none() && !self.listen.ip().is_loopback() {
+            return Err(bad(
+                "issuer",
+                format!(
+                    "set --issuer (SESSIOND_ISSUER) to the URL verifiers reach this server at; \
+                     http://{} is not one when listening on {}",
+                    self.listen,
+                    self.listen.ip()
+                ),
+            ));
+        }
         if let Some(issuer) = &mut self.issuer {
             let trimmed = issuer.trim().trim_end_matches('/').to_owned();
             let rest = trimmed
@@ -401,8 +461,38 @@ impl Config {
             return Err(bad("data-dir", "must not be empty"));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log).map_err(|e| bad("log", e.to_string()))?;
+        for (key, url) in &self.claim_providers {
+            if key.is_empty() {
+                return Err(bad("claim-provider", "the claim key before `=` is empty"));
+            }
+            check_provider_url("claim-provider", url)?;
+        }
+        if let Some(url) = &self.default_claim_provider {
+            check_provider_url("default-claim-provider", url)?;
+        }
+        if self.claim_provider_timeout < Duration::from_millis(10)
+            || self.claim_provider_timeout > secs(60)
+        {
+            return Err(bad(
+                "claim-provider-timeout",
+                "must be between 10ms and 60s",
+            ));
+        }
         Ok(())
     }
+}
+
+fn check_provider_url(setting: &'static str, url: &str) -> Result<(), ConfigError> {
+    let rest = url.strip_prefix("http://").unwrap_or("");
+    if rest.is_empty() || rest.contains(char::is_whitespace) {
+        return Err(bad(
+            setting,
+            format!(
+                "`{url}` is not an http:// address (TLS to claim providers is not supported yet)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -517,15 +607,26 @@ mod tests {
         assert_eq!(e.setting, "issuer");
         let e = resolve(|a| a.api_keys = vec!["short".into()]).unwrap_err();
         assert_eq!(e.setting, "api-key");
+        let e = resolve(|a| a.claim_providers = vec!["st-role".into()]).unwrap_err();
+        assert_eq!(e.setting, "claim-provider");
+        let e = resolve(|a| a.default_claim_provider = Some("https://x".into())).unwrap_err();
+        assert_eq!(e.setting, "default-claim-provider");
     }
 
     #[test]
     fn a_key_allows_a_public_listen_address() {
-        let c = resolve(|a| {
+        let public = |a: &mut ServeArgs| {
             a.listen = Some("0.0.0.0:50051".into());
             a.api_keys = vec!["0123456789abcdef0123".into()];
+        };
+        let e = resolve(public).unwrap_err();
+        assert_eq!(e.setting, "issuer", "a wildcard address is no issuer");
+        let c = resolve(|a| {
+            public(a);
+            a.issuer = Some("https://auth.example.com/".into());
         })
         .unwrap();
+        assert_eq!(c.issuer.as_deref(), Some("https://auth.example.com"));
         assert_eq!(c.api_keys.len(), 1);
         assert!(!format!("{c:?}").contains("0123456789abcdef0123"));
     }

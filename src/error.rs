@@ -6,6 +6,7 @@
 //! `tonic::Status` with one exhaustive match. Error messages may be shown to
 //! callers: they name fields and rules, never a token, key or secret.
 
+use crate::claims::InvalidClaim;
 use crate::store::StoreError;
 use crate::token::KeyError;
 
@@ -30,6 +31,10 @@ pub enum Reason {
     MissingCredentials,
     /// The caller's credentials do not allow the call.
     PermissionDenied,
+    /// A claim provider did not answer in time or failed.
+    ClaimProviderUnavailable,
+    /// No claim provider is configured for a claim key.
+    NoClaimProvider,
     /// A failure inside sessiond; never caused by input.
     Internal,
 }
@@ -47,6 +52,8 @@ impl Reason {
             Self::InvalidArgument => "INVALID_ARGUMENT",
             Self::MissingCredentials => "MISSING_CREDENTIALS",
             Self::PermissionDenied => "PERMISSION_DENIED",
+            Self::ClaimProviderUnavailable => "CLAIM_PROVIDER_UNAVAILABLE",
+            Self::NoClaimProvider => "NO_CLAIM_PROVIDER",
             Self::Internal => "INTERNAL",
         }
     }
@@ -62,6 +69,8 @@ impl Reason {
             Self::InvalidClaims | Self::PermissionDenied => Code::PermissionDenied,
             Self::SessionNotFound => Code::NotFound,
             Self::ProtectedClaim | Self::InvalidArgument => Code::InvalidArgument,
+            Self::ClaimProviderUnavailable => Code::Unavailable,
+            Self::NoClaimProvider => Code::FailedPrecondition,
             Self::Internal => Code::Internal,
         }
     }
@@ -95,6 +104,23 @@ pub enum Error {
         /// The claim.
         claim: String,
     },
+    /// Claim validators failed.
+    #[error("{} claim validator(s) failed: {}", .0.len(), claim_list(.0))]
+    InvalidClaims(Vec<InvalidClaim>),
+    /// The claim provider for a key failed or did not answer in time.
+    #[error("the claim provider for `{claim_key}` is unavailable ({detail})")]
+    ClaimProviderUnavailable {
+        /// The claim being fetched.
+        claim_key: String,
+        /// What went wrong (a gRPC code or a timeout), never provider data.
+        detail: String,
+    },
+    /// No provider is configured for a claim key.
+    #[error("no claim provider is configured for `{claim_key}`")]
+    NoClaimProvider {
+        /// The claim key.
+        claim_key: String,
+    },
     /// Bad input.
     #[error("{field}: {message}")]
     InvalidArgument {
@@ -119,6 +145,14 @@ impl Error {
             message: message.into(),
         }
     }
+}
+
+fn claim_list(claims: &[InvalidClaim]) -> String {
+    claims
+        .iter()
+        .map(|c| format!("{} ({})", c.id, c.message))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Result alias for domain operations.

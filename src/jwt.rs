@@ -79,8 +79,8 @@ impl JwtIssuer {
         }
         payload::limit_size("payload", &claims, self.max_payload_bytes)?;
         let validity = validity_ms.unwrap_or(DEFAULT_VALIDITY_MS);
-        if validity == 0 {
-            return Err(Error::invalid("validity", "must be positive"));
+        if validity < 1000 {
+            return Err(Error::invalid("validity", "must be at least 1s"));
         }
         if validity > 2 * DEFAULT_VALIDITY_MS {
             return Err(Error::invalid("validity", "must be at most 200 years"));

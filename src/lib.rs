@@ -8,6 +8,7 @@
 //! - [`store`]: the [`store::SessionStore`] trait and its sled backend.
 //! - [`token`]: signing keys and their rotation, access and refresh tokens.
 //! - [`session`]: the session recipe rules.
+//! - [`claims`]: claim values and declarative claim validators.
 //! - [`jwt`]: application JWTs, JWKS and OpenID discovery.
 //! - [`error`]: the domain error and the table of error reasons.
 //! - [`api`]: gRPC services, caller authentication, protobuf conversions.
@@ -15,6 +16,7 @@
 //! - [`server`]: wiring and lifecycle ([`serve`]).
 
 pub mod api;
+pub mod claims;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -65,7 +65,11 @@ async fn run(args: ServeArgs) -> ExitCode {
         }
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "{},{}=info",
+            config.log,
+            sessiond::server::READY_TARGET
+        )))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

@@ -18,6 +18,7 @@ use tonic_health::ServingStatus;
 
 use crate::api::ApiKeys;
 use crate::api::jwt::JwtApi;
+use crate::api::provider::GrpcClaimSource;
 use crate::api::session::SessionApi;
 use crate::clock::SharedClock;
 use crate::config::Config;
@@ -28,6 +29,10 @@ use crate::session::{SessionConfig, SessionManager};
 use crate::store::{SessionStore, SledStore, StoreError};
 use crate::token::KeyError;
 use crate::token::keys::{KeyRing, KeyRingConfig};
+
+/// Log target of the one line announcing readiness; kept at INFO whatever
+/// the configured filter, because deployment scripts wait for it.
+pub const READY_TARGET: &str = "sessiond::ready";
 
 /// Bytes of sled's page cache.
 pub const STORE_CACHE_BYTES: u64 = 128 * 1024 * 1024;
@@ -53,6 +58,12 @@ pub enum ServeError {
     /// The transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// No API key is configured, yet the listener is not on loopback.
+    #[error("no API key is configured, so sessiond serves only on loopback addresses, not {0}")]
+    Unprotected(std::net::SocketAddr),
+    /// A claim provider address is unusable.
+    #[error("claim providers: {0}")]
+    ClaimProviders(String),
     /// The listener has no local address.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -66,6 +77,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr()?;
+    if config.api_keys.is_empty() && !addr.ip().is_loopback() {
+        return Err(ServeError::Unprotected(addr));
+    }
     let issuer = config
         .issuer
         .clone()
@@ -84,10 +98,17 @@ pub async fn serve(
         )
         .await?,
     );
+    let claim_source = GrpcClaimSource::new(
+        &config.claim_providers,
+        config.default_claim_provider.as_deref(),
+        config.claim_provider_timeout,
+    )
+    .map_err(ServeError::ClaimProviders)?;
     let manager = Arc::new(
         SessionManager::new(
             store.clone(),
             keys.clone(),
+            Arc::new(claim_source),
             clock.clone(),
             SessionConfig {
                 access_lifetime_ms: config.access_token_lifetime.as_millis() as u64,
@@ -153,7 +174,7 @@ pub async fn serve(
             let _ = stop_rx.await;
         });
     let mut server = tokio::spawn(server);
-    tracing::info!("sessiond ready, listening on {addr}");
+    tracing::info!(target: READY_TARGET, "sessiond ready, listening on {addr}");
 
     tokio::select! {
         () = shutdown => {}

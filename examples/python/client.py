@@ -11,12 +11,12 @@ import os
 import sys
 
 import grpc
-from google.protobuf import struct_pb2
+from google.protobuf import empty_pb2, struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "sessiond_pb"))
-from sessiond.v1 import session_pb2, session_pb2_grpc  # noqa: E402
+from sessiond.v1 import claims_pb2, session_pb2, session_pb2_grpc  # noqa: E402
 
 
 def error_info(err: grpc.RpcError):
@@ -28,6 +28,69 @@ def error_info(err: grpc.RpcError):
             detail.Unpack(info)
             return info
     return None
+
+
+def precondition_failures(err: grpc.RpcError):
+    """The google.rpc.PreconditionFailure violations of an INVALID_CLAIMS error."""
+    status = rpc_status.from_call(err)
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+            failure = error_details_pb2.PreconditionFailure()
+            detail.Unpack(failure)
+            return list(failure.violations)
+    return []
+
+
+def claims_round_trip(sessions, metadata) -> None:
+    """Sets a roles claim, then checks it with validators on GetSession."""
+    created = sessions.CreateNewSession(
+        session_pb2.CreateNewSessionRequest(user_id="py-claims"), metadata=metadata
+    )
+    handle = created.session.session_handle
+    roles = struct_pb2.Value()
+    roles.list_value.extend(["admin"])
+    sessions.SetClaimValue(
+        session_pb2.SetClaimValueRequest(session_handle=handle, claim_key="st-role", value=roles),
+        metadata=metadata,
+    )
+    got = sessions.GetClaimValue(
+        session_pb2.GetClaimValueRequest(session_handle=handle, claim_key="st-role"),
+        metadata=metadata,
+    )
+    assert list(got.value.list_value) == ["admin"]
+    # The claim reaches tokens minted from now on.
+    token = sessions.RegenerateAccessToken(
+        session_pb2.RegenerateAccessTokenRequest(access_token=created.access_token.token),
+        metadata=metadata,
+    ).access_token.token
+
+    def validator(**check):
+        return claims_pb2.ClaimValidator(claim_key="st-role", **check)
+
+    admin = struct_pb2.Value(string_value="admin")
+    sessions.GetSession(
+        session_pb2.GetSessionRequest(access_token=token, claim_validators=[validator(includes=admin)]),
+        metadata=metadata,
+    )
+    print("claims: st-role includes admin")
+    try:
+        sessions.GetSession(
+            session_pb2.GetSessionRequest(
+                access_token=token,
+                claim_validators=[
+                    validator(includes=struct_pb2.Value(string_value="root")),
+                    claims_pb2.ClaimValidator(claim_key="st-ev", is_true=empty_pb2.Empty()),
+                ],
+            ),
+            metadata=metadata,
+        )
+        raise SystemExit("expected INVALID_CLAIMS")
+    except grpc.RpcError as err:
+        info = error_info(err)
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED and info.reason == "INVALID_CLAIMS"
+        for v in precondition_failures(err):
+            print("claims: failed", v.subject, v.type, v.description)
+        assert [v.subject for v in precondition_failures(err)] == ["st-role", "st-ev"]
 
 
 def main() -> int:
@@ -99,6 +162,7 @@ def main() -> int:
     except grpc.RpcError as err:
         print("after revoke:", error_info(err).reason)
         assert error_info(err).reason == "UNAUTHORISED"
+    claims_round_trip(sessions, metadata)
     print("python client: ok")
     return 0
 

@@ -26,7 +26,8 @@ pub fn opt_struct(field: &str, s: Option<Struct>) -> Result<Map<String, Value>, 
     s.map_or_else(|| Ok(Map::new()), |s| struct_to_json(field, s))
 }
 
-fn value_to_json(path: &str, v: PbValue) -> Result<Value, Status> {
+/// A protobuf Value as JSON; non-finite numbers are refused naming `path`.
+pub fn value_to_json(path: &str, v: PbValue) -> Result<Value, Status> {
     Ok(match v.kind {
         None | Some(Kind::NullValue(_)) => Value::Null,
         Some(Kind::BoolValue(b)) => Value::Bool(b),
@@ -67,7 +68,8 @@ pub fn json_to_struct(m: &Map<String, Value>) -> Struct {
     }
 }
 
-fn json_to_value(v: &Value) -> PbValue {
+/// JSON as a protobuf Value.
+pub fn json_to_value(v: &Value) -> PbValue {
     let kind = match v {
         Value::Null => Kind::NullValue(0),
         Value::Bool(b) => Kind::BoolValue(*b),
@@ -79,6 +81,14 @@ fn json_to_value(v: &Value) -> PbValue {
         Value::Object(m) => Kind::StructValue(json_to_struct(m)),
     };
     PbValue { kind: Some(kind) }
+}
+
+/// Milliseconds as a Duration.
+pub fn duration(ms: u64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
 }
 
 /// Milliseconds since the epoch as a Timestamp.

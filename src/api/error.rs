@@ -74,6 +74,37 @@ impl From<Error> for Status {
                 HashMap::new(),
                 Some((&field, &m)),
             ),
+            Error::InvalidClaims(failed) => {
+                let keys: Vec<&str> = failed.iter().map(|c| c.claim_key.as_str()).collect();
+                let mut details = ErrorDetails::with_error_info(
+                    Reason::InvalidClaims.as_str(),
+                    DOMAIN,
+                    HashMap::from([("claim_keys".to_owned(), keys.join(","))]),
+                );
+                for claim in &failed {
+                    // type: SuperTokens' reason message; subject: the validator
+                    // id; description: the reason as SuperTokens' JSON.
+                    let description = serde_json::Value::Object(claim.reason.clone()).to_string();
+                    details.add_precondition_failure_violation(
+                        claim.message,
+                        &claim.id,
+                        description,
+                    );
+                }
+                Status::with_error_details(Reason::InvalidClaims.code(), message, details)
+            }
+            Error::ClaimProviderUnavailable { claim_key, .. } => status(
+                Reason::ClaimProviderUnavailable,
+                message,
+                HashMap::from([("claim_key".to_owned(), claim_key)]),
+                None,
+            ),
+            Error::NoClaimProvider { claim_key } => status(
+                Reason::NoClaimProvider,
+                message,
+                HashMap::from([("claim_key".to_owned(), claim_key)]),
+                None,
+            ),
             Error::Store(inner) => internal(&inner),
             Error::Key(inner) => internal(&inner),
         }

@@ -50,10 +50,9 @@ impl JwtService for JwtApi {
             .as_ref()
             .map(|d| duration_ms("validity", d))
             .transpose()?;
-        let jwt = self
-            .issuer
-            .create(claims, validity, r.use_static_signing_key)
-            .await?;
+        // Like SuperTokens, the static key unless the caller asks otherwise.
+        let use_static = r.use_static_signing_key.unwrap_or(true);
+        let jwt = self.issuer.create(claims, validity, use_static).await?;
         Ok(Response::new(pb::CreateJwtResponse { jwt }))
     }
 

@@ -5,10 +5,12 @@
 //! domain calls, and convert the results back. Nothing below this module
 //! imports generated code.
 
+pub mod claims;
 pub mod codec;
 pub mod convert;
 pub mod error;
 pub mod jwt;
+pub mod provider;
 pub mod session;
 
 use std::sync::Arc;

@@ -88,6 +88,7 @@ impl TryFrom<pb::GetSessionRequest> for Verify {
             return Err(super::error::invalid("access_token", "must not be empty"));
         }
         Ok(Self {
+            validators: super::claims::validators("claim_validators", r.claim_validators)?,
             access_token: r.access_token,
             anti_csrf_token: non_empty(r.anti_csrf_token),
             check_anti_csrf: r.do_anti_csrf_check,
@@ -125,10 +126,10 @@ impl SessionService for SessionApi {
         req: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
         let verify = Verify::try_from(req.into_inner())?;
-        let view = self.manager.verify(verify).await?;
+        let verified = self.manager.verify(verify).await?;
         Ok(Response::new(pb::GetSessionResponse {
-            session: Some(session(view)),
-            access_token: None,
+            session: Some(session(verified.session)),
+            access_token: verified.new_access.map(token),
         }))
     }
 
@@ -249,6 +250,97 @@ impl SessionService for SessionApi {
         Ok(Response::new(pb::RegenerateAccessTokenResponse {
             session: Some(session(view)),
             access_token: Some(token(access)),
+        }))
+    }
+
+    async fn set_claim_value(
+        &self,
+        req: Request<pb::SetClaimValueRequest>,
+    ) -> Result<Response<pb::SetClaimValueResponse>, Status> {
+        let r = req.into_inner();
+        let value = r
+            .value
+            .ok_or_else(|| super::error::invalid("value", "must be set"))?;
+        let value = super::convert::value_to_json("value", value)?;
+        self.manager
+            .set_claim(&r.session_handle, &r.claim_key, value)
+            .await?;
+        Ok(Response::new(pb::SetClaimValueResponse { updated: true }))
+    }
+
+    async fn get_claim_value(
+        &self,
+        req: Request<pb::GetClaimValueRequest>,
+    ) -> Result<Response<pb::GetClaimValueResponse>, Status> {
+        let r = req.into_inner();
+        let found = self.manager.get_claim(&r.session_handle, &r.claim_key)?;
+        Ok(Response::new(match found {
+            Some((value, set_at)) => pb::GetClaimValueResponse {
+                value: Some(super::convert::json_to_value(&value)),
+                set_at: set_at.map(timestamp),
+            },
+            None => pb::GetClaimValueResponse::default(),
+        }))
+    }
+
+    async fn remove_claim(
+        &self,
+        req: Request<pb::RemoveClaimRequest>,
+    ) -> Result<Response<pb::RemoveClaimResponse>, Status> {
+        let r = req.into_inner();
+        let updated = self
+            .manager
+            .remove_claim(&r.session_handle, &r.claim_key)
+            .await?;
+        Ok(Response::new(pb::RemoveClaimResponse { updated }))
+    }
+
+    async fn fetch_and_set_claim(
+        &self,
+        req: Request<pb::FetchAndSetClaimRequest>,
+    ) -> Result<Response<pb::FetchAndSetClaimResponse>, Status> {
+        let r = req.into_inner();
+        let updated = self
+            .manager
+            .fetch_and_set_claim(&r.session_handle, &r.claim_key)
+            .await?;
+        Ok(Response::new(pb::FetchAndSetClaimResponse { updated }))
+    }
+
+    async fn validate_claims(
+        &self,
+        req: Request<pb::ValidateClaimsRequest>,
+    ) -> Result<Response<pb::ValidateClaimsResponse>, Status> {
+        let r = req.into_inner();
+        let validators = super::claims::validators("claim_validators", r.claim_validators)?;
+        let (failed, update) = self
+            .manager
+            .validate_claims(&r.session_handle, &validators)
+            .await?;
+        Ok(Response::new(pb::ValidateClaimsResponse {
+            invalid_claims: failed
+                .into_iter()
+                .map(super::claims::invalid_claim)
+                .collect(),
+            access_token_payload_update: update.as_ref().map(json_to_struct),
+        }))
+    }
+
+    async fn validate_claims_in_jwt_payload(
+        &self,
+        req: Request<pb::ValidateClaimsInJwtPayloadRequest>,
+    ) -> Result<Response<pb::ValidateClaimsInJwtPayloadResponse>, Status> {
+        let r = req.into_inner();
+        let payload = opt_struct("jwt_payload", r.jwt_payload)?;
+        let validators = super::claims::validators("claim_validators", r.claim_validators)?;
+        let failed = self
+            .manager
+            .validate_claims_in_payload(&r.user_id, &payload, &validators)?;
+        Ok(Response::new(pb::ValidateClaimsInJwtPayloadResponse {
+            invalid_claims: failed
+                .into_iter()
+                .map(super::claims::invalid_claim)
+                .collect(),
         }))
     }
 }

@@ -12,12 +12,14 @@
 //! - it never sees protobuf types (the `api` module converts) and never logs
 //!   a token.
 
+mod claims;
 pub mod payload;
 
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use crate::claims::{ClaimSource, Validator};
 use crate::clock::SharedClock;
 use crate::error::{Error, Result};
 use crate::ids::SessionHandle;
@@ -108,6 +110,8 @@ pub struct NewSession {
 /// Input of [`SessionManager::verify`].
 #[derive(Clone, Default)]
 pub struct Verify {
+    /// Claim validators to check.
+    pub validators: Vec<Validator>,
     /// The access token.
     pub access_token: String,
     /// The anti-CSRF token the client sent.
@@ -116,6 +120,15 @@ pub struct Verify {
     pub check_anti_csrf: bool,
     /// Check the store too.
     pub check_database: bool,
+}
+
+/// The answer to [`SessionManager::verify`].
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The session.
+    pub session: SessionView,
+    /// A new access token, when claims were refetched into the payload.
+    pub new_access: Option<IssuedToken>,
 }
 
 /// Input of [`SessionManager::refresh`].
@@ -153,6 +166,7 @@ pub struct SessionManager {
     store: Arc<dyn SessionStore>,
     keys: Arc<KeyRing>,
     refresh_tokens: RefreshTokens,
+    claims: Arc<dyn ClaimSource>,
     clock: SharedClock,
     config: SessionConfig,
 }
@@ -181,6 +195,7 @@ impl SessionManager {
     pub async fn new(
         store: Arc<dyn SessionStore>,
         keys: Arc<KeyRing>,
+        claims: Arc<dyn ClaimSource>,
         clock: SharedClock,
         config: SessionConfig,
     ) -> Result<Self> {
@@ -192,6 +207,7 @@ impl SessionManager {
             store,
             keys,
             refresh_tokens: RefreshTokens::new(&secret),
+            claims,
             clock,
             config,
         })
@@ -218,31 +234,30 @@ impl SessionManager {
         record.filter(|r| r.expires_at_ms > now)
     }
 
-    fn mint_access(
-        &self,
-        key: &SigningKey,
-        record: &SessionRecord,
-        refresh_hash: &str,
-        anti_csrf: Option<String>,
-        now: u64,
-        exp_s: u64,
-    ) -> Result<IssuedToken> {
-        let claims = AccessClaims {
-            user_id: record.user_id.clone(),
-            tenant_id: record.tenant_id.clone(),
-            session_handle: record.handle.clone(),
-            refresh_token_hash: refresh_hash.to_owned(),
-            anti_csrf_token: anti_csrf,
-            iat: now / 1000,
-            exp: exp_s,
-            iss: Some(self.config.issuer.clone()),
-            payload: record.access_payload.clone(),
-        };
+    fn issue(&self, key: &SigningKey, claims: &AccessClaims, now: u64) -> Result<IssuedToken> {
         Ok(IssuedToken {
-            token: access::mint(key, &claims)?,
-            expiry_ms: exp_s * 1000,
+            token: access::mint(key, claims)?,
+            expiry_ms: claims.exp * 1000,
             created_ms: now,
         })
+    }
+
+    /// A new access token with the same session, expiry and lineage as
+    /// `claims`, carrying `payload`.
+    fn reissue(
+        &self,
+        key: &SigningKey,
+        claims: &AccessClaims,
+        payload: Map<String, Value>,
+        now: u64,
+    ) -> Result<IssuedToken> {
+        let next = AccessClaims {
+            iat: now / 1000,
+            iss: Some(self.config.issuer.clone()),
+            payload,
+            ..claims.clone()
+        };
+        self.issue(key, &next, now)
     }
 
     fn tokens(
@@ -253,15 +268,18 @@ impl SessionManager {
         anti_csrf: Option<String>,
         now: u64,
     ) -> Result<Tokens> {
-        let exp_s = (now + self.config.access_lifetime_ms) / 1000;
-        let access = self.mint_access(
-            key,
-            record,
-            &record.current.refresh_hash,
-            anti_csrf.clone(),
-            now,
-            exp_s,
-        )?;
+        let claims = AccessClaims {
+            user_id: record.user_id.clone(),
+            tenant_id: record.tenant_id.clone(),
+            session_handle: record.handle.clone(),
+            refresh_token_hash: record.current.refresh_hash.clone(),
+            anti_csrf_token: anti_csrf.clone(),
+            iat: now / 1000,
+            exp: (now + self.config.access_lifetime_ms) / 1000,
+            iss: Some(self.config.issuer.clone()),
+            payload: record.access_payload.clone(),
+        };
+        let access = self.issue(key, &claims, now)?;
         Ok(Tokens {
             session: view(record),
             access,
@@ -316,8 +334,9 @@ impl SessionManager {
         Ok(tokens)
     }
 
-    /// GetSession (without claim validators).
-    pub async fn verify(&self, req: Verify) -> Result<SessionView> {
+    /// GetSession.
+    pub async fn verify(&self, req: Verify) -> Result<Verified> {
+        claims::check_validators("claim_validators", &req.validators)?;
         let now = self.now();
         let claims = access::verify(&self.keys, &req.access_token, now).map_err(unauthorised)?;
         if req.check_anti_csrf
@@ -345,11 +364,62 @@ impl SessionManager {
                 ));
             }
         }
-        Ok(SessionView {
-            handle: claims.session_handle,
-            user_id: claims.user_id,
-            tenant_id: claims.tenant_id,
-            access_payload: claims.payload,
+        if req.validators.is_empty() {
+            return Ok(Verified {
+                session: SessionView {
+                    handle: claims.session_handle,
+                    user_id: claims.user_id,
+                    tenant_id: claims.tenant_id,
+                    access_payload: claims.payload,
+                },
+                new_access: None,
+            });
+        }
+        self.verify_claims(claims, &req.validators, now).await
+    }
+
+    /// Checks claim validators against a verified token's payload. Stale
+    /// claims whose validators ask for it are refetched, stored, and carried
+    /// by a new access token (same expiry and lineage).
+    async fn verify_claims(
+        &self,
+        claims: AccessClaims,
+        validators: &[Validator],
+        now: u64,
+    ) -> Result<Verified> {
+        let subject = claims::Subject {
+            user_id: &claims.user_id,
+            tenant_id: &claims.tenant_id,
+            session_handle: &claims.session_handle,
+        };
+        let updates = self
+            .refetch(validators, &claims.payload, &subject, now)
+            .await?;
+        let mut payload = claims.payload.clone();
+        let mut new_access = None;
+        if !updates.is_empty() {
+            let key = self.signer().await?;
+            self.store_claims(&claims.session_handle, &updates)
+                .await
+                .map_err(|e| match e {
+                    Error::SessionNotFound => session_gone(),
+                    other => other,
+                })?;
+            payload.extend(updates);
+            new_access = Some(self.reissue(&key, &claims, payload.clone(), now)?);
+        }
+        let failed = crate::claims::validate_all(validators, &payload, now);
+        if !failed.is_empty() {
+            return Err(Error::InvalidClaims(failed));
+        }
+        Ok(Verified {
+            session: SessionView {
+                handle: claims.session_handle,
+                user_id: claims.user_id,
+                tenant_id: claims.tenant_id,
+                access_payload: payload,
+            },
+            new_access,
         })
     }
 
@@ -387,7 +457,7 @@ impl SessionManager {
                     outcome = Outcome::Gone;
                     return Change::Delete;
                 }
-                let in_grace = now < r.rotated_at_ms.saturating_add(grace);
+                let in_grace = now <= r.rotated_at_ms.saturating_add(grace);
                 let (generation, is_current) = if r.current.refresh_hash == presented {
                     (&r.current, true)
                 } else if let Some(prev) = r
@@ -451,8 +521,7 @@ impl SessionManager {
     /// RevokeSession.
     pub async fn revoke(&self, handle: &str) -> Result<bool> {
         let handle = payload::handle("session_handle", handle)?;
-        let removed = self.store.delete_sessions(&[handle.to_string()])?;
-        self.store.durable().await?;
+        let removed = self.delete(&[handle.to_string()]).await?;
         Ok(!removed.is_empty())
     }
 
@@ -471,9 +540,7 @@ impl SessionManager {
                 payload::handle(&format!("session_handles[{i}]"), h).map(|h| h.to_string())
             })
             .collect::<Result<Vec<_>>>()?;
-        let removed = self.store.delete_sessions(&parsed)?;
-        self.store.durable().await?;
-        Ok(removed)
+        self.delete(&parsed).await
     }
 
     fn user_scope(
@@ -498,14 +565,24 @@ impl SessionManager {
         all_tenants: bool,
     ) -> Result<Vec<String>> {
         let tenant = self.user_scope(user_id, tenant_id, all_tenants)?;
-        let now = self.now();
-        let sessions = self.store.user_sessions(user_id, tenant.as_deref())?;
-        let handles: Vec<String> = sessions.iter().map(|s| s.handle.clone()).collect();
-        let removed = self.store.delete_sessions(&handles)?;
-        self.store.durable().await?;
-        Ok(sessions
+        let handles: Vec<String> = self
+            .store
+            .user_sessions(user_id, tenant.as_deref())?
             .into_iter()
-            .filter(|s| s.expires_at_ms > now && removed.contains(&s.handle))
+            .map(|s| s.handle)
+            .collect();
+        self.delete(&handles).await
+    }
+
+    /// Deletes sessions durably; returns the handles of those that were live
+    /// (expired ones are removed too, but were already invisible).
+    async fn delete(&self, handles: &[String]) -> Result<Vec<String>> {
+        let removed = self.store.delete_sessions(handles)?;
+        self.store.durable().await?;
+        let now = self.now();
+        Ok(removed
+            .into_iter()
+            .filter(|s| s.expires_at_ms > now)
             .map(|s| s.handle)
             .collect())
     }
@@ -617,7 +694,7 @@ impl SessionManager {
         let claims = access::verify(&self.keys, access_token, now).map_err(unauthorised)?;
         let key = self.signer().await?;
         let mut current = None;
-        let change =
+        let _applied =
             self.store
                 .update_session(&claims.session_handle, &mut |record| match record {
                     Some(r) if r.expires_at_ms > now => {
@@ -638,17 +715,10 @@ impl SessionManager {
                     }
                 })?;
         let record = current.ok_or_else(session_gone)?;
-        let token = self.mint_access(
-            &key,
-            &record,
-            &claims.refresh_token_hash,
-            claims.anti_csrf_token.clone(),
-            now,
-            claims.exp,
-        )?;
-        if matches!(change, Change::Put(_)) {
-            self.store.durable().await?;
-        }
+        let token = self.reissue(&key, &claims, record.access_payload.clone(), now)?;
+        // Also when nothing was written here: the token must not carry a
+        // concurrent merge that a crash could still lose.
+        self.store.durable().await?;
         Ok((view(&record), token))
     }
 

@@ -177,8 +177,8 @@ pub trait SessionStore: Send + Sync + 'static {
         decide: &mut dyn FnMut(Option<&SessionRecord>) -> Change,
     ) -> Result<Change, StoreError>;
 
-    /// Removes sessions atomically; returns the handles that existed.
-    fn delete_sessions(&self, handles: &[String]) -> Result<Vec<String>, StoreError>;
+    /// Removes sessions atomically; returns those that existed (expired or not).
+    fn delete_sessions(&self, handles: &[String]) -> Result<Vec<UserSession>, StoreError>;
 
     /// Lists a user's sessions in one tenant, or in all tenants with `None`.
     fn user_sessions(

@@ -230,7 +230,7 @@ impl SessionStore for SledStore {
             .map_err(tx_error)
     }
 
-    fn delete_sessions(&self, handles: &[String]) -> Result<Vec<String>, StoreError> {
+    fn delete_sessions(&self, handles: &[String]) -> Result<Vec<UserSession>, StoreError> {
         (&self.sessions, &self.by_user, &self.by_expiry)
             .transaction(|(s, u, e)| {
                 let mut removed = Vec::new();
@@ -238,7 +238,11 @@ impl SessionStore for SledStore {
                     if let Some(old) = read_record(s, handle)? {
                         s.remove(handle.as_bytes())?;
                         unindex(u, e, &old)?;
-                        removed.push(handle.clone());
+                        removed.push(UserSession {
+                            handle: old.handle,
+                            tenant_id: old.tenant_id,
+                            expires_at_ms: old.expires_at_ms,
+                        });
                     }
                 }
                 Ok(removed)

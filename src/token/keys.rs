@@ -407,11 +407,17 @@ impl KeyRing {
             .collect()
     }
 
-    /// Seconds until a new key is expected in the JWKS (for `Cache-Control`).
+    /// Seconds a JWKS response may be cached (`Cache-Control: max-age`):
+    /// until the next scheduled key, and never longer than the publication
+    /// delay, so that a key published by an unscheduled rotation (the
+    /// RotateSigningKey RPC, an algorithm change) is in every cache before it
+    /// signs.
     pub fn jwks_max_age_secs(&self) -> u64 {
         let set = self.snapshot();
         let next = self.next_rotation_ms(&set);
-        next.saturating_sub(self.clock.now_ms()) / 1000
+        next.saturating_sub(self.clock.now_ms())
+            .min(PUBLISH_DELAY_MS)
+            / 1000
     }
 
     fn next_rotation_ms(&self, set: &KeySet) -> u64 {

@@ -57,6 +57,13 @@ refreshed=$(call RefreshSession "{\"refreshToken\": \"$refresh\", \"antiCsrfToke
 revoked=$(call RevokeSession "{\"sessionHandle\": \"$handle\"}")
 [ "$(json 'd["revoked"]' <<<"$revoked")" = True ] || fail "revoke: $revoked"
 
+echo "== grpcurl: claims"
+created=$(call CreateNewSession '{"userId": "grpcurl-user"}')
+handle=$(json 'd["session"]["sessionHandle"]' <<<"$created")
+call SetClaimValue "{\"sessionHandle\": \"$handle\", \"claimKey\": \"st-role\", \"value\": [\"admin\"]}" >/dev/null
+valid=$(call ValidateClaims "{\"sessionHandle\": \"$handle\", \"claimValidators\": [{\"claimKey\": \"st-role\", \"includes\": \"admin\"}, {\"claimKey\": \"st-ev\", \"isTrue\": {}}]}")
+[ "$(json '[c["claimKey"] + ":" + c["message"] for c in d["invalidClaims"]]' <<<"$valid")" = "['st-ev:value does not exist']" ] || fail "claims: $valid"
+
 echo "== grpcurl: error details"
 if out=$(call GetSession "{\"accessToken\": \"$access\", \"checkDatabase\": true}" 2>&1); then
   fail "a revoked session verified against the store: $out"
@@ -72,6 +79,7 @@ echo "== Python client (grpcio-tools stubs)"
 "$root/examples/python/generate.sh"
 python3 "$root/examples/python/client.py" "$addr" "$key" | tee "$work/python.out"
 grep -q "theft: UNAUTHENTICATED TOKEN_THEFT_DETECTED" "$work/python.out" || fail "python theft reason"
+grep -q "claims: failed st-ev value does not exist" "$work/python.out" || fail "python claim failures"
 
 echo "== SIGTERM drains and exits 0"
 kill -TERM "$server_pid"

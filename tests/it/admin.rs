@@ -201,6 +201,15 @@ async fn expired_sessions_are_invisible_at_once() {
         Code::NotFound,
         "SESSION_NOT_FOUND",
     );
+    // Revoking what has already expired revokes nothing.
+    let revoked = c
+        .revoke_session(pb::RevokeSessionRequest {
+            session_handle: handle(&created),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!revoked.revoked);
 }
 
 #[tokio::test]

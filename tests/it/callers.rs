@@ -179,3 +179,18 @@ async fn health_turns_not_serving_when_shutdown_begins() {
     );
     stopping.await.unwrap();
 }
+
+#[tokio::test]
+async fn without_keys_serve_refuses_a_non_loopback_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let err = sessiond::serve(
+        listener,
+        sessiond::Config::with_data_dir(dir.path()),
+        sessiond::ManualClock::starting_now(),
+        std::future::pending(),
+    )
+    .await
+    .expect_err("an unprotected server on a public address");
+    assert!(err.to_string().contains("only on loopback"), "{err}");
+}

@@ -145,7 +145,8 @@ pub fn obj(v: serde_json::Value) -> Struct {
     }
 }
 
-fn val(v: serde_json::Value) -> PbValue {
+/// A JSON value as a protobuf Value.
+pub fn val(v: serde_json::Value) -> PbValue {
     use serde_json::Value as J;
     let kind = match v {
         J::Null => Kind::NullValue(0),
@@ -158,6 +159,18 @@ fn val(v: serde_json::Value) -> PbValue {
         J::Object(_) => Kind::StructValue(obj(v)),
     };
     PbValue { kind: Some(kind) }
+}
+
+/// A protobuf Value as JSON.
+pub fn unval(v: &PbValue) -> serde_json::Value {
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::BoolValue(b)) => (*b).into(),
+        Some(Kind::NumberValue(n)) => (*n).into(),
+        Some(Kind::StringValue(s)) => s.clone().into(),
+        Some(Kind::ListValue(l)) => l.values.iter().map(unval).collect(),
+        Some(Kind::StructValue(s)) => json(s),
+    }
 }
 
 /// A protobuf Struct as JSON.

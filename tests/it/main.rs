@@ -3,6 +3,7 @@
 
 mod admin;
 mod callers;
+mod claims;
 mod durability;
 mod helpers;
 mod keys;

@@ -90,7 +90,7 @@ async fn anti_csrf_is_checked_when_asked() {
         access_token: access(&created),
         anti_csrf_token: anti_csrf_token.into(),
         do_anti_csrf_check: check,
-        check_database: false,
+        ..Default::default()
     };
     c.get_session(get(&anti_csrf, true)).await.unwrap();
     c.get_session(get("", false)).await.unwrap();
