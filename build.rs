@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/sessiond/v1/session.proto",
         "proto/sessiond/v1/jwt.proto",
+        "proto/sessiond/v1/claims.proto",
+        "proto/sessiond/v1/user_session.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     for file in files {

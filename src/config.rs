@@ -134,6 +134,26 @@ pub struct ServeArgs {
     /// Deadline of each ClaimProvider call [default: 2s].
     #[arg(long, env = "SESSIOND_CLAIM_PROVIDER_TIMEOUT", value_name = "DUR")]
     pub claim_provider_timeout: Option<String>,
+    /// A tenant's client secret for private buckets, as TENANT=SECRET (repeatable).
+    #[arg(
+        long = "client-secret",
+        env = "SESSIOND_CLIENT_SECRETS",
+        value_name = "TENANT=SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub client_secrets: Vec<String>,
+    /// Browser origin allowed to call over gRPC-Web, such as https://app.example.com (repeatable).
+    #[arg(
+        long = "cors-origin",
+        env = "SESSIOND_CORS_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+    /// Largest public or private bucket, in bytes of JSON [default: 64KiB].
+    #[arg(long, env = "SESSIOND_MAX_BUCKET_SIZE", value_name = "BYTES")]
+    pub max_bucket_size: Option<String>,
 }
 
 /// The optional configuration file; keys are the flag names with underscores.
@@ -158,6 +178,11 @@ struct FileConfig {
     claim_providers: std::collections::BTreeMap<String, String>,
     default_claim_provider: Option<String>,
     claim_provider_timeout: Option<String>,
+    #[serde(default)]
+    client_secrets: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    cors_origins: Vec<String>,
+    max_bucket_size: Option<FileSize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,6 +244,12 @@ pub struct Config {
     pub default_claim_provider: Option<String>,
     /// Deadline of a ClaimProvider call.
     pub claim_provider_timeout: Duration,
+    /// Client secrets by tenant, for private buckets.
+    pub client_secrets: Vec<(String, Secret)>,
+    /// Browser origins allowed by CORS.
+    pub cors_origins: Vec<String>,
+    /// Largest bucket, bytes of JSON.
+    pub max_bucket_bytes: usize,
 }
 
 /// Bounds on the refresh grace period (SuperTokens allows 0 to 300 s).
@@ -244,6 +275,9 @@ impl Config {
             claim_providers: Vec::new(),
             default_claim_provider: None,
             claim_provider_timeout: Duration::from_secs(2),
+            client_secrets: Vec::new(),
+            cors_origins: Vec::new(),
+            max_bucket_bytes: 64 * 1024,
         }
     }
 
@@ -367,6 +401,35 @@ impl Config {
             .default_claim_provider
             .clone()
             .or(file.default_claim_provider);
+        c.client_secrets = if args.client_secrets.is_empty() {
+            file.client_secrets
+                .into_iter()
+                .map(|(t, s)| (t, Secret(s)))
+                .collect()
+        } else {
+            args.client_secrets
+                .iter()
+                .map(|p| {
+                    p.split_once('=')
+                        .map(|(t, s)| (t.trim().to_owned(), Secret(s.trim().to_owned())))
+                        .ok_or_else(|| bad("client-secret", "expected TENANT=SECRET"))
+                })
+                .collect::<Result<_, _>>()?
+        };
+        c.cors_origins = if args.cors_origins.is_empty() {
+            file.cors_origins
+        } else {
+            args.cors_origins.clone()
+        };
+        let bucket_size = match (&args.max_bucket_size, file.max_bucket_size) {
+            (Some(v), _) => Some(parse_size(v)),
+            (None, Some(FileSize::Bytes(n))) => Some(Ok(n)),
+            (None, Some(FileSize::Text(v))) => Some(parse_size(&v)),
+            (None, None) => None,
+        };
+        if let Some(size) = bucket_size {
+            c.max_bucket_bytes = size.map_err(|m| bad("max-bucket-size", m))? as usize;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -477,6 +540,47 @@ impl Config {
                 "claim-provider-timeout",
                 "must be between 10ms and 60s",
             ));
+        }
+        for (tenant, secret) in &self.client_secrets {
+            if tenant.is_empty() || crate::session::payload::tenant_id("tenant", tenant).is_err() {
+                return Err(bad(
+                    "client-secret",
+                    "the tenant before `=` must be letters, digits, '-' or '_'",
+                ));
+            }
+            let s = secret.expose();
+            if s.len() < 16 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(bad(
+                    "client-secret",
+                    format!(
+                        "the secret of tenant `{tenant}` must be at least 16 visible ASCII characters"
+                    ),
+                ));
+            }
+        }
+        for origin in &mut self.cors_origins {
+            let o = origin.trim().trim_end_matches('/').to_owned();
+            let rest = o
+                .strip_prefix("https://")
+                .or_else(|| o.strip_prefix("http://"));
+            let ok = o == "*"
+                || rest.is_some_and(|r| {
+                    !r.is_empty()
+                        && !r.contains(['/', '?', '#'])
+                        && http::HeaderValue::from_str(&o).is_ok()
+                });
+            if !ok {
+                return Err(bad(
+                    "cors-origin",
+                    format!(
+                        "`{o}` is not an origin like https://app.example.com (scheme, host, optional port)"
+                    ),
+                ));
+            }
+            *origin = o;
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.max_bucket_bytes) {
+            return Err(bad("max-bucket-size", "must be between 1KiB and 16MiB"));
         }
         Ok(())
     }

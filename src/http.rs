@@ -1,16 +1,55 @@
-//! Plain HTTP routes on the gRPC port: `GET /.well-known/jwks.json` and
-//! `GET /.well-known/openid-configuration`. Both are public, like the keys
-//! they publish.
+//! Plain HTTP on the gRPC port: `GET /.well-known/jwks.json` and
+//! `GET /.well-known/openid-configuration` (public, like the keys they
+//! publish), the 404 for unknown paths, and CORS for browser origins.
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::jwt::JwtIssuer;
+
+/// Request headers browsers may send: gRPC-Web's own, and the credentials of
+/// UserSessionService.
+const CORS_ALLOWED_HEADERS: [&str; 7] = [
+    "content-type",
+    "authorization",
+    "x-client-secret",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+    "grpc-accept-encoding",
+];
+
+/// Response headers browsers may read: the gRPC status and its details.
+const CORS_EXPOSED_HEADERS: [&str; 3] = ["grpc-status", "grpc-message", "grpc-status-details-bin"];
+
+/// CORS for the configured browser origins (`*` allows any); `None` when no
+/// origin is configured, so browsers keep their same-origin rule.
+pub fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers(CORS_ALLOWED_HEADERS.map(HeaderName::from_static))
+            .expose_headers(CORS_EXPOSED_HEADERS.map(HeaderName::from_static))
+            .max_age(Duration::from_secs(600)),
+    )
+}
 
 /// The HTTP routes.
 pub fn router(issuer: Arc<JwtIssuer>) -> Router {

@@ -10,12 +10,14 @@
 //! - [`session`]: the session recipe rules.
 //! - [`claims`]: claim values and declarative claim validators.
 //! - [`jwt`]: application JWTs, JWKS and OpenID discovery.
+//! - [`buckets`]: per-user public and private JSON buckets.
 //! - [`error`]: the domain error and the table of error reasons.
 //! - [`api`]: gRPC services, caller authentication, protobuf conversions.
 //! - [`http`]: plain HTTP routes on the same port.
 //! - [`server`]: wiring and lifecycle ([`serve`]).
 
 pub mod api;
+pub mod buckets;
 pub mod claims;
 pub mod clock;
 pub mod config;

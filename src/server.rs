@@ -20,11 +20,14 @@ use crate::api::ApiKeys;
 use crate::api::jwt::JwtApi;
 use crate::api::provider::GrpcClaimSource;
 use crate::api::session::SessionApi;
+use crate::api::user_session::{ClientSecrets, UserSessionApi};
+use crate::buckets::Buckets;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::jwt::JwtIssuer;
 use crate::pb::jwt_service_server::JwtServiceServer;
 use crate::pb::session_service_server::SessionServiceServer;
+use crate::pb::user_session_service_server::UserSessionServiceServer;
 use crate::session::{SessionConfig, SessionManager};
 use crate::store::{SessionStore, SledStore, StoreError};
 use crate::token::KeyError;
@@ -38,7 +41,11 @@ pub const READY_TARGET: &str = "sessiond::ready";
 pub const STORE_CACHE_BYTES: u64 = 128 * 1024 * 1024;
 
 /// Services whose health is reported (besides the server as a whole, "").
-const SERVICES: [&str; 2] = ["sessiond.v1.SessionService", "sessiond.v1.JwtService"];
+const SERVICES: [&str; 3] = [
+    "sessiond.v1.SessionService",
+    "sessiond.v1.JwtService",
+    "sessiond.v1.UserSessionService",
+];
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -154,11 +161,25 @@ pub async fn serve(
             JwtApi::new(jwt.clone()),
             api_keys.interceptor(),
         ));
+    let buckets = Arc::new(Buckets::new(store.clone(), config.max_bucket_bytes));
+    routes.add_service(UserSessionServiceServer::new(UserSessionApi::new(
+        manager.clone(),
+        buckets,
+        api_keys.clone(),
+        ClientSecrets::new(&config.client_secrets),
+    )));
+    // gRPC-Web wraps the gRPC routes only: it answers 400 to plain HTTP,
+    // which must keep reaching the JWKS and discovery routes.
     let router = routes
         .routes()
         .into_axum_router()
+        .layer(tonic_web::GrpcWebLayer::new())
         .merge(crate::http::router(jwt))
         .fallback(crate::http::not_found);
+    let router = match crate::http::cors(&config.cors_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
 
     let background = [
         tokio::spawn(sweeper(manager.clone(), config.sweep_interval)),

@@ -12,6 +12,7 @@ pub mod error;
 pub mod jwt;
 pub mod provider;
 pub mod session;
+pub mod user_session;
 
 use std::sync::Arc;
 
@@ -48,6 +49,11 @@ impl ApiKeys {
                     .collect(),
             ),
         }
+    }
+
+    /// True when no key is configured (loopback-only operation).
+    pub fn is_open(&self) -> bool {
+        self.hashes.is_empty()
     }
 
     /// Admits the request when it carries a configured key.

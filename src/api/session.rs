@@ -77,6 +77,7 @@ impl TryFrom<pb::CreateNewSessionRequest> for NewSession {
             access_payload: opt_struct("access_token_payload", r.access_token_payload)?,
             data: opt_struct("session_data_in_database", r.session_data_in_database)?,
             anti_csrf: !r.disable_anti_csrf,
+            user_identifier: non_empty(r.user_identifier),
         })
     }
 }

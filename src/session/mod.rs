@@ -105,6 +105,8 @@ pub struct NewSession {
     pub data: Map<String, Value>,
     /// Mint an anti-CSRF token.
     pub anti_csrf: bool,
+    /// The user's identifier for UserSessionService, when given.
+    pub user_identifier: Option<String>,
 }
 
 /// Input of [`SessionManager::verify`].
@@ -307,6 +309,9 @@ impl SessionManager {
             &new.data,
             self.config.max_payload_bytes,
         )?;
+        if let Some(id) = &new.user_identifier {
+            crate::buckets::check_identifier("user_identifier", id)?;
+        }
 
         let key = self.signer().await?;
         let now = self.now();
@@ -329,6 +334,15 @@ impl SessionManager {
             rotated_at_ms: now,
         };
         self.store.create_session(&record)?;
+        if let Some(id) = &new.user_identifier {
+            self.store
+                .update_user_data(&record.tenant_id, &record.user_id, &mut |d| {
+                    (d.user_identifier.as_ref() != Some(id)).then(|| crate::store::UserData {
+                        user_identifier: Some(id.clone()),
+                        ..d.clone()
+                    })
+                })?;
+        }
         let tokens = self.tokens(&key, &record, refresh, anti_csrf, now)?;
         self.store.durable().await?;
         Ok(tokens)

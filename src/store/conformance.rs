@@ -168,6 +168,39 @@ pub async fn keys_and_secrets(store: Arc<dyn SessionStore>) {
     store.durable().await.unwrap();
 }
 
+pub async fn user_data_updates_are_atomic(store: Arc<dyn SessionStore>) {
+    assert!(store.user_data("public", "u").unwrap().is_none());
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    store
+                        .update_user_data("public", "u", &mut |d| {
+                            let mut d = d.clone();
+                            d.public.insert(format!("t{t}-{i}"), json!(i));
+                            Some(d)
+                        })
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let data = store.user_data("public", "u").unwrap().unwrap();
+    assert_eq!(data.public.len(), 200, "no concurrent update was lost");
+    assert!(
+        store.user_data("other", "u").unwrap().is_none(),
+        "tenants are separate"
+    );
+    let kept = store
+        .update_user_data("public", "u", &mut |_| None)
+        .unwrap();
+    assert_eq!(kept, data);
+}
+
 /// Instantiates the suite for a backend: `conformance_suite!(sled, open_fn)`
 /// where `open_fn(&Path) -> Arc<dyn SessionStore>`.
 macro_rules! conformance_suite {
@@ -188,6 +221,7 @@ macro_rules! conformance_suite {
             case!(concurrent_updates_lose_nothing);
             case!(update_moves_indexes_and_sweep_follows);
             case!(keys_and_secrets);
+            case!(user_data_updates_are_atomic);
         }
     };
 }

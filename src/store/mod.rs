@@ -122,6 +122,26 @@ mod b64 {
     }
 }
 
+/// A user's data buckets (per tenant).
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UserData {
+    /// Readable and writable by the user's browser.
+    #[serde(default)]
+    pub public: Map<String, Value>,
+    /// Server only.
+    #[serde(default)]
+    pub private: Map<String, Value>,
+    /// A display identifier of the user (such as an email).
+    #[serde(default)]
+    pub user_identifier: Option<String>,
+}
+
+impl fmt::Debug for UserData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("UserData([redacted])")
+    }
+}
+
 /// What an [`SessionStore::update_session`] closure decided.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
@@ -190,6 +210,19 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Removes up to `limit` sessions whose refresh expiry is at or before
     /// `now_ms`; returns how many were removed.
     fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError>;
+
+    /// A user's buckets, if any were ever written.
+    fn user_data(&self, tenant_id: &str, user_id: &str) -> Result<Option<UserData>, StoreError>;
+
+    /// Atomically replaces a user's buckets with what `change` makes of the
+    /// current ones (empty when there are none); `None` keeps them. The
+    /// closure may run several times and must be pure. Returns what is stored.
+    fn update_user_data(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        change: &mut dyn FnMut(&UserData) -> Option<UserData>,
+    ) -> Result<UserData, StoreError>;
 
     /// All stored signing keys.
     fn keys(&self) -> Result<Vec<KeyRecord>, StoreError>;

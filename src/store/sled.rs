@@ -2,7 +2,8 @@
 //!
 //! Trees: `sessions` (handle → record), `sessions_by_user`
 //! (len-prefixed user, len-prefixed tenant, handle → expiry), `sessions_by_expiry`
-//! (expiry, handle → empty), `keys` (kid → key record) and `secrets`.
+//! (expiry, handle → empty), `keys` (kid → key record), `secrets`, and
+//! `user_data` (len-prefixed tenant, len-prefixed user → buckets).
 //! Multi-tree changes run in sled transactions. Durability comes from one
 //! flusher task: callers of [`SessionStore::durable`] queue a waiter, and the
 //! flusher answers every waiter queued before it started a flush with that
@@ -15,7 +16,9 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{Transactional, Tree};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{BoxFuture, Change, KeyRecord, SessionRecord, SessionStore, StoreError, UserSession};
+use super::{
+    BoxFuture, Change, KeyRecord, SessionRecord, SessionStore, StoreError, UserData, UserSession,
+};
 
 /// Version byte in front of every encoded record.
 const RECORD_V1: u8 = 1;
@@ -30,6 +33,7 @@ pub struct SledStore {
     by_expiry: Tree,
     keys: Tree,
     secrets: Tree,
+    users: Tree,
     flush_requests: mpsc::UnboundedSender<Waiter>,
 }
 
@@ -50,6 +54,7 @@ impl SledStore {
             by_expiry: tree("sessions_by_expiry")?,
             keys: tree("keys")?,
             secrets: tree("secrets")?,
+            users: tree("user_data")?,
             flush_requests,
             db,
         });
@@ -144,6 +149,13 @@ fn expiry_key(expires_at_ms: u64, handle: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + handle.len());
     k.extend_from_slice(&expires_at_ms.to_be_bytes());
     k.extend_from_slice(handle.as_bytes());
+    k
+}
+
+fn user_data_key(tenant_id: &str, user_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + tenant_id.len() + user_id.len());
+    push_lp(&mut k, tenant_id);
+    push_lp(&mut k, user_id);
     k
 }
 
@@ -313,6 +325,44 @@ impl SessionStore for SledStore {
             }
         }
         Ok(removed)
+    }
+
+    fn user_data(&self, tenant_id: &str, user_id: &str) -> Result<Option<UserData>, StoreError> {
+        match self
+            .users
+            .get(user_data_key(tenant_id, user_id))
+            .map_err(backend)?
+        {
+            Some(bytes) => decode(&bytes).map(Some).map_err(StoreError::Corrupt),
+            None => Ok(None),
+        }
+    }
+
+    fn update_user_data(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        change: &mut dyn FnMut(&UserData) -> Option<UserData>,
+    ) -> Result<UserData, StoreError> {
+        let key = user_data_key(tenant_id, user_id);
+        // Compare-and-swap until no concurrent writer got in between.
+        loop {
+            let old = self.users.get(&key).map_err(backend)?;
+            let current = match &old {
+                Some(bytes) => decode(bytes).map_err(StoreError::Corrupt)?,
+                None => UserData::default(),
+            };
+            let Some(next) = change(&current) else {
+                return Ok(current);
+            };
+            let swapped = self
+                .users
+                .compare_and_swap(&key, old.as_ref(), Some(encode(&next)))
+                .map_err(backend)?;
+            if swapped.is_ok() {
+                return Ok(next);
+            }
+        }
     }
 
     fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {

@@ -223,6 +223,7 @@ async fn session_information_and_data_overwrite() {
             access_token_payload: Some(obj(json!({"plan": "pro"}))),
             session_data_in_database: Some(obj(json!({"cart": [1, 2], "secret": "s"}))),
             disable_anti_csrf: true,
+            ..Default::default()
         })
         .await
         .unwrap()

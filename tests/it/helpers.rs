@@ -11,6 +11,7 @@ use sessiond::config::Config;
 use sessiond::pb;
 use sessiond::pb::jwt_service_client::JwtServiceClient;
 use sessiond::pb::session_service_client::SessionServiceClient;
+use sessiond::pb::user_session_service_client::UserSessionServiceClient;
 use sessiond::{ManualClock, ServeError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -107,6 +108,10 @@ impl TestServer {
 
     pub async fn sessions(&self) -> SessionServiceClient<Channel> {
         SessionServiceClient::new(self.channel().await)
+    }
+
+    pub async fn buckets(&self) -> UserSessionServiceClient<Channel> {
+        UserSessionServiceClient::new(self.channel().await)
     }
 
     pub async fn jwts(&self) -> JwtServiceClient<Channel> {
@@ -301,4 +306,13 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String, String) 
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
     (status.to_owned(), headers.to_lowercase(), body.to_owned())
+}
+
+/// A request with metadata entries.
+pub fn with_metadata<T>(msg: T, entries: &[(&'static str, &str)]) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    for (k, v) in entries {
+        req.metadata_mut().insert(*k, v.parse().unwrap());
+    }
+    req
 }

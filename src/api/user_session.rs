@@ -1,0 +1,317 @@
+//! `sessiond.v1.UserSessionService`: who the caller is, and which buckets
+//! that lets them reach.
+//!
+//! - `x-api-key` (or any call without a token when no API key is configured,
+//!   which means loopback-only): a backend; names any user; private allowed.
+//! - `authorization: Bearer <access token>`: an end user; the token is
+//!   verified against the store and reaches its own user's buckets only;
+//!   private only with the tenant's `x-client-secret`.
+//! - `x-client-secret` alone: a server of that tenant; names a user of it;
+//!   private allowed.
+//!
+//! Secrets are compared as SHA-256 hashes in constant time and never echoed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+
+use super::ApiKeys;
+use super::convert::{json_to_struct, opt_struct};
+use super::error::{invalid, status};
+use crate::buckets::{Bucket, Buckets, UserBuckets};
+use crate::config::Secret;
+use crate::error::Reason;
+use crate::pb;
+use crate::pb::user_session_service_server::UserSessionService;
+use crate::session::{SessionManager, Verify, payload};
+use crate::token::{ct_eq, sha256_hex};
+
+/// Metadata key of a tenant's client secret.
+pub const CLIENT_SECRET_HEADER: &str = "x-client-secret";
+
+/// Client secrets by tenant, held as hashes.
+#[derive(Clone, Default)]
+pub struct ClientSecrets {
+    by_tenant: Arc<HashMap<String, String>>,
+}
+
+impl std::fmt::Debug for ClientSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientSecrets({} tenants)", self.by_tenant.len())
+    }
+}
+
+impl ClientSecrets {
+    /// Hashes the configured secrets.
+    pub fn new(secrets: &[(String, Secret)]) -> Self {
+        Self {
+            by_tenant: Arc::new(
+                secrets
+                    .iter()
+                    .map(|(t, s)| (t.clone(), sha256_hex(s.expose().as_bytes())))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Whether `presented` is the client secret of `tenant_id`.
+    pub fn check(&self, tenant_id: &str, presented: &[u8]) -> bool {
+        let presented = sha256_hex(presented);
+        self.by_tenant
+            .get(tenant_id)
+            .is_some_and(|h| ct_eq(h.as_bytes(), presented.as_bytes()))
+    }
+}
+
+/// The resolved caller of a bucket call.
+struct Caller {
+    user_id: String,
+    tenant_id: String,
+    /// May read and write the private bucket.
+    private: bool,
+    /// A backend or tenant server, not an end user.
+    server: bool,
+}
+
+/// The gRPC face of the buckets.
+#[derive(Debug, Clone)]
+pub struct UserSessionApi {
+    sessions: Arc<SessionManager>,
+    buckets: Arc<Buckets>,
+    api_keys: ApiKeys,
+    client_secrets: ClientSecrets,
+}
+
+fn denied(message: &str) -> Status {
+    status(Reason::PermissionDenied, message, HashMap::new(), None)
+}
+
+fn bearer(metadata: &MetadataMap) -> Result<Option<String>, Status> {
+    let Some(value) = metadata.get("authorization") else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| invalid("authorization", "is not ASCII"))?;
+    let (scheme, token) = text.split_once(' ').unwrap_or((text, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(invalid("authorization", "must be `Bearer <access token>`"));
+    }
+    Ok(Some(token.trim().to_owned()))
+}
+
+fn bucket(value: i32) -> Result<Bucket, Status> {
+    match pb::Bucket::try_from(value) {
+        Ok(pb::Bucket::Public) => Ok(Bucket::Public),
+        Ok(pb::Bucket::Private) => Ok(Bucket::Private),
+        _ => Err(invalid("bucket", "must be BUCKET_PUBLIC or BUCKET_PRIVATE")),
+    }
+}
+
+impl UserSessionApi {
+    /// Serves the buckets; tokens are verified through `sessions`.
+    pub fn new(
+        sessions: Arc<SessionManager>,
+        buckets: Arc<Buckets>,
+        api_keys: ApiKeys,
+        client_secrets: ClientSecrets,
+    ) -> Self {
+        Self {
+            sessions,
+            buckets,
+            api_keys,
+            client_secrets,
+        }
+    }
+
+    async fn caller<T>(
+        &self,
+        req: &Request<T>,
+        user_id: &str,
+        tenant_id: &str,
+    ) -> Result<Caller, Status> {
+        let metadata = req.metadata();
+        let token = bearer(metadata)?;
+        let secret = metadata
+            .get(CLIENT_SECRET_HEADER)
+            .map(|v| v.as_bytes().to_vec());
+        let named = |private| -> Result<Caller, Status> {
+            if user_id.is_empty() {
+                return Err(invalid(
+                    "user_id",
+                    "must name the user when calling without an access token",
+                ));
+            }
+            payload::user_id("user_id", user_id)?;
+            Ok(Caller {
+                user_id: user_id.to_owned(),
+                tenant_id: payload::tenant_id("tenant_id", tenant_id)?,
+                private,
+                server: true,
+            })
+        };
+
+        if metadata.contains_key(super::API_KEY_HEADER)
+            || (self.api_keys.is_open() && token.is_none())
+        {
+            self.api_keys.check(req)?;
+            return named(true);
+        }
+        if let Some(token) = token {
+            let verified = self
+                .sessions
+                .verify(Verify {
+                    access_token: token,
+                    check_database: true,
+                    ..Default::default()
+                })
+                .await?;
+            let session = verified.session;
+            if (!user_id.is_empty() && user_id != session.user_id)
+                || (!tenant_id.is_empty() && tenant_id != session.tenant_id)
+            {
+                return Err(denied(
+                    "an access token reaches its own user's buckets only",
+                ));
+            }
+            let private = match secret {
+                None => false,
+                Some(s) if self.client_secrets.check(&session.tenant_id, &s) => true,
+                Some(_) => {
+                    return Err(denied(
+                        "the x-client-secret is not this tenant's client secret",
+                    ));
+                }
+            };
+            return Ok(Caller {
+                user_id: session.user_id,
+                tenant_id: session.tenant_id,
+                private,
+                server: false,
+            });
+        }
+        if let Some(s) = secret {
+            let tenant = payload::tenant_id("tenant_id", tenant_id)?;
+            if !self.client_secrets.check(&tenant, &s) {
+                return Err(denied(
+                    "the x-client-secret is not this tenant's client secret",
+                ));
+            }
+            return named(true);
+        }
+        Err(status(
+            Reason::MissingCredentials,
+            "this call needs `authorization: Bearer <access token>`, an x-client-secret or an x-api-key",
+            HashMap::new(),
+            None,
+        ))
+    }
+
+    fn allow(caller: &Caller, bucket: Bucket) -> Result<(), Status> {
+        if bucket == Bucket::Private && !caller.private {
+            return Err(denied(
+                "the private bucket needs the tenant's x-client-secret or a backend API key",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn reply(b: UserBuckets) -> pb::GetUserSessionResponse {
+    pb::GetUserSessionResponse {
+        public: Some(json_to_struct(&b.public)),
+        private: b.private.as_ref().map(json_to_struct),
+        user_id: b.user_id,
+        user_identifier: b.user_identifier,
+    }
+}
+
+impl From<UserBuckets> for pb::UpdateUserSessionResponse {
+    fn from(b: UserBuckets) -> Self {
+        let r = reply(b);
+        Self {
+            public: r.public,
+            private: r.private,
+            user_id: r.user_id,
+            user_identifier: r.user_identifier,
+        }
+    }
+}
+
+impl From<UserBuckets> for pb::ClearUserSessionResponse {
+    fn from(b: UserBuckets) -> Self {
+        let r = reply(b);
+        Self {
+            public: r.public,
+            private: r.private,
+            user_id: r.user_id,
+            user_identifier: r.user_identifier,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl UserSessionService for UserSessionApi {
+    async fn get_user_session(
+        &self,
+        req: Request<pb::GetUserSessionRequest>,
+    ) -> Result<Response<pb::GetUserSessionResponse>, Status> {
+        let caller = self
+            .caller(&req, &req.get_ref().user_id, &req.get_ref().tenant_id)
+            .await?;
+        Self::allow(&caller, bucket(req.get_ref().bucket)?)?;
+        let found = self
+            .buckets
+            .get(&caller.tenant_id, &caller.user_id, caller.private)?;
+        Ok(Response::new(reply(found)))
+    }
+
+    async fn update_user_session(
+        &self,
+        req: Request<pb::UpdateUserSessionRequest>,
+    ) -> Result<Response<pb::UpdateUserSessionResponse>, Status> {
+        let caller = self
+            .caller(&req, &req.get_ref().user_id, &req.get_ref().tenant_id)
+            .await?;
+        let r = req.into_inner();
+        let which = bucket(r.bucket)?;
+        Self::allow(&caller, which)?;
+        if r.user_identifier.is_some() && !caller.server {
+            return Err(denied("only servers may set the user identifier"));
+        }
+        let data = r
+            .data
+            .ok_or_else(|| invalid("data", "must be a JSON object"))?;
+        let patch = opt_struct("data", Some(data))?;
+        let merged = self
+            .buckets
+            .update(
+                &caller.tenant_id,
+                &caller.user_id,
+                which,
+                patch,
+                r.user_identifier,
+                caller.private,
+            )
+            .await?;
+        Ok(Response::new(merged.into()))
+    }
+
+    async fn clear_user_session(
+        &self,
+        req: Request<pb::ClearUserSessionRequest>,
+    ) -> Result<Response<pb::ClearUserSessionResponse>, Status> {
+        let caller = self
+            .caller(&req, &req.get_ref().user_id, &req.get_ref().tenant_id)
+            .await?;
+        let which = bucket(req.get_ref().bucket)?;
+        Self::allow(&caller, which)?;
+        let cleared = self
+            .buckets
+            .clear(&caller.tenant_id, &caller.user_id, which, caller.private)
+            .await?;
+        Ok(Response::new(cleared.into()))
+    }
+}

@@ -1,0 +1,256 @@
+//! Per-user data buckets (OpenAuthster's session data): a `public` JSON
+//! object the user's own browser may read and write, and a `private` one
+//! only servers may touch, per user and tenant.
+//!
+//! Updates are RFC 7386 JSON Merge Patches applied atomically in the store,
+//! so concurrent updates never lose a change; an update that would take a
+//! bucket over the size cap is refused and leaves it as it was. Who may read
+//! or write which bucket is decided at the edge (`api::user_session`); this
+//! module only applies the rules to the data.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::session::payload;
+use crate::store::{SessionStore, UserData};
+
+/// Longest accepted user identifier, in bytes.
+pub const MAX_IDENTIFIER: usize = 512;
+
+/// Which bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    /// Readable and writable by the user's browser.
+    Public,
+    /// Server only.
+    Private,
+}
+
+/// A user's buckets as a caller sees them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserBuckets {
+    /// The user.
+    pub user_id: String,
+    /// The public bucket.
+    pub public: Map<String, Value>,
+    /// The private bucket, only for callers allowed to read it.
+    pub private: Option<Map<String, Value>>,
+    /// The user's identifier ("" when none was set).
+    pub user_identifier: String,
+}
+
+/// Applies an RFC 7386 JSON Merge Patch to `target`.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let Value::Object(target) = target else {
+        unreachable!("made an object above")
+    };
+    for (key, value) in patch {
+        if value.is_null() {
+            target.remove(key);
+        } else {
+            merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
+/// Checks a user identifier.
+pub fn check_identifier(field: &str, identifier: &str) -> Result<()> {
+    if identifier.len() > MAX_IDENTIFIER {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {MAX_IDENTIFIER} bytes"),
+        ));
+    }
+    if identifier.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// The bucket rules over a store.
+pub struct Buckets {
+    store: Arc<dyn SessionStore>,
+    max_bytes: usize,
+}
+
+impl std::fmt::Debug for Buckets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Buckets")
+            .field("max_bytes", &self.max_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+fn view(user_id: &str, data: UserData, with_private: bool) -> UserBuckets {
+    UserBuckets {
+        user_id: user_id.to_owned(),
+        public: data.public,
+        private: with_private.then_some(data.private),
+        user_identifier: data.user_identifier.unwrap_or_default(),
+    }
+}
+
+impl Buckets {
+    /// Buckets capped at `max_bytes` of JSON each.
+    pub fn new(store: Arc<dyn SessionStore>, max_bytes: usize) -> Self {
+        Self { store, max_bytes }
+    }
+
+    fn scope(user_id: &str, tenant_id: &str) -> Result<String> {
+        payload::user_id("user_id", user_id)?;
+        payload::tenant_id("tenant_id", tenant_id)
+    }
+
+    /// GetUserSession.
+    pub fn get(&self, tenant_id: &str, user_id: &str, with_private: bool) -> Result<UserBuckets> {
+        let tenant = Self::scope(user_id, tenant_id)?;
+        let data = self.store.user_data(&tenant, user_id)?.unwrap_or_default();
+        Ok(view(user_id, data, with_private))
+    }
+
+    /// UpdateUserSession: merges `patch` into the bucket, atomically.
+    pub async fn update(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        bucket: Bucket,
+        patch: Map<String, Value>,
+        user_identifier: Option<String>,
+        with_private: bool,
+    ) -> Result<UserBuckets> {
+        let tenant = Self::scope(user_id, tenant_id)?;
+        if let Some(id) = &user_identifier {
+            check_identifier("user_identifier", id)?;
+        }
+        let patch = Value::Object(patch);
+        let max = self.max_bytes;
+        let mut refused = None;
+        let stored = self
+            .store
+            .update_user_data(&tenant, user_id, &mut |current| {
+                let mut next = current.clone();
+                let target = match bucket {
+                    Bucket::Public => &mut next.public,
+                    Bucket::Private => &mut next.private,
+                };
+                let mut merged = Value::Object(std::mem::take(target));
+                merge_patch(&mut merged, &patch);
+                let Value::Object(merged) = merged else {
+                    unreachable!("a merge of an object patch is an object")
+                };
+                refused = payload::limit_size("data", &merged, max).err();
+                if refused.is_some() {
+                    return None;
+                }
+                *target = merged;
+                if let Some(id) = &user_identifier {
+                    next.user_identifier = Some(id.clone());
+                }
+                Some(next)
+            })?;
+        if let Some(e) = refused {
+            return Err(match e {
+                Error::InvalidArgument { field, message } => Error::InvalidArgument {
+                    field,
+                    message: format!("the merged bucket {message}; nothing was changed"),
+                },
+                other => other,
+            });
+        }
+        self.store.durable().await?;
+        Ok(view(user_id, stored, with_private))
+    }
+
+    /// ClearUserSession: replaces the bucket with `{}`.
+    pub async fn clear(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        bucket: Bucket,
+        with_private: bool,
+    ) -> Result<UserBuckets> {
+        let tenant = Self::scope(user_id, tenant_id)?;
+        let stored = self
+            .store
+            .update_user_data(&tenant, user_id, &mut |current| {
+                let mut next = current.clone();
+                match bucket {
+                    Bucket::Public => next.public.clear(),
+                    Bucket::Private => next.private.clear(),
+                }
+                Some(next)
+            })?;
+        self.store.durable().await?;
+        Ok(view(user_id, stored, with_private))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_follows_rfc_7386() {
+        // The examples of RFC 7386, section 3.
+        let cases = [
+            (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
+            (
+                json!({"a": "b"}),
+                json!({"b": "c"}),
+                json!({"a": "b", "b": "c"}),
+            ),
+            (json!({"a": "b"}), json!({"a": null}), json!({})),
+            (
+                json!({"a": "b", "b": "c"}),
+                json!({"a": null}),
+                json!({"b": "c"}),
+            ),
+            (json!({"a": ["b"]}), json!({"a": "c"}), json!({"a": "c"})),
+            (json!({"a": "c"}), json!({"a": ["b"]}), json!({"a": ["b"]})),
+            (
+                json!({"a": {"b": "c"}}),
+                json!({"a": {"b": "d", "c": null}}),
+                json!({"a": {"b": "d"}}),
+            ),
+            (
+                json!({"a": [{"b": "c"}]}),
+                json!({"a": [1]}),
+                json!({"a": [1]}),
+            ),
+            (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
+            (json!({"a": "b"}), json!(["c"]), json!(["c"])),
+            (json!({"a": "foo"}), json!(null), json!(null)),
+            (json!({"a": "foo"}), json!("bar"), json!("bar")),
+            (
+                json!({"e": null}),
+                json!({"a": 1}),
+                json!({"e": null, "a": 1}),
+            ),
+            (
+                json!([1, 2]),
+                json!({"a": "b", "c": null}),
+                json!({"a": "b"}),
+            ),
+            (
+                json!({}),
+                json!({"a": {"bb": {"ccc": null}}}),
+                json!({"a": {"bb": {}}}),
+            ),
+        ];
+        for (target, patch, expected) in cases {
+            let mut t = target.clone();
+            merge_patch(&mut t, &patch);
+            assert_eq!(t, expected, "{target} + {patch}");
+        }
+    }
+}
