@@ -48,6 +48,15 @@ impl std::str::FromStr for SigningAlgorithm {
     }
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, with the request span's fields.
+    Json,
+}
+
 /// A secret string (an API key). `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -120,6 +129,9 @@ pub struct ServeArgs {
     /// Log filter, such as `info` or `sessiond=debug` [default: info].
     #[arg(long = "log", env = "SESSIOND_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "SESSIOND_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
     /// ClaimProvider for one claim key, as KEY=URL (repeatable).
     #[arg(
         long = "claim-provider",
@@ -174,6 +186,7 @@ struct FileConfig {
     sweep_interval: Option<String>,
     drain_timeout: Option<String>,
     log: Option<String>,
+    log_format: Option<String>,
     #[serde(default)]
     claim_providers: std::collections::BTreeMap<String, String>,
     default_claim_provider: Option<String>,
@@ -238,6 +251,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Log filter.
     pub log: String,
+    /// Log line format.
+    pub log_format: LogFormat,
     /// ClaimProvider addresses by claim key.
     pub claim_providers: Vec<(String, String)>,
     /// ClaimProvider for other claim keys.
@@ -272,6 +287,7 @@ impl Config {
             sweep_interval: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(10),
             log: "info".to_owned(),
+            log_format: LogFormat::Text,
             claim_providers: Vec::new(),
             default_claim_provider: None,
             claim_provider_timeout: Duration::from_secs(2),
@@ -378,6 +394,13 @@ impl Config {
         }
         if let Some(v) = args.log.clone().or(file.log) {
             c.log = v;
+        }
+        if let Some(v) = args.log_format.as_ref().or(file.log_format.as_ref()) {
+            c.log_format = match v.trim() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => return Err(bad("log-format", format!("`{other}` is not text or json"))),
+            };
         }
         dur(
             "claim-provider-timeout",

@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::jwt::JwtIssuer;
+use crate::metrics::Metrics;
 
 /// Request headers browsers may send: gRPC-Web's own, and the credentials of
 /// UserSessionService.
@@ -51,15 +52,33 @@ pub fn cors(origins: &[String]) -> Option<CorsLayer> {
     )
 }
 
+/// What the HTTP routes read.
+#[derive(Debug, Clone)]
+struct Shared {
+    issuer: Arc<JwtIssuer>,
+    metrics: Arc<Metrics>,
+}
+
 /// The HTTP routes.
-pub fn router(issuer: Arc<JwtIssuer>) -> Router {
+pub fn router(issuer: Arc<JwtIssuer>, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/openid-configuration", get(discovery))
-        .with_state(issuer)
+        .route("/metrics", get(prometheus))
+        .with_state(Shared { issuer, metrics })
 }
 
-async fn jwks(State(issuer): State<Arc<JwtIssuer>>) -> impl IntoResponse {
+async fn prometheus(State(shared): State<Shared>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shared.metrics.encode(),
+    )
+}
+
+async fn jwks(State(Shared { issuer, .. }): State<Shared>) -> impl IntoResponse {
     let cache = format!("max-age={}, must-revalidate", issuer.jwks_max_age_secs());
     (
         [(header::CACHE_CONTROL, cache)],
@@ -67,7 +86,7 @@ async fn jwks(State(issuer): State<Arc<JwtIssuer>>) -> impl IntoResponse {
     )
 }
 
-async fn discovery(State(issuer): State<Arc<JwtIssuer>>) -> impl IntoResponse {
+async fn discovery(State(Shared { issuer, .. }): State<Shared>) -> impl IntoResponse {
     Json(issuer.discovery())
 }
 

@@ -13,18 +13,22 @@
 //! - [`buckets`]: per-user public and private JSON buckets.
 //! - [`error`]: the domain error and the table of error reasons.
 //! - [`api`]: gRPC services, caller authentication, protobuf conversions.
-//! - [`http`]: plain HTTP routes on the same port.
-//! - [`server`]: wiring and lifecycle ([`serve`]).
+//! - [`http`]: plain HTTP routes on the same port (JWKS, discovery, metrics).
+//! - [`metrics`]: Prometheus metrics.
+//! - [`server`]: wiring and lifecycle ([`serve`]); [`connections`]: the
+//!   cuttable connections behind the bounded drain.
 
 pub mod api;
 pub mod buckets;
 pub mod claims;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod http;
 pub mod ids;
 pub mod jwt;
+pub mod metrics;
 pub mod server;
 pub mod session;
 pub mod store;

@@ -18,20 +18,25 @@ use tonic_health::ServingStatus;
 
 use crate::api::ApiKeys;
 use crate::api::jwt::JwtApi;
+use crate::api::observe::ObserveLayer;
 use crate::api::provider::GrpcClaimSource;
 use crate::api::session::SessionApi;
 use crate::api::user_session::{ClientSecrets, UserSessionApi};
 use crate::buckets::Buckets;
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::connections::Connections;
 use crate::jwt::JwtIssuer;
+use crate::metrics::Metrics;
 use crate::pb::jwt_service_server::JwtServiceServer;
 use crate::pb::session_service_server::SessionServiceServer;
 use crate::pb::user_session_service_server::UserSessionServiceServer;
 use crate::session::{SessionConfig, SessionManager};
+use crate::store::FlushObserver;
 use crate::store::{SessionStore, SledStore, StoreError};
 use crate::token::KeyError;
 use crate::token::keys::{KeyRing, KeyRingConfig};
+use tokio_stream::StreamExt;
 
 /// Log target of the one line announcing readiness; kept at INFO whatever
 /// the configured filter, because deployment scripts wait for it.
@@ -92,7 +97,18 @@ pub async fn serve(
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
 
-    let store: Arc<dyn SessionStore> = SledStore::open(&config.data_dir, STORE_CACHE_BYTES)?;
+    let metrics = Metrics::shared();
+    let on_flush: FlushObserver = {
+        let metrics = metrics.clone();
+        Arc::new(move |elapsed| metrics.flushed(elapsed))
+    };
+    let store: Arc<dyn SessionStore> =
+        SledStore::open(&config.data_dir, STORE_CACHE_BYTES, Some(on_flush))?;
+    metrics.sessions_set(store.count_sessions()?);
+    {
+        let store = Arc::downgrade(&store);
+        metrics.set_store_size_source(move || store.upgrade()?.size_on_disk().ok());
+    }
     let keys = Arc::new(
         KeyRing::open(
             store.clone(),
@@ -102,6 +118,7 @@ pub async fn serve(
                 rotation_interval_ms: config.key_rotation_interval.as_millis() as u64,
                 access_lifetime_ms: config.access_token_lifetime.as_millis() as u64,
             },
+            metrics.clone(),
         )
         .await?,
     );
@@ -109,6 +126,7 @@ pub async fn serve(
         &config.claim_providers,
         config.default_claim_provider.as_deref(),
         config.claim_provider_timeout,
+        metrics.clone(),
     )
     .map_err(ServeError::ClaimProviders)?;
     let manager = Arc::new(
@@ -124,6 +142,7 @@ pub async fn serve(
                 max_payload_bytes: config.max_payload_bytes,
                 issuer: issuer.clone(),
             },
+            metrics.clone(),
         )
         .await?,
     );
@@ -173,8 +192,9 @@ pub async fn serve(
     let router = routes
         .routes()
         .into_axum_router()
+        .layer(ObserveLayer::new(metrics.clone()))
         .layer(tonic_web::GrpcWebLayer::new())
-        .merge(crate::http::router(jwt))
+        .merge(crate::http::router(jwt, metrics.clone()))
         .fallback(crate::http::not_found);
     let router = match crate::http::cors(&config.cors_origins) {
         Some(cors) => router.layer(cors),
@@ -187,11 +207,17 @@ pub async fn serve(
     ];
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let connections = Arc::new(Connections::new());
+    let incoming = {
+        let connections = connections.clone();
+        TcpListenerStream::new(listener)
+            .map(move |accepted| accepted.map(|stream| connections.track(stream)))
+    };
     let server = Server::builder()
         .accept_http1(true)
         .tcp_nodelay(true)
         .add_routes(Routes::from(router))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         });
     let mut server = tokio::spawn(server);
@@ -221,8 +247,15 @@ pub async fn serve(
         Ok(Ok(result)) => result?,
         Ok(Err(e)) => return Err(ServeError::Io(std::io::Error::other(e))),
         Err(_) => {
-            tracing::warn!("drain timeout reached; closing the remaining connections");
-            server.abort();
+            tracing::warn!("drain timeout reached; cutting the remaining connections");
+            connections.cut_all();
+            // Cut connections end at their next read or write; give their
+            // tasks a moment, then stop waiting.
+            match tokio::time::timeout(std::time::Duration::from_secs(2), &mut server).await {
+                Ok(Ok(result)) => result?,
+                Ok(Err(e)) => return Err(ServeError::Io(std::io::Error::other(e))),
+                Err(_) => server.abort(),
+            }
         }
     }
     for task in background {

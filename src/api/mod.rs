@@ -10,6 +10,7 @@ pub mod codec;
 pub mod convert;
 pub mod error;
 pub mod jwt;
+pub mod observe;
 pub mod provider;
 pub mod session;
 pub mod user_session;
@@ -21,6 +22,11 @@ use tonic::{Request, Status};
 use crate::config::Secret;
 use crate::error::Reason;
 use crate::token::{ct_eq, sha256_hex};
+
+/// Adds the tenant to the current request's span (see `observe`).
+pub fn record_tenant(tenant_id: &str) {
+    tracing::Span::current().record("tenant", tenant_id);
+}
 
 /// Metadata key backend callers put their API key in.
 pub const API_KEY_HEADER: &str = "x-api-key";

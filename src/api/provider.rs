@@ -15,6 +15,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::convert::{json_to_struct, value_to_json};
 use crate::claims::{ClaimSource, FetchRequest};
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::pb;
 use crate::pb::claim_provider_client::ClaimProviderClient;
 use crate::store::BoxFuture;
@@ -25,6 +26,7 @@ pub struct GrpcClaimSource {
     by_key: HashMap<String, Channel>,
     default: Option<Channel>,
     timeout: Duration,
+    metrics: std::sync::Arc<Metrics>,
 }
 
 fn channel(url: &str, timeout: Duration) -> std::result::Result<Channel, String> {
@@ -42,6 +44,7 @@ impl GrpcClaimSource {
         by_key: &[(String, String)],
         default: Option<&str>,
         timeout: Duration,
+        metrics: std::sync::Arc<Metrics>,
     ) -> std::result::Result<Self, String> {
         Ok(Self {
             by_key: by_key
@@ -50,6 +53,7 @@ impl GrpcClaimSource {
                 .collect::<std::result::Result<_, String>>()?,
             default: default.map(|url| channel(url, timeout)).transpose()?,
             timeout,
+            metrics,
         })
     }
 }
@@ -62,6 +66,7 @@ impl ClaimSource for GrpcClaimSource {
             .or(self.default.as_ref())
             .cloned();
         let timeout = self.timeout;
+        let metrics = self.metrics.clone();
         Box::pin(async move {
             let claim_key = request.claim_key.clone();
             let Some(channel) = channel else {
@@ -79,21 +84,30 @@ impl ClaimSource for GrpcClaimSource {
                 session_handle: request.session_handle,
             });
             call.set_timeout(timeout);
-            let reply = tokio::time::timeout(timeout, ClaimProviderClient::new(channel).fetch_claim(call))
-                .await
-                .map_err(|_| unavailable(format!("no answer within {timeout:?}")))?
-                .map_err(|status| {
+            let reply =
+                tokio::time::timeout(timeout, ClaimProviderClient::new(channel).fetch_claim(call))
+                    .await;
+            let result = match reply {
+                Err(_) => Err(unavailable(format!("no answer within {timeout:?}"))),
+                Ok(Err(status)) => {
                     tracing::warn!(claim_key = %claim_key, code = ?status.code(), "claim provider failed");
-                    unavailable(format!("it answered {:?}", status.code()))
-                })?;
-            reply
-                .into_inner()
-                .value
-                .map(|v| {
-                    value_to_json("value", v)
-                        .map_err(|_| unavailable("it answered a value that is not JSON".into()))
-                })
-                .transpose()
+                    Err(unavailable(format!("it answered {:?}", status.code())))
+                }
+                Ok(Ok(reply)) => reply
+                    .into_inner()
+                    .value
+                    .map(|v| {
+                        value_to_json("value", v)
+                            .map_err(|_| unavailable("it answered a value that is not JSON".into()))
+                    })
+                    .transpose(),
+            };
+            metrics.claim_provider_call(match &result {
+                Ok(Some(_)) => "value",
+                Ok(None) => "no_value",
+                Err(_) => "error",
+            });
+            result
         })
     }
 }

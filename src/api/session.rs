@@ -119,7 +119,9 @@ impl SessionService for SessionApi {
         req: Request<pb::CreateNewSessionRequest>,
     ) -> Result<Response<pb::CreateNewSessionResponse>, Status> {
         let new = NewSession::try_from(req.into_inner())?;
-        Ok(Response::new(self.manager.create(new).await?.into()))
+        let tokens = self.manager.create(new).await?;
+        super::record_tenant(&tokens.session.tenant_id);
+        Ok(Response::new(tokens.into()))
     }
 
     async fn get_session(
@@ -128,6 +130,7 @@ impl SessionService for SessionApi {
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
         let verify = Verify::try_from(req.into_inner())?;
         let verified = self.manager.verify(verify).await?;
+        super::record_tenant(&verified.session.tenant_id);
         Ok(Response::new(pb::GetSessionResponse {
             session: Some(session(verified.session)),
             access_token: verified.new_access.map(token),
@@ -139,7 +142,9 @@ impl SessionService for SessionApi {
         req: Request<pb::RefreshSessionRequest>,
     ) -> Result<Response<pb::RefreshSessionResponse>, Status> {
         let refresh = Refresh::try_from(req.into_inner())?;
-        Ok(Response::new(self.manager.refresh(refresh).await?.into()))
+        let tokens = self.manager.refresh(refresh).await?;
+        super::record_tenant(&tokens.session.tenant_id);
+        Ok(Response::new(tokens.into()))
     }
 
     async fn revoke_session(

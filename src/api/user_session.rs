@@ -210,6 +210,7 @@ impl UserSessionApi {
     }
 
     fn allow(caller: &Caller, bucket: Bucket) -> Result<(), Status> {
+        super::record_tenant(&caller.tenant_id);
         if bucket == Bucket::Private && !caller.private {
             return Err(denied(
                 "the private bucket needs the tenant's x-client-secret or a backend API key",

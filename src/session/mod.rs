@@ -23,6 +23,7 @@ use crate::claims::{ClaimSource, Validator};
 use crate::clock::SharedClock;
 use crate::error::{Error, Result};
 use crate::ids::SessionHandle;
+use crate::metrics::Metrics;
 use crate::store::{Change, Generation, SessionRecord, SessionStore};
 use crate::token::access::{self, AccessClaims};
 use crate::token::keys::{KeyRing, SigningKey};
@@ -171,6 +172,7 @@ pub struct SessionManager {
     claims: Arc<dyn ClaimSource>,
     clock: SharedClock,
     config: SessionConfig,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for SessionManager {
@@ -200,6 +202,7 @@ impl SessionManager {
         claims: Arc<dyn ClaimSource>,
         clock: SharedClock,
         config: SessionConfig,
+        metrics: Arc<Metrics>,
     ) -> Result<Self> {
         let secret = store.secret(RefreshTokens::SECRET_NAME, &mut || {
             random_bytes::<32>().to_vec()
@@ -212,6 +215,7 @@ impl SessionManager {
             claims,
             clock,
             config,
+            metrics,
         })
     }
 
@@ -334,6 +338,7 @@ impl SessionManager {
             rotated_at_ms: now,
         };
         self.store.create_session(&record)?;
+        self.metrics.sessions_added(1);
         if let Some(id) = &new.user_identifier {
             self.store
                 .update_user_data(&record.tenant_id, &record.user_id, &mut |d| {
@@ -439,10 +444,10 @@ impl SessionManager {
 
     /// RefreshSession: rotation with theft detection.
     pub async fn refresh(&self, req: Refresh) -> Result<Tokens> {
-        let handle = self
-            .refresh_tokens
-            .open(&req.refresh_token)
-            .map_err(|e| Error::Unauthorised(format!("the refresh token is invalid ({e})")))?;
+        let handle = self.refresh_tokens.open(&req.refresh_token).map_err(|e| {
+            self.metrics.refresh("rejected");
+            Error::Unauthorised(format!("the refresh token is invalid ({e})"))
+        })?;
         let presented = refresh::hash(&req.refresh_token);
         let given_anti_csrf = req
             .anti_csrf_token
@@ -455,20 +460,20 @@ impl SessionManager {
         let (grace, lifetime) = (self.config.grace_ms, self.config.refresh_lifetime_ms);
 
         enum Outcome {
-            Gone,
+            Gone { removed: bool },
             AntiCsrfMismatch,
             Theft(String),
-            Rotated(Box<SessionRecord>),
+            Rotated(Box<SessionRecord>, bool),
         }
-        let mut outcome = Outcome::Gone;
+        let mut outcome = Outcome::Gone { removed: false };
         self.store
             .update_session(&handle.to_string(), &mut |record| {
                 let Some(r) = record else {
-                    outcome = Outcome::Gone;
+                    outcome = Outcome::Gone { removed: false };
                     return Change::Keep;
                 };
                 if r.expires_at_ms <= now {
-                    outcome = Outcome::Gone;
+                    outcome = Outcome::Gone { removed: true };
                     return Change::Delete;
                 }
                 let in_grace = now <= r.rotated_at_ms.saturating_add(grace);
@@ -502,24 +507,35 @@ impl SessionManager {
                     next.rotated_at_ms = now;
                     next.expires_at_ms = now + lifetime;
                 }
-                outcome = Outcome::Rotated(Box::new(next.clone()));
+                outcome = Outcome::Rotated(Box::new(next.clone()), is_current);
                 Change::Put(Box::new(next))
             })?;
 
         match outcome {
-            Outcome::Gone => Err(session_gone()),
-            Outcome::AntiCsrfMismatch => Err(Error::Unauthorised(
-                "the anti-CSRF token does not match".into(),
-            )),
+            Outcome::Gone { removed } => {
+                if removed {
+                    self.metrics.sessions_removed(1);
+                }
+                self.metrics.refresh("rejected");
+                Err(session_gone())
+            }
+            Outcome::AntiCsrfMismatch => {
+                self.metrics.refresh("rejected");
+                Err(Error::Unauthorised(
+                    "the anti-CSRF token does not match".into(),
+                ))
+            }
             Outcome::Theft(user_id) => {
                 self.store.durable().await?;
+                self.metrics.sessions_removed(1);
+                self.metrics.refresh("theft");
                 tracing::warn!(session_handle = %handle, "refresh token reuse: session revoked");
                 Err(Error::TokenTheft {
                     session_handle: handle.to_string(),
                     user_id,
                 })
             }
-            Outcome::Rotated(record) => {
+            Outcome::Rotated(record, is_current) => {
                 let anti_csrf = record
                     .current
                     .anti_csrf_hash
@@ -527,6 +543,8 @@ impl SessionManager {
                     .then_some(new_anti_csrf);
                 let tokens = self.tokens(&key, &record, new_refresh, anti_csrf, now)?;
                 self.store.durable().await?;
+                self.metrics
+                    .refresh(if is_current { "rotated" } else { "retried" });
                 Ok(tokens)
             }
         }
@@ -593,12 +611,15 @@ impl SessionManager {
     async fn delete(&self, handles: &[String]) -> Result<Vec<String>> {
         let removed = self.store.delete_sessions(handles)?;
         self.store.durable().await?;
+        self.metrics.sessions_removed(removed.len() as u64);
         let now = self.now();
-        Ok(removed
+        let live: Vec<String> = removed
             .into_iter()
             .filter(|s| s.expires_at_ms > now)
             .map(|s| s.handle)
-            .collect())
+            .collect();
+        self.metrics.revoked(live.len() as u64);
+        Ok(live)
     }
 
     /// GetAllSessionHandlesForUser.
@@ -757,6 +778,8 @@ impl SessionManager {
         }
         if total > 0 {
             self.store.durable().await?;
+            self.metrics.sessions_removed(total as u64);
+            self.metrics.swept(total as u64);
         }
         Ok(total)
     }

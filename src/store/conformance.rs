@@ -229,6 +229,6 @@ macro_rules! conformance_suite {
 conformance_suite!(
     sled,
     |dir: &std::path::Path| -> std::sync::Arc<dyn crate::store::SessionStore> {
-        crate::store::SledStore::open(dir, 8 << 20).unwrap()
+        crate::store::SledStore::open(dir, 8 << 20, None).unwrap()
     }
 );

@@ -22,11 +22,15 @@ mod conformance;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use self::sled::SledStore;
+
+/// Called with the duration of every flush.
+pub type FlushObserver = Arc<dyn Fn(std::time::Duration) + Send + Sync>;
 
 /// A boxed future, for trait methods that must stay object safe.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -223,6 +227,12 @@ pub trait SessionStore: Send + Sync + 'static {
         user_id: &str,
         change: &mut dyn FnMut(&UserData) -> Option<UserData>,
     ) -> Result<UserData, StoreError>;
+
+    /// How many sessions are stored, expired or not (a full scan).
+    fn count_sessions(&self) -> Result<u64, StoreError>;
+
+    /// Bytes the store occupies on disk.
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
 
     /// All stored signing keys.
     fn keys(&self) -> Result<Vec<KeyRecord>, StoreError>;

@@ -17,7 +17,8 @@ use sled::{Transactional, Tree};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    BoxFuture, Change, KeyRecord, SessionRecord, SessionStore, StoreError, UserData, UserSession,
+    BoxFuture, Change, FlushObserver, KeyRecord, SessionRecord, SessionStore, StoreError, UserData,
+    UserSession,
 };
 
 /// Version byte in front of every encoded record.
@@ -40,7 +41,11 @@ pub struct SledStore {
 impl SledStore {
     /// Opens (or creates) the store in `dir`. Must run inside a Tokio runtime:
     /// it starts the flusher task.
-    pub fn open(dir: &Path, cache_capacity_bytes: u64) -> Result<Arc<Self>, StoreError> {
+    pub fn open(
+        dir: &Path,
+        cache_capacity_bytes: u64,
+        on_flush: Option<FlushObserver>,
+    ) -> Result<Arc<Self>, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_capacity_bytes)
@@ -58,24 +63,24 @@ impl SledStore {
             flush_requests,
             db,
         });
-        tokio::spawn(flusher(Arc::downgrade(&store), waiters));
+        tokio::spawn(flusher(Arc::downgrade(&store), waiters, on_flush));
         Ok(store)
-    }
-
-    /// Bytes the database occupies on disk.
-    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.db.size_on_disk().map_err(backend)
     }
 }
 
 /// The group-commit loop. It holds the store only while flushing, so that
 /// dropping the last handle closes the database (and releases its lock).
-async fn flusher(store: Weak<SledStore>, mut requests: mpsc::UnboundedReceiver<Waiter>) {
+async fn flusher(
+    store: Weak<SledStore>,
+    mut requests: mpsc::UnboundedReceiver<Waiter>,
+    on_flush: Option<FlushObserver>,
+) {
     while let Some(first) = requests.recv().await {
         let mut waiters = vec![first];
         while let Ok(w) = requests.try_recv() {
             waiters.push(w);
         }
+        let started = std::time::Instant::now();
         let result = match store.upgrade() {
             Some(store) => match tokio::task::spawn_blocking(move || store.db.flush()).await {
                 Ok(Ok(_)) => Ok(()),
@@ -84,6 +89,9 @@ async fn flusher(store: Weak<SledStore>, mut requests: mpsc::UnboundedReceiver<W
             },
             None => Err("the store is closed".to_owned()),
         };
+        if let Some(observe) = &on_flush {
+            observe(started.elapsed());
+        }
         for w in waiters {
             let _ = w.send(result.clone());
         }
@@ -363,6 +371,14 @@ impl SessionStore for SledStore {
                 return Ok(next);
             }
         }
+    }
+
+    fn count_sessions(&self) -> Result<u64, StoreError> {
+        Ok(self.sessions.len() as u64)
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.db.size_on_disk().map_err(backend)
     }
 
     fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {

@@ -29,6 +29,7 @@ use serde::Serialize;
 use super::{KeyError, b64url, der};
 use crate::clock::SharedClock;
 use crate::config::SigningAlgorithm;
+use crate::metrics::Metrics;
 use crate::store::{KeyRecord, SessionStore};
 
 /// How long a new rotating key is published before it signs.
@@ -305,6 +306,7 @@ pub struct KeyRing {
     config: KeyRingConfig,
     set: RwLock<Arc<KeySet>>,
     writer: tokio::sync::Mutex<()>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -321,6 +323,7 @@ impl KeyRing {
         store: Arc<dyn SessionStore>,
         clock: SharedClock,
         config: KeyRingConfig,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, KeyError> {
         let now = clock.now_ms();
         let mut records = store.keys()?;
@@ -367,6 +370,7 @@ impl KeyRing {
             config,
             set: RwLock::new(Arc::new(set)),
             writer: tokio::sync::Mutex::new(()),
+            metrics,
         };
         ring.maintain().await?;
         Ok(ring)
@@ -516,6 +520,7 @@ impl KeyRing {
         let mut records = self.records_except(set, |_| false);
         records.push(record);
         self.replace(records)?;
+        self.metrics.key_rotated();
         tracing::info!(kid = %kid, signs_from_ms = signs_from, "published a new signing key");
         Ok(self.snapshot().by_kid[&kid].clone())
     }
@@ -569,14 +574,16 @@ mod tests {
 
     async fn ring(alg: SigningAlgorithm) -> (tempfile::TempDir, Arc<ManualClock>, KeyRing) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), 16 << 20).unwrap();
+        let store = SledStore::open(dir.path(), 16 << 20, None).unwrap();
         let clock = ManualClock::starting_now();
         let config = KeyRingConfig {
             algorithm: alg,
             rotation_interval_ms: 24 * HOUR,
             access_lifetime_ms: HOUR,
         };
-        let ring = KeyRing::open(store, clock.clone(), config).await.unwrap();
+        let ring = KeyRing::open(store, clock.clone(), config, Metrics::shared())
+            .await
+            .unwrap();
         (dir, clock, ring)
     }
 

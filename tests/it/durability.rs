@@ -180,3 +180,73 @@ async fn kill_9_under_write_load_loses_no_acknowledged_write() {
         acknowledged.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = spawn_binary(dir.path());
+    let client = connect(&addr).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let mut c = client.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut acknowledged, mut refused) = (Vec::new(), 0);
+                while !stop.load(Ordering::Relaxed) && acknowledged.len() < 100_000 {
+                    let reply = c
+                        .create_new_session(pb::CreateNewSessionRequest {
+                            user_id: format!("writer-{w}"),
+                            ..Default::default()
+                        })
+                        .await;
+                    match reply {
+                        Ok(r) => acknowledged.push(handle(&r.into_inner())),
+                        // After the signal: refused or cut, never a server fault.
+                        Err(s) => {
+                            assert!(
+                                !matches!(s.code(), Code::Internal | Code::DataLoss),
+                                "a call failed inside the server: {s:?}"
+                            );
+                            refused += 1;
+                            break;
+                        }
+                    }
+                }
+                (acknowledged, refused)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        exit.success(),
+        "sessiond exited with {exit:?} after SIGTERM"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    for w in writers {
+        acknowledged.extend(w.await.unwrap().0);
+    }
+    assert!(!acknowledged.is_empty());
+
+    // Everything acknowledged before and during the drain is there.
+    let (mut child, addr) = spawn_binary(dir.path());
+    let mut c = connect(&addr).await;
+    for h in &acknowledged {
+        c.get_session_information(pb::GetSessionInformationRequest {
+            session_handle: h.clone(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("acknowledged session {h} lost: {s:?}"));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

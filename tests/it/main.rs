@@ -8,5 +8,6 @@ mod claims;
 mod durability;
 mod helpers;
 mod keys;
+mod operations;
 mod refresh;
 mod sessions;

@@ -1,0 +1,241 @@
+//! Prometheus metrics, served as text at `GET /metrics`.
+//!
+//! Names follow Prometheus conventions: a `sessiond_` prefix, `_total` on
+//! counters, base units (`_seconds`, `_bytes`). Label values come from small
+//! fixed sets (known RPCs, gRPC codes, outcomes), never from request data, so
+//! a caller cannot blow up the number of series.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of per-RPC metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    /// Fully qualified service, such as `sessiond.v1.SessionService`.
+    pub service: String,
+    /// Method, such as `CreateNewSession`.
+    pub method: String,
+    /// gRPC status code name, such as `OK` or `UNAUTHENTICATED`.
+    pub code: String,
+}
+
+/// Labels of outcome counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// What happened.
+    pub outcome: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to about 13 s.
+    Histogram::new(exponential_buckets(0.00005, 2.0, 19))
+}
+
+/// Every metric of the server.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RpcLabels, Counter>,
+    latency: HistogramFamily<RpcLabels>,
+    sessions: Gauge,
+    refreshes: Family<OutcomeLabels, Counter>,
+    thefts: Counter,
+    revocations: Counter,
+    swept: Counter,
+    key_rotations: Counter,
+    flushes: Histogram,
+    store_bytes: Gauge,
+    claim_provider_calls: Family<OutcomeLabels, Counter>,
+    store_size: OnceLock<Box<dyn Fn() -> Option<u64> + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RpcLabels, Counter>::default();
+        registry.register(
+            "sessiond_grpc_requests",
+            "gRPC requests handled, by service, method and status code",
+            requests.clone(),
+        );
+        let latency: HistogramFamily<RpcLabels> = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "sessiond_grpc_request_duration_seconds",
+            "Time from a request's arrival to its status, by service, method and status code",
+            latency.clone(),
+        );
+        let sessions = Gauge::default();
+        registry.register(
+            "sessiond_sessions_live",
+            "Sessions in the store (an expired session counts until the sweeper removes it)",
+            sessions.clone(),
+        );
+        let refreshes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "sessiond_refreshes",
+            "RefreshSession calls by outcome: rotated, retried (previous token within the grace period), \
+             theft, rejected",
+            refreshes.clone(),
+        );
+        let thefts = Counter::default();
+        registry.register(
+            "sessiond_token_theft_detections",
+            "Reuses of rotated-out refresh tokens (each revoked its session)",
+            thefts.clone(),
+        );
+        let revocations = Counter::default();
+        registry.register(
+            "sessiond_revocations",
+            "Sessions revoked by RevokeSession, RevokeMultipleSessions and RevokeAllSessionsForUser",
+            revocations.clone(),
+        );
+        let swept = Counter::default();
+        registry.register(
+            "sessiond_sessions_swept",
+            "Expired sessions removed by the sweeper",
+            swept.clone(),
+        );
+        let key_rotations = Counter::default();
+        registry.register(
+            "sessiond_key_rotations",
+            "Rotating signing keys published (scheduled or requested)",
+            key_rotations.clone(),
+        );
+        let flushes = latency_histogram();
+        registry.register(
+            "sessiond_store_flush_duration_seconds",
+            "Duration of store flushes (one flush serves every write queued before it)",
+            flushes.clone(),
+        );
+        let store_bytes = Gauge::default();
+        registry.register(
+            "sessiond_store_size_bytes",
+            "Size of the store on disk",
+            store_bytes.clone(),
+        );
+        let claim_provider_calls = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "sessiond_claim_provider_calls",
+            "Calls to application ClaimProviders by outcome: value, no_value, error",
+            claim_provider_calls.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            sessions,
+            refreshes,
+            thefts,
+            revocations,
+            swept,
+            key_rotations,
+            flushes,
+            store_bytes,
+            claim_provider_calls,
+            store_size: OnceLock::new(),
+        }
+    }
+
+    /// Shared metrics.
+    pub fn shared() -> Arc<Self> {
+        Arc::new(Self::new())
+    }
+
+    /// Where the store's size on disk is read from at each scrape.
+    pub fn set_store_size_source(&self, source: impl Fn() -> Option<u64> + Send + Sync + 'static) {
+        let _ = self.store_size.set(Box::new(source));
+    }
+
+    /// Records a finished gRPC call.
+    pub fn rpc(&self, labels: RpcLabels, elapsed: Duration) {
+        self.latency
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+        self.requests.get_or_create(&labels).inc();
+    }
+
+    /// Sets the number of stored sessions (at start-up).
+    pub fn sessions_set(&self, n: u64) {
+        self.sessions.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Sessions created.
+    pub fn sessions_added(&self, n: u64) {
+        self.sessions.inc_by(n as i64);
+    }
+
+    /// Sessions removed from the store, for any reason.
+    pub fn sessions_removed(&self, n: u64) {
+        self.sessions.dec_by(n as i64);
+    }
+
+    /// A refresh finished with `outcome`.
+    pub fn refresh(&self, outcome: &'static str) {
+        self.refreshes
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        if outcome == "theft" {
+            self.thefts.inc();
+        }
+    }
+
+    /// Sessions revoked on request.
+    pub fn revoked(&self, n: u64) {
+        self.revocations.inc_by(n);
+    }
+
+    /// Sessions swept.
+    pub fn swept(&self, n: u64) {
+        self.swept.inc_by(n);
+    }
+
+    /// A rotating key was published.
+    pub fn key_rotated(&self) {
+        self.key_rotations.inc();
+    }
+
+    /// A store flush took `elapsed`.
+    pub fn flushed(&self, elapsed: Duration) {
+        self.flushes.observe(elapsed.as_secs_f64());
+    }
+
+    /// A ClaimProvider call ended with `outcome`.
+    pub fn claim_provider_call(&self, outcome: &'static str) {
+        self.claim_provider_calls
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// The metrics in the text exposition format.
+    pub fn encode(&self) -> String {
+        if let Some(size) = self.store_size.get().and_then(|f| f()) {
+            self.store_bytes
+                .set(i64::try_from(size).unwrap_or(i64::MAX));
+        }
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

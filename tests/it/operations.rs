@@ -1,0 +1,181 @@
+//! What operators rely on: Prometheus metrics, graceful shutdown.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::json;
+use sessiond::pb;
+use tonic::Code;
+
+use crate::helpers::*;
+
+/// Parses the text exposition format strictly enough to catch a malformed
+/// line: every sample is `name{labels} value` with a declared TYPE.
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    let mut samples = BTreeMap::new();
+    let mut typed = Vec::new();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.last(),
+        Some(&"# EOF"),
+        "the exposition ends with # EOF"
+    );
+    for line in lines {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            typed.push(parts.next().unwrap().to_owned());
+            let kind = parts.next().unwrap();
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bad metric name: {line}"
+        );
+        assert!(
+            typed.iter().any(|t| name.starts_with(t.as_str())),
+            "sample without TYPE: {line}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "{line}"
+            );
+        }
+        samples.insert(series.to_owned(), value);
+    }
+    samples
+}
+
+fn rpc(method: &str, code: &str) -> String {
+    format!("{{service=\"sessiond.v1.SessionService\",method=\"{method}\",code=\"{code}\"}}")
+}
+
+#[tokio::test]
+async fn metrics_count_a_known_sequence_of_calls_exactly() {
+    let server = TestServer::start().await;
+    let mut c = server.sessions().await;
+    let a = create(&mut c, "a", json!({})).await;
+    let b = create(&mut c, "b", json!({})).await;
+    verify(&mut c, &access(&a), false).await.unwrap();
+    verify(&mut c, "garbage", false).await.unwrap_err();
+    let r1 = refresh_token(&a);
+    refresh(&mut c, &r1).await.unwrap();
+    refresh(&mut c, &r1).await.unwrap();
+    server.clock.advance(Duration::from_secs(31));
+    assert_status(
+        refresh(&mut c, &r1).await,
+        Code::Unauthenticated,
+        "TOKEN_THEFT_DETECTED",
+    );
+    c.revoke_session(pb::RevokeSessionRequest {
+        session_handle: handle(&b),
+    })
+    .await
+    .unwrap();
+
+    let (status, headers, body) = http_get(server.addr, "/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    assert!(
+        headers.contains("content-type: application/openmetrics-text"),
+        "{headers}"
+    );
+    let m = parse_metrics(&body);
+    let expect = |series: String, value: f64| {
+        assert_eq!(m.get(&series).copied(), Some(value), "{series} in\n{body}");
+    };
+    expect(
+        format!(
+            "sessiond_grpc_requests_total{}",
+            rpc("CreateNewSession", "OK")
+        ),
+        2.0,
+    );
+    expect(
+        format!("sessiond_grpc_requests_total{}", rpc("GetSession", "OK")),
+        1.0,
+    );
+    expect(
+        format!(
+            "sessiond_grpc_requests_total{}",
+            rpc("GetSession", "UNAUTHENTICATED")
+        ),
+        1.0,
+    );
+    expect(
+        format!(
+            "sessiond_grpc_requests_total{}",
+            rpc("RefreshSession", "OK")
+        ),
+        2.0,
+    );
+    expect(
+        format!(
+            "sessiond_grpc_requests_total{}",
+            rpc("RefreshSession", "UNAUTHENTICATED")
+        ),
+        1.0,
+    );
+    expect(
+        format!("sessiond_grpc_requests_total{}", rpc("RevokeSession", "OK")),
+        1.0,
+    );
+    expect(
+        format!(
+            "sessiond_grpc_request_duration_seconds_count{}",
+            rpc("CreateNewSession", "OK")
+        ),
+        2.0,
+    );
+    expect("sessiond_refreshes_total{outcome=\"rotated\"}".into(), 1.0);
+    expect("sessiond_refreshes_total{outcome=\"retried\"}".into(), 1.0);
+    expect("sessiond_refreshes_total{outcome=\"theft\"}".into(), 1.0);
+    expect("sessiond_token_theft_detections_total".into(), 1.0);
+    expect("sessiond_revocations_total".into(), 1.0);
+    expect("sessiond_sessions_live".into(), 0.0);
+    assert!(m["sessiond_store_flush_duration_seconds_count"] >= 1.0);
+    assert!(m["sessiond_store_size_bytes"] > 0.0);
+    assert!(m.contains_key("sessiond_key_rotations_total"));
+    assert!(m.contains_key("sessiond_sessions_swept_total"));
+}
+
+#[tokio::test]
+async fn the_drain_timeout_cuts_streams_that_never_end() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let server = TestServer::start_with(|c| c.drain_timeout = Duration::from_millis(200)).await;
+    let created = create(&mut server.sessions().await, "u", json!({})).await;
+    let mut health = HealthClient::new(server.channel().await);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap();
+    // The open Watch outlives the drain; the server still stops, releases the
+    // data directory, and a new server serves the same sessions.
+    let server = tokio::time::timeout(Duration::from_secs(10), server.restart())
+        .await
+        .expect("the drain timeout bounds the shutdown");
+    let mut c = server.sessions().await;
+    verify(&mut c, &access(&created), true).await.unwrap();
+    // The stream saw NOT_SERVING, then was cut.
+    assert_eq!(watch.message().await.unwrap().unwrap().status, 2);
+    assert!(
+        !matches!(watch.message().await, Ok(Some(_))),
+        "the stream ended"
+    );
+}
