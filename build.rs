@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/sessiond/v1/jwt.proto",
         "proto/sessiond/v1/claims.proto",
         "proto/sessiond/v1/user_session.proto",
+        "proto/sessiond/v1/admin.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     for file in files {

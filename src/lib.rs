@@ -11,6 +11,8 @@
 //! - [`claims`]: claim values and declarative claim validators.
 //! - [`jwt`]: application JWTs, JWKS and OpenID discovery.
 //! - [`buckets`]: per-user public and private JSON buckets.
+//! - [`backup`]: the backup file format, written online and restored offline.
+//! - [`cli`]: the operator subcommands, clients of a running server.
 //! - [`error`]: the domain error and the table of error reasons.
 //! - [`api`]: gRPC services, caller authentication, protobuf conversions.
 //! - [`http`]: plain HTTP routes on the same port (JWKS, discovery, metrics).
@@ -19,8 +21,10 @@
 //!   cuttable connections behind the bounded drain.
 
 pub mod api;
+pub mod backup;
 pub mod buckets;
 pub mod claims;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod connections;

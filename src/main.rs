@@ -1,20 +1,23 @@
 //! The `sessiond` binary: parses the command line, sets up logging and runs
-//! the server (or a client subcommand). The work is in the library.
+//! the server or an operator subcommand. The work is in the library.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use sessiond::SystemClock;
-use sessiond::config::{Config, LogFormat, ServeArgs, parse_duration};
+use sessiond::cli::{self, Connection, KeysCommand, SessionsCommand, TokenCommand};
+use sessiond::config::{Config, LogFormat, ServeArgs};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "sessiond",
     version,
     about = "A gRPC session service",
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = "Exit codes of the client subcommands: 0 ok, 1 failed, 2 bad usage, \
+                  3 server unreachable, 4 API key refused."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -38,6 +41,48 @@ enum Command {
         #[arg(long, default_value = "5s", value_name = "DUR")]
         timeout: String,
     },
+    /// List or revoke sessions on a running server.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// List or rotate a running server's signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Inspect a token against a running server.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Write an online backup of a running server to a file.
+    Backup {
+        /// The backup file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Restore a backup file into an empty data directory (server stopped).
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// The data directory to create.
+        #[arg(
+            long,
+            env = "SESSIOND_DATA_DIR",
+            default_value = "./data",
+            value_name = "DIR"
+        )]
+        data_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,11 +94,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command {
-        Some(Command::Health { addr, timeout }) => runtime.block_on(health(addr, &timeout)),
-        Some(Command::Serve(args)) => runtime.block_on(run(args)),
-        None => runtime.block_on(run(cli.serve)),
-    }
+    runtime.block_on(async move {
+        match cli.command {
+            None => run(cli.serve).await,
+            Some(Command::Serve(args)) => run(args).await,
+            Some(Command::Health { addr, timeout }) => cli::health(addr, &timeout).await,
+            Some(Command::Sessions { command, conn }) => cli::sessions(command, &conn).await,
+            Some(Command::Keys { command, conn }) => cli::keys(command, &conn).await,
+            Some(Command::Token { command, conn }) => cli::token(command, &conn).await,
+            Some(Command::Backup { out, conn }) => cli::backup(&out, &conn).await,
+            Some(Command::Restore { file, data_dir }) => cli::restore(&file, &data_dir).await,
+        }
+    })
 }
 
 async fn run(args: ServeArgs) -> ExitCode {
@@ -118,73 +170,5 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-fn default_health_addr() -> String {
-    match std::env::var("SESSIOND_LISTEN")
-        .ok()
-        .and_then(|v| v.parse::<std::net::SocketAddr>().ok())
-    {
-        Some(mut addr) => {
-            if addr.ip().is_unspecified() {
-                addr.set_ip(if addr.is_ipv4() {
-                    std::net::Ipv4Addr::LOCALHOST.into()
-                } else {
-                    std::net::Ipv6Addr::LOCALHOST.into()
-                });
-            }
-            addr.to_string()
-        }
-        None => "127.0.0.1:50051".to_owned(),
-    }
-}
-
-async fn health(addr: Option<String>, timeout: &str) -> ExitCode {
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::health_client::HealthClient;
-
-    let timeout = match parse_duration(timeout) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("sessiond health: --timeout: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let addr = addr.unwrap_or_else(default_health_addr);
-    let check = async {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad address {addr}: {e}"))?
-            .connect_timeout(timeout.min(Duration::from_secs(5)));
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("cannot reach {addr}: {e}"))?;
-        let reply = HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .map_err(|s| format!("health check failed: {}", s.message()))?;
-        Ok::<_, String>(reply.into_inner().status())
-    };
-    match tokio::time::timeout(timeout, check).await {
-        Ok(Ok(ServingStatus::Serving)) => {
-            println!("SERVING");
-            ExitCode::SUCCESS
-        }
-        Ok(Ok(status)) => {
-            println!("{}", status.as_str_name());
-            ExitCode::FAILURE
-        }
-        Ok(Err(e)) => {
-            eprintln!("sessiond health: {e}");
-            ExitCode::FAILURE
-        }
-        Err(_) => {
-            eprintln!("sessiond health: no answer from {addr} within {timeout:?}");
-            ExitCode::FAILURE
-        }
     }
 }

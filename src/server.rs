@@ -17,6 +17,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::api::ApiKeys;
+use crate::api::admin::AdminApi;
 use crate::api::jwt::JwtApi;
 use crate::api::observe::ObserveLayer;
 use crate::api::provider::GrpcClaimSource;
@@ -28,6 +29,7 @@ use crate::config::Config;
 use crate::connections::Connections;
 use crate::jwt::JwtIssuer;
 use crate::metrics::Metrics;
+use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::jwt_service_server::JwtServiceServer;
 use crate::pb::session_service_server::SessionServiceServer;
 use crate::pb::user_session_service_server::UserSessionServiceServer;
@@ -46,10 +48,11 @@ pub const READY_TARGET: &str = "sessiond::ready";
 pub const STORE_CACHE_BYTES: u64 = 128 * 1024 * 1024;
 
 /// Services whose health is reported (besides the server as a whole, "").
-const SERVICES: [&str; 3] = [
+const SERVICES: [&str; 4] = [
     "sessiond.v1.SessionService",
     "sessiond.v1.JwtService",
     "sessiond.v1.UserSessionService",
+    "sessiond.v1.AdminService",
 ];
 
 /// Why the server could not start or stopped with an error.
@@ -178,6 +181,10 @@ pub async fn serve(
         ))
         .add_service(JwtServiceServer::with_interceptor(
             JwtApi::new(jwt.clone()),
+            api_keys.interceptor(),
+        ))
+        .add_service(AdminServiceServer::with_interceptor(
+            AdminApi::new(keys.clone(), store.clone()),
             api_keys.interceptor(),
         ));
     let buckets = Arc::new(Buckets::new(store.clone(), config.max_bucket_bytes));

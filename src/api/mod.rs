@@ -5,6 +5,7 @@
 //! domain calls, and convert the results back. Nothing below this module
 //! imports generated code.
 
+pub mod admin;
 pub mod claims;
 pub mod codec;
 pub mod convert;

@@ -146,6 +146,31 @@ impl fmt::Debug for UserData {
     }
 }
 
+/// One record of a store export (a backup); indexes are derived, not exported.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Exported {
+    /// A session.
+    Session(SessionRecord),
+    /// A user's buckets.
+    UserData {
+        /// Tenant.
+        tenant_id: String,
+        /// User.
+        user_id: String,
+        /// The buckets.
+        data: UserData,
+    },
+    /// A signing key.
+    Key(KeyRecord),
+    /// A server secret.
+    Secret {
+        /// Its name.
+        name: String,
+        /// Its bytes.
+        value: Vec<u8>,
+    },
+}
+
 /// What an [`SessionStore::update_session`] closure decided.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
@@ -227,6 +252,16 @@ pub trait SessionStore: Send + Sync + 'static {
         user_id: &str,
         change: &mut dyn FnMut(&UserData) -> Option<UserData>,
     ) -> Result<UserData, StoreError>;
+
+    /// Hands every primary record to `visit`: sessions, buckets, keys,
+    /// secrets. Records present for the whole export are all visited.
+    fn export(
+        &self,
+        visit: &mut dyn FnMut(Exported) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+
+    /// Writes one exported record back, rebuilding its indexes.
+    fn import(&self, item: Exported) -> Result<(), StoreError>;
 
     /// How many sessions are stored, expired or not (a full scan).
     fn count_sessions(&self) -> Result<u64, StoreError>;

@@ -17,8 +17,8 @@ use sled::{Transactional, Tree};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    BoxFuture, Change, FlushObserver, KeyRecord, SessionRecord, SessionStore, StoreError, UserData,
-    UserSession,
+    BoxFuture, Change, Exported, FlushObserver, KeyRecord, SessionRecord, SessionStore, StoreError,
+    UserData, UserSession,
 };
 
 /// Version byte in front of every encoded record.
@@ -165,6 +165,16 @@ fn user_data_key(tenant_id: &str, user_id: &str) -> Vec<u8> {
     push_lp(&mut k, tenant_id);
     push_lp(&mut k, user_id);
     k
+}
+
+/// Splits a `user_data` key into tenant and user.
+fn split_user_data_key(key: &[u8]) -> Option<(String, String)> {
+    let tlen = u32::from_be_bytes(key.get(..4)?.try_into().ok()?) as usize;
+    let tenant = std::str::from_utf8(key.get(4..4 + tlen)?).ok()?;
+    let rest = key.get(4 + tlen..)?;
+    let ulen = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let user = std::str::from_utf8(rest.get(4..4 + ulen)?).ok()?;
+    Some((tenant.to_owned(), user.to_owned()))
 }
 
 /// Splits a `sessions_by_user` key after the user prefix into tenant and handle.
@@ -369,6 +379,64 @@ impl SessionStore for SledStore {
                 .map_err(backend)?;
             if swapped.is_ok() {
                 return Ok(next);
+            }
+        }
+    }
+
+    fn export(
+        &self,
+        visit: &mut dyn FnMut(Exported) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for item in self.sessions.iter() {
+            let (_, value) = item.map_err(backend)?;
+            visit(Exported::Session(
+                decode(&value).map_err(StoreError::Corrupt)?,
+            ))?;
+        }
+        for item in self.users.iter() {
+            let (key, value) = item.map_err(backend)?;
+            let (tenant_id, user_id) = split_user_data_key(&key)
+                .ok_or_else(|| StoreError::Corrupt("user data key".into()))?;
+            visit(Exported::UserData {
+                tenant_id,
+                user_id,
+                data: decode(&value).map_err(StoreError::Corrupt)?,
+            })?;
+        }
+        for key in self.keys()? {
+            visit(Exported::Key(key))?;
+        }
+        for item in self.secrets.iter() {
+            let (name, value) = item.map_err(backend)?;
+            let name = String::from_utf8(name.to_vec())
+                .map_err(|_| StoreError::Corrupt("secret name".into()))?;
+            visit(Exported::Secret {
+                name,
+                value: value.to_vec(),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn import(&self, item: Exported) -> Result<(), StoreError> {
+        match item {
+            Exported::Session(record) => self.create_session(&record),
+            Exported::UserData {
+                tenant_id,
+                user_id,
+                data,
+            } => {
+                self.users
+                    .insert(user_data_key(&tenant_id, &user_id), encode(&data))
+                    .map_err(backend)?;
+                Ok(())
+            }
+            Exported::Key(key) => self.put_key(&key),
+            Exported::Secret { name, value } => {
+                self.secrets
+                    .insert(name.as_bytes(), value)
+                    .map_err(backend)?;
+                Ok(())
             }
         }
     }

@@ -218,6 +218,48 @@ fn generate_pkcs8(alg: SigningAlgorithm) -> Result<Vec<u8>, KeyError> {
     }
 }
 
+/// A key's place in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    /// Published, signing later.
+    Pending,
+    /// Signing now.
+    Signing,
+    /// No longer signing; verifies the tokens it signed until it retires.
+    Verifying,
+    /// The static key.
+    Static,
+}
+
+impl KeyState {
+    /// The state's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Signing => "signing",
+            Self::Verifying => "verifying",
+            Self::Static => "static",
+        }
+    }
+}
+
+/// What an operator sees of a key (no key material).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// Key id.
+    pub kid: String,
+    /// Algorithm.
+    pub alg: String,
+    /// State now.
+    pub state: KeyState,
+    /// Creation, ms.
+    pub created_ms: u64,
+    /// Start of signing, ms.
+    pub signs_from_ms: u64,
+    /// End of verification, ms (`None` while it may still sign, or static).
+    pub retires_at_ms: Option<u64>,
+}
+
 /// Settings of the key ring.
 #[derive(Debug, Clone, Copy)]
 pub struct KeyRingConfig {
@@ -408,6 +450,35 @@ impl KeyRing {
             .filter(|k| set.is_live(k, now))
             .chain(std::iter::once(&set.static_key))
             .map(|k| k.jwk.clone())
+            .collect()
+    }
+
+    /// Every key that still verifies, newest first, the static key last.
+    pub fn list(&self) -> Vec<KeyInfo> {
+        let set = self.snapshot();
+        let now = self.clock.now_ms();
+        let signer = set.signer(now).kid().to_owned();
+        set.rotating
+            .iter()
+            .rev()
+            .filter(|k| set.is_live(k, now))
+            .chain(std::iter::once(&set.static_key))
+            .map(|k| KeyInfo {
+                kid: k.kid().to_owned(),
+                alg: k.record.alg.clone(),
+                state: if k.record.is_static {
+                    KeyState::Static
+                } else if k.kid() == signer {
+                    KeyState::Signing
+                } else if k.record.signs_from_ms > now {
+                    KeyState::Pending
+                } else {
+                    KeyState::Verifying
+                },
+                created_ms: k.record.created_at_ms,
+                signs_from_ms: k.record.signs_from_ms,
+                retires_at_ms: set.retires_at(k),
+            })
             .collect()
     }
 

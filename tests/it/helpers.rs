@@ -39,7 +39,12 @@ impl TestServer {
     }
 
     pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
-        let dir = Arc::new(tempfile::tempdir().unwrap());
+        Self::start_in(tempfile::tempdir().unwrap(), configure).await
+    }
+
+    /// Starts a server on an existing data directory.
+    pub async fn start_in(dir: tempfile::TempDir, configure: impl FnOnce(&mut Config)) -> Self {
+        let dir = Arc::new(dir);
         let mut config = Config::with_data_dir(dir.path());
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.drain_timeout = Duration::from_secs(5);

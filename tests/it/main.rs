@@ -5,6 +5,7 @@ mod admin;
 mod buckets;
 mod callers;
 mod claims;
+mod cli;
 mod durability;
 mod helpers;
 mod keys;

@@ -1,0 +1,649 @@
+//! The operator subcommands of the `sessiond` binary: clients of a running
+//! server (sessions, keys, token inspection, backup, health) and the offline
+//! restore.
+//!
+//! Exit codes scripts can rely on: 0 success; 1 the operation failed (a
+//! refused token, a bad backup file, an error from the server); 2 bad usage;
+//! 3 the server could not be reached; 4 the server refused the API key.
+//! Output for people goes to stdout, diagnostics to stderr.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use clap::{Args, Subcommand};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+use tonic_types::StatusExt;
+
+use crate::config::parse_duration;
+use crate::pb;
+use crate::pb::admin_service_client::AdminServiceClient;
+use crate::pb::jwt_service_client::JwtServiceClient;
+use crate::pb::session_service_client::SessionServiceClient;
+
+/// Exit code: the operation failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code: bad usage.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: the server could not be reached.
+pub const EXIT_UNREACHABLE: u8 = 3;
+/// Exit code: the server refused the API key.
+pub const EXIT_REFUSED: u8 = 4;
+
+/// How to reach the server.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// Server address [default: SESSIOND_LISTEN with a wildcard IP made loopback, else 127.0.0.1:50051].
+    #[arg(long, env = "SESSIOND_ADDR", value_name = "ADDR", global = true)]
+    pub addr: Option<String>,
+    /// API key sent as x-api-key.
+    #[arg(
+        long,
+        env = "SESSIOND_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub api_key: Option<String>,
+    /// Give up on the server after this long.
+    #[arg(long, default_value = "10s", value_name = "DUR", global = true)]
+    pub timeout: String,
+}
+
+/// `sessiond sessions ...`
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// List a user's sessions with their creation and expiry times.
+    List {
+        /// The user.
+        #[arg(long)]
+        user: String,
+        /// The tenant [default: public].
+        #[arg(long, default_value = "")]
+        tenant: String,
+        /// Every tenant.
+        #[arg(long)]
+        all_tenants: bool,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke sessions by handle, or every session of a user.
+    Revoke {
+        /// Session handles.
+        #[arg(required_unless_present = "user")]
+        handles: Vec<String>,
+        /// Revoke every session of this user instead.
+        #[arg(long, conflicts_with = "handles")]
+        user: Option<String>,
+        /// The user's tenant [default: public].
+        #[arg(long, default_value = "")]
+        tenant: String,
+        /// In every tenant.
+        #[arg(long)]
+        all_tenants: bool,
+    },
+}
+
+/// `sessiond keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// List the signing keys and their states.
+    List {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish a new rotating key now; it signs after the publication delay.
+    Rotate,
+}
+
+/// `sessiond token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Decode an access token's header and claims, and ask the server
+    /// whether it accepts it (exit 0 when it does, 1 when it does not).
+    Inspect {
+        /// The access token.
+        token: String,
+    },
+}
+
+/// A failed subcommand: its exit code and message.
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+type Outcome = Result<(), Failure>;
+
+fn fail(code: u8, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+fn exit(outcome: Outcome) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("sessiond: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// The address from `SESSIOND_LISTEN`, with a wildcard IP made loopback.
+pub fn default_addr() -> String {
+    match std::env::var("SESSIOND_LISTEN")
+        .ok()
+        .and_then(|v| v.parse::<std::net::SocketAddr>().ok())
+    {
+        Some(mut addr) => {
+            if addr.ip().is_unspecified() {
+                addr.set_ip(if addr.is_ipv4() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                });
+            }
+            addr.to_string()
+        }
+        None => "127.0.0.1:50051".to_owned(),
+    }
+}
+
+/// A connected channel and the API key to send.
+struct Client {
+    channel: Channel,
+    api_key: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    timeout: Duration,
+}
+
+impl Client {
+    async fn connect(conn: &Connection) -> Result<Self, Failure> {
+        let timeout = parse_duration(&conn.timeout)
+            .map_err(|e| fail(EXIT_USAGE, format!("--timeout: {e}")))?;
+        let addr = conn.addr.clone().unwrap_or_else(default_addr);
+        let api_key = conn
+            .api_key
+            .as_deref()
+            .map(|k| {
+                k.parse().map_err(|_| {
+                    fail(
+                        EXIT_USAGE,
+                        "--api-key holds characters a header cannot carry",
+                    )
+                })
+            })
+            .transpose()?;
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| fail(EXIT_USAGE, format!("bad address {addr}: {e}")))?
+            .connect_timeout(timeout);
+        let channel = endpoint.connect().await.map_err(|e| {
+            fail(
+                EXIT_UNREACHABLE,
+                format!("cannot reach sessiond at {addr}: {e}"),
+            )
+        })?;
+        Ok(Self {
+            channel,
+            api_key,
+            timeout,
+        })
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut req = Request::new(message);
+        req.set_timeout(self.timeout);
+        if let Some(key) = &self.api_key {
+            req.metadata_mut()
+                .insert(crate::api::API_KEY_HEADER, key.clone());
+        }
+        req
+    }
+
+    fn sessions(&self) -> SessionServiceClient<Channel> {
+        SessionServiceClient::new(self.channel.clone())
+    }
+}
+
+/// What a status means for the operator.
+fn from_status(status: Status) -> Failure {
+    let details = status.get_error_details();
+    let reason = details.error_info().map(|i| i.reason.clone());
+    match (status.code(), reason.as_deref()) {
+        (Code::Unauthenticated, Some("MISSING_CREDENTIALS")) | (Code::PermissionDenied, _) => fail(
+            EXIT_REFUSED,
+            format!(
+                "the server refused the API key ({}); pass --api-key or set SESSIOND_API_KEY",
+                status.message()
+            ),
+        ),
+        (Code::Unavailable, None) => fail(
+            EXIT_UNREACHABLE,
+            format!("cannot reach sessiond: {}", status.message()),
+        ),
+        (code, reason) => fail(
+            EXIT_FAILED,
+            format!("{code:?} {}: {}", reason.unwrap_or("-"), status.message()),
+        ),
+    }
+}
+
+/// RFC 3339 (UTC, seconds) from a protobuf timestamp.
+pub fn rfc3339(ts: Option<&prost_types::Timestamp>) -> String {
+    let Some(ts) = ts else {
+        return "-".to_owned();
+    };
+    let secs = ts.seconds;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// `sessiond sessions ...`
+pub async fn sessions(command: SessionsCommand, conn: &Connection) -> ExitCode {
+    exit(run_sessions(command, conn).await)
+}
+
+async fn run_sessions(command: SessionsCommand, conn: &Connection) -> Outcome {
+    let client = Client::connect(conn).await?;
+    let mut sessions = client.sessions();
+    match command {
+        SessionsCommand::List {
+            user,
+            tenant,
+            all_tenants,
+            json,
+        } => {
+            let handles = sessions
+                .get_all_session_handles_for_user(client.request(
+                    pb::GetAllSessionHandlesForUserRequest {
+                        user_id: user,
+                        tenant_id: tenant,
+                        fetch_across_all_tenants: all_tenants,
+                    },
+                ))
+                .await
+                .map_err(from_status)?
+                .into_inner()
+                .session_handles;
+            if !json {
+                println!(
+                    "{:<36}  {:<16}  {:<20}  {:<20}",
+                    "HANDLE", "TENANT", "CREATED", "EXPIRES"
+                );
+            }
+            for handle in handles {
+                let info = match sessions
+                    .get_session_information(client.request(pb::GetSessionInformationRequest {
+                        session_handle: handle,
+                    }))
+                    .await
+                {
+                    Ok(info) => info.into_inner(),
+                    // Revoked or expired between the two calls.
+                    Err(s) if s.code() == Code::NotFound => continue,
+                    Err(s) => return Err(from_status(s)),
+                };
+                let (created, expires) = (
+                    rfc3339(info.time_created.as_ref()),
+                    rfc3339(info.expiry.as_ref()),
+                );
+                if json {
+                    let line = serde_json::json!({
+                        "session_handle": info.session_handle,
+                        "tenant_id": info.tenant_id,
+                        "created": created,
+                        "expires": expires,
+                    });
+                    println!("{line}");
+                } else {
+                    println!(
+                        "{:<36}  {:<16}  {created:<20}  {expires:<20}",
+                        info.session_handle, info.tenant_id
+                    );
+                }
+            }
+            Ok(())
+        }
+        SessionsCommand::Revoke {
+            handles,
+            user,
+            tenant,
+            all_tenants,
+        } => {
+            let revoked = match user {
+                Some(user_id) => {
+                    sessions
+                        .revoke_all_sessions_for_user(client.request(
+                            pb::RevokeAllSessionsForUserRequest {
+                                user_id,
+                                tenant_id: tenant,
+                                revoke_across_all_tenants: all_tenants,
+                            },
+                        ))
+                        .await
+                        .map_err(from_status)?
+                        .into_inner()
+                        .session_handles_revoked
+                }
+                None => {
+                    sessions
+                        .revoke_multiple_sessions(client.request(
+                            pb::RevokeMultipleSessionsRequest {
+                                session_handles: handles,
+                            },
+                        ))
+                        .await
+                        .map_err(from_status)?
+                        .into_inner()
+                        .session_handles_revoked
+                }
+            };
+            for handle in &revoked {
+                println!("{handle}");
+            }
+            eprintln!("revoked {} session(s)", revoked.len());
+            Ok(())
+        }
+    }
+}
+
+/// `sessiond keys ...`
+pub async fn keys(command: KeysCommand, conn: &Connection) -> ExitCode {
+    exit(run_keys(command, conn).await)
+}
+
+async fn run_keys(command: KeysCommand, conn: &Connection) -> Outcome {
+    let client = Client::connect(conn).await?;
+    match command {
+        KeysCommand::List { json } => {
+            let keys = AdminServiceClient::new(client.channel.clone())
+                .list_signing_keys(client.request(pb::ListSigningKeysRequest {}))
+                .await
+                .map_err(from_status)?
+                .into_inner()
+                .keys;
+            if !json {
+                println!(
+                    "{:<22}  {:<5}  {:<9}  {:<20}  {:<20}",
+                    "KID", "ALG", "STATE", "SIGNS FROM", "RETIRES"
+                );
+            }
+            for k in keys {
+                let (from, retires) = (
+                    rfc3339(k.signs_from.as_ref()),
+                    rfc3339(k.retires_at.as_ref()),
+                );
+                if json {
+                    let line = serde_json::json!({
+                        "kid": k.kid, "alg": k.alg, "state": k.state,
+                        "created": rfc3339(k.created.as_ref()), "signs_from": from, "retires_at": retires,
+                    });
+                    println!("{line}");
+                } else {
+                    println!(
+                        "{:<22}  {:<5}  {:<9}  {from:<20}  {retires:<20}",
+                        k.kid, k.alg, k.state
+                    );
+                }
+            }
+            Ok(())
+        }
+        KeysCommand::Rotate => {
+            let rotated = JwtServiceClient::new(client.channel.clone())
+                .rotate_signing_key(client.request(pb::RotateSigningKeyRequest {}))
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            println!("{}", rotated.kid);
+            eprintln!(
+                "published {}; it signs from {}",
+                rotated.kid,
+                rfc3339(rotated.signs_from.as_ref())
+            );
+            Ok(())
+        }
+    }
+}
+
+fn decode_part(part: &str) -> Option<serde_json::Value> {
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).ok()?).ok()
+}
+
+/// `sessiond token inspect TOKEN`
+pub async fn token(command: TokenCommand, conn: &Connection) -> ExitCode {
+    exit(run_token(command, conn).await)
+}
+
+async fn run_token(command: TokenCommand, conn: &Connection) -> Outcome {
+    let TokenCommand::Inspect { token } = command;
+    let token = token.trim().to_owned();
+    let parts: Vec<&str> = token.split('.').collect();
+    let (header, claims) = match parts.as_slice() {
+        [h, c, _] => (decode_part(h), decode_part(c)),
+        _ => (None, None),
+    };
+    let client = Client::connect(conn).await?;
+    let verdict = client
+        .sessions()
+        .get_session(client.request(pb::GetSessionRequest {
+            access_token: token.clone(),
+            check_database: true,
+            ..Default::default()
+        }))
+        .await;
+    let (accepted, reason, message) = match &verdict {
+        Ok(_) => (true, None, None),
+        Err(s) => {
+            let details = s.get_error_details();
+            let reason = details.error_info().map(|i| i.reason.clone());
+            if reason.is_none() {
+                return Err(from_status(s.clone()));
+            }
+            if reason.as_deref() == Some("MISSING_CREDENTIALS") {
+                return Err(from_status(s.clone()));
+            }
+            (false, reason, Some(s.message().to_owned()))
+        }
+    };
+    let report = serde_json::json!({
+        "header": header,
+        "claims": claims,
+        "accepted": accepted,
+        "reason": reason,
+        "message": message,
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).expect("JSON values serialise")
+    );
+    if header.is_none() {
+        eprintln!("the token is not a JWT (a refresh token is opaque and cannot be inspected)");
+    }
+    if accepted {
+        Ok(())
+    } else {
+        Err(fail(
+            EXIT_FAILED,
+            format!(
+                "the server refuses this token: {}",
+                reason.unwrap_or_default()
+            ),
+        ))
+    }
+}
+
+/// `sessiond backup --out FILE`: an online backup of a running server.
+pub async fn backup(out: &Path, conn: &Connection) -> ExitCode {
+    exit(run_backup(out, conn).await)
+}
+
+async fn run_backup(out: &Path, conn: &Connection) -> Outcome {
+    use tokio::io::AsyncWriteExt;
+    let client = Client::connect(conn).await?;
+    let mut request = Request::new(pb::BackupRequest {});
+    if let Some(key) = &client.api_key {
+        request
+            .metadata_mut()
+            .insert(crate::api::API_KEY_HEADER, key.clone());
+    }
+    let mut stream = AdminServiceClient::new(client.channel.clone())
+        .backup(request)
+        .await
+        .map_err(from_status)?
+        .into_inner();
+    let partial = out.with_extension("partial");
+    let io = |e: std::io::Error| {
+        fail(
+            EXIT_FAILED,
+            format!("cannot write {}: {e}", partial.display()),
+        )
+    };
+    let mut file = tokio::fs::File::create(&partial).await.map_err(io)?;
+    while let Some(chunk) = stream.message().await.map_err(from_status)? {
+        file.write_all(&chunk.data).await.map_err(io)?;
+    }
+    file.sync_all().await.map_err(io)?;
+    drop(file);
+    let check = partial.clone();
+    let summary = tokio::task::spawn_blocking(move || {
+        std::fs::File::open(&check)
+            .map_err(crate::backup::BackupError::from)
+            .and_then(|f| crate::backup::verify(std::io::BufReader::new(f)))
+    })
+    .await
+    .map_err(|e| fail(EXIT_FAILED, e.to_string()))?
+    .map_err(|e| {
+        fail(
+            EXIT_FAILED,
+            format!("the backup received is not intact: {e}"),
+        )
+    })?;
+    tokio::fs::rename(&partial, out).await.map_err(|e| {
+        fail(
+            EXIT_FAILED,
+            format!("cannot move the backup to {}: {e}", out.display()),
+        )
+    })?;
+    println!("{}", out.display());
+    eprintln!("backup written: {summary}");
+    Ok(())
+}
+
+/// `sessiond restore FILE`: restores a backup into an empty data directory
+/// (the server must not be running on it).
+pub async fn restore(file: &Path, data_dir: &Path) -> ExitCode {
+    exit(run_restore(file, data_dir).await)
+}
+
+async fn run_restore(file: &Path, data_dir: &Path) -> Outcome {
+    let open = |path: &Path| {
+        std::fs::File::open(path)
+            .map(std::io::BufReader::new)
+            .map_err(|e| fail(EXIT_FAILED, format!("cannot read {}: {e}", path.display())))
+    };
+    crate::backup::verify(open(file)?)
+        .map_err(|e| fail(EXIT_FAILED, format!("{}: {e}", file.display())))?;
+    if std::fs::read_dir(data_dir).is_ok_and(|mut entries| entries.next().is_some()) {
+        return Err(fail(
+            EXIT_FAILED,
+            format!(
+                "the data directory {} is not empty; restore only into an empty one",
+                data_dir.display()
+            ),
+        ));
+    }
+    let store = crate::store::SledStore::open(data_dir, crate::server::STORE_CACHE_BYTES, None)
+        .map_err(|e| fail(EXIT_FAILED, e.to_string()))?;
+    let summary = crate::backup::restore(store.as_ref(), open(file)?)
+        .await
+        .map_err(|e| fail(EXIT_FAILED, format!("restore failed: {e}")))?;
+    drop(store);
+    println!("{}", data_dir.display());
+    eprintln!("restored {summary}");
+    Ok(())
+}
+
+/// `sessiond health`: exit 0 when the server reports SERVING.
+pub async fn health(addr: Option<String>, timeout: &str) -> ExitCode {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let timeout = match parse_duration(timeout) {
+        Ok(t) => t,
+        Err(e) => return exit(Err(fail(EXIT_USAGE, format!("--timeout: {e}")))),
+    };
+    let addr = addr.unwrap_or_else(default_addr);
+    let check = async {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| fail(EXIT_USAGE, format!("bad address {addr}: {e}")))?
+            .connect_timeout(timeout.min(Duration::from_secs(5)));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| fail(EXIT_UNREACHABLE, format!("cannot reach {addr}: {e}")))?;
+        let reply = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map_err(|s| fail(EXIT_FAILED, format!("health check failed: {}", s.message())))?;
+        Ok::<_, Failure>(reply.into_inner().status())
+    };
+    let outcome = match tokio::time::timeout(timeout, check).await {
+        Ok(Ok(ServingStatus::Serving)) => {
+            println!("SERVING");
+            Ok(())
+        }
+        Ok(Ok(status)) => {
+            println!("{}", status.as_str_name());
+            Err(fail(
+                EXIT_FAILED,
+                format!("the server is {}", status.as_str_name()),
+            ))
+        }
+        Ok(Err(f)) => Err(f),
+        Err(_) => Err(fail(
+            EXIT_UNREACHABLE,
+            format!("no answer from {addr} within {timeout:?}"),
+        )),
+    };
+    exit(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        let at = |seconds| rfc3339(Some(&prost_types::Timestamp { seconds, nanos: 0 }));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_795_377_429), "2026-11-22T19:57:09Z");
+        assert_eq!(rfc3339(None), "-");
+    }
+}

@@ -1,0 +1,333 @@
+//! The operator subcommands of the binary against a real server: sessions,
+//! keys, token inspection, backup and restore, and their exit codes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sessiond::config::Secret;
+use sessiond::pb;
+
+use crate::helpers::*;
+
+/// Runs `sessiond ARGS` and returns (exit code, stdout, stderr).
+async fn sessiond(args: Vec<String>) -> (i32, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sessiond"))
+            .args(&args)
+            .env_remove("SESSIOND_API_KEY")
+            .env_remove("SESSIOND_ADDR")
+            .env_remove("SESSIOND_LISTEN")
+            .env_remove("SESSIOND_DATA_DIR")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+fn args(words: &[&str], server: &TestServer, key: Option<&str>) -> Vec<String> {
+    let mut v: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+    v.extend(["--addr".to_owned(), server.addr.to_string()]);
+    if let Some(k) = key {
+        v.extend(["--api-key".to_owned(), k.to_owned()]);
+    }
+    v
+}
+
+async fn keyed_server() -> TestServer {
+    TestServer::start_with(|c| c.api_keys = vec![Secret::new(API_KEY)]).await
+}
+
+async fn keyed_session(server: &TestServer, user: &str) -> pb::CreateNewSessionResponse {
+    server
+        .sessions()
+        .await
+        .create_new_session(with_metadata(
+            pb::CreateNewSessionRequest {
+                user_id: user.into(),
+                ..Default::default()
+            },
+            &[("x-api-key", API_KEY)],
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_list_and_revoke() {
+    let server = keyed_server().await;
+    let (a, b) = (
+        keyed_session(&server, "cli-user").await,
+        keyed_session(&server, "cli-user").await,
+    );
+
+    let (code, out, err) = sessiond(args(
+        &["sessions", "list", "--user", "cli-user"],
+        &server,
+        Some(API_KEY),
+    ))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("HANDLE"), "{out}");
+    assert!(
+        out.contains(&handle(&a)) && out.contains(&handle(&b)),
+        "{out}"
+    );
+
+    let (code, out, _) = sessiond(args(
+        &["sessions", "list", "--user", "cli-user", "--json"],
+        &server,
+        Some(API_KEY),
+    ))
+    .await;
+    assert_eq!(code, 0);
+    let rows: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert!(rows[0]["expires"].as_str().unwrap().ends_with('Z'));
+
+    let (code, out, err) = sessiond(args(
+        &["sessions", "revoke", &handle(&a)],
+        &server,
+        Some(API_KEY),
+    ))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), handle(&a));
+    let (_, out, _) = sessiond(args(
+        &["sessions", "list", "--user", "cli-user"],
+        &server,
+        Some(API_KEY),
+    ))
+    .await;
+    assert!(
+        !out.contains(&handle(&a)) && out.contains(&handle(&b)),
+        "{out}"
+    );
+
+    let (code, out, _) = sessiond(args(
+        &["sessions", "revoke", "--user", "cli-user"],
+        &server,
+        Some(API_KEY),
+    ))
+    .await;
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), handle(&b));
+
+    // A wrong key or none: exit 4. Bad usage: exit 2.
+    let (code, _, err) = sessiond(args(
+        &["sessions", "list", "--user", "x"],
+        &server,
+        Some("wrong-key-0123456789"),
+    ))
+    .await;
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("refused the API key"), "{err}");
+    assert!(
+        !err.contains("wrong-key-0123456789"),
+        "the key is never echoed: {err}"
+    );
+    let (code, _, _) = sessiond(args(&["sessions", "list", "--user", "x"], &server, None)).await;
+    assert_eq!(code, 4);
+    let (code, _, _) = sessiond(args(&["sessions", "revoke"], &server, Some(API_KEY))).await;
+    assert_eq!(code, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_list_and_rotate() {
+    let server = keyed_server().await;
+    let (code, out, err) =
+        sessiond(args(&["keys", "list", "--json"], &server, Some(API_KEY))).await;
+    assert_eq!(code, 0, "{err}");
+    let keys: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let states: Vec<&str> = keys.iter().map(|k| k["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["signing", "static"]);
+
+    let (code, out, err) = sessiond(args(&["keys", "rotate"], &server, Some(API_KEY))).await;
+    assert_eq!(code, 0, "{err}");
+    let new_kid = out.trim().to_owned();
+    assert!(new_kid.starts_with("d-"));
+    let (_, out, _) = sessiond(args(&["keys", "list"], &server, Some(API_KEY))).await;
+    let row = out
+        .lines()
+        .find(|l| l.starts_with(&new_kid))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(row.contains("pending"), "{row}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_inspect_says_whether_the_server_accepts_it() {
+    let server = keyed_server().await;
+    let created = keyed_session(&server, "inspect-me").await;
+    let (code, out, err) = sessiond(args(
+        &["token", "inspect", &access(&created)],
+        &server,
+        Some(API_KEY),
+    ))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["accepted"], true);
+    assert_eq!(report["claims"]["sub"], "inspect-me");
+    assert_eq!(report["header"]["version"], "5");
+
+    server
+        .sessions()
+        .await
+        .revoke_session(with_metadata(
+            pb::RevokeSessionRequest {
+                session_handle: handle(&created),
+            },
+            &[("x-api-key", API_KEY)],
+        ))
+        .await
+        .unwrap();
+    let (code, out, _) = sessiond(args(
+        &["token", "inspect", &access(&created)],
+        &server,
+        Some(API_KEY),
+    ))
+    .await;
+    assert_eq!(code, 1);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["accepted"], false);
+    assert_eq!(report["reason"], "UNAUTHORISED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_subcommand_reports_an_unreachable_server() {
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("b.bin");
+    for words in [
+        vec!["sessions", "list", "--user", "u"],
+        vec!["sessions", "revoke", "--user", "u"],
+        vec!["keys", "list"],
+        vec!["keys", "rotate"],
+        vec!["token", "inspect", "a.b.c"],
+        vec!["backup", "--out", out.to_str().unwrap()],
+        vec!["health"],
+    ] {
+        let mut a: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+        a.extend([
+            "--addr".to_owned(),
+            nobody.clone(),
+            "--timeout".to_owned(),
+            "2s".to_owned(),
+        ]);
+        let (code, _, err) = sessiond(a).await;
+        assert_eq!(code, 3, "{words:?}: {err}");
+        assert!(err.contains(&nobody), "{words:?} names the address: {err}");
+    }
+    assert!(!out.exists(), "no backup file from a failed backup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_under_write_load_restores_every_session_acknowledged_before_it() {
+    let server = TestServer::start().await;
+    let client = server.sessions().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (mut c, stop, acknowledged) = (client.clone(), stop.clone(), acknowledged.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) && n < 50_000 {
+                    let r = create(&mut c, &format!("w{w}"), json!({"n": n})).await;
+                    acknowledged.lock().unwrap().push((handle(&r), access(&r)));
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before: Vec<(String, String)> = acknowledged.lock().unwrap().clone();
+    assert!(!before.is_empty());
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sessiond.backup");
+    let (code, _, err) = sessiond(args(
+        &["backup", "--out", file.to_str().unwrap()],
+        &server,
+        None,
+    ))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("backup written"), "{err}");
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+
+    // Restore refuses a used directory, then fills an empty one.
+    let (code, _, err) = sessiond(vec![
+        "restore".into(),
+        file.to_str().unwrap().into(),
+        "--data-dir".into(),
+        server.data_dir().to_str().unwrap().into(),
+    ])
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("not empty"), "{err}");
+    let target = tempfile::tempdir().unwrap();
+    let (code, _, err) = sessiond(vec![
+        "restore".into(),
+        file.to_str().unwrap().into(),
+        "--data-dir".into(),
+        target.path().to_str().unwrap().into(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+
+    let restored = TestServer::start_in(target, |_| {}).await;
+    let mut c = restored.sessions().await;
+    for (h, _) in &before {
+        c.get_session_information(pb::GetSessionInformationRequest {
+            session_handle: h.clone(),
+        })
+        .await
+        .unwrap_or_else(|s| {
+            panic!("session {h}, acknowledged before the backup, is missing: {s:?}")
+        });
+    }
+    // The keys came along: tokens issued before the backup still verify.
+    verify(&mut c, &before[0].1, true).await.unwrap();
+
+    // A damaged file is refused before anything is written.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let (code, _, err) = sessiond(vec![
+        "restore".into(),
+        file.to_str().unwrap().into(),
+        "--data-dir".into(),
+        empty.path().join("d").to_str().unwrap().into(),
+    ])
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("checksum") || err.contains("decode"), "{err}");
+    assert!(
+        !empty.path().join("d").exists(),
+        "nothing restored from a damaged file"
+    );
+}
