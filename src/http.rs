@@ -15,6 +15,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::jwt::JwtIssuer;
 use crate::metrics::Metrics;
+use crate::reload::Live;
 
 /// Request headers browsers may send: gRPC-Web's own, and the credentials of
 /// UserSessionService.
@@ -31,25 +32,23 @@ const CORS_ALLOWED_HEADERS: [&str; 7] = [
 /// Response headers browsers may read: the gRPC status and its details.
 const CORS_EXPOSED_HEADERS: [&str; 3] = ["grpc-status", "grpc-message", "grpc-status-details-bin"];
 
-/// CORS for the configured browser origins (`*` allows any); `None` when no
-/// origin is configured, so browsers keep their same-origin rule.
-pub fn cors(origins: &[String]) -> Option<CorsLayer> {
-    if origins.is_empty() {
-        return None;
-    }
-    let allow_origin = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
-    };
-    Some(
-        CorsLayer::new()
-            .allow_origin(allow_origin)
-            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-            .allow_headers(CORS_ALLOWED_HEADERS.map(HeaderName::from_static))
-            .expose_headers(CORS_EXPOSED_HEADERS.map(HeaderName::from_static))
-            .max_age(Duration::from_secs(600)),
-    )
+/// CORS for the browser origins in `origins` (`*` allows any), read at each
+/// request so a reload takes effect at once. With no origin configured no
+/// `Access-Control-Allow-Origin` is sent, and browsers keep their
+/// same-origin rule.
+pub fn cors(origins: Live<Vec<String>>) -> CorsLayer {
+    let allow_origin = AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+        let allowed = origins.get();
+        allowed
+            .iter()
+            .any(|o| o == "*" || o.as_bytes() == origin.as_bytes())
+    });
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers(CORS_ALLOWED_HEADERS.map(HeaderName::from_static))
+        .expose_headers(CORS_EXPOSED_HEADERS.map(HeaderName::from_static))
+        .max_age(Duration::from_secs(600))
 }
 
 /// What the HTTP routes read.

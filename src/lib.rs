@@ -33,6 +33,7 @@ pub mod http;
 pub mod ids;
 pub mod jwt;
 pub mod metrics;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod store;
@@ -50,4 +51,4 @@ pub mod pb {
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use config::Config;
-pub use server::{ServeError, serve};
+pub use server::{ServeError, serve, serve_with_reload};

@@ -9,6 +9,10 @@ use clap::{Parser, Subcommand};
 use sessiond::SystemClock;
 use sessiond::cli::{self, Connection, KeysCommand, SessionsCommand, TokenCommand};
 use sessiond::config::{Config, LogFormat, ServeArgs};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -116,24 +120,7 @@ async fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::new(format!(
-        "{},{}=info",
-        config.log,
-        sessiond::server::READY_TARGET
-    ));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Text => logs
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        LogFormat::Json => logs
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-    }
+    let log_filter = init_logging(&config);
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -141,13 +128,91 @@ async fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match sessiond::serve(listener, config, Arc::new(SystemClock), shutdown_signal()).await {
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(reload_on_sighup(args, log_filter, reload_tx));
+    let served = sessiond::serve_with_reload(
+        listener,
+        config,
+        Arc::new(SystemClock),
+        shutdown_signal(),
+        Some(reload_rx),
+    )
+    .await;
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("sessiond: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+type FilterHandle = reload::Handle<EnvFilter, Registry>;
+
+fn filter(config: &Config) -> EnvFilter {
+    EnvFilter::new(format!(
+        "{},{}=info",
+        config.log,
+        sessiond::server::LIFECYCLE_TARGET
+    ))
+}
+
+/// Logging to stderr, text or JSON; the returned handle changes the filter.
+fn init_logging(config: &Config) -> FilterHandle {
+    let (filter_layer, handle) = reload::Layer::new(filter(config));
+    let output = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let output = match config.log_format {
+        LogFormat::Text => output
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed(),
+        LogFormat::Json => output
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter_layer)
+        .with(output)
+        .init();
+    handle
+}
+
+/// On SIGHUP, reads the configuration again (the file may have changed) and
+/// applies the log filter here and the API keys, client secrets and CORS
+/// origins in the server. A configuration that does not validate is refused
+/// and the running one kept.
+async fn reload_on_sighup(
+    args: ServeArgs,
+    log_filter: FilterHandle,
+    server: UnboundedSender<Config>,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match Config::resolve(&args) {
+                Ok(config) => {
+                    if let Err(e) = log_filter.reload(filter(&config)) {
+                        tracing::error!("cannot change the log filter: {e}");
+                    }
+                    if server.send(config).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(target: sessiond::server::LIFECYCLE_TARGET, "configuration reload refused: {e}")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (args, log_filter, server);
     }
 }
 

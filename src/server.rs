@@ -33,16 +33,19 @@ use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::jwt_service_server::JwtServiceServer;
 use crate::pb::session_service_server::SessionServiceServer;
 use crate::pb::user_session_service_server::UserSessionServiceServer;
+use crate::reload::Live;
 use crate::session::{SessionConfig, SessionManager};
 use crate::store::FlushObserver;
 use crate::store::{SessionStore, SledStore, StoreError};
 use crate::token::KeyError;
 use crate::token::keys::{KeyRing, KeyRingConfig};
+use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
-/// Log target of the one line announcing readiness; kept at INFO whatever
-/// the configured filter, because deployment scripts wait for it.
-pub const READY_TARGET: &str = "sessiond::ready";
+/// Log target of the lines announcing readiness, reloads and the stop; kept
+/// at INFO whatever the configured filter, because deployment scripts and
+/// operators wait for them.
+pub const LIFECYCLE_TARGET: &str = "sessiond::lifecycle";
 
 /// Bytes of sled's page cache.
 pub const STORE_CACHE_BYTES: u64 = 128 * 1024 * 1024;
@@ -90,6 +93,20 @@ pub async fn serve(
     config: Config,
     clock: SharedClock,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    serve_with_reload(listener, config, clock, shutdown, None).await
+}
+
+/// [`serve`], also applying each configuration received on `reloads`: the
+/// API keys, client secrets and CORS origins change for calls that arrive
+/// after it, and open connections stay open. A configuration that would
+/// leave a non-loopback listener without API keys is refused.
+pub async fn serve_with_reload(
+    listener: TcpListener,
+    config: Config,
+    clock: SharedClock,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reloads: Option<mpsc::UnboundedReceiver<Config>>,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr()?;
     if config.api_keys.is_empty() && !addr.ip().is_loopback() {
@@ -188,11 +205,12 @@ pub async fn serve(
             api_keys.interceptor(),
         ));
     let buckets = Arc::new(Buckets::new(store.clone(), config.max_bucket_bytes));
+    let client_secrets = ClientSecrets::new(&config.client_secrets);
     routes.add_service(UserSessionServiceServer::new(UserSessionApi::new(
         manager.clone(),
         buckets,
         api_keys.clone(),
-        ClientSecrets::new(&config.client_secrets),
+        client_secrets.clone(),
     )));
     // gRPC-Web wraps the gRPC routes only: it answers 400 to plain HTTP,
     // which must keep reaching the JWKS and discovery routes.
@@ -203,14 +221,19 @@ pub async fn serve(
         .layer(tonic_web::GrpcWebLayer::new())
         .merge(crate::http::router(jwt, metrics.clone()))
         .fallback(crate::http::not_found);
-    let router = match crate::http::cors(&config.cors_origins) {
-        Some(cors) => router.layer(cors),
-        None => router,
-    };
+    let cors_origins = Live::new(config.cors_origins.clone());
+    let router = router.layer(crate::http::cors(cors_origins.clone()));
 
+    let reloadable = Reloadable {
+        addr,
+        api_keys,
+        client_secrets,
+        cors_origins,
+    };
     let background = [
         tokio::spawn(sweeper(manager.clone(), config.sweep_interval)),
         tokio::spawn(key_maintenance(keys.clone())),
+        tokio::spawn(apply_reloads(reloadable, reloads)),
     ];
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -228,7 +251,7 @@ pub async fn serve(
             let _ = stop_rx.await;
         });
     let mut server = tokio::spawn(server);
-    tracing::info!(target: READY_TARGET, "sessiond ready, listening on {addr}");
+    tracing::info!(target: LIFECYCLE_TARGET, "sessiond ready, listening on {addr}");
 
     tokio::select! {
         () = shutdown => {}
@@ -270,8 +293,41 @@ pub async fn serve(
         let _ = task.await;
     }
     store.durable().await?;
-    tracing::info!("sessiond stopped");
+    tracing::info!(target: LIFECYCLE_TARGET, "sessiond stopped");
     Ok(())
+}
+
+/// The settings a reload replaces.
+struct Reloadable {
+    addr: std::net::SocketAddr,
+    api_keys: ApiKeys,
+    client_secrets: ClientSecrets,
+    cors_origins: Live<Vec<String>>,
+}
+
+async fn apply_reloads(live: Reloadable, reloads: Option<mpsc::UnboundedReceiver<Config>>) {
+    let Some(mut reloads) = reloads else {
+        return;
+    };
+    while let Some(config) = reloads.recv().await {
+        if config.api_keys.is_empty() && !live.addr.ip().is_loopback() {
+            tracing::error!(
+                "configuration reload refused: it has no API key, and sessiond listens on {}",
+                live.addr
+            );
+            continue;
+        }
+        live.api_keys.replace(&config.api_keys);
+        live.client_secrets.replace(&config.client_secrets);
+        live.cors_origins.set(config.cors_origins.clone());
+        tracing::info!(
+            target: LIFECYCLE_TARGET,
+            api_keys = config.api_keys.len(),
+            client_secrets = config.client_secrets.len(),
+            cors_origins = config.cors_origins.len(),
+            "configuration reloaded"
+        );
+    }
 }
 
 async fn sweeper(manager: Arc<SessionManager>, every: std::time::Duration) {

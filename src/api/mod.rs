@@ -16,7 +16,7 @@ pub mod provider;
 pub mod session;
 pub mod user_session;
 
-use std::sync::Arc;
+use crate::reload::Live;
 
 use tonic::{Request, Status};
 
@@ -37,12 +37,12 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 /// listens on loopback only).
 #[derive(Clone)]
 pub struct ApiKeys {
-    hashes: Arc<Vec<String>>,
+    hashes: Live<Vec<String>>,
 }
 
 impl std::fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ApiKeys({} configured)", self.hashes.len())
+        write!(f, "ApiKeys({} configured)", self.hashes.get().len())
     }
 }
 
@@ -50,22 +50,31 @@ impl ApiKeys {
     /// Hashes the configured keys.
     pub fn new(keys: &[Secret]) -> Self {
         Self {
-            hashes: Arc::new(
-                keys.iter()
-                    .map(|k| sha256_hex(k.expose().as_bytes()))
-                    .collect(),
-            ),
+            hashes: Live::new(Self::hash(keys)),
         }
+    }
+
+    fn hash(keys: &[Secret]) -> Vec<String> {
+        keys.iter()
+            .map(|k| sha256_hex(k.expose().as_bytes()))
+            .collect()
+    }
+
+    /// Replaces the keys (configuration reload); calls in flight finish
+    /// with the keys they were checked against.
+    pub fn replace(&self, keys: &[Secret]) {
+        self.hashes.set(Self::hash(keys));
     }
 
     /// True when no key is configured (loopback-only operation).
     pub fn is_open(&self) -> bool {
-        self.hashes.is_empty()
+        self.hashes.get().is_empty()
     }
 
     /// Admits the request when it carries a configured key.
     pub fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        if self.hashes.is_empty() {
+        let hashes = self.hashes.get();
+        if hashes.is_empty() {
             return Ok(());
         }
         let missing = |message: &str| {
@@ -81,7 +90,7 @@ impl ApiKeys {
         };
         let presented = sha256_hex(value.as_bytes());
         // Compare against every key, without stopping at the first match.
-        let matched = self.hashes.iter().fold(false, |acc, h| {
+        let matched = hashes.iter().fold(false, |acc, h| {
             acc | ct_eq(h.as_bytes(), presented.as_bytes())
         });
         if matched {

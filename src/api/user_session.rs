@@ -25,6 +25,7 @@ use crate::config::Secret;
 use crate::error::Reason;
 use crate::pb;
 use crate::pb::user_session_service_server::UserSessionService;
+use crate::reload::Live;
 use crate::session::{SessionManager, Verify, payload};
 use crate::token::{ct_eq, sha256_hex};
 
@@ -34,12 +35,12 @@ pub const CLIENT_SECRET_HEADER: &str = "x-client-secret";
 /// Client secrets by tenant, held as hashes.
 #[derive(Clone, Default)]
 pub struct ClientSecrets {
-    by_tenant: Arc<HashMap<String, String>>,
+    by_tenant: Live<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for ClientSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ClientSecrets({} tenants)", self.by_tenant.len())
+        write!(f, "ClientSecrets({} tenants)", self.by_tenant.get().len())
     }
 }
 
@@ -47,19 +48,27 @@ impl ClientSecrets {
     /// Hashes the configured secrets.
     pub fn new(secrets: &[(String, Secret)]) -> Self {
         Self {
-            by_tenant: Arc::new(
-                secrets
-                    .iter()
-                    .map(|(t, s)| (t.clone(), sha256_hex(s.expose().as_bytes())))
-                    .collect(),
-            ),
+            by_tenant: Live::new(Self::hash(secrets)),
         }
+    }
+
+    fn hash(secrets: &[(String, Secret)]) -> HashMap<String, String> {
+        secrets
+            .iter()
+            .map(|(t, s)| (t.clone(), sha256_hex(s.expose().as_bytes())))
+            .collect()
+    }
+
+    /// Replaces the secrets (configuration reload).
+    pub fn replace(&self, secrets: &[(String, Secret)]) {
+        self.by_tenant.set(Self::hash(secrets));
     }
 
     /// Whether `presented` is the client secret of `tenant_id`.
     pub fn check(&self, tenant_id: &str, presented: &[u8]) -> bool {
         let presented = sha256_hex(presented);
         self.by_tenant
+            .get()
             .get(tenant_id)
             .is_some_and(|h| ct_eq(h.as_bytes(), presented.as_bytes()))
     }

@@ -544,7 +544,7 @@ async fn browsers_reach_the_buckets_over_grpc_web_with_cors() {
     assert!(message.is_empty(), "no private data in the answer");
 
     // The preflight allows the credentials headers for configured origins only.
-    let (status, headers, _) = options(&server, "https://app.example.com").await;
+    let (status, headers, _) = cors_preflight(server.addr, "https://app.example.com").await;
     assert!(status.contains("200"), "{status}");
     assert!(
         headers.contains("access-control-allow-origin: https://app.example.com"),
@@ -563,7 +563,7 @@ async fn browsers_reach_the_buckets_over_grpc_web_with_cors() {
     ] {
         assert!(allowed.contains(h), "{h} not allowed: {allowed}");
     }
-    let (_, headers, _) = options(&server, "https://evil.example.com").await;
+    let (_, headers, _) = cors_preflight(server.addr, "https://evil.example.com").await;
     assert!(
         !headers.contains("access-control-allow-origin"),
         "{headers}"
@@ -572,26 +572,4 @@ async fn browsers_reach_the_buckets_over_grpc_web_with_cors() {
     // Plain HTTP routes keep working beside gRPC-Web.
     let (status, _, _) = http_get(server.addr, "/.well-known/jwks.json").await;
     assert!(status.contains("200"));
-}
-
-async fn options(server: &TestServer, origin: &str) -> (String, String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let req = format!(
-        "OPTIONS /sessiond.v1.UserSessionService/GetUserSession HTTP/1.1\r\nHost: {}\r\nOrigin: {origin}\r\n\
-         Access-Control-Request-Method: POST\r\n\
-         Access-Control-Request-Headers: authorization,content-type,x-grpc-web,x-client-secret\r\n\
-         Connection: close\r\n\r\n",
-        server.addr
-    );
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
-    (status.to_owned(), headers.to_lowercase(), body.to_owned())
 }

@@ -81,9 +81,20 @@ async fn a_second_server_on_the_same_data_dir_is_refused() {
 /// The `sessiond` binary, started on port 0; returns the child and the address
 /// from its ready line.
 fn spawn_binary(data_dir: &std::path::Path) -> (Child, String) {
+    let (child, addr, _) = spawn_binary_with(data_dir, &[]);
+    (child, addr)
+}
+
+/// Like [`spawn_binary`] with extra arguments; also returns the log lines
+/// that follow the ready line.
+pub fn spawn_binary_with(
+    data_dir: &std::path::Path,
+    extra: &[&str],
+) -> (Child, String, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sessiond"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .args(extra)
         .env_remove("SESSIOND_API_KEYS")
         .env("SESSIOND_LOG", "info")
         .stdout(Stdio::null())
@@ -102,8 +113,26 @@ fn spawn_binary(data_dir: &std::path::Path) -> (Child, String) {
         }
     };
     // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, addr, rx)
+}
+
+/// Waits (at most 10 s) for a log line containing `text`.
+pub fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, text: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(text) => return,
+            Ok(_) => {}
+            Err(_) => panic!("no log line with `{text}` within 10 s"),
+        }
+    }
 }
 
 async fn connect(addr: &str) -> SessionServiceClient<tonic::transport::Channel> {

@@ -321,3 +321,26 @@ pub fn with_metadata<T>(msg: T, entries: &[(&'static str, &str)]) -> tonic::Requ
     }
     req
 }
+
+/// A CORS preflight for GetUserSession from `origin`; returns (status line, headers, body).
+pub async fn cors_preflight(addr: std::net::SocketAddr, origin: &str) -> (String, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "OPTIONS /sessiond.v1.UserSessionService/GetUserSession HTTP/1.1\r\nHost: {}\r\nOrigin: {origin}\r\n\
+         Access-Control-Request-Method: POST\r\n\
+         Access-Control-Request-Headers: authorization,content-type,x-grpc-web,x-client-secret\r\n\
+         Connection: close\r\n\r\n",
+        addr
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (status.to_owned(), headers.to_lowercase(), body.to_owned())
+}

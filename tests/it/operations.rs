@@ -179,3 +179,78 @@ async fn the_drain_timeout_cuts_streams_that_never_end() {
         "the stream ended"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_swaps_api_keys_without_dropping_connections() {
+    use crate::durability::{spawn_binary_with, wait_for_line};
+    const OLD: &str = "old-key-0123456789abcdef";
+    const NEW: &str = "new-key-0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sessiond.toml");
+    std::fs::write(&config, format!("api_keys = [\"{OLD}\"]\n")).unwrap();
+    let data = dir.path().join("data");
+    let (mut child, addr, lines) =
+        spawn_binary_with(&data, &["--config", config.to_str().unwrap()]);
+
+    // One connection, kept across the reload.
+    let mut c = sessiond::pb::session_service_client::SessionServiceClient::connect(format!(
+        "http://{addr}"
+    ))
+    .await
+    .unwrap();
+    let call = |key: &'static str| {
+        with_metadata(
+            pb::CreateNewSessionRequest {
+                user_id: "u".into(),
+                ..Default::default()
+            },
+            &[("x-api-key", key)],
+        )
+    };
+    c.create_new_session(call(OLD)).await.unwrap();
+    assert_status(
+        c.create_new_session(call(NEW)).await,
+        Code::Unauthenticated,
+        "MISSING_CREDENTIALS",
+    );
+
+    let origin = "https://app.example.com";
+    let (_, headers, _) = cors_preflight(addr.parse().unwrap(), origin).await;
+    assert!(
+        !headers.contains("access-control-allow-origin"),
+        "{headers}"
+    );
+
+    std::fs::write(
+        &config,
+        format!("api_keys = [\"{NEW}\"]\ncors_origins = [\"{origin}\"]\n"),
+    )
+    .unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    tokio::task::spawn_blocking(move || {
+        wait_for_line(&lines, "configuration reloaded");
+        lines
+    })
+    .await
+    .unwrap();
+
+    c.create_new_session(call(NEW))
+        .await
+        .expect("the new key works on the same connection");
+    assert_status(
+        c.create_new_session(call(OLD)).await,
+        Code::Unauthenticated,
+        "MISSING_CREDENTIALS",
+    );
+    let (_, headers, _) = cors_preflight(addr.parse().unwrap(), origin).await;
+    assert!(
+        headers.contains(&format!("access-control-allow-origin: {origin}")),
+        "{headers}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
