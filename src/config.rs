@@ -57,6 +57,140 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which calls an API key may make. Each scope includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    /// Verifying: GetSession, ValidateClaimsInJwtPayload, GetJwks and the
+    /// discovery document (for sidecars and gateways).
+    Verify,
+    /// A backend: every SessionService, JwtService (except key rotation) and
+    /// UserSessionService call.
+    Backend,
+    /// Everything, including AdminService and RotateSigningKey.
+    Admin,
+}
+
+impl Scope {
+    /// The scope's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Verify => "verify",
+            Self::Backend => "backend",
+            Self::Admin => "admin",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "verify" => Some(Self::Verify),
+            "backend" => Some(Self::Backend),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// How an API key is configured: the key itself, or its SHA-256.
+#[derive(Clone, PartialEq, Eq)]
+pub enum KeySecret {
+    /// The key (at least 16 visible ASCII characters).
+    Plain(Secret),
+    /// SHA-256 of the key, so the key itself need not sit in configuration.
+    Sha256([u8; 32]),
+}
+
+impl fmt::Debug for KeySecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Plain(_) => f.write_str("Plain([redacted])"),
+            Self::Sha256(_) => f.write_str("Sha256(..)"),
+        }
+    }
+}
+
+/// A configured API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// A name for logs and errors (never the key).
+    pub name: String,
+    /// What it may call.
+    pub scope: Scope,
+    /// The key or its hash.
+    pub secret: KeySecret,
+}
+
+impl ApiKey {
+    /// An admin key given in plain text.
+    pub fn admin(name: &str, key: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            scope: Scope::Admin,
+            secret: KeySecret::Plain(Secret::new(key)),
+        }
+    }
+
+    /// Parses `KEY` (an admin key) or `NAME:SCOPE:KEY`, where KEY may be
+    /// `sha256:<64 hex digits>`; `index` names unnamed keys `key-1`, `key-2`, ...
+    pub fn parse(text: &str, index: usize) -> Result<Self, String> {
+        let text = text.trim();
+        let mut parts = text.splitn(3, ':');
+        let (name, scope, secret) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(name), Some(scope), Some(secret))
+                if Scope::parse(scope).is_some()
+                    && !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+            {
+                (
+                    name.to_owned(),
+                    Scope::parse(scope).expect("checked"),
+                    secret,
+                )
+            }
+            _ => (format!("key-{}", index + 1), Scope::Admin, text),
+        };
+        let secret = match secret.strip_prefix("sha256:") {
+            Some(hex) => {
+                let bytes = decode_hex(hex).filter(|b| b.len() == 32).ok_or_else(|| {
+                    format!(
+                        "the hash of API key `{name}` is not 64 hexadecimal digits after `sha256:`"
+                    )
+                })?;
+                KeySecret::Sha256(bytes.try_into().expect("32 bytes"))
+            }
+            None => {
+                if secret.len() < 16 {
+                    return Err(format!(
+                        "API key `{name}` must be at least 16 characters long"
+                    ));
+                }
+                if !secret.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(format!(
+                        "API key `{name}` may hold only visible ASCII characters (it travels in a header)"
+                    ));
+                }
+                KeySecret::Plain(Secret::new(secret))
+            }
+        };
+        Ok(Self {
+            name,
+            scope,
+            secret,
+        })
+    }
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// A secret string (an API key). `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -90,7 +224,8 @@ pub struct ServeArgs {
     /// Directory of the embedded store [default: ./data].
     #[arg(long, env = "SESSIOND_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// API key that backend callers send as `x-api-key` (repeatable).
+    /// API key callers send as `x-api-key` (repeatable): KEY for an admin key, or
+    /// NAME:SCOPE:KEY with SCOPE verify, backend or admin; KEY may be sha256:<hex>.
     #[arg(
         long = "api-key",
         env = "SESSIOND_API_KEYS",
@@ -230,7 +365,7 @@ pub struct Config {
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
     /// Accepted `x-api-key` values; empty means loopback-only, no key needed.
-    pub api_keys: Vec<Secret>,
+    pub api_keys: Vec<ApiKey>,
     /// Access token lifetime.
     pub access_token_lifetime: Duration,
     /// Refresh token lifetime (sliding).
@@ -324,11 +459,12 @@ impl Config {
             args.api_keys.clone()
         };
         c.api_keys = keys
-            .into_iter()
-            .map(|k| k.trim().to_owned())
+            .iter()
+            .map(|k| k.trim())
             .filter(|k| !k.is_empty())
-            .map(Secret)
-            .collect();
+            .enumerate()
+            .map(|(i, k)| ApiKey::parse(k, i).map_err(|m| bad("api-key", m)))
+            .collect::<Result<_, _>>()?;
         let dur =
             |setting: &'static str, a: &Option<String>, f: Option<String>, into: &mut Duration| {
                 if let Some(v) = a.clone().or(f) {
@@ -459,19 +595,24 @@ impl Config {
 
     /// Checks the relations and ranges of every setting.
     pub fn validate(&mut self) -> Result<(), ConfigError> {
-        for key in &self.api_keys {
-            let k = key.expose();
-            if k.len() < 16 {
+        for (i, key) in self.api_keys.iter().enumerate() {
+            if self.api_keys[..i].iter().any(|k| k.name == key.name) {
                 return Err(bad(
                     "api-key",
-                    "every API key must be at least 16 characters long",
+                    format!("two API keys are named `{}`", key.name),
                 ));
             }
-            if !k.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(bad(
-                    "api-key",
-                    "API keys may hold only visible ASCII characters (they travel in a header)",
-                ));
+            if let KeySecret::Plain(secret) = &key.secret {
+                let k = secret.expose();
+                if k.len() < 16 || !k.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(bad(
+                        "api-key",
+                        format!(
+                            "API key `{}` must be at least 16 visible ASCII characters",
+                            key.name
+                        ),
+                    ));
+                }
             }
         }
         if self.api_keys.is_empty() && !self.listen.ip().is_loopback() {
@@ -756,6 +897,36 @@ mod tests {
         assert_eq!(c.issuer.as_deref(), Some("https://auth.example.com"));
         assert_eq!(c.api_keys.len(), 1);
         assert!(!format!("{c:?}").contains("0123456789abcdef0123"));
+    }
+
+    #[test]
+    fn api_keys_with_names_scopes_and_hashes() {
+        let plain = ApiKey::parse("0123456789abcdef0123", 0).unwrap();
+        assert_eq!((plain.name.as_str(), plain.scope), ("key-1", Scope::Admin));
+        let scoped = ApiKey::parse("sidecar:verify:0123456789abcdef0123", 1).unwrap();
+        assert_eq!(
+            (scoped.name.as_str(), scoped.scope),
+            ("sidecar", Scope::Verify)
+        );
+        let hashed = ApiKey::parse(&format!("ci:backend:sha256:{}", "ab".repeat(32)), 2).unwrap();
+        assert_eq!(hashed.secret, KeySecret::Sha256([0xab; 32]));
+        // A colon in a plain key that does not name a scope is part of the key.
+        let colons = ApiKey::parse("a:b:0123456789abcdef", 3).unwrap();
+        assert_eq!(
+            (colons.name.as_str(), colons.scope),
+            ("key-4", Scope::Admin)
+        );
+        assert!(ApiKey::parse("x:admin:sha256:abc", 0).is_err());
+        assert!(ApiKey::parse("x:admin:short", 0).is_err());
+        let e = resolve(|a| {
+            a.api_keys = vec![
+                "k:admin:0123456789abcdef".into(),
+                "k:verify:0123456789abcdeg".into(),
+            ]
+        })
+        .unwrap_err();
+        assert_eq!(e.setting, "api-key");
+        assert!(e.message.contains("two API keys"), "{e}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use tonic_health::ServingStatus;
 
 use crate::api::ApiKeys;
 use crate::api::admin::AdminApi;
+use crate::api::auth::AuthLayer;
 use crate::api::jwt::JwtApi;
 use crate::api::observe::ObserveLayer;
 use crate::api::provider::GrpcClaimSource;
@@ -192,18 +193,12 @@ pub async fn serve_with_reload(
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .add_service(SessionServiceServer::with_interceptor(
-            SessionApi::new(manager.clone()),
-            api_keys.interceptor(),
-        ))
-        .add_service(JwtServiceServer::with_interceptor(
-            JwtApi::new(jwt.clone()),
-            api_keys.interceptor(),
-        ))
-        .add_service(AdminServiceServer::with_interceptor(
-            AdminApi::new(keys.clone(), store.clone()),
-            api_keys.interceptor(),
-        ));
+        .add_service(SessionServiceServer::new(SessionApi::new(manager.clone())))
+        .add_service(JwtServiceServer::new(JwtApi::new(jwt.clone())))
+        .add_service(AdminServiceServer::new(AdminApi::new(
+            keys.clone(),
+            store.clone(),
+        )));
     let buckets = Arc::new(Buckets::new(store.clone(), config.max_bucket_bytes));
     let client_secrets = ClientSecrets::new(&config.client_secrets);
     routes.add_service(UserSessionServiceServer::new(UserSessionApi::new(
@@ -217,6 +212,7 @@ pub async fn serve_with_reload(
     let router = routes
         .routes()
         .into_axum_router()
+        .layer(AuthLayer::new(api_keys.clone()))
         .layer(ObserveLayer::new(metrics.clone()))
         .layer(tonic_web::GrpcWebLayer::new())
         .merge(crate::http::router(jwt, metrics.clone()))

@@ -16,13 +16,14 @@ pub mod provider;
 pub mod session;
 pub mod user_session;
 
-use crate::reload::Live;
+pub mod auth;
 
-use tonic::{Request, Status};
+use tonic::Status;
 
-use crate::config::Secret;
+use crate::config::{ApiKey, KeySecret, Scope};
 use crate::error::Reason;
-use crate::token::{ct_eq, sha256_hex};
+use crate::reload::Live;
+use crate::token::ct_eq;
 
 /// Adds the tenant to the current request's span (see `observe`).
 pub fn record_tenant(tenant_id: &str) {
@@ -32,79 +33,102 @@ pub fn record_tenant(tenant_id: &str) {
 /// Metadata key backend callers put their API key in.
 pub const API_KEY_HEADER: &str = "x-api-key";
 
+/// Who a valid API key says the caller is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyIdentity {
+    /// The key's configured name.
+    pub name: String,
+    /// What it may call.
+    pub scope: Scope,
+}
+
+#[derive(Clone)]
+struct KeyEntry {
+    name: String,
+    scope: Scope,
+    hash: [u8; 32],
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    digest.as_ref().try_into().expect("SHA-256 is 32 bytes")
+}
+
 /// The configured API keys, held as SHA-256 hashes and compared in constant
-/// time. With no keys configured every call is allowed (the server then
-/// listens on loopback only).
+/// time; replaceable at run time (SIGHUP). With no keys configured every call
+/// is allowed (the server then listens on loopback only).
 #[derive(Clone)]
 pub struct ApiKeys {
-    hashes: Live<Vec<String>>,
+    entries: Live<Vec<KeyEntry>>,
 }
 
 impl std::fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ApiKeys({} configured)", self.hashes.get().len())
+        write!(f, "ApiKeys({} configured)", self.entries.get().len())
     }
 }
 
 impl ApiKeys {
-    /// Hashes the configured keys.
-    pub fn new(keys: &[Secret]) -> Self {
+    /// The configured keys.
+    pub fn new(keys: &[ApiKey]) -> Self {
         Self {
-            hashes: Live::new(Self::hash(keys)),
+            entries: Live::new(Self::entries(keys)),
         }
     }
 
-    fn hash(keys: &[Secret]) -> Vec<String> {
+    fn entries(keys: &[ApiKey]) -> Vec<KeyEntry> {
         keys.iter()
-            .map(|k| sha256_hex(k.expose().as_bytes()))
+            .map(|k| KeyEntry {
+                name: k.name.clone(),
+                scope: k.scope,
+                hash: match &k.secret {
+                    KeySecret::Plain(secret) => sha256(secret.expose().as_bytes()),
+                    KeySecret::Sha256(hash) => *hash,
+                },
+            })
             .collect()
     }
 
     /// Replaces the keys (configuration reload); calls in flight finish
     /// with the keys they were checked against.
-    pub fn replace(&self, keys: &[Secret]) {
-        self.hashes.set(Self::hash(keys));
+    pub fn replace(&self, keys: &[ApiKey]) {
+        self.entries.set(Self::entries(keys));
     }
 
     /// True when no key is configured (loopback-only operation).
     pub fn is_open(&self) -> bool {
-        self.hashes.get().is_empty()
+        self.entries.get().is_empty()
     }
 
-    /// Admits the request when it carries a configured key.
-    pub fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let hashes = self.hashes.get();
-        if hashes.is_empty() {
-            return Ok(());
-        }
-        let missing = |message: &str| {
-            error::status(
-                Reason::MissingCredentials,
-                message,
-                Default::default(),
-                None,
-            )
+    /// The key the caller presents in `x-api-key`: `Ok(None)` when there is
+    /// none, an UNAUTHENTICATED status when it is not a configured key.
+    pub fn identify(&self, headers: &http::HeaderMap) -> Result<Option<KeyIdentity>, Status> {
+        let Some(value) = headers.get(API_KEY_HEADER) else {
+            return Ok(None);
         };
-        let Some(value) = req.metadata().get(API_KEY_HEADER) else {
-            return Err(missing("this call needs an x-api-key"));
-        };
-        let presented = sha256_hex(value.as_bytes());
+        let presented = sha256(value.as_bytes());
         // Compare against every key, without stopping at the first match.
-        let matched = hashes.iter().fold(false, |acc, h| {
-            acc | ct_eq(h.as_bytes(), presented.as_bytes())
-        });
-        if matched {
-            Ok(())
-        } else {
-            Err(missing("the x-api-key is not a valid API key"))
+        let mut found = None;
+        for entry in self.entries.get().iter() {
+            if ct_eq(&entry.hash, &presented) {
+                found = Some(KeyIdentity {
+                    name: entry.name.clone(),
+                    scope: entry.scope,
+                });
+            }
         }
+        found
+            .map(Some)
+            .ok_or_else(|| missing_key("the x-api-key is not a valid API key"))
     }
+}
 
-    /// The key check as a tonic interceptor.
-    pub fn interceptor(
-        &self,
-    ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + use<> {
-        let keys = self.clone();
-        move |req| keys.check(&req).map(|()| req)
-    }
+/// UNAUTHENTICATED with reason MISSING_CREDENTIALS.
+pub fn missing_key(message: &str) -> Status {
+    error::status(
+        Reason::MissingCredentials,
+        message,
+        Default::default(),
+        None,
+    )
 }

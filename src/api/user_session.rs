@@ -21,7 +21,7 @@ use super::ApiKeys;
 use super::convert::{json_to_struct, opt_struct};
 use super::error::{invalid, status};
 use crate::buckets::{Bucket, Buckets, UserBuckets};
-use crate::config::Secret;
+use crate::config::{Scope, Secret};
 use crate::error::Reason;
 use crate::pb;
 use crate::pb::user_session_service_server::UserSessionService;
@@ -162,10 +162,23 @@ impl UserSessionApi {
             })
         };
 
-        if metadata.contains_key(super::API_KEY_HEADER)
-            || (self.api_keys.is_open() && token.is_none())
-        {
-            self.api_keys.check(req)?;
+        // A valid x-api-key was checked by the auth layer, which attached
+        // its identity; with no key configured, a call without a token is a
+        // backend's (the server is on loopback only).
+        if let Some(key) = req.extensions().get::<super::KeyIdentity>() {
+            if key.scope < Scope::Backend {
+                return Err(denied(&format!(
+                    "the API key `{}` has scope {}; bucket calls need scope backend",
+                    key.name,
+                    key.scope.as_str()
+                )));
+            }
+            return named(true);
+        }
+        if metadata.contains_key(super::API_KEY_HEADER) {
+            return Err(super::missing_key("the x-api-key is not a valid API key"));
+        }
+        if self.api_keys.is_open() && token.is_none() {
             return named(true);
         }
         if let Some(token) = token {

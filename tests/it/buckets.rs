@@ -184,7 +184,10 @@ async fn the_private_bucket_needs_the_tenant_secret_or_a_backend_key() {
 
 #[tokio::test]
 async fn backend_api_keys_reach_any_user_and_tokens_only_their_own() {
-    let server = TestServer::start_with(|c| c.api_keys = vec![Secret::new(API_KEY)]).await;
+    let server = TestServer::start_with(|c| {
+        c.api_keys = vec![sessiond::config::ApiKey::admin("test", API_KEY)]
+    })
+    .await;
     let mut c = server.sessions().await;
     let ann = c
         .create_new_session(with_metadata(

@@ -18,8 +18,8 @@ fn with_key<T>(msg: T, key: &str) -> tonic::Request<T> {
 async fn api_keys_guard_session_and_jwt_services() {
     let server = TestServer::start_with(|c| {
         c.api_keys = vec![
-            sessiond::config::Secret::new(API_KEY),
-            sessiond::config::Secret::new("second-key-abcdefghijkl"),
+            sessiond::config::ApiKey::admin("first", API_KEY),
+            sessiond::config::ApiKey::admin("second", "second-key-abcdefghijkl"),
         ]
     })
     .await;
@@ -193,4 +193,112 @@ async fn without_keys_serve_refuses_a_non_loopback_listener() {
     .await
     .expect_err("an unprotected server on a public address");
     assert!(err.to_string().contains("only on loopback"), "{err}");
+}
+
+#[tokio::test]
+async fn scoped_keys_reach_only_their_scope() {
+    use aws_lc_rs::digest::{SHA256, digest};
+    use sessiond::config::ApiKey;
+    const ADMIN: &str = "admin-key-0123456789abcdef";
+    const BACKEND: &str = "backend-key-0123456789abcdef";
+    const VERIFY: &str = "verify-key-0123456789abcdef";
+    let backend_hash: String = digest(&SHA256, BACKEND.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let server = TestServer::start_with(|c| {
+        c.api_keys = vec![
+            ApiKey::admin("ops", ADMIN),
+            // Configured by hash: the key itself is not in the configuration.
+            ApiKey::parse(&format!("app:backend:sha256:{backend_hash}"), 1).unwrap(),
+            ApiKey::parse(&format!("sidecar:verify:{VERIFY}"), 2).unwrap(),
+        ]
+    })
+    .await;
+    let mut c = server.sessions().await;
+    let mut j = server.jwts().await;
+    let mut admin =
+        sessiond::pb::admin_service_client::AdminServiceClient::new(server.channel().await);
+    let new = || pb::CreateNewSessionRequest {
+        user_id: "u".into(),
+        ..Default::default()
+    };
+
+    let created = c
+        .create_new_session(with_key(new(), BACKEND))
+        .await
+        .unwrap()
+        .into_inner();
+    let token = created.access_token.unwrap().token;
+    let get = || pb::GetSessionRequest {
+        access_token: token.clone(),
+        check_database: true,
+        ..Default::default()
+    };
+
+    // verify: the verifying calls only.
+    c.get_session(with_key(get(), VERIFY)).await.unwrap();
+    j.get_jwks(with_key(pb::GetJwksRequest {}, VERIFY))
+        .await
+        .unwrap();
+    let s = assert_status(
+        c.create_new_session(with_key(new(), VERIFY)).await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    assert!(
+        s.message().contains("`sidecar` has scope verify")
+            && s.message().contains("needs scope backend"),
+        "{}",
+        s.message()
+    );
+    let details = tonic_types::StatusExt::get_error_details(&s);
+    assert_eq!(
+        details.error_info().unwrap().metadata["required_scope"],
+        "backend"
+    );
+    assert!(!s.message().contains(VERIFY));
+    assert_status(
+        server
+            .buckets()
+            .await
+            .get_user_session(with_key(
+                pb::GetUserSessionRequest {
+                    bucket: pb::Bucket::Public as i32,
+                    user_id: "u".into(),
+                    ..Default::default()
+                },
+                VERIFY,
+            ))
+            .await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+
+    // backend: sessions and JWTs, not key rotation or admin calls.
+    c.get_session(with_key(get(), BACKEND)).await.unwrap();
+    assert_status(
+        j.rotate_signing_key(with_key(pb::RotateSigningKeyRequest {}, BACKEND))
+            .await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    assert_status(
+        admin
+            .list_signing_keys(with_key(pb::ListSigningKeysRequest {}, BACKEND))
+            .await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+
+    // admin: everything.
+    j.rotate_signing_key(with_key(pb::RotateSigningKeyRequest {}, ADMIN))
+        .await
+        .unwrap();
+    admin
+        .list_signing_keys(with_key(pb::ListSigningKeysRequest {}, ADMIN))
+        .await
+        .unwrap();
+    c.create_new_session(with_key(new(), ADMIN)).await.unwrap();
 }

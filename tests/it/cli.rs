@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sessiond::config::Secret;
 use sessiond::pb;
 
 use crate::helpers::*;
@@ -42,7 +41,8 @@ fn args(words: &[&str], server: &TestServer, key: Option<&str>) -> Vec<String> {
 }
 
 async fn keyed_server() -> TestServer {
-    TestServer::start_with(|c| c.api_keys = vec![Secret::new(API_KEY)]).await
+    TestServer::start_with(|c| c.api_keys = vec![sessiond::config::ApiKey::admin("test", API_KEY)])
+        .await
 }
 
 async fn keyed_session(server: &TestServer, user: &str) -> pb::CreateNewSessionResponse {
