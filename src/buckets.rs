@@ -79,13 +79,13 @@ pub fn check_identifier(field: &str, identifier: &str) -> Result<()> {
 /// The bucket rules over a store.
 pub struct Buckets {
     store: Arc<dyn SessionStore>,
-    max_bytes: usize,
+    limits: payload::JsonLimits,
 }
 
 impl std::fmt::Debug for Buckets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Buckets")
-            .field("max_bytes", &self.max_bytes)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -100,9 +100,9 @@ fn view(user_id: &str, data: UserData, with_private: bool) -> UserBuckets {
 }
 
 impl Buckets {
-    /// Buckets capped at `max_bytes` of JSON each.
-    pub fn new(store: Arc<dyn SessionStore>, max_bytes: usize) -> Self {
-        Self { store, max_bytes }
+    /// Buckets capped at `limits` each.
+    pub fn new(store: Arc<dyn SessionStore>, limits: payload::JsonLimits) -> Self {
+        Self { store, limits }
     }
 
     fn scope(user_id: &str, tenant_id: &str) -> Result<String> {
@@ -132,7 +132,7 @@ impl Buckets {
             check_identifier("user_identifier", id)?;
         }
         let patch = Value::Object(patch);
-        let max = self.max_bytes;
+        let max = self.limits;
         let mut refused = None;
         let stored = self
             .store

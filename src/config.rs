@@ -301,6 +301,30 @@ pub struct ServeArgs {
     /// Largest public or private bucket, in bytes of JSON [default: 64KiB].
     #[arg(long, env = "SESSIOND_MAX_BUCKET_SIZE", value_name = "BYTES")]
     pub max_bucket_size: Option<String>,
+    /// Largest gRPC request message, decoded [default: 4MiB].
+    #[arg(long, env = "SESSIOND_MAX_MESSAGE_SIZE", value_name = "BYTES")]
+    pub max_message_size: Option<String>,
+    /// Deepest nesting of JSON objects and arrays in payloads and buckets [default: 32].
+    #[arg(long, env = "SESSIOND_MAX_JSON_DEPTH", value_name = "N")]
+    pub max_json_depth: Option<String>,
+    /// Most session handles in one RevokeMultipleSessions call [default: 1000].
+    #[arg(long, env = "SESSIOND_MAX_HANDLES_PER_CALL", value_name = "N")]
+    pub max_handles_per_call: Option<String>,
+    /// Calls served at once; more are refused with RESOURCE_EXHAUSTED [default: 1024].
+    #[arg(long, env = "SESSIOND_MAX_CONCURRENT_REQUESTS", value_name = "N")]
+    pub max_concurrent_requests: Option<String>,
+    /// HTTP/2 streams one connection may have open [default: 256].
+    #[arg(long, env = "SESSIOND_MAX_CONCURRENT_STREAMS", value_name = "N")]
+    pub max_concurrent_streams: Option<String>,
+    /// Largest HTTP/2 header list a client may send [default: 16KiB].
+    #[arg(long, env = "SESSIOND_MAX_HEADER_LIST_SIZE", value_name = "BYTES")]
+    pub max_header_list_size: Option<String>,
+    /// Longest a call may run before DEADLINE_EXCEEDED (or the client's grpc-timeout, if shorter) [default: 30s].
+    #[arg(long, env = "SESSIOND_REQUEST_TIMEOUT", value_name = "DUR")]
+    pub request_timeout: Option<String>,
+    /// Close connections on which the client sends nothing for this long [default: 10m].
+    #[arg(long, env = "SESSIOND_IDLE_TIMEOUT", value_name = "DUR")]
+    pub idle_timeout: Option<String>,
 }
 
 /// The optional configuration file; keys are the flag names with underscores.
@@ -331,6 +355,79 @@ struct FileConfig {
     #[serde(default)]
     cors_origins: Vec<String>,
     max_bucket_size: Option<FileSize>,
+    max_message_size: Option<FileSize>,
+    max_json_depth: Option<u64>,
+    max_handles_per_call: Option<u64>,
+    max_concurrent_requests: Option<u64>,
+    max_concurrent_streams: Option<u64>,
+    max_header_list_size: Option<FileSize>,
+    request_timeout: Option<String>,
+    idle_timeout: Option<String>,
+}
+
+/// Limits on what callers may ask of the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest decoded gRPC request, bytes.
+    pub max_message_bytes: usize,
+    /// Deepest JSON nesting in payloads and buckets.
+    pub max_json_depth: usize,
+    /// Most handles per RevokeMultipleSessions call.
+    pub max_handles_per_call: usize,
+    /// Calls served at once.
+    pub max_concurrent_requests: usize,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Largest HTTP/2 header list, bytes.
+    pub max_header_list_bytes: u32,
+    /// Longest a call may run.
+    pub request_timeout: Duration,
+    /// Longest a client may stay silent on a connection.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 4 * 1024 * 1024,
+            max_json_depth: 32,
+            max_handles_per_call: 1000,
+            max_concurrent_requests: 1024,
+            max_concurrent_streams: 256,
+            max_header_list_bytes: 16 * 1024,
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+fn size_setting(
+    setting: &'static str,
+    arg: &Option<String>,
+    file: Option<FileSize>,
+) -> Result<Option<u64>, ConfigError> {
+    let parsed = match (arg, file) {
+        (Some(v), _) => parse_size(v),
+        (None, Some(FileSize::Bytes(n))) => Ok(n),
+        (None, Some(FileSize::Text(v))) => parse_size(&v),
+        (None, None) => return Ok(None),
+    };
+    parsed.map(Some).map_err(|m| bad(setting, m))
+}
+
+fn count_setting(
+    setting: &'static str,
+    arg: &Option<String>,
+    file: Option<u64>,
+) -> Result<Option<u64>, ConfigError> {
+    match (arg, file) {
+        (Some(v), _) => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| bad(setting, format!("`{v}` is not a whole number"))),
+        (None, n) => Ok(n),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -400,6 +497,8 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// Largest bucket, bytes of JSON.
     pub max_bucket_bytes: usize,
+    /// Limits on calls and connections.
+    pub limits: Limits,
 }
 
 /// Bounds on the refresh grace period (SuperTokens allows 0 to 300 s).
@@ -429,6 +528,7 @@ impl Config {
             client_secrets: Vec::new(),
             cors_origins: Vec::new(),
             max_bucket_bytes: 64 * 1024,
+            limits: Limits::default(),
         }
     }
 
@@ -580,15 +680,65 @@ impl Config {
         } else {
             args.cors_origins.clone()
         };
-        let bucket_size = match (&args.max_bucket_size, file.max_bucket_size) {
-            (Some(v), _) => Some(parse_size(v)),
-            (None, Some(FileSize::Bytes(n))) => Some(Ok(n)),
-            (None, Some(FileSize::Text(v))) => Some(parse_size(&v)),
-            (None, None) => None,
-        };
-        if let Some(size) = bucket_size {
-            c.max_bucket_bytes = size.map_err(|m| bad("max-bucket-size", m))? as usize;
+        if let Some(n) = size_setting(
+            "max-bucket-size",
+            &args.max_bucket_size,
+            file.max_bucket_size,
+        )? {
+            c.max_bucket_bytes = n as usize;
         }
+        let l = &mut c.limits;
+        if let Some(n) = size_setting(
+            "max-message-size",
+            &args.max_message_size,
+            file.max_message_size,
+        )? {
+            l.max_message_bytes = n as usize;
+        }
+        if let Some(n) = count_setting("max-json-depth", &args.max_json_depth, file.max_json_depth)?
+        {
+            l.max_json_depth = n as usize;
+        }
+        if let Some(n) = count_setting(
+            "max-handles-per-call",
+            &args.max_handles_per_call,
+            file.max_handles_per_call,
+        )? {
+            l.max_handles_per_call = n as usize;
+        }
+        if let Some(n) = count_setting(
+            "max-concurrent-requests",
+            &args.max_concurrent_requests,
+            file.max_concurrent_requests,
+        )? {
+            l.max_concurrent_requests = n as usize;
+        }
+        if let Some(n) = count_setting(
+            "max-concurrent-streams",
+            &args.max_concurrent_streams,
+            file.max_concurrent_streams,
+        )? {
+            l.max_concurrent_streams = u32::try_from(n).unwrap_or(u32::MAX);
+        }
+        if let Some(n) = size_setting(
+            "max-header-list-size",
+            &args.max_header_list_size,
+            file.max_header_list_size,
+        )? {
+            l.max_header_list_bytes = u32::try_from(n).unwrap_or(u32::MAX);
+        }
+        dur(
+            "request-timeout",
+            &args.request_timeout,
+            file.request_timeout,
+            &mut c.limits.request_timeout,
+        )?;
+        dur(
+            "idle-timeout",
+            &args.idle_timeout,
+            file.idle_timeout,
+            &mut c.limits.idle_timeout,
+        )?;
         c.validate()?;
         Ok(c)
     }
@@ -745,6 +895,41 @@ impl Config {
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.max_bucket_bytes) {
             return Err(bad("max-bucket-size", "must be between 1KiB and 16MiB"));
+        }
+        let l = &self.limits;
+        let largest_json = self.max_bucket_bytes.max(self.max_payload_bytes);
+        if l.max_message_bytes < largest_json + 4096 || l.max_message_bytes > 64 * 1024 * 1024 {
+            return Err(bad(
+                "max-message-size",
+                "must be at most 64MiB and leave room for the largest payload or bucket (plus 4KiB)",
+            ));
+        }
+        if !(2..=128).contains(&l.max_json_depth) {
+            return Err(bad("max-json-depth", "must be between 2 and 128"));
+        }
+        if !(1..=100_000).contains(&l.max_handles_per_call) {
+            return Err(bad("max-handles-per-call", "must be between 1 and 100000"));
+        }
+        if !(1..=1_000_000).contains(&l.max_concurrent_requests) {
+            return Err(bad(
+                "max-concurrent-requests",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if !(1..=100_000).contains(&l.max_concurrent_streams) {
+            return Err(bad(
+                "max-concurrent-streams",
+                "must be between 1 and 100000",
+            ));
+        }
+        if !(1024..=1024 * 1024).contains(&l.max_header_list_bytes) {
+            return Err(bad("max-header-list-size", "must be between 1KiB and 1MiB"));
+        }
+        if l.request_timeout < Duration::from_millis(100) {
+            return Err(bad("request-timeout", "must be at least 100ms"));
+        }
+        if l.idle_timeout < secs(1) {
+            return Err(bad("idle-timeout", "must be at least 1s"));
         }
         Ok(())
     }

@@ -7,6 +7,10 @@
 //! is therefore wrapped in a [`Conn`] whose reads and writes fail once
 //! [`Connections::cut_all`] is called at the end of the drain timeout, which
 //! ends those tasks.
+//!
+//! A connection on which the client sends nothing for the idle timeout is
+//! closed the same way (bytes the server sends do not count: a client that
+//! stopped reading is idle too).
 
 use std::future::Future;
 use std::io;
@@ -16,6 +20,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::{Duration, Instant, Sleep};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// Hands out cuttable connections.
@@ -38,14 +43,17 @@ impl Connections {
         }
     }
 
-    /// Wraps an accepted stream.
-    pub fn track(&self, stream: TcpStream) -> Conn {
+    /// Wraps an accepted stream, to be closed after `idle` without input.
+    pub fn track(&self, stream: TcpStream, idle: Duration) -> Conn {
         let mut cut = self.cut.subscribe();
         Conn {
             inner: stream,
             cut: Some(Box::pin(async move {
                 let _ = cut.wait_for(|cut| *cut).await;
             })),
+            idle,
+            idle_deadline: Box::pin(tokio::time::sleep(idle)),
+            last_input: Instant::now(),
         }
     }
 
@@ -62,6 +70,10 @@ pub struct Conn {
     inner: TcpStream,
     /// `None` once the cut happened.
     cut: Option<CutSignal>,
+    idle: Duration,
+    idle_deadline: Pin<Box<Sleep>>,
+    /// When the deadline was last pushed back (at most once a second).
+    last_input: Instant,
 }
 
 impl std::fmt::Debug for Conn {
@@ -73,8 +85,12 @@ impl std::fmt::Debug for Conn {
 }
 
 impl Conn {
-    /// Registers the waker on the cut signal; true once cut.
+    /// Registers the waker on the cut signal and the idle deadline; true
+    /// once either ended the connection.
     fn is_cut(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.idle_deadline.as_mut().poll(cx).is_ready() {
+            self.cut = None;
+        }
         match &mut self.cut {
             None => true,
             Some(signal) => {
@@ -87,12 +103,20 @@ impl Conn {
             }
         }
     }
+
+    fn saw_input(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.last_input) >= Duration::from_secs(1) {
+            self.last_input = now;
+            self.idle_deadline.as_mut().reset(now + self.idle);
+        }
+    }
 }
 
 fn aborted() -> io::Error {
     io::Error::new(
         io::ErrorKind::ConnectionAborted,
-        "the server's drain timeout ended the connection",
+        "the connection was idle too long, or outlived the server's drain timeout",
     )
 }
 
@@ -105,7 +129,12 @@ impl AsyncRead for Conn {
         if self.is_cut(cx) {
             return Poll::Ready(Err(aborted()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.saw_input();
+        }
+        polled
     }
 }
 

@@ -35,6 +35,10 @@ pub enum Reason {
     ClaimProviderUnavailable,
     /// No claim provider is configured for a claim key.
     NoClaimProvider,
+    /// Too many calls at once; retry with backoff.
+    Overloaded,
+    /// The call ran past its deadline.
+    Timeout,
     /// A failure inside sessiond; never caused by input.
     Internal,
 }
@@ -54,6 +58,8 @@ impl Reason {
             Self::PermissionDenied => "PERMISSION_DENIED",
             Self::ClaimProviderUnavailable => "CLAIM_PROVIDER_UNAVAILABLE",
             Self::NoClaimProvider => "NO_CLAIM_PROVIDER",
+            Self::Overloaded => "OVERLOADED",
+            Self::Timeout => "TIMEOUT",
             Self::Internal => "INTERNAL",
         }
     }
@@ -71,6 +77,8 @@ impl Reason {
             Self::ProtectedClaim | Self::InvalidArgument => Code::InvalidArgument,
             Self::ClaimProviderUnavailable => Code::Unavailable,
             Self::NoClaimProvider => Code::FailedPrecondition,
+            Self::Overloaded => Code::ResourceExhausted,
+            Self::Timeout => Code::DeadlineExceeded,
             Self::Internal => Code::Internal,
         }
     }

@@ -45,7 +45,7 @@ pub struct JwtIssuer {
     keys: Arc<KeyRing>,
     clock: SharedClock,
     issuer: String,
-    max_payload_bytes: usize,
+    limits: payload::JsonLimits,
 }
 
 impl JwtIssuer {
@@ -54,13 +54,13 @@ impl JwtIssuer {
         keys: Arc<KeyRing>,
         clock: SharedClock,
         issuer: String,
-        max_payload_bytes: usize,
+        limits: payload::JsonLimits,
     ) -> Self {
         Self {
             keys,
             clock,
             issuer,
-            max_payload_bytes,
+            limits,
         }
     }
 
@@ -77,7 +77,7 @@ impl JwtIssuer {
                 claim: claim.clone(),
             });
         }
-        payload::limit_size("payload", &claims, self.max_payload_bytes)?;
+        payload::limit_size("payload", &claims, self.limits)?;
         let validity = validity_ms.unwrap_or(DEFAULT_VALIDITY_MS);
         if validity < 1000 {
             return Err(Error::invalid("validity", "must be at least 1s"));

@@ -16,7 +16,7 @@
 //! - [`error`]: the domain error and the table of error reasons.
 //! - [`api`]: gRPC services, caller authentication, protobuf conversions.
 //! - [`http`]: plain HTTP routes on the same port (JWKS, discovery, metrics).
-//! - [`metrics`]: Prometheus metrics.
+//! - [`metrics`]: Prometheus metrics; [`logging`]: the log subscriber and its cap.
 //! - [`server`]: wiring and lifecycle ([`serve`]); [`connections`]: the
 //!   cuttable connections behind the bounded drain.
 
@@ -32,6 +32,7 @@ pub mod error;
 pub mod http;
 pub mod ids;
 pub mod jwt;
+pub mod logging;
 pub mod metrics;
 pub mod reload;
 pub mod server;

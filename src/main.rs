@@ -8,11 +8,9 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use sessiond::SystemClock;
 use sessiond::cli::{self, Connection, KeysCommand, SessionsCommand, TokenCommand};
-use sessiond::config::{Config, LogFormat, ServeArgs};
+use sessiond::config::{Config, ServeArgs};
+use sessiond::logging::FilterHandle;
 use tokio::sync::mpsc::UnboundedSender;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -120,7 +118,7 @@ async fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let log_filter = init_logging(&config);
+    let log_filter = sessiond::logging::init(&config);
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -148,37 +146,6 @@ async fn run(args: ServeArgs) -> ExitCode {
     }
 }
 
-type FilterHandle = reload::Handle<EnvFilter, Registry>;
-
-fn filter(config: &Config) -> EnvFilter {
-    EnvFilter::new(format!(
-        "{},{}=info",
-        config.log,
-        sessiond::server::LIFECYCLE_TARGET
-    ))
-}
-
-/// Logging to stderr, text or JSON; the returned handle changes the filter.
-fn init_logging(config: &Config) -> FilterHandle {
-    let (filter_layer, handle) = reload::Layer::new(filter(config));
-    let output = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let output = match config.log_format {
-        LogFormat::Text => output
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .boxed(),
-        LogFormat::Json => output
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .boxed(),
-    };
-    tracing_subscriber::registry()
-        .with(filter_layer)
-        .with(output)
-        .init();
-    handle
-}
-
 /// On SIGHUP, reads the configuration again (the file may have changed) and
 /// applies the log filter here and the API keys, client secrets and CORS
 /// origins in the server. A configuration that does not validate is refused
@@ -197,7 +164,7 @@ async fn reload_on_sighup(
         while hangups.recv().await.is_some() {
             match Config::resolve(&args) {
                 Ok(config) => {
-                    if let Err(e) = log_filter.reload(filter(&config)) {
+                    if let Err(e) = log_filter.reload(sessiond::logging::filter(&config)) {
                         tracing::error!("cannot change the log filter: {e}");
                     }
                     if server.send(config).is_err() {

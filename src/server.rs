@@ -19,6 +19,7 @@ use tonic_health::ServingStatus;
 use crate::api::ApiKeys;
 use crate::api::admin::AdminApi;
 use crate::api::auth::AuthLayer;
+use crate::api::guard::GuardLayer;
 use crate::api::jwt::JwtApi;
 use crate::api::observe::ObserveLayer;
 use crate::api::provider::GrpcClaimSource;
@@ -35,6 +36,7 @@ use crate::pb::jwt_service_server::JwtServiceServer;
 use crate::pb::session_service_server::SessionServiceServer;
 use crate::pb::user_session_service_server::UserSessionServiceServer;
 use crate::reload::Live;
+use crate::session::payload::JsonLimits;
 use crate::session::{SessionConfig, SessionManager};
 use crate::store::FlushObserver;
 use crate::store::{SessionStore, SledStore, StoreError};
@@ -160,7 +162,11 @@ pub async fn serve_with_reload(
                 access_lifetime_ms: config.access_token_lifetime.as_millis() as u64,
                 refresh_lifetime_ms: config.refresh_token_lifetime.as_millis() as u64,
                 grace_ms: config.refresh_grace_period.as_millis() as u64,
-                max_payload_bytes: config.max_payload_bytes,
+                payload_limits: JsonLimits {
+                    bytes: config.max_payload_bytes,
+                    depth: config.limits.max_json_depth,
+                },
+                max_handles_per_call: config.limits.max_handles_per_call,
                 issuer: issuer.clone(),
             },
             metrics.clone(),
@@ -171,7 +177,10 @@ pub async fn serve_with_reload(
         keys.clone(),
         clock.clone(),
         issuer,
-        config.max_payload_bytes,
+        JsonLimits {
+            bytes: config.max_payload_bytes,
+            depth: config.limits.max_json_depth,
+        },
     ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -188,31 +197,51 @@ pub async fn serve_with_reload(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let api_keys = ApiKeys::new(&config.api_keys);
+    let limits = config.limits.clone();
+    let max_message = limits.max_message_bytes;
     let mut routes = Routes::builder();
     routes
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .add_service(SessionServiceServer::new(SessionApi::new(manager.clone())))
-        .add_service(JwtServiceServer::new(JwtApi::new(jwt.clone())))
-        .add_service(AdminServiceServer::new(AdminApi::new(
-            keys.clone(),
-            store.clone(),
-        )));
-    let buckets = Arc::new(Buckets::new(store.clone(), config.max_bucket_bytes));
+        .add_service(
+            SessionServiceServer::new(SessionApi::new(manager.clone()))
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            JwtServiceServer::new(JwtApi::new(jwt.clone())).max_decoding_message_size(max_message),
+        )
+        .add_service(
+            AdminServiceServer::new(AdminApi::new(keys.clone(), store.clone()))
+                .max_decoding_message_size(max_message),
+        );
+    let buckets = Arc::new(Buckets::new(
+        store.clone(),
+        JsonLimits {
+            bytes: config.max_bucket_bytes,
+            depth: config.limits.max_json_depth,
+        },
+    ));
     let client_secrets = ClientSecrets::new(&config.client_secrets);
-    routes.add_service(UserSessionServiceServer::new(UserSessionApi::new(
-        manager.clone(),
-        buckets,
-        api_keys.clone(),
-        client_secrets.clone(),
-    )));
+    routes.add_service(
+        UserSessionServiceServer::new(UserSessionApi::new(
+            manager.clone(),
+            buckets,
+            api_keys.clone(),
+            client_secrets.clone(),
+        ))
+        .max_decoding_message_size(max_message),
+    );
     // gRPC-Web wraps the gRPC routes only: it answers 400 to plain HTTP,
     // which must keep reaching the JWKS and discovery routes.
     let router = routes
         .routes()
         .into_axum_router()
         .layer(AuthLayer::new(api_keys.clone()))
+        .layer(GuardLayer::new(
+            limits.max_concurrent_requests,
+            limits.request_timeout,
+        ))
         .layer(ObserveLayer::new(metrics.clone()))
         .layer(tonic_web::GrpcWebLayer::new())
         .merge(crate::http::router(jwt, metrics.clone()))
@@ -236,12 +265,15 @@ pub async fn serve_with_reload(
     let connections = Arc::new(Connections::new());
     let incoming = {
         let connections = connections.clone();
+        let idle = limits.idle_timeout;
         TcpListenerStream::new(listener)
-            .map(move |accepted| accepted.map(|stream| connections.track(stream)))
+            .map(move |accepted| accepted.map(|stream| connections.track(stream, idle)))
     };
     let server = Server::builder()
         .accept_http1(true)
         .tcp_nodelay(true)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_header_list_size(limits.max_header_list_bytes)
         .add_routes(Routes::from(router))
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;

@@ -10,6 +10,7 @@ pub mod claims;
 pub mod codec;
 pub mod convert;
 pub mod error;
+pub mod guard;
 pub mod jwt;
 pub mod observe;
 pub mod provider;

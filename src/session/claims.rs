@@ -84,7 +84,7 @@ impl SessionManager {
         handle: &str,
         updates: &Map<String, Value>,
     ) -> Result<()> {
-        let max = self.config.max_payload_bytes;
+        let max = self.config.payload_limits;
         self.edit(handle, &mut |r| {
             for (k, v) in updates {
                 r.access_payload.insert(k.clone(), v.clone());

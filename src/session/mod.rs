@@ -30,9 +30,6 @@ use crate::token::keys::{KeyRing, SigningKey};
 use crate::token::refresh::{self, RefreshTokens};
 use crate::token::{TokenError, ct_eq, random_bytes, random_token, sha256_hex};
 
-/// Most handles one bulk call may name.
-pub const MAX_HANDLES_PER_CALL: usize = 1000;
-
 /// Settings of the session rules.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -42,8 +39,10 @@ pub struct SessionConfig {
     pub refresh_lifetime_ms: u64,
     /// Refresh grace period, ms.
     pub grace_ms: u64,
-    /// Largest JSON payload, bytes.
-    pub max_payload_bytes: usize,
+    /// Size and depth limits of payloads and session data.
+    pub payload_limits: payload::JsonLimits,
+    /// Most handles per RevokeMultipleSessions call.
+    pub max_handles_per_call: usize,
     /// `iss` of access tokens.
     pub issuer: String,
 }
@@ -300,7 +299,7 @@ impl SessionManager {
 
     fn check_payload(&self, field: &str, payload: &Map<String, Value>) -> Result<()> {
         payload::refuse_reserved(field, payload)?;
-        payload::limit_size(field, payload, self.config.max_payload_bytes)
+        payload::limit_size(field, payload, self.config.payload_limits)
     }
 
     /// CreateNewSession.
@@ -311,7 +310,7 @@ impl SessionManager {
         payload::limit_size(
             "session_data_in_database",
             &new.data,
-            self.config.max_payload_bytes,
+            self.config.payload_limits,
         )?;
         if let Some(id) = &new.user_identifier {
             crate::buckets::check_identifier("user_identifier", id)?;
@@ -559,10 +558,13 @@ impl SessionManager {
 
     /// RevokeMultipleSessions.
     pub async fn revoke_many(&self, handles: &[String]) -> Result<Vec<String>> {
-        if handles.len() > MAX_HANDLES_PER_CALL {
+        if handles.len() > self.config.max_handles_per_call {
             return Err(Error::invalid(
                 "session_handles",
-                format!("at most {MAX_HANDLES_PER_CALL} handles per call"),
+                format!(
+                    "at most {} handles per call",
+                    self.config.max_handles_per_call
+                ),
             ));
         }
         let parsed = handles
@@ -689,7 +691,7 @@ impl SessionManager {
 
     /// UpdateSessionDataInDatabase: overwrites the data.
     pub async fn update_data(&self, handle: &str, data: Map<String, Value>) -> Result<()> {
-        payload::limit_size("new_session_data", &data, self.config.max_payload_bytes)?;
+        payload::limit_size("new_session_data", &data, self.config.payload_limits)?;
         self.edit(handle, &mut |r| {
             r.data = data.clone();
             Ok(())
@@ -701,7 +703,7 @@ impl SessionManager {
     pub async fn merge_payload(&self, handle: &str, update: Map<String, Value>) -> Result<()> {
         const FIELD: &str = "access_token_payload_update";
         payload::refuse_reserved(FIELD, &update)?;
-        let max = self.config.max_payload_bytes;
+        let max = self.config.payload_limits;
         self.edit(handle, &mut |r| {
             for (k, v) in &update {
                 if v.is_null() {

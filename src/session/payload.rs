@@ -17,15 +17,43 @@ pub fn refuse_reserved(field: &str, payload: &Map<String, Value>) -> Result<()> 
     }
 }
 
-/// Refuses JSON larger than `max` bytes once serialised.
-pub fn limit_size(field: &str, payload: &Map<String, Value>, max: usize) -> Result<()> {
+/// How large and how deep caller JSON may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JsonLimits {
+    /// Largest serialised size, bytes.
+    pub bytes: usize,
+    /// Deepest nesting of objects and arrays (the top-level object is 1).
+    pub depth: usize,
+}
+
+/// The nesting depth of a JSON value (scalars 0, `{}` 1).
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Refuses JSON larger or deeper than `limits` allow.
+pub fn limit_size(field: &str, payload: &Map<String, Value>, limits: JsonLimits) -> Result<()> {
     let len = serde_json::to_vec(payload)
         .map(|v| v.len())
         .unwrap_or(usize::MAX);
-    if len > max {
+    if len > limits.bytes {
         return Err(Error::invalid(
             field,
-            format!("is {len} bytes of JSON; the limit is {max} bytes"),
+            format!(
+                "is {len} bytes of JSON; the limit is {} bytes",
+                limits.bytes
+            ),
+        ));
+    }
+    let deepest = 1 + payload.values().map(depth).max().unwrap_or(0);
+    if deepest > limits.depth {
+        return Err(Error::invalid(
+            field,
+            format!("nests {deepest} levels deep; the limit is {}", limits.depth),
         ));
     }
     Ok(())
@@ -112,8 +140,12 @@ mod tests {
     #[test]
     fn size_limit_counts_json_bytes() {
         let m = map(json!({"k": "x".repeat(100)}));
-        limit_size("p", &m, 200).unwrap();
-        assert!(limit_size("p", &m, 50).is_err());
+        let limits = |bytes, depth| JsonLimits { bytes, depth };
+        limit_size("p", &m, limits(200, 4)).unwrap();
+        assert!(limit_size("p", &m, limits(50, 4)).is_err());
+        let deep = map(json!({"a": {"b": [[1]]}}));
+        limit_size("p", &deep, limits(200, 4)).unwrap();
+        assert!(limit_size("p", &deep, limits(200, 3)).is_err());
     }
 
     #[test]

@@ -21,10 +21,10 @@ use crate::helpers::*;
 
 /// A ClaimProvider run by the test: values by "user/claim".
 #[derive(Clone, Default)]
-struct Provider {
-    values: Arc<Mutex<HashMap<String, Value>>>,
-    calls: Arc<AtomicUsize>,
-    delay: Option<Duration>,
+pub struct Provider {
+    pub values: Arc<Mutex<HashMap<String, Value>>>,
+    pub calls: Arc<AtomicUsize>,
+    pub delay: Option<Duration>,
 }
 
 impl Provider {
@@ -66,7 +66,7 @@ impl ClaimProvider for Provider {
     }
 }
 
-async fn start_provider(provider: Provider) -> SocketAddr {
+pub async fn start_provider(provider: Provider) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(

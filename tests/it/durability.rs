@@ -85,8 +85,8 @@ fn spawn_binary(data_dir: &std::path::Path) -> (Child, String) {
     (child, addr)
 }
 
-/// Like [`spawn_binary`] with extra arguments; also returns the log lines
-/// that follow the ready line.
+/// Like [`spawn_binary`] with extra arguments; also returns every log line,
+/// from the first.
 pub fn spawn_binary_with(
     data_dir: &std::path::Path,
     extra: &[&str],
@@ -103,17 +103,24 @@ pub fn spawn_binary_with(
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
+    let mut early = Vec::new();
     let addr = loop {
         let line = lines
             .next()
             .expect("the server exited before it was ready")
             .unwrap();
         if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
+            let addr = rest.split_whitespace().next().unwrap().to_owned();
+            early.push(line);
+            break addr;
         }
+        early.push(line);
     };
     // Keep draining stderr so the child never blocks on a full pipe.
     let (tx, rx) = std::sync::mpsc::channel();
+    for line in early {
+        let _ = tx.send(line);
+    }
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
             let _ = tx.send(line);

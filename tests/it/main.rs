@@ -2,6 +2,7 @@
 //! temporary data directory and a manual clock, and talks gRPC to it.
 
 mod admin;
+mod adversarial;
 mod buckets;
 mod callers;
 mod claims;

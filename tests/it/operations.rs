@@ -254,3 +254,261 @@ async fn sighup_swaps_api_keys_without_dropping_connections() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_log_even_at_trace() {
+    use crate::durability::spawn_binary_with;
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    const KEY: &str = "hygiene-api-key-0123456789";
+    const CLIENT_SECRET: &str = "hygiene-client-secret-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut child, addr, lines) = spawn_binary_with(
+        &data,
+        &[
+            "--log",
+            "trace",
+            "--api-key",
+            KEY,
+            "--client-secret",
+            &format!("public={CLIENT_SECRET}"),
+            "--signing-algorithm",
+            "RS256",
+        ],
+    );
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = sessiond::pb::session_service_client::SessionServiceClient::new(channel.clone());
+    let mut b =
+        sessiond::pb::user_session_service_client::UserSessionServiceClient::new(channel.clone());
+    let mut j = sessiond::pb::jwt_service_client::JwtServiceClient::new(channel.clone());
+    let key = [("x-api-key", KEY)];
+
+    // The whole flow: create, verify, refresh (and a theft), buckets, JWTs, rotation.
+    let created = c
+        .create_new_session(with_metadata(
+            pb::CreateNewSessionRequest {
+                user_id: "hygiene".into(),
+                access_token_payload: Some(obj(json!({"role": "admin"}))),
+                ..Default::default()
+            },
+            &key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let anti_csrf = created.anti_csrf_token.clone().unwrap();
+    c.get_session(with_metadata(
+        pb::GetSessionRequest {
+            access_token: access(&created),
+            anti_csrf_token: anti_csrf.clone(),
+            do_anti_csrf_check: true,
+            check_database: true,
+            ..Default::default()
+        },
+        &key,
+    ))
+    .await
+    .unwrap();
+    let refreshed = c
+        .refresh_session(with_metadata(
+            pb::RefreshSessionRequest {
+                refresh_token: refresh_token(&created),
+                anti_csrf_token: anti_csrf.clone(),
+                ..Default::default()
+            },
+            &key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let r2 = refreshed.refresh_token.clone().unwrap().token;
+    let a2 = refreshed.access_token.clone().unwrap().token;
+    let r3 = c
+        .refresh_session(with_metadata(
+            pb::RefreshSessionRequest {
+                refresh_token: r2.clone(),
+                disable_anti_csrf: true,
+                ..Default::default()
+            },
+            &key,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .refresh_token
+        .unwrap()
+        .token;
+    let _ = c
+        .refresh_session(with_metadata(
+            pb::RefreshSessionRequest {
+                refresh_token: refresh_token(&created),
+                disable_anti_csrf: true,
+                ..Default::default()
+            },
+            &key,
+        ))
+        .await
+        .unwrap_err();
+    let other = c
+        .create_new_session(with_metadata(
+            pb::CreateNewSessionRequest {
+                user_id: "hygiene".into(),
+                ..Default::default()
+            },
+            &key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let bearer = format!("Bearer {}", access(&other));
+    b.update_user_session(with_metadata(
+        pb::UpdateUserSessionRequest {
+            bucket: pb::Bucket::Private as i32,
+            data: Some(obj(json!({"note": "x"}))),
+            ..Default::default()
+        },
+        &[
+            ("authorization", &bearer),
+            ("x-client-secret", CLIENT_SECRET),
+        ],
+    ))
+    .await
+    .unwrap();
+    let _ = b
+        .get_user_session(with_metadata(
+            pb::GetUserSessionRequest {
+                bucket: pb::Bucket::Private as i32,
+                ..Default::default()
+            },
+            &[
+                ("authorization", &bearer),
+                ("x-client-secret", "wrong-secret-0123456789"),
+            ],
+        ))
+        .await
+        .unwrap_err();
+    let _ = c
+        .create_new_session(with_metadata(
+            pb::CreateNewSessionRequest::default(),
+            &[("x-api-key", "wrong-key-0123456789abc")],
+        ))
+        .await
+        .unwrap_err();
+    let jwt = j
+        .create_jwt(with_metadata(
+            pb::CreateJwtRequest {
+                payload: Some(obj(json!({"sub": "svc"}))),
+                ..Default::default()
+            },
+            &key,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .jwt;
+    j.rotate_signing_key(with_metadata(pb::RotateSigningKeyRequest {}, &key))
+        .await
+        .unwrap();
+
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    // Every line, up to the last one the server writes.
+    let log: String = tokio::task::spawn_blocking(move || {
+        let mut all = Vec::new();
+        while let Ok(line) = lines.recv_timeout(Duration::from_secs(10)) {
+            let last = line.contains("sessiond stopped");
+            all.push(line);
+            if last {
+                break;
+            }
+        }
+        all.join("\n")
+    })
+    .await
+    .unwrap();
+    assert!(log.contains("sessiond stopped"), "the log ran to the end");
+    assert!(
+        log.lines().count() > 500,
+        "trace logging was on ({} lines)",
+        log.lines().count()
+    );
+
+    // Private key material, read back from the store.
+    let store = sessiond::store::SledStore::open(&data, 8 << 20, None).unwrap();
+    let mut secrets: Vec<(String, String)> = vec![
+        ("API key".into(), KEY.into()),
+        ("client secret".into(), CLIENT_SECRET.into()),
+        ("anti-CSRF token".into(), anti_csrf.clone()),
+        ("access token".into(), access(&created)),
+        (
+            "access token signature".into(),
+            access(&created).rsplit('.').next().unwrap().to_owned(),
+        ),
+        ("refreshed access token".into(), a2.clone()),
+        ("JWT".into(), jwt.clone()),
+        ("refresh token".into(), refresh_token(&created)),
+        ("rotated refresh token".into(), r2.clone()),
+        ("third refresh token".into(), r3.clone()),
+    ];
+    for key in sessiond::store::SessionStore::keys(store.as_ref()).unwrap() {
+        let middle =
+            &key.private_pkcs8[key.private_pkcs8.len() / 2..key.private_pkcs8.len() / 2 + 24];
+        secrets.push((
+            format!("{} private key (base64)", key.kid),
+            STANDARD.encode(middle)[..28].to_owned(),
+        ));
+        secrets.push((
+            format!("{} private key (hex)", key.kid),
+            middle.iter().map(|b| format!("{b:02x}")).collect(),
+        ));
+        secrets.push((
+            format!("{} private key (bytes)", key.kid),
+            middle[..8]
+                .iter()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ));
+        secrets.push((
+            format!("{} private key (url base64)", key.kid),
+            URL_SAFE_NO_PAD.encode(middle)[..28].to_owned(),
+        ));
+    }
+    let mac = sessiond::store::SessionStore::secret(
+        store.as_ref(),
+        "refresh-token-mac",
+        &mut || unreachable!(),
+    )
+    .unwrap();
+    secrets.push((
+        "refresh MAC secret (hex)".into(),
+        mac.iter().map(|b| format!("{b:02x}")).collect(),
+    ));
+    secrets.push((
+        "refresh MAC secret (bytes)".into(),
+        mac[..8]
+            .iter()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    ));
+    drop(store);
+
+    for (what, secret) in &secrets {
+        assert!(!secret.is_empty());
+        if let Some(line) = log.lines().find(|l| l.contains(secret.as_str())) {
+            panic!(
+                "the {what} appears in the log: {}",
+                &line[..line.len().min(300)]
+            );
+        }
+    }
+}
