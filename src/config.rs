@@ -325,6 +325,10 @@ pub struct ServeArgs {
     /// Close connections on which the client sends nothing for this long [default: 10m].
     #[arg(long, env = "SESSIOND_IDLE_TIMEOUT", value_name = "DUR")]
     pub idle_timeout: Option<String>,
+    /// File holding the key-encryption key (32 bytes, base64 or hex) that seals
+    /// signing keys in the store; or set SESSIOND_KEY_ENCRYPTION_KEY.
+    #[arg(long, env = "SESSIOND_KEY_ENCRYPTION_KEY_FILE", value_name = "FILE")]
+    pub key_encryption_key_file: Option<PathBuf>,
 }
 
 /// The optional configuration file; keys are the flag names with underscores.
@@ -363,6 +367,7 @@ struct FileConfig {
     max_header_list_size: Option<FileSize>,
     request_timeout: Option<String>,
     idle_timeout: Option<String>,
+    key_encryption_key_file: Option<PathBuf>,
 }
 
 /// Limits on what callers may ask of the server.
@@ -499,7 +504,12 @@ pub struct Config {
     pub max_bucket_bytes: usize,
     /// Limits on calls and connections.
     pub limits: Limits,
+    /// The key-encryption key (its text), when signing keys are sealed.
+    pub key_encryption_key: Option<Secret>,
 }
+
+/// The environment variable that may hold the key-encryption key itself.
+pub const KEK_ENV: &str = "SESSIOND_KEY_ENCRYPTION_KEY";
 
 /// Bounds on the refresh grace period (SuperTokens allows 0 to 300 s).
 pub const MAX_REFRESH_GRACE: Duration = Duration::from_secs(300);
@@ -529,6 +539,7 @@ impl Config {
             cors_origins: Vec::new(),
             max_bucket_bytes: 64 * 1024,
             limits: Limits::default(),
+            key_encryption_key: None,
         }
     }
 
@@ -739,6 +750,19 @@ impl Config {
             file.idle_timeout,
             &mut c.limits.idle_timeout,
         )?;
+        c.key_encryption_key = match args
+            .key_encryption_key_file
+            .clone()
+            .or(file.key_encryption_key_file)
+        {
+            Some(path) => Some(Secret(std::fs::read_to_string(&path).map_err(|e| {
+                bad(
+                    "key-encryption-key-file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?)),
+            None => std::env::var(KEK_ENV).ok().map(Secret),
+        };
         c.validate()?;
         Ok(c)
     }
@@ -930,6 +954,10 @@ impl Config {
         }
         if l.idle_timeout < secs(1) {
             return Err(bad("idle-timeout", "must be at least 1s"));
+        }
+        if let Some(kek) = &self.key_encryption_key {
+            crate::token::kek::Kek::from_text(kek.expose())
+                .map_err(|m| bad("key-encryption-key", m))?;
         }
         Ok(())
     }

@@ -41,6 +41,7 @@ use crate::session::{SessionConfig, SessionManager};
 use crate::store::FlushObserver;
 use crate::store::{SessionStore, SledStore, StoreError};
 use crate::token::KeyError;
+use crate::token::kek::Kek;
 use crate::token::keys::{KeyRing, KeyRingConfig};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -132,8 +133,16 @@ pub async fn serve_with_reload(
         let store = Arc::downgrade(&store);
         metrics.set_store_size_source(move || store.upgrade()?.size_on_disk().ok());
     }
+    let kek = match &config.key_encryption_key {
+        Some(text) => Some(Arc::new(Kek::from_text(text.expose()).map_err(|m| {
+            ServeError::Keys(crate::token::KeyError::Sealed(format!(
+                "the key-encryption key {m}"
+            )))
+        })?)),
+        None => None,
+    };
     let keys = Arc::new(
-        KeyRing::open(
+        KeyRing::open_sealed(
             store.clone(),
             clock.clone(),
             KeyRingConfig {
@@ -142,6 +151,7 @@ pub async fn serve_with_reload(
                 access_lifetime_ms: config.access_token_lifetime.as_millis() as u64,
             },
             metrics.clone(),
+            kek,
         )
         .await?,
     );

@@ -150,6 +150,7 @@ pub async fn keys_and_secrets(store: Arc<dyn SessionStore>) {
         kid: "d-1".into(),
         alg: "EdDSA".into(),
         private_pkcs8: vec![1, 2, 3],
+        sealed: None,
         created_at_ms: 1,
         signs_from_ms: 1,
         max_token_lifetime_ms: 10,

@@ -87,9 +87,13 @@ pub struct KeyRecord {
     pub kid: String,
     /// JOSE algorithm name.
     pub alg: String,
-    /// PKCS#8 DER private key, base64 in the stored form.
-    #[serde(with = "b64")]
+    /// PKCS#8 DER private key, base64 in the stored form; empty when sealed.
+    #[serde(with = "b64", default)]
     pub private_pkcs8: Vec<u8>,
+    /// The private key encrypted with the key-encryption key, when one is
+    /// configured (then `private_pkcs8` is empty in the store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<SealedKey>,
     /// Creation time, ms.
     pub created_at_ms: u64,
     /// When the key starts signing, ms.
@@ -169,6 +173,23 @@ pub enum Exported {
         /// Its bytes.
         value: Vec<u8>,
     },
+}
+
+/// A private key encrypted with the key-encryption key (AES-256-GCM).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedKey {
+    /// The GCM nonce.
+    #[serde(with = "b64")]
+    pub nonce: Vec<u8>,
+    /// Ciphertext and tag.
+    #[serde(with = "b64")]
+    pub ciphertext: Vec<u8>,
+}
+
+impl fmt::Debug for SealedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SealedKey(..)")
+    }
 }
 
 /// What an [`SessionStore::update_session`] closure decided.

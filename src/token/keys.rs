@@ -26,11 +26,12 @@ use aws_lc_rs::signature::{
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde::Serialize;
 
+use super::kek::Kek;
 use super::{KeyError, b64url, der};
 use crate::clock::SharedClock;
 use crate::config::SigningAlgorithm;
 use crate::metrics::Metrics;
-use crate::store::{KeyRecord, SessionStore};
+use crate::store::{KeyRecord, SealedKey, SessionStore};
 
 /// How long a new rotating key is published before it signs.
 pub const PUBLISH_DELAY_MS: u64 = 60_000;
@@ -260,6 +261,65 @@ pub struct KeyInfo {
     pub retires_at_ms: Option<u64>,
 }
 
+/// The store's key tree, through the key-encryption key when there is one.
+struct Vault {
+    store: Arc<dyn SessionStore>,
+    kek: Option<Arc<Kek>>,
+}
+
+impl Vault {
+    /// The stored keys, opened; and how many were stored in plaintext.
+    fn load(&self) -> Result<(Vec<KeyRecord>, usize), KeyError> {
+        let mut plaintext = 0;
+        let records = self
+            .store
+            .keys()?
+            .into_iter()
+            .map(|mut r| {
+                match (&r.sealed, &self.kek) {
+                    (None, _) => plaintext += 1,
+                    (Some(_), None) => {
+                        return Err(KeyError::Sealed(
+                            "the signing keys in the store are encrypted, and no key-encryption key is \
+                             configured (--key-encryption-key-file or SESSIOND_KEY_ENCRYPTION_KEY)"
+                                .into(),
+                        ));
+                    }
+                    (Some(sealed), Some(kek)) => {
+                        r.private_pkcs8 = kek.open(r.kid.as_bytes(), &sealed.nonce, &sealed.ciphertext).ok_or_else(|| {
+                            KeyError::Sealed(format!(
+                                "the configured key-encryption key does not open signing key {}; \
+                                 it is not the key the store was sealed with",
+                                r.kid
+                            ))
+                        })?;
+                        r.sealed = None;
+                    }
+                }
+                Ok(r)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((records, plaintext))
+    }
+
+    /// Stores a key, sealed when there is a KEK.
+    fn put(&self, record: &KeyRecord) -> Result<(), KeyError> {
+        match &self.kek {
+            None => self.store.put_key(record)?,
+            Some(kek) => {
+                let (nonce, ciphertext) = kek.seal(record.kid.as_bytes(), &record.private_pkcs8);
+                let sealed = KeyRecord {
+                    private_pkcs8: Vec::new(),
+                    sealed: Some(SealedKey { nonce, ciphertext }),
+                    ..record.clone()
+                };
+                self.store.put_key(&sealed)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Settings of the key ring.
 #[derive(Debug, Clone, Copy)]
 pub struct KeyRingConfig {
@@ -344,6 +404,7 @@ impl KeySet {
 /// The signing keys of the server.
 pub struct KeyRing {
     store: Arc<dyn SessionStore>,
+    vault: Vault,
     clock: SharedClock,
     config: KeyRingConfig,
     set: RwLock<Arc<KeySet>>,
@@ -367,21 +428,49 @@ impl KeyRing {
         config: KeyRingConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, KeyError> {
+        Self::open_sealed(store, clock, config, metrics, None).await
+    }
+
+    /// [`KeyRing::open`], keeping private keys encrypted with `kek` in the
+    /// store. Plaintext keys found in the store are sealed at once. Sealed
+    /// keys without a KEK, or with another one, are an error: keys are never
+    /// regenerated in their place, which would end every session.
+    pub async fn open_sealed(
+        store: Arc<dyn SessionStore>,
+        clock: SharedClock,
+        config: KeyRingConfig,
+        metrics: Arc<Metrics>,
+        kek: Option<Arc<Kek>>,
+    ) -> Result<Self, KeyError> {
+        let vault = Vault {
+            store: store.clone(),
+            kek,
+        };
         let now = clock.now_ms();
-        let mut records = store.keys()?;
+        let (mut records, plaintext) = vault.load()?;
         let mut changed = false;
+        if vault.kek.is_some() && plaintext > 0 {
+            for r in &records {
+                vault.put(r)?;
+            }
+            changed = true;
+            tracing::info!(
+                keys = plaintext,
+                "sealed the stored signing keys with the key-encryption key"
+            );
+        }
         if !records.iter().any(|r| r.is_static) {
             let suffix = super::random_bytes::<8>()
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>();
             records.push(new_record(format!("s-{suffix}"), config, now, now, true).await?);
-            store.put_key(records.last().expect("pushed"))?;
+            vault.put(records.last().expect("pushed"))?;
             changed = true;
         }
         if !records.iter().any(|r| !r.is_static) {
             records.push(new_record(format!("d-{now}"), config, now, now, false).await?);
-            store.put_key(records.last().expect("pushed"))?;
+            vault.put(records.last().expect("pushed"))?;
             changed = true;
         }
         // Keys that may still sign must stay verifiable for the configured
@@ -398,7 +487,7 @@ impl KeyRing {
                 && r.max_token_lifetime_ms < config.access_lifetime_ms
             {
                 r.max_token_lifetime_ms = config.access_lifetime_ms;
-                store.put_key(r)?;
+                vault.put(r)?;
                 changed = true;
             }
         }
@@ -408,6 +497,7 @@ impl KeyRing {
         let set = KeySet::new(records)?.ok_or(KeyError::Crypto("set is incomplete"))?;
         let ring = Self {
             store,
+            vault,
             clock,
             config,
             set: RwLock::new(Arc::new(set)),
@@ -564,7 +654,7 @@ impl KeyRing {
         }
         let mut record = key.record.clone();
         record.max_jwt_exp_ms = exp_ms;
-        self.store.put_key(&record)?;
+        self.vault.put(&record)?;
         self.store.durable().await?;
         let mut records = self.records_except(&set, |k| k.kid() == kid);
         records.push(record);
@@ -585,7 +675,7 @@ impl KeyRing {
             false,
         )
         .await?;
-        self.store.put_key(&record)?;
+        self.vault.put(&record)?;
         self.store.durable().await?;
         let kid = record.kid.clone();
         let mut records = self.records_except(set, |_| false);
@@ -626,6 +716,7 @@ async fn new_record(
         kid,
         alg: alg.as_str().to_owned(),
         private_pkcs8,
+        sealed: None,
         created_at_ms,
         signs_from_ms,
         max_token_lifetime_ms: config.access_lifetime_ms,

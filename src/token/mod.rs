@@ -12,6 +12,7 @@
 
 pub mod access;
 mod der;
+pub mod kek;
 pub mod keys;
 pub mod refresh;
 
@@ -50,6 +51,10 @@ pub enum KeyError {
     /// Signing failed.
     #[error("signing failed")]
     Sign,
+    /// Stored keys could not be opened with the configured key-encryption
+    /// key (or none is configured for sealed keys).
+    #[error("{0}")]
+    Sealed(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),

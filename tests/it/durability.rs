@@ -290,3 +290,65 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn signing_keys_can_be_sealed_and_a_wrong_kek_refuses_to_start() {
+    use base64::Engine;
+    use sessiond::config::Secret;
+    use sessiond::store::{SessionStore, SledStore};
+    let kek = |byte: u8| Secret::new(base64::engine::general_purpose::STANDARD.encode([byte; 32]));
+
+    // A store made without a KEK: its keys are sealed at the first start with one.
+    let server = TestServer::start().await;
+    let mut c = server.sessions().await;
+    let created = create(&mut c, "u", json!({})).await;
+    drop(c);
+    let (dir, clock, mut config) = server.stop().await;
+    config.key_encryption_key = Some(kek(1));
+    let dir = Arc::try_unwrap(dir).expect("the test holds the only handle");
+    let data = dir.path().to_owned();
+    let server = TestServer::start_in(dir, |c| c.key_encryption_key = Some(kek(1))).await;
+    let mut c = server.sessions().await;
+    verify(&mut c, &access(&created), true)
+        .await
+        .expect("old tokens verify with sealed keys");
+    drop(c);
+    let (dir, _, _) = server.stop().await;
+
+    let sealed = {
+        let store = SledStore::open(&data, 8 << 20, None).unwrap();
+        let keys = store.keys().unwrap();
+        assert!(
+            keys.iter()
+                .all(|k| k.private_pkcs8.is_empty() && k.sealed.is_some()),
+            "no plaintext key left"
+        );
+        keys
+    };
+
+    // A wrong KEK, or none, refuses to start, and changes nothing.
+    for wrong in [Some(kek(2)), None] {
+        let mut config = config.clone();
+        config.key_encryption_key = wrong.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let err = sessiond::serve(listener, config, clock.clone(), std::future::pending())
+            .await
+            .expect_err("the keys cannot be opened");
+        let text = err.to_string();
+        assert!(
+            text.contains(if wrong.is_some() {
+                "does not open"
+            } else {
+                "no key-encryption key"
+            }),
+            "{text}"
+        );
+        let store = SledStore::open(&data, 8 << 20, None).unwrap();
+        assert_eq!(
+            store.keys().unwrap(),
+            sealed,
+            "keys untouched, never regenerated"
+        );
+    }
+    drop(dir);
+}

@@ -1,0 +1,92 @@
+//! The key-encryption key: seals signing keys before they reach the store.
+//!
+//! AES-256-GCM with a random nonce per seal and the key id as associated
+//! data, so a sealed key cannot be moved to another id. The KEK itself comes
+//! from a file or an environment variable and is never stored or logged.
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, Nonce, RandomizedNonceKey};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+
+/// A 256-bit key-encryption key.
+pub struct Kek {
+    key: RandomizedNonceKey,
+}
+
+impl std::fmt::Debug for Kek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Kek([redacted])")
+    }
+}
+
+impl Kek {
+    /// Parses 32 bytes written as base64 (standard or URL-safe) or hex.
+    pub fn from_text(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let bytes = STANDARD
+            .decode(text)
+            .ok()
+            .or_else(|| URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).ok())
+            .filter(|b| b.len() == 32)
+            .or_else(|| hex(text).filter(|b| b.len() == 32))
+            .ok_or(
+                "must be 32 random bytes written as base64 or hex (e.g. `openssl rand -base64 32`)",
+            )?;
+        let key = RandomizedNonceKey::new(&AES_256_GCM, &bytes)
+            .map_err(|_| "is not a usable AES-256 key".to_owned())?;
+        Ok(Self { key })
+    }
+
+    /// Encrypts `plaintext`, bound to `aad`; returns (nonce, ciphertext with tag).
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let mut in_out = plaintext.to_vec();
+        let nonce = self
+            .key
+            .seal_in_place_append_tag(Aad::from(aad), &mut in_out)
+            .expect("AES-GCM sealing does not fail for in-memory data");
+        (nonce.as_ref().to_vec(), in_out)
+    }
+
+    /// Decrypts what [`Kek::seal`] produced; `None` when the KEK, the nonce,
+    /// the associated data or the ciphertext is not the one it was sealed with.
+    pub fn open(&self, aad: &[u8], nonce: &[u8], ciphertext: &[u8]) -> Option<Vec<u8>> {
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut in_out = ciphertext.to_vec();
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(aad), &mut in_out)
+            .ok()?;
+        Some(plain.to_vec())
+    }
+}
+
+fn hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seals_and_opens_and_refuses_the_wrong_key_or_id() {
+        let kek = Kek::from_text(&STANDARD.encode([7u8; 32])).unwrap();
+        let (nonce, sealed) = kek.seal(b"d-1", b"private key");
+        assert_ne!(&sealed[..11], b"private key");
+        assert_eq!(kek.open(b"d-1", &nonce, &sealed).unwrap(), b"private key");
+        assert!(
+            kek.open(b"d-2", &nonce, &sealed).is_none(),
+            "bound to the key id"
+        );
+        let other = Kek::from_text(&"08".repeat(32)).unwrap();
+        assert!(other.open(b"d-1", &nonce, &sealed).is_none());
+        assert!(Kek::from_text("short").is_err());
+        assert!(Kek::from_text(&STANDARD.encode([1u8; 16])).is_err());
+    }
+}
