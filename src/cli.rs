@@ -51,6 +51,66 @@ pub struct Connection {
     /// Give up on the server after this long.
     #[arg(long, default_value = "10s", value_name = "DUR", global = true)]
     pub timeout: String,
+    /// Speak TLS, trusting this PEM CA for the server's certificate.
+    #[arg(long, env = "SESSIOND_TLS_CA", value_name = "FILE", global = true)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for servers that require mutual TLS.
+    #[arg(
+        long = "tls-client-cert",
+        env = "SESSIOND_TLS_CLIENT_CERT",
+        value_name = "FILE",
+        global = true,
+        requires = "tls_client_key"
+    )]
+    pub tls_client_cert: Option<std::path::PathBuf>,
+    /// Its private key (PEM).
+    #[arg(
+        long = "tls-client-key",
+        env = "SESSIOND_TLS_CLIENT_KEY",
+        value_name = "FILE",
+        global = true,
+        requires = "tls_client_cert"
+    )]
+    pub tls_client_key: Option<std::path::PathBuf>,
+    /// The name the server's certificate must hold [default: the host of --addr].
+    #[arg(long, env = "SESSIOND_TLS_DOMAIN", value_name = "NAME", global = true)]
+    pub tls_domain: Option<String>,
+}
+
+impl Connection {
+    /// The address and endpoint to dial, with TLS when a CA is given.
+    fn endpoint(&self, timeout: Duration) -> Result<(String, Endpoint), Failure> {
+        let addr = self.addr.clone().unwrap_or_else(default_addr);
+        let scheme = if self.tls_ca.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| fail(EXIT_USAGE, format!("bad address {addr}: {e}")))?
+            .connect_timeout(timeout);
+        if let Some(ca) = &self.tls_ca {
+            let read = |path: &std::path::Path| {
+                std::fs::read(path)
+                    .map_err(|e| fail(EXIT_USAGE, format!("cannot read {}: {e}", path.display())))
+            };
+            let mut tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+            if let Some(domain) = &self.tls_domain {
+                tls = tls.domain_name(domain.clone());
+            }
+            if let (Some(cert), Some(key)) = (&self.tls_client_cert, &self.tls_client_key) {
+                tls = tls.identity(tonic::transport::Identity::from_pem(
+                    read(cert)?,
+                    read(key)?,
+                ));
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| fail(EXIT_USAGE, format!("TLS settings: {e}")))?;
+        }
+        Ok((addr, endpoint))
+    }
 }
 
 /// `sessiond sessions ...`
@@ -169,7 +229,7 @@ impl Client {
     async fn connect(conn: &Connection) -> Result<Self, Failure> {
         let timeout = parse_duration(&conn.timeout)
             .map_err(|e| fail(EXIT_USAGE, format!("--timeout: {e}")))?;
-        let addr = conn.addr.clone().unwrap_or_else(default_addr);
+        let (addr, endpoint) = conn.endpoint(timeout)?;
         let api_key = conn
             .api_key
             .as_deref()
@@ -182,9 +242,6 @@ impl Client {
                 })
             })
             .transpose()?;
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| fail(EXIT_USAGE, format!("bad address {addr}: {e}")))?
-            .connect_timeout(timeout);
         let channel = endpoint.connect().await.map_err(|e| {
             fail(
                 EXIT_UNREACHABLE,
@@ -587,20 +644,20 @@ async fn run_restore(file: &Path, data_dir: &Path) -> Outcome {
 }
 
 /// `sessiond health`: exit 0 when the server reports SERVING.
-pub async fn health(addr: Option<String>, timeout: &str) -> ExitCode {
+pub async fn health(conn: &Connection) -> ExitCode {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
 
-    let timeout = match parse_duration(timeout) {
+    let timeout = match parse_duration(&conn.timeout) {
         Ok(t) => t,
         Err(e) => return exit(Err(fail(EXIT_USAGE, format!("--timeout: {e}")))),
     };
-    let addr = addr.unwrap_or_else(default_addr);
+    let (addr, endpoint) = match conn.endpoint(timeout) {
+        Ok(dial) => dial,
+        Err(f) => return exit(Err(f)),
+    };
     let check = async {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| fail(EXIT_USAGE, format!("bad address {addr}: {e}")))?
-            .connect_timeout(timeout.min(Duration::from_secs(5)));
         let channel = endpoint
             .connect()
             .await

@@ -325,6 +325,25 @@ pub struct ServeArgs {
     /// Close connections on which the client sends nothing for this long [default: 10m].
     #[arg(long, env = "SESSIOND_IDLE_TIMEOUT", value_name = "DUR")]
     pub idle_timeout: Option<String>,
+    /// PEM certificate chain: serve TLS (gRPC, gRPC-Web and HTTP) on the port.
+    #[arg(
+        long,
+        env = "SESSIOND_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the certificate.
+    #[arg(
+        long,
+        env = "SESSIOND_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: require every client to present a certificate they issued (mutual TLS).
+    #[arg(long, env = "SESSIOND_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
     /// File holding the key-encryption key (32 bytes, base64 or hex) that seals
     /// signing keys in the store; or set SESSIOND_KEY_ENCRYPTION_KEY.
     #[arg(long, env = "SESSIOND_KEY_ENCRYPTION_KEY_FILE", value_name = "FILE")]
@@ -368,6 +387,9 @@ struct FileConfig {
     request_timeout: Option<String>,
     idle_timeout: Option<String>,
     key_encryption_key_file: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
 }
 
 /// Limits on what callers may ask of the server.
@@ -506,6 +528,8 @@ pub struct Config {
     pub limits: Limits,
     /// The key-encryption key (its text), when signing keys are sealed.
     pub key_encryption_key: Option<Secret>,
+    /// TLS, when configured.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// The environment variable that may hold the key-encryption key itself.
@@ -540,6 +564,7 @@ impl Config {
             max_bucket_bytes: 64 * 1024,
             limits: Limits::default(),
             key_encryption_key: None,
+            tls: None,
         }
     }
 
@@ -750,6 +775,20 @@ impl Config {
             file.idle_timeout,
             &mut c.limits.idle_timeout,
         )?;
+        let tls_cert = args.tls_cert.clone().or(file.tls_cert);
+        let tls_key = args.tls_key.clone().or(file.tls_key);
+        let tls_client_ca = args.tls_client_ca.clone().or(file.tls_client_ca);
+        c.tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                cert,
+                key,
+                client_ca: tls_client_ca,
+            }),
+            (None, None) if tls_client_ca.is_none() => None,
+            (None, None) => return Err(bad("tls-client-ca", "needs --tls-cert and --tls-key")),
+            (Some(_), None) => return Err(bad("tls-key", "--tls-cert needs --tls-key")),
+            (None, Some(_)) => return Err(bad("tls-cert", "--tls-key needs --tls-cert")),
+        };
         c.key_encryption_key = match args
             .key_encryption_key_file
             .clone()
@@ -954,6 +993,9 @@ impl Config {
         }
         if l.idle_timeout < secs(1) {
             return Err(bad("idle-timeout", "must be at least 1s"));
+        }
+        if let Some(tls) = &self.tls {
+            crate::tls::server_config(tls).map_err(|e| bad(e.setting, e.message))?;
         }
         if let Some(kek) = &self.key_encryption_key {
             crate::token::kek::Kek::from_text(kek.expose())

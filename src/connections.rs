@@ -18,9 +18,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio::sync::watch;
 use tokio::time::{Duration, Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// Hands out cuttable connections.
@@ -44,10 +47,11 @@ impl Connections {
     }
 
     /// Wraps an accepted stream, to be closed after `idle` without input.
-    pub fn track(&self, stream: TcpStream, idle: Duration) -> Conn {
+    pub fn track(&self, stream: Stream, info: TcpConnectInfo, idle: Duration) -> Conn {
         let mut cut = self.cut.subscribe();
         Conn {
             inner: stream,
+            info,
             cut: Some(Box::pin(async move {
                 let _ = cut.wait_for(|cut| *cut).await;
             })),
@@ -65,9 +69,76 @@ impl Connections {
 
 type CutSignal = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
 
-/// A TCP stream that fails once the server cuts its connections.
+/// An accepted connection: plain TCP, or TLS over TCP.
+pub enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS (boxed: the session state is large).
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(s) => s.is_write_vectored(),
+            Self::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A connection that fails once the server cuts its connections.
 pub struct Conn {
-    inner: TcpStream,
+    inner: Stream,
+    info: TcpConnectInfo,
     /// `None` once the cut happened.
     cut: Option<CutSignal>,
     idle: Duration,
@@ -180,6 +251,60 @@ impl AsyncWrite for Conn {
 impl Connected for Conn {
     type ConnectInfo = TcpConnectInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
+        self.info.clone()
+    }
+}
+
+/// Longest a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections until the receiving end of `tx` goes away. TLS
+/// handshakes run concurrently, each bounded, so a slow client never holds
+/// up the others; a failed handshake is logged at DEBUG and dropped.
+pub async fn accept(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    connections: std::sync::Arc<Connections>,
+    idle: Duration,
+    tx: mpsc::Sender<io::Result<Conn>>,
+) {
+    loop {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of file descriptors, say: back off instead of spinning.
+                tracing::warn!("accepting a connection failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let info = tcp.connect_info();
+        match &tls {
+            None => {
+                if tx
+                    .send(Ok(connections.track(Stream::Plain(tcp), info, idle)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Some(acceptor) => {
+                let (acceptor, tx, connections) =
+                    (acceptor.clone(), tx.clone(), connections.clone());
+                tokio::spawn(async move {
+                    let remote = info.remote_addr();
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let conn = connections.track(Stream::Tls(Box::new(stream)), info, idle);
+                            let _ = tx.send(Ok(conn)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(?remote, "TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(?remote, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
 }

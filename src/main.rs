@@ -36,12 +36,8 @@ enum Command {
     Serve(ServeArgs),
     /// Ask a running server for its health; exits 0 when it is SERVING.
     Health {
-        /// Server address [default: SESSIOND_LISTEN with a wildcard IP made loopback, else 127.0.0.1:50051].
-        #[arg(long, value_name = "ADDR")]
-        addr: Option<String>,
-        /// Give up after this long.
-        #[arg(long, default_value = "5s", value_name = "DUR")]
-        timeout: String,
+        #[command(flatten)]
+        conn: Connection,
     },
     /// List or revoke sessions on a running server.
     Sessions {
@@ -100,7 +96,7 @@ fn main() -> ExitCode {
         match cli.command {
             None => run(cli.serve).await,
             Some(Command::Serve(args)) => run(args).await,
-            Some(Command::Health { addr, timeout }) => cli::health(addr, &timeout).await,
+            Some(Command::Health { conn }) => cli::health(&conn).await,
             Some(Command::Sessions { command, conn }) => cli::sessions(command, &conn).await,
             Some(Command::Keys { command, conn }) => cli::keys(command, &conn).await,
             Some(Command::Token { command, conn }) => cli::token(command, &conn).await,

@@ -11,7 +11,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
@@ -44,7 +43,6 @@ use crate::token::KeyError;
 use crate::token::kek::Kek;
 use crate::token::keys::{KeyRing, KeyRingConfig};
 use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
 
 /// Log target of the lines announcing readiness, reloads and the stop; kept
 /// at INFO whatever the configured filter, because deployment scripts and
@@ -83,6 +81,9 @@ pub enum ServeError {
     /// No API key is configured, yet the listener is not on loopback.
     #[error("no API key is configured, so sessiond serves only on loopback addresses, not {0}")]
     Unprotected(std::net::SocketAddr),
+    /// The TLS files are unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A claim provider address is unusable.
     #[error("claim providers: {0}")]
     ClaimProviders(String),
@@ -116,10 +117,15 @@ pub async fn serve_with_reload(
     if config.api_keys.is_empty() && !addr.ip().is_loopback() {
         return Err(ServeError::Unprotected(addr));
     }
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let issuer = config
         .issuer
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+        .unwrap_or_else(|| format!("{scheme}://{addr}"));
 
     let metrics = Metrics::shared();
     let on_flush: FlushObserver = {
@@ -273,12 +279,21 @@ pub async fn serve_with_reload(
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let connections = Arc::new(Connections::new());
-    let incoming = {
-        let connections = connections.clone();
-        let idle = limits.idle_timeout;
-        TcpListenerStream::new(listener)
-            .map(move |accepted| accepted.map(|stream| connections.track(stream, idle)))
-    };
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|files| crate::tls::server_config(files).map(tokio_rustls::TlsAcceptor::from))
+        .transpose()
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    let (accepted, incoming) = mpsc::channel(128);
+    let acceptor = tokio::spawn(crate::connections::accept(
+        listener,
+        tls,
+        connections.clone(),
+        limits.idle_timeout,
+        accepted,
+    ));
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming);
     let server = Server::builder()
         .accept_http1(true)
         .tcp_nodelay(true)
@@ -294,6 +309,7 @@ pub async fn serve_with_reload(
     tokio::select! {
         () = shutdown => {}
         result = &mut server => {
+            acceptor.abort();
             for task in &background {
                 task.abort();
             }
@@ -310,6 +326,8 @@ pub async fn serve_with_reload(
             .set_service_status(name, ServingStatus::NotServing)
             .await;
     }
+    // No new connections from here on.
+    acceptor.abort();
     let _ = stop_tx.send(());
     match tokio::time::timeout(config.drain_timeout, &mut server).await {
         Ok(Ok(result)) => result?,

@@ -11,7 +11,7 @@ use sessiond::pb;
 use crate::helpers::*;
 
 /// Runs `sessiond ARGS` and returns (exit code, stdout, stderr).
-async fn sessiond(args: Vec<String>) -> (i32, String, String) {
+pub async fn sessiond(args: Vec<String>) -> (i32, String, String) {
     tokio::task::spawn_blocking(move || {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_sessiond"))
             .args(&args)

@@ -13,3 +13,4 @@ mod keys;
 mod operations;
 mod refresh;
 mod sessions;
+mod tls;
