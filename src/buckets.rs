@@ -197,7 +197,80 @@ impl Buckets {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i16>().prop_map(Value::from),
+            "[a-z]{0,4}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                prop::collection::btree_map("[a-d]", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// The patch with every null member removed, recursively (what a patch
+    /// applied to `{}` yields).
+    fn without_nulls(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.clone(), without_nulls(v)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn merge_patch_properties(target in json_value(), patch in json_value()) {
+            let mut once = target.clone();
+            merge_patch(&mut once, &patch);
+            // Applying a patch twice changes nothing more.
+            let mut twice = once.clone();
+            merge_patch(&mut twice, &patch);
+            prop_assert_eq!(&twice, &once);
+            match &patch {
+                Value::Object(p) => {
+                    let merged = once.as_object().expect("an object patch gives an object");
+                    for (k, v) in p {
+                        if v.is_null() {
+                            prop_assert!(!merged.contains_key(k), "null deletes {}", k);
+                        } else {
+                            // Members the patch sets end up as the patch applied to {} (for
+                            // objects) or exactly as given.
+                            let mut fresh = Value::Null;
+                            merge_patch(&mut fresh, v);
+                            if !target.get(k).is_some_and(Value::is_object) || !v.is_object() {
+                                prop_assert_eq!(&merged[k], &fresh);
+                            }
+                        }
+                    }
+                    // Members the patch does not name are untouched.
+                    if let Value::Object(t) = &target {
+                        for (k, v) in t {
+                            if !p.contains_key(k) {
+                                prop_assert_eq!(&merged[k], v);
+                            }
+                        }
+                    }
+                    let mut from_empty = json!({});
+                    merge_patch(&mut from_empty, &patch);
+                    prop_assert_eq!(from_empty, without_nulls(&patch));
+                }
+                other => prop_assert_eq!(&once, other, "a non-object patch replaces the target"),
+            }
+        }
+    }
 
     #[test]
     fn merge_patch_follows_rfc_7386() {

@@ -14,6 +14,8 @@
 
 mod claims;
 pub mod payload;
+#[cfg(test)]
+mod proptests;
 
 use std::sync::Arc;
 
