@@ -578,7 +578,13 @@ async fn run_backup(out: &Path, conn: &Connection) -> Outcome {
             format!("cannot write {}: {e}", partial.display()),
         )
     };
-    let mut file = tokio::fs::File::create(&partial).await.map_err(io)?;
+    // The backup holds signing keys (unless sealed) and the refresh MAC
+    // secret: readable by its owner only.
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(&partial).await.map_err(io)?;
     while let Some(chunk) = stream.message().await.map_err(from_status)? {
         file.write_all(&chunk.data).await.map_err(io)?;
     }

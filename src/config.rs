@@ -313,6 +313,9 @@ pub struct ServeArgs {
     /// Calls served at once; more are refused with RESOURCE_EXHAUSTED [default: 1024].
     #[arg(long, env = "SESSIOND_MAX_CONCURRENT_REQUESTS", value_name = "N")]
     pub max_concurrent_requests: Option<String>,
+    /// Connections open at once (TLS handshakes included); more wait to be accepted [default: 10000].
+    #[arg(long, env = "SESSIOND_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<String>,
     /// HTTP/2 streams one connection may have open [default: 256].
     #[arg(long, env = "SESSIOND_MAX_CONCURRENT_STREAMS", value_name = "N")]
     pub max_concurrent_streams: Option<String>,
@@ -383,6 +386,7 @@ struct FileConfig {
     max_handles_per_call: Option<u64>,
     max_concurrent_requests: Option<u64>,
     max_concurrent_streams: Option<u64>,
+    max_connections: Option<u64>,
     max_header_list_size: Option<FileSize>,
     request_timeout: Option<String>,
     idle_timeout: Option<String>,
@@ -405,6 +409,8 @@ pub struct Limits {
     pub max_concurrent_requests: usize,
     /// HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// Connections at once.
+    pub max_connections: usize,
     /// Largest HTTP/2 header list, bytes.
     pub max_header_list_bytes: u32,
     /// Longest a call may run.
@@ -421,6 +427,7 @@ impl Default for Limits {
             max_handles_per_call: 1000,
             max_concurrent_requests: 1024,
             max_concurrent_streams: 256,
+            max_connections: 10_000,
             max_header_list_bytes: 16 * 1024,
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
@@ -756,6 +763,13 @@ impl Config {
         )? {
             l.max_concurrent_streams = u32::try_from(n).unwrap_or(u32::MAX);
         }
+        if let Some(n) = count_setting(
+            "max-connections",
+            &args.max_connections,
+            file.max_connections,
+        )? {
+            l.max_connections = n as usize;
+        }
         if let Some(n) = size_setting(
             "max-header-list-size",
             &args.max_header_list_size,
@@ -984,6 +998,9 @@ impl Config {
                 "max-concurrent-streams",
                 "must be between 1 and 100000",
             ));
+        }
+        if !(1..=1_000_000).contains(&l.max_connections) {
+            return Err(bad("max-connections", "must be between 1 and 1000000"));
         }
         if !(1024..=1024 * 1024).contains(&l.max_header_list_bytes) {
             return Err(bad("max-header-list-size", "must be between 1KiB and 1MiB"));

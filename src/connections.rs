@@ -19,8 +19,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::{Duration, Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -30,26 +30,36 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 #[derive(Debug)]
 pub struct Connections {
     cut: watch::Sender<bool>,
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Default for Connections {
     fn default() -> Self {
-        Self::new()
+        Self::new(10_000)
     }
 }
 
 impl Connections {
-    /// No connections yet.
-    pub fn new() -> Self {
+    /// No connections yet; at most `max` at once (TLS handshakes included).
+    pub fn new(max: usize) -> Self {
         Self {
             cut: watch::channel(false).0,
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(max)),
         }
     }
 
-    /// Wraps an accepted stream, to be closed after `idle` without input.
-    pub fn track(&self, stream: Stream, info: TcpConnectInfo, idle: Duration) -> Conn {
+    /// Wraps an accepted stream, to be closed after `idle` without input;
+    /// it holds `slot` until it closes.
+    pub fn track(
+        &self,
+        stream: Stream,
+        info: TcpConnectInfo,
+        idle: Duration,
+        slot: OwnedSemaphorePermit,
+    ) -> Conn {
         let mut cut = self.cut.subscribe();
         Conn {
+            _slot: slot,
             inner: stream,
             info,
             cut: Some(Box::pin(async move {
@@ -137,6 +147,7 @@ impl AsyncWrite for Stream {
 
 /// A connection that fails once the server cuts its connections.
 pub struct Conn {
+    _slot: OwnedSemaphorePermit,
     inner: Stream,
     info: TcpConnectInfo,
     /// `None` once the cut happened.
@@ -269,6 +280,11 @@ pub async fn accept(
     tx: mpsc::Sender<io::Result<Conn>>,
 ) {
     loop {
+        // At the connection limit, stop accepting until one closes: new
+        // clients wait in the kernel's backlog instead of costing memory.
+        let Ok(slot) = connections.slots.clone().acquire_owned().await else {
+            return;
+        };
         let tcp = match listener.accept().await {
             Ok((tcp, _)) => tcp,
             Err(e) => {
@@ -283,7 +299,7 @@ pub async fn accept(
         match &tls {
             None => {
                 if tx
-                    .send(Ok(connections.track(Stream::Plain(tcp), info, idle)))
+                    .send(Ok(connections.track(Stream::Plain(tcp), info, idle, slot)))
                     .await
                     .is_err()
                 {
@@ -297,7 +313,8 @@ pub async fn accept(
                     let remote = info.remote_addr();
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
-                            let conn = connections.track(Stream::Tls(Box::new(stream)), info, idle);
+                            let conn =
+                                connections.track(Stream::Tls(Box::new(stream)), info, idle, slot);
                             let _ = tx.send(Ok(conn)).await;
                         }
                         Ok(Err(e)) => tracing::debug!(?remote, "TLS handshake failed: {e}"),

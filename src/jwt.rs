@@ -98,6 +98,20 @@ impl JwtIssuer {
         let key = if use_static {
             self.keys.static_signer()
         } else {
+            // A rotating key stays published until its last JWT expires: a
+            // long validity would keep a key that should retire alive for
+            // years, so long-lived JWTs belong to the static key.
+            let most = self.keys.rotation_interval_ms();
+            if validity > most {
+                return Err(Error::invalid(
+                    "validity",
+                    format!(
+                        "a JWT signed by the rotating key may live at most as long as the key rotation \
+                         interval ({}s); use the static key for longer",
+                        most / 1000
+                    ),
+                ));
+            }
             let key = self.keys.signer();
             self.keys.note_jwt_expiry(key.kid(), exp_s * 1000).await?;
             key

@@ -253,11 +253,13 @@ pub async fn serve_with_reload(
     let router = routes
         .routes()
         .into_axum_router()
-        .layer(AuthLayer::new(api_keys.clone()))
+        // Innermost first: shedding and deadlines, then API keys (outside, so
+        // a caller without a valid key never takes a concurrency permit).
         .layer(GuardLayer::new(
             limits.max_concurrent_requests,
             limits.request_timeout,
         ))
+        .layer(AuthLayer::new(api_keys.clone()))
         .layer(ObserveLayer::new(metrics.clone()))
         .layer(tonic_web::GrpcWebLayer::new())
         .merge(crate::http::router(jwt, metrics.clone()))
@@ -278,7 +280,7 @@ pub async fn serve_with_reload(
     ];
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let connections = Arc::new(Connections::new());
+    let connections = Arc::new(Connections::new(limits.max_connections));
     let tls = config
         .tls
         .as_ref()

@@ -46,6 +46,17 @@ impl SledStore {
         cache_capacity_bytes: u64,
         on_flush: Option<FlushObserver>,
     ) -> Result<Arc<Self>, StoreError> {
+        // A new data directory is readable by its owner only: it holds
+        // signing keys and the refresh MAC secret.
+        if !dir.exists() {
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(dir).map_err(|e| {
+                StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_capacity_bytes)

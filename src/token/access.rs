@@ -158,6 +158,11 @@ pub fn verify(keys: &KeyRing, token: &str, now_ms: u64) -> Result<AccessClaims, 
     }
     let kid = header.kid.as_deref().ok_or(TokenError::Malformed)?;
     let key = keys.verifier(kid).ok_or(TokenError::UnknownKey)?;
+    // Access tokens are signed by rotating keys only: the static key, which
+    // never rotates or retires, must not be able to vouch for a session.
+    if key.is_static() {
+        return Err(TokenError::UnknownKey);
+    }
     if header.alg != key.algorithm() {
         return Err(TokenError::WrongAlgorithm);
     }
@@ -177,4 +182,49 @@ pub fn verify(keys: &KeyRing, token: &str, now_ms: u64) -> Result<AccessClaims, 
         return Err(TokenError::Expired);
     }
     Ok(claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::config::SigningAlgorithm;
+    use crate::metrics::Metrics;
+    use crate::store::SledStore;
+    use crate::token::keys::KeyRingConfig;
+
+    #[tokio::test]
+    async fn the_static_key_cannot_vouch_for_a_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 4 << 20, None).unwrap();
+        let clock = ManualClock::starting_now();
+        let config = KeyRingConfig {
+            algorithm: SigningAlgorithm::EdDSA,
+            rotation_interval_ms: 86_400_000,
+            access_lifetime_ms: 3_600_000,
+        };
+        let ring = Arc::new(
+            KeyRing::open(store, clock.clone(), config, Metrics::shared())
+                .await
+                .unwrap(),
+        );
+        let now = clock.now_ms();
+        let claims = AccessClaims {
+            user_id: "u".into(),
+            tenant_id: "public".into(),
+            session_handle: "h".into(),
+            refresh_token_hash: "x".into(),
+            anti_csrf_token: None,
+            iat: now / 1000,
+            exp: now / 1000 + 60,
+            iss: None,
+            payload: Map::new(),
+        };
+        let by_rotating = mint(&ring.signer(), &claims).unwrap();
+        assert_eq!(verify(&ring, &by_rotating, now).unwrap(), claims);
+        let by_static = mint(&ring.static_signer(), &claims).unwrap();
+        assert_eq!(verify(&ring, &by_static, now), Err(TokenError::UnknownKey));
+    }
 }

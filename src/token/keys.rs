@@ -88,6 +88,11 @@ impl SigningKey {
         &self.record.kid
     }
 
+    /// The static key (never rotates; signs only CreateJwt tokens).
+    pub fn is_static(&self) -> bool {
+        self.record.is_static
+    }
+
     /// The algorithm the key is pinned to.
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
@@ -515,6 +520,11 @@ impl KeyRing {
     /// The rotating key that signs now.
     pub fn signer(&self) -> Arc<SigningKey> {
         self.snapshot().signer(self.clock.now_ms()).clone()
+    }
+
+    /// How long a rotating key signs, ms.
+    pub fn rotation_interval_ms(&self) -> u64 {
+        self.config.rotation_interval_ms
     }
 
     /// The static key.

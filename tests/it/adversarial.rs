@@ -568,3 +568,32 @@ async fn idle_connections_close_and_oversized_headers_are_refused() {
     let mut c = server.sessions().await;
     create(&mut c, "u", json!({})).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_limit_holds_new_clients_back() {
+    let server = TestServer::start_with(|c| c.limits.max_connections = 2).await;
+    // wait_ready's connection has closed; take both slots with silent clients.
+    let mut c = server.sessions().await;
+    create(&mut c, "u", json!({})).await;
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let first = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let _second = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // A third client gets no answer while the limit is reached...
+    let addr = server.addr;
+    let third = tokio::spawn(async move {
+        let mut c = SessionServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        create(&mut c, "late", json!({})).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!third.is_finished(), "served beyond the connection limit");
+    // ...and is served as soon as a slot frees.
+    drop(first);
+    let created = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("served after a slot freed")
+        .unwrap();
+    assert_eq!(created.session.unwrap().user_id, "late");
+}

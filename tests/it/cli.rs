@@ -272,6 +272,12 @@ async fn a_backup_under_write_load_restores_every_session_acknowledged_before_it
     .await;
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("backup written"), "{err}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the backup holds keys: owner-only");
+    }
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();
@@ -288,14 +294,29 @@ async fn a_backup_under_write_load_restores_every_session_acknowledged_before_it
     assert_eq!(code, 1);
     assert!(err.contains("not empty"), "{err}");
     let target = tempfile::tempdir().unwrap();
+    let data = target.path().join("data");
     let (code, _, err) = sessiond(vec![
         "restore".into(),
         file.to_str().unwrap().into(),
         "--data-dir".into(),
-        target.path().to_str().unwrap().into(),
+        data.to_str().unwrap().into(),
     ])
     .await;
     assert_eq!(code, 0, "{err}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "a new data directory is owner-only");
+    }
+    std::fs::rename(&data, target.path().join("restored")).unwrap();
+    let target = {
+        // TestServer::start_in takes the directory holding the store.
+        let restored = tempfile::tempdir().unwrap();
+        std::fs::remove_dir(restored.path()).unwrap();
+        std::fs::rename(target.path().join("restored"), restored.path()).unwrap();
+        restored
+    };
 
     let restored = TestServer::start_in(target, |_| {}).await;
     let mut c = restored.sessions().await;

@@ -292,45 +292,48 @@ async fn create_jwt_with_rotating_and_static_keys() {
 }
 
 #[tokio::test]
-async fn a_long_lived_jwt_keeps_its_rotating_key_published() {
-    let server =
-        TestServer::start_with(|c| c.key_rotation_interval = Duration::from_secs(3600)).await;
+async fn a_jwt_keeps_its_rotating_key_published_until_it_expires() {
+    let server = TestServer::start_with(|c| {
+        c.key_rotation_interval = Duration::from_secs(3600);
+        c.access_token_lifetime = Duration::from_secs(60);
+    })
+    .await;
     let mut j = server.jwts().await;
-    let jwt = j
-        .create_jwt(pb::CreateJwtRequest {
-            payload: Some(obj(json!({"sub": "svc"}))),
-            validity: Some(prost_types::Duration {
-                seconds: 30 * 86400,
-                nanos: 0,
-            }),
-            use_static_signing_key: Some(false),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .jwt;
-    // Many rotations later, the key that signed it is still published.
-    for _ in 0..10 {
-        server.clock.advance(Duration::from_secs(24 * 3600));
-        server
-            .sessions()
-            .await
-            .create_new_session(pb::CreateNewSessionRequest {
-                user_id: "u".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    }
+    let create = |seconds| pb::CreateJwtRequest {
+        payload: Some(obj(json!({"sub": "svc"}))),
+        validity: Some(prost_types::Duration { seconds, nanos: 0 }),
+        use_static_signing_key: Some(false),
+    };
+    // Longer than the rotation interval: that is what the static key is for.
+    let s = assert_status(
+        j.create_jwt(create(3601)).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(bad_field(&s), "validity");
+
+    // Signed a minute before the key's interval ends, valid for an hour.
+    server.clock.advance(Duration::from_secs(59 * 60));
+    let jwt = j.create_jwt(create(3600)).await.unwrap().into_inner().jwt;
+    // The successor signs from the hour; access tokens of the old key expire a
+    // minute later, but the JWT keeps the old key published.
+    server.clock.advance(Duration::from_secs(30 * 60));
+    let mut c = server.sessions().await;
+    let fresh = create_session_kid(&mut c).await;
+    assert_ne!(fresh, kid(&jwt), "a newer key signs now");
     verify_with_jwks(&jwks(&server).await, &jwt);
-    server.clock.advance(Duration::from_secs(21 * 86400));
-    j.rotate_signing_key(pb::RotateSigningKeyRequest {})
-        .await
-        .unwrap();
+    // Once the JWT has expired, its key leaves the JWKS.
+    server.clock.advance(Duration::from_secs(30 * 60));
     assert!(
         jwks(&server).await.find(&kid(&jwt)).is_none(),
         "gone once the JWT expired"
     );
+}
+
+async fn create_session_kid(
+    c: &mut sessiond::pb::session_service_client::SessionServiceClient<tonic::transport::Channel>,
+) -> String {
+    kid(&access(&create(c, "u", json!({})).await))
 }
 
 #[tokio::test]

@@ -1,0 +1,585 @@
+//! `sessiond-bench`: a load generator for sessiond.
+//!
+//! Opens N connections with M calls in flight on each, runs every scenario
+//! for a fixed duration after a warm-up, and reports throughput, latency
+//! percentiles and errors by gRPC code, with each scenario's throughput as a
+//! ratio to `health` (the transport's own ceiling) measured in the same run.
+//! Without `--addr` it starts the `sessiond` binary found beside it on a
+//! temporary data directory.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use prost_types::Struct;
+use prost_types::value::Kind;
+use sessiond::config::parse_duration;
+use sessiond::pb;
+use sessiond::pb::session_service_client::SessionServiceClient;
+use sessiond::pb::user_session_service_client::UserSessionServiceClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+enum Scenario {
+    /// grpc.health.v1 Check: the transport's ceiling.
+    Health,
+    /// Stateless GetSession.
+    Get,
+    /// GetSession with check_database.
+    GetDb,
+    /// CreateNewSession (a durable write).
+    Create,
+    /// RefreshSession, each worker following its own rotating chain (a durable write).
+    Refresh,
+    /// GetUserSession of the public bucket, with the user's token.
+    BucketGet,
+    /// UpdateUserSession of the public bucket (a durable write).
+    BucketUpdate,
+    /// 90% get, 5% refresh, 3% create, 2% revoke.
+    Mixed,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Health => "health",
+            Self::Get => "get",
+            Self::GetDb => "get-db",
+            Self::Create => "create",
+            Self::Refresh => "refresh",
+            Self::BucketGet => "bucket-get",
+            Self::BucketUpdate => "bucket-update",
+            Self::Mixed => "mixed",
+        }
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "sessiond-bench", about = "A load generator for sessiond")]
+struct Args {
+    /// Server to load [default: start the sessiond binary beside this one].
+    #[arg(long)]
+    addr: Option<String>,
+    /// API key for the server, when it has keys.
+    #[arg(long, env = "SESSIOND_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Calls in flight on each connection.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Measured time per scenario.
+    #[arg(long, default_value = "10s")]
+    duration: String,
+    /// Unmeasured time before it.
+    #[arg(long, default_value = "2s")]
+    warmup: String,
+    /// Scenarios to run, in order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "health,get,get-db,create,refresh,bucket-get,bucket-update,mixed"
+    )]
+    scenarios: Vec<Scenario>,
+    /// Sessions created before the scenarios that read them.
+    #[arg(long, default_value_t = 1000)]
+    population: usize,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// An argument for the started server, such as --server-arg=--signing-algorithm=RS256 (repeatable).
+    #[arg(long, allow_hyphen_values = true)]
+    server_arg: Vec<String>,
+}
+
+/// Results of one scenario.
+#[derive(Debug, serde::Serialize)]
+struct Outcome {
+    scenario: &'static str,
+    calls: u64,
+    seconds: f64,
+    throughput: f64,
+    ratio_to_health: Option<f64>,
+    p50_us: u64,
+    p90_us: u64,
+    p99_us: u64,
+    max_us: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+/// A session of the population.
+#[derive(Clone)]
+struct Member {
+    handle: String,
+    access: String,
+    refresh: String,
+}
+
+/// What one worker measures.
+struct Tally {
+    latency: Histogram<u64>,
+    calls: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+            calls: 0,
+            errors: BTreeMap::new(),
+        }
+    }
+
+    fn record(&mut self, elapsed: Duration, result: Result<(), Status>) {
+        self.calls += 1;
+        let _ = self.latency.record(elapsed.as_micros().max(1) as u64);
+        if let Err(status) = result {
+            *self
+                .errors
+                .entry(format!("{:?}", status.code()))
+                .or_default() += 1;
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.calls += other.calls;
+        let _ = self.latency.add(other.latency);
+        for (code, n) in other.errors {
+            *self.errors.entry(code).or_default() += n;
+        }
+    }
+}
+
+/// A tiny xorshift generator: enough to mix scenarios and pick sessions.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n.max(1) as u64) as usize
+    }
+}
+
+fn payload() -> Struct {
+    let mut s = Struct::default();
+    for (k, v) in [("role", "member"), ("plan", "pro"), ("region", "eu-west")] {
+        s.fields.insert(
+            k.into(),
+            prost_types::Value {
+                kind: Some(Kind::StringValue(v.into())),
+            },
+        );
+    }
+    s
+}
+
+#[derive(Clone)]
+struct Client {
+    channel: Channel,
+    api_key: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Client {
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut req = Request::new(message);
+        if let Some(key) = &self.api_key {
+            req.metadata_mut().insert("x-api-key", key.clone());
+        }
+        req
+    }
+
+    fn bearer<T>(&self, message: T, token: &str) -> Request<T> {
+        let mut req = Request::new(message);
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("tokens are ASCII"),
+        );
+        req
+    }
+
+    async fn create(&self, user: String) -> Result<Member, Status> {
+        let r = SessionServiceClient::new(self.channel.clone())
+            .create_new_session(self.request(pb::CreateNewSessionRequest {
+                user_id: user,
+                access_token_payload: Some(payload()),
+                disable_anti_csrf: true,
+                ..Default::default()
+            }))
+            .await?
+            .into_inner();
+        Ok(Member {
+            handle: r.session.map(|s| s.session_handle).unwrap_or_default(),
+            access: r.access_token.map(|t| t.token).unwrap_or_default(),
+            refresh: r.refresh_token.map(|t| t.token).unwrap_or_default(),
+        })
+    }
+
+    async fn get(&self, token: &str, check_database: bool) -> Result<(), Status> {
+        SessionServiceClient::new(self.channel.clone())
+            .get_session(self.request(pb::GetSessionRequest {
+                access_token: token.to_owned(),
+                check_database,
+                ..Default::default()
+            }))
+            .await
+            .map(|_| ())
+    }
+
+    async fn refresh(&self, member: &mut Member) -> Result<(), Status> {
+        let r = SessionServiceClient::new(self.channel.clone())
+            .refresh_session(self.request(pb::RefreshSessionRequest {
+                refresh_token: member.refresh.clone(),
+                disable_anti_csrf: true,
+                ..Default::default()
+            }))
+            .await?
+            .into_inner();
+        member.refresh = r.refresh_token.map(|t| t.token).unwrap_or_default();
+        member.access = r.access_token.map(|t| t.token).unwrap_or_default();
+        Ok(())
+    }
+}
+
+/// What one worker carries from call to call.
+struct Worker {
+    id: usize,
+    /// Calls made so far.
+    n: u64,
+    rng: Rng,
+    /// The worker's own session (refresh chains, bucket updates).
+    mine: Member,
+    /// Sessions it created and may revoke (mixed).
+    created: Vec<String>,
+}
+
+/// One call of `scenario` by worker `w`.
+async fn one(
+    scenario: Scenario,
+    client: &Client,
+    population: &[Member],
+    w: &mut Worker,
+) -> Result<(), Status> {
+    let (id, n) = (w.id, w.n);
+    let member = &population[w.rng.below(population.len())];
+    match scenario {
+        Scenario::Health => HealthClient::new(client.channel.clone())
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|_| ()),
+        Scenario::Get => client.get(&member.access, false).await,
+        Scenario::GetDb => client.get(&member.access, true).await,
+        Scenario::Create => client.create(format!("bench-{id}-{n}")).await.map(|_| ()),
+        Scenario::Refresh => {
+            let result = client.refresh(&mut w.mine).await;
+            if result.is_err() {
+                // Start a new chain, so one failure does not fail all later calls.
+                if let Ok(fresh) = client.create(format!("bench-chain-{id}-{n}")).await {
+                    w.mine = fresh;
+                }
+            }
+            result
+        }
+        Scenario::BucketGet => UserSessionServiceClient::new(client.channel.clone())
+            .get_user_session(client.bearer(
+                pb::GetUserSessionRequest {
+                    bucket: pb::Bucket::Public as i32,
+                    ..Default::default()
+                },
+                &member.access,
+            ))
+            .await
+            .map(|_| ()),
+        Scenario::BucketUpdate => {
+            let mut data = Struct::default();
+            data.fields.insert(
+                format!("k{}", n % 32),
+                prost_types::Value {
+                    kind: Some(Kind::NumberValue(n as f64)),
+                },
+            );
+            UserSessionServiceClient::new(client.channel.clone())
+                .update_user_session(client.bearer(
+                    pb::UpdateUserSessionRequest {
+                        bucket: pb::Bucket::Public as i32,
+                        data: Some(data),
+                        ..Default::default()
+                    },
+                    &w.mine.access,
+                ))
+                .await
+                .map(|_| ())
+        }
+        Scenario::Mixed => match w.rng.below(100) {
+            0..90 => client.get(&member.access, false).await,
+            90..95 => Box::pin(one(Scenario::Refresh, client, population, w)).await,
+            95..98 => {
+                let m = client.create(format!("bench-mixed-{id}-{n}")).await?;
+                w.created.push(m.handle);
+                Ok(())
+            }
+            _ => {
+                let handle = w.created.pop().unwrap_or_else(|| member.handle.clone());
+                SessionServiceClient::new(client.channel.clone())
+                    .revoke_session(client.request(pb::RevokeSessionRequest {
+                        session_handle: handle,
+                    }))
+                    .await
+                    .map(|_| ())
+            }
+        },
+    }
+}
+
+async fn run(
+    scenario: Scenario,
+    clients: &[Client],
+    population: Arc<Vec<Member>>,
+    args: &Args,
+    warmup: Duration,
+    duration: Duration,
+) -> Outcome {
+    let start = Instant::now();
+    let (measure_from, end) = (start + warmup, start + warmup + duration);
+    let mut workers = Vec::new();
+    for (c, client) in clients.iter().enumerate() {
+        for m in 0..args.concurrency {
+            let id = c * args.concurrency + m;
+            let (client, population) = (client.clone(), population.clone());
+            workers.push(tokio::spawn(async move {
+                let mut tally = Tally::new();
+                let mine = match client.create(format!("bench-own-{id}")).await {
+                    Ok(m) => m,
+                    Err(_) => population[id % population.len()].clone(),
+                };
+                let mut w = Worker {
+                    id,
+                    n: 0,
+                    rng: Rng(
+                        0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D)
+                    ),
+                    mine,
+                    created: Vec::new(),
+                };
+                loop {
+                    let now = Instant::now();
+                    if now >= end {
+                        break;
+                    }
+                    w.n += 1;
+                    let result = one(scenario, &client, &population, &mut w).await;
+                    if now >= measure_from {
+                        tally.record(now.elapsed(), result);
+                    }
+                }
+                tally
+            }));
+        }
+    }
+    let mut total = Tally::new();
+    for w in workers {
+        total.merge(w.await.expect("a worker panicked"));
+    }
+    let seconds = duration.as_secs_f64();
+    let l = &total.latency;
+    Outcome {
+        scenario: scenario.name(),
+        calls: total.calls,
+        seconds,
+        throughput: total.calls as f64 / seconds,
+        ratio_to_health: None,
+        p50_us: l.value_at_quantile(0.50),
+        p90_us: l.value_at_quantile(0.90),
+        p99_us: l.value_at_quantile(0.99),
+        max_us: l.max(),
+        errors: total.errors,
+    }
+}
+
+/// The sessiond binary beside this one, on a temporary data directory.
+fn start_server(extra: &[String]) -> (Child, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let exe = std::env::current_exe()
+        .expect("own path")
+        .with_file_name("sessiond");
+    let mut child = Command::new(&exe)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log",
+            "warn",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+    let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("sessiond exited before it was ready")
+            .expect("readable stderr");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr, dir)
+}
+
+fn us(v: u64) -> String {
+    if v >= 10_000 {
+        format!("{:.1}ms", v as f64 / 1000.0)
+    } else {
+        format!("{v}µs")
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let warmup = parse_duration(&args.warmup).expect("--warmup");
+    let duration = parse_duration(&args.duration).expect("--duration");
+    let mut server = None;
+    let addr = match &args.addr {
+        Some(a) => a.clone(),
+        None => {
+            let (child, addr, dir) = start_server(&args.server_arg);
+            eprintln!("started sessiond at {addr}");
+            server = Some((child, dir));
+            addr
+        }
+    };
+    let api_key = args
+        .api_key
+        .as_deref()
+        .map(|k| k.parse().expect("--api-key must be ASCII"));
+    let mut clients = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .expect("address")
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach {addr}: {e}"));
+        clients.push(Client {
+            channel,
+            api_key: api_key.clone(),
+        });
+    }
+    eprintln!(
+        "{} connections x {} in flight, {:?} warm-up + {:?} per scenario; creating {} sessions",
+        clients.len(),
+        args.concurrency,
+        warmup,
+        duration,
+        args.population
+    );
+    let mut population = Vec::with_capacity(args.population);
+    for chunk in (0..args.population.max(1)).collect::<Vec<_>>().chunks(64) {
+        let calls: Vec<_> = chunk
+            .iter()
+            .map(|i| {
+                let client = clients[i % clients.len()].clone();
+                let i = *i;
+                tokio::spawn(async move { client.create(format!("bench-user-{i}")).await })
+            })
+            .collect();
+        for call in calls {
+            population.push(call.await.expect("join").expect("creating the population"));
+        }
+    }
+    let population = Arc::new(population);
+
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    for scenario in &args.scenarios {
+        let outcome = run(
+            *scenario,
+            &clients,
+            population.clone(),
+            &args,
+            warmup,
+            duration,
+        )
+        .await;
+        eprintln!(
+            "{:<14} {:>10.0} calls/s",
+            outcome.scenario, outcome.throughput
+        );
+        outcomes.push(outcome);
+    }
+    if let Some(health) = outcomes
+        .iter()
+        .find(|o| o.scenario == "health")
+        .map(|o| o.throughput)
+    {
+        for o in &mut outcomes {
+            o.ratio_to_health = Some(o.throughput / health);
+        }
+    }
+    println!(
+        "| scenario | calls/s | × health | p50 | p90 | p99 | max | errors |\n|---|---:|---:|---:|---:|---:|---:|---|"
+    );
+    for o in &outcomes {
+        let errors = if o.errors.is_empty() {
+            "0".to_owned()
+        } else {
+            o.errors
+                .iter()
+                .map(|(c, n)| format!("{c} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+            o.scenario,
+            o.throughput,
+            o.ratio_to_health
+                .map_or("-".to_owned(), |r| format!("{r:.2}")),
+            us(o.p50_us),
+            us(o.p90_us),
+            us(o.p99_us),
+            us(o.max_us),
+            errors
+        );
+    }
+    if let Some(path) = &args.json {
+        let report = serde_json::json!({
+            "connections": clients.len(),
+            "concurrency_per_connection": args.concurrency,
+            "warmup_seconds": warmup.as_secs_f64(),
+            "duration_seconds": duration.as_secs_f64(),
+            "population": args.population,
+            "results": outcomes,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report).expect("JSON"))
+            .expect("writing --json");
+    }
+    if let Some((mut child, _dir)) = server {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
+}
