@@ -328,6 +328,9 @@ pub struct ServeArgs {
     /// Close connections on which the client sends nothing for this long [default: 10m].
     #[arg(long, env = "SESSIOND_IDLE_TIMEOUT", value_name = "DUR")]
     pub idle_timeout: Option<String>,
+    /// Verified access tokens remembered, so a token seen again skips its signature check (0 disables) [default: 10000].
+    #[arg(long, env = "SESSIOND_TOKEN_CACHE_SIZE", value_name = "N")]
+    pub token_cache_size: Option<String>,
     /// PEM certificate chain: serve TLS (gRPC, gRPC-Web and HTTP) on the port.
     #[arg(
         long,
@@ -394,6 +397,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
+    token_cache_size: Option<u64>,
 }
 
 /// Limits on what callers may ask of the server.
@@ -537,6 +541,8 @@ pub struct Config {
     pub key_encryption_key: Option<Secret>,
     /// TLS, when configured.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Verified access tokens remembered.
+    pub token_cache_size: usize,
 }
 
 /// The environment variable that may hold the key-encryption key itself.
@@ -572,6 +578,7 @@ impl Config {
             limits: Limits::default(),
             key_encryption_key: None,
             tls: None,
+            token_cache_size: 10_000,
         }
     }
 
@@ -789,6 +796,13 @@ impl Config {
             file.idle_timeout,
             &mut c.limits.idle_timeout,
         )?;
+        if let Some(n) = count_setting(
+            "token-cache-size",
+            &args.token_cache_size,
+            file.token_cache_size,
+        )? {
+            c.token_cache_size = n as usize;
+        }
         let tls_cert = args.tls_cert.clone().or(file.tls_cert);
         let tls_key = args.tls_key.clone().or(file.tls_key);
         let tls_client_ca = args.tls_client_ca.clone().or(file.tls_client_ca);
@@ -998,6 +1012,9 @@ impl Config {
                 "max-concurrent-streams",
                 "must be between 1 and 100000",
             ));
+        }
+        if self.token_cache_size > 10_000_000 {
+            return Err(bad("token-cache-size", "must be at most 10000000"));
         }
         if !(1..=1_000_000).contains(&l.max_connections) {
             return Err(bad("max-connections", "must be between 1 and 1000000"));

@@ -19,11 +19,11 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
     /// Fully qualified service, such as `sessiond.v1.SessionService`.
-    pub service: String,
+    pub service: &'static str,
     /// Method, such as `CreateNewSession`.
-    pub method: String,
+    pub method: &'static str,
     /// gRPC status code name, such as `OK` or `UNAUTHENTICATED`.
-    pub code: String,
+    pub code: &'static str,
 }
 
 /// Labels of outcome counters.

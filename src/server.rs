@@ -183,6 +183,7 @@ pub async fn serve_with_reload(
                     depth: config.limits.max_json_depth,
                 },
                 max_handles_per_call: config.limits.max_handles_per_call,
+                token_cache_size: config.token_cache_size,
                 issuer: issuer.clone(),
             },
             metrics.clone(),

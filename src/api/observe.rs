@@ -6,7 +6,7 @@
 //! trailers at the end of the body, so the body is wrapped to catch it. A
 //! call whose body is dropped before its status counts as CANCELLED.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -54,9 +54,10 @@ fn code_name(headers: &HeaderMap) -> Option<&'static str> {
 }
 
 /// Every `/package.Service/Method` path the server serves, from the
-/// descriptor sets it publishes by reflection.
-fn known_methods() -> &'static HashSet<String> {
-    static METHODS: OnceLock<HashSet<String>> = OnceLock::new();
+/// descriptor sets it publishes by reflection, with its (service, method)
+/// labels. Built once; the labels live for the whole process.
+fn known_methods() -> &'static HashMap<String, (&'static str, &'static str)> {
+    static METHODS: OnceLock<HashMap<String, (&'static str, &'static str)>> = OnceLock::new();
     METHODS.get_or_init(|| {
         let sets: [&[u8]; 4] = [
             crate::pb::FILE_DESCRIPTOR_SET,
@@ -64,7 +65,7 @@ fn known_methods() -> &'static HashSet<String> {
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
         ];
-        let mut methods = HashSet::new();
+        let mut methods = HashMap::new();
         for set in sets {
             let Ok(set) = prost_types::FileDescriptorSet::decode(set) else {
                 continue;
@@ -72,12 +73,16 @@ fn known_methods() -> &'static HashSet<String> {
             for file in set.file {
                 let package = file.package.unwrap_or_default();
                 for service in file.service {
-                    let service_name = format!("{package}.{}", service.name.unwrap_or_default());
+                    let service_name: &'static str = Box::leak(
+                        format!("{package}.{}", service.name.unwrap_or_default()).into_boxed_str(),
+                    );
                     for method in service.method {
-                        methods.insert(format!(
-                            "/{service_name}/{}",
-                            method.name.unwrap_or_default()
-                        ));
+                        let method_name: &'static str =
+                            Box::leak(method.name.unwrap_or_default().into_boxed_str());
+                        methods.insert(
+                            format!("/{service_name}/{method_name}"),
+                            (service_name, method_name),
+                        );
                     }
                 }
             }
@@ -86,14 +91,12 @@ fn known_methods() -> &'static HashSet<String> {
     })
 }
 
-/// Splits a known path into (service, method); unknown paths share one label.
-fn labels_for(path: &str) -> (String, String) {
-    if known_methods().contains(path)
-        && let Some((service, method)) = path.trim_start_matches('/').split_once('/')
-    {
-        return (service.to_owned(), method.to_owned());
-    }
-    ("unknown".to_owned(), "unknown".to_owned())
+/// The (service, method) labels of a path; unknown paths share one label.
+fn labels_for(path: &str) -> (&'static str, &'static str) {
+    known_methods()
+        .get(path)
+        .copied()
+        .unwrap_or(("unknown", "unknown"))
 }
 
 /// Adds [`Observe`] to the gRPC routes.
@@ -129,8 +132,8 @@ pub struct Observe<S> {
 /// Records one call exactly once.
 struct Recorder {
     metrics: Arc<Metrics>,
-    service: String,
-    method: String,
+    service: &'static str,
+    method: &'static str,
     start: Instant,
     span: tracing::Span,
 }
@@ -149,7 +152,7 @@ impl Recorder {
             RpcLabels {
                 service: self.service,
                 method: self.method,
-                code: code.to_owned(),
+                code,
             },
             elapsed,
         );
@@ -175,7 +178,8 @@ where
         let (service, method) = labels_for(req.uri().path());
         let span = tracing::info_span!(
             "rpc",
-            rpc = %format_args!("{service}/{method}"),
+            service,
+            method,
             tenant = tracing::field::Empty,
             code = tracing::field::Empty,
         );
@@ -263,10 +267,7 @@ mod tests {
     fn known_methods_come_from_the_descriptors() {
         assert_eq!(
             labels_for("/sessiond.v1.SessionService/CreateNewSession"),
-            (
-                "sessiond.v1.SessionService".to_owned(),
-                "CreateNewSession".to_owned()
-            )
+            ("sessiond.v1.SessionService", "CreateNewSession")
         );
         assert_eq!(labels_for("/grpc.health.v1.Health/Check").1, "Check");
         assert_eq!(labels_for("/sessiond.v1.SessionService/Nope").0, "unknown");

@@ -416,14 +416,7 @@ fn start_server(extra: &[String]) -> (Child, String, tempfile::TempDir) {
         .expect("own path")
         .with_file_name("sessiond");
     let mut child = Command::new(&exe)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log",
-            "warn",
-            "--data-dir",
-        ])
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .args(extra)
         .stdout(Stdio::null())

@@ -26,8 +26,9 @@ use crate::clock::SharedClock;
 use crate::error::{Error, Result};
 use crate::ids::SessionHandle;
 use crate::metrics::Metrics;
-use crate::store::{Change, Generation, SessionRecord, SessionStore};
+use crate::store::{self, Change, Generation, SessionRecord, SessionStore};
 use crate::token::access::{self, AccessClaims};
+use crate::token::cache::TokenCache;
 use crate::token::keys::{KeyRing, SigningKey};
 use crate::token::refresh::{self, RefreshTokens};
 use crate::token::{TokenError, ct_eq, random_bytes, random_token, sha256_hex};
@@ -45,6 +46,8 @@ pub struct SessionConfig {
     pub payload_limits: payload::JsonLimits,
     /// Most handles per RevokeMultipleSessions call.
     pub max_handles_per_call: usize,
+    /// Verified access tokens remembered (0: none).
+    pub token_cache_size: usize,
     /// `iss` of access tokens.
     pub issuer: String,
 }
@@ -174,6 +177,7 @@ pub struct SessionManager {
     clock: SharedClock,
     config: SessionConfig,
     metrics: Arc<Metrics>,
+    token_cache: TokenCache,
 }
 
 impl std::fmt::Debug for SessionManager {
@@ -215,6 +219,7 @@ impl SessionManager {
             refresh_tokens: RefreshTokens::new(&secret),
             claims,
             clock,
+            token_cache: TokenCache::new(config.token_cache_size),
             config,
             metrics,
         })
@@ -338,16 +343,18 @@ impl SessionManager {
             previous: None,
             rotated_at_ms: now,
         };
-        self.store.create_session(&record)?;
+        store::blocking(|| self.store.create_session(&record))?;
         self.metrics.sessions_added(1);
         if let Some(id) = &new.user_identifier {
-            self.store
-                .update_user_data(&record.tenant_id, &record.user_id, &mut |d| {
-                    (d.user_identifier.as_ref() != Some(id)).then(|| crate::store::UserData {
-                        user_identifier: Some(id.clone()),
-                        ..d.clone()
+            store::blocking(|| {
+                self.store
+                    .update_user_data(&record.tenant_id, &record.user_id, &mut |d| {
+                        (d.user_identifier.as_ref() != Some(id)).then(|| crate::store::UserData {
+                            user_identifier: Some(id.clone()),
+                            ..d.clone()
+                        })
                     })
-                })?;
+            })?;
         }
         let tokens = self.tokens(&key, &record, refresh, anti_csrf, now)?;
         self.store.durable().await?;
@@ -358,7 +365,7 @@ impl SessionManager {
     pub async fn verify(&self, req: Verify) -> Result<Verified> {
         claims::check_validators("claim_validators", &req.validators)?;
         let now = self.now();
-        let claims = access::verify(&self.keys, &req.access_token, now).map_err(unauthorised)?;
+        let claims = self.verified(&req.access_token, now)?;
         if req.check_anti_csrf
             && let Some(expected) = &claims.anti_csrf_token
         {
@@ -387,15 +394,34 @@ impl SessionManager {
         if req.validators.is_empty() {
             return Ok(Verified {
                 session: SessionView {
-                    handle: claims.session_handle,
-                    user_id: claims.user_id,
-                    tenant_id: claims.tenant_id,
-                    access_payload: claims.payload,
+                    handle: claims.session_handle.clone(),
+                    user_id: claims.user_id.clone(),
+                    tenant_id: claims.tenant_id.clone(),
+                    access_payload: claims.payload.clone(),
                 },
                 new_access: None,
             });
         }
-        self.verify_claims(claims, &req.validators, now).await
+        self.verify_claims((*claims).clone(), &req.validators, now)
+            .await
+    }
+
+    /// Verifies an access token, through the cache of verified tokens; the
+    /// expiry is checked on every call.
+    fn verified(&self, token: &str, now: u64) -> Result<Arc<AccessClaims>> {
+        let claims = match self.token_cache.get(token) {
+            Some(claims) => claims,
+            None => {
+                let claims =
+                    Arc::new(access::verify(&self.keys, token, now).map_err(unauthorised)?);
+                self.token_cache.insert(token, claims.clone());
+                claims
+            }
+        };
+        if now >= claims.exp.saturating_mul(1000) {
+            return Err(unauthorised(TokenError::Expired));
+        }
+        Ok(claims)
     }
 
     /// Checks claim validators against a verified token's payload. Stale
@@ -467,50 +493,53 @@ impl SessionManager {
             Rotated(Box<SessionRecord>, bool),
         }
         let mut outcome = Outcome::Gone { removed: false };
-        self.store
-            .update_session(&handle.to_string(), &mut |record| {
-                let Some(r) = record else {
-                    outcome = Outcome::Gone { removed: false };
-                    return Change::Keep;
-                };
-                if r.expires_at_ms <= now {
-                    outcome = Outcome::Gone { removed: true };
-                    return Change::Delete;
-                }
-                let in_grace = now <= r.rotated_at_ms.saturating_add(grace);
-                let (generation, is_current) = if r.current.refresh_hash == presented {
-                    (&r.current, true)
-                } else if let Some(prev) = r
-                    .previous
-                    .as_ref()
-                    .filter(|p| in_grace && p.refresh_hash == presented)
-                {
-                    (prev, false)
-                } else {
-                    outcome = Outcome::Theft(r.user_id.clone());
-                    return Change::Delete;
-                };
-                if let Some(expected) = &generation.anti_csrf_hash
-                    && !req.disable_anti_csrf
-                    && given_anti_csrf.as_ref() != Some(expected)
-                {
-                    outcome = Outcome::AntiCsrfMismatch;
-                    return Change::Keep;
-                }
-                let mut next = r.clone();
-                let uses_anti_csrf = r.current.anti_csrf_hash.is_some();
-                next.current = Generation {
-                    refresh_hash: refresh::hash(&new_refresh),
-                    anti_csrf_hash: uses_anti_csrf.then(|| sha256_hex(new_anti_csrf.as_bytes())),
-                };
-                if is_current {
-                    next.previous = Some(r.current.clone());
-                    next.rotated_at_ms = now;
-                    next.expires_at_ms = now + lifetime;
-                }
-                outcome = Outcome::Rotated(Box::new(next.clone()), is_current);
-                Change::Put(Box::new(next))
-            })?;
+        store::blocking(|| {
+            self.store
+                .update_session(&handle.to_string(), &mut |record| {
+                    let Some(r) = record else {
+                        outcome = Outcome::Gone { removed: false };
+                        return Change::Keep;
+                    };
+                    if r.expires_at_ms <= now {
+                        outcome = Outcome::Gone { removed: true };
+                        return Change::Delete;
+                    }
+                    let in_grace = now <= r.rotated_at_ms.saturating_add(grace);
+                    let (generation, is_current) = if r.current.refresh_hash == presented {
+                        (&r.current, true)
+                    } else if let Some(prev) = r
+                        .previous
+                        .as_ref()
+                        .filter(|p| in_grace && p.refresh_hash == presented)
+                    {
+                        (prev, false)
+                    } else {
+                        outcome = Outcome::Theft(r.user_id.clone());
+                        return Change::Delete;
+                    };
+                    if let Some(expected) = &generation.anti_csrf_hash
+                        && !req.disable_anti_csrf
+                        && given_anti_csrf.as_ref() != Some(expected)
+                    {
+                        outcome = Outcome::AntiCsrfMismatch;
+                        return Change::Keep;
+                    }
+                    let mut next = r.clone();
+                    let uses_anti_csrf = r.current.anti_csrf_hash.is_some();
+                    next.current = Generation {
+                        refresh_hash: refresh::hash(&new_refresh),
+                        anti_csrf_hash: uses_anti_csrf
+                            .then(|| sha256_hex(new_anti_csrf.as_bytes())),
+                    };
+                    if is_current {
+                        next.previous = Some(r.current.clone());
+                        next.rotated_at_ms = now;
+                        next.expires_at_ms = now + lifetime;
+                    }
+                    outcome = Outcome::Rotated(Box::new(next.clone()), is_current);
+                    Change::Put(Box::new(next))
+                })
+        })?;
 
         match outcome {
             Outcome::Gone { removed } => {
@@ -613,7 +642,7 @@ impl SessionManager {
     /// Deletes sessions durably; returns the handles of those that were live
     /// (expired ones are removed too, but were already invisible).
     async fn delete(&self, handles: &[String]) -> Result<Vec<String>> {
-        let removed = self.store.delete_sessions(handles)?;
+        let removed = store::blocking(|| self.store.delete_sessions(handles))?;
         self.store.durable().await?;
         self.metrics.sessions_removed(removed.len() as u64);
         let now = self.now();
@@ -670,22 +699,24 @@ impl SessionManager {
         let handle = payload::handle("session_handle", handle)?;
         let now = self.now();
         let mut result = Err(Error::SessionNotFound);
-        self.store
-            .update_session(&handle.to_string(), &mut |record| match record {
-                Some(r) if r.expires_at_ms > now => {
-                    let mut next = r.clone();
-                    result = edit(&mut next);
-                    if result.is_ok() {
-                        Change::Put(Box::new(next))
-                    } else {
+        store::blocking(|| {
+            self.store
+                .update_session(&handle.to_string(), &mut |record| match record {
+                    Some(r) if r.expires_at_ms > now => {
+                        let mut next = r.clone();
+                        result = edit(&mut next);
+                        if result.is_ok() {
+                            Change::Put(Box::new(next))
+                        } else {
+                            Change::Keep
+                        }
+                    }
+                    _ => {
+                        result = Err(Error::SessionNotFound);
                         Change::Keep
                     }
-                }
-                _ => {
-                    result = Err(Error::SessionNotFound);
-                    Change::Keep
-                }
-            })?;
+                })
+        })?;
         result?;
         self.store.durable().await?;
         Ok(())
@@ -730,10 +761,10 @@ impl SessionManager {
             self.check_payload("new_access_token_payload", p)?;
         }
         let now = self.now();
-        let claims = access::verify(&self.keys, access_token, now).map_err(unauthorised)?;
+        let claims = self.verified(access_token, now)?;
         let key = self.signer().await?;
         let mut current = None;
-        let _applied =
+        let _applied = store::blocking(|| {
             self.store
                 .update_session(&claims.session_handle, &mut |record| match record {
                     Some(r) if r.expires_at_ms > now => {
@@ -752,7 +783,8 @@ impl SessionManager {
                         current = None;
                         Change::Keep
                     }
-                })?;
+                })
+        })?;
         let record = current.ok_or_else(session_gone)?;
         let token = self.reissue(&key, &claims, record.access_payload.clone(), now)?;
         // Also when nothing was written here: the token must not carry a

@@ -49,6 +49,7 @@ fn manager(rt: &tokio::runtime::Runtime) -> (tempfile::TempDir, Arc<ManualClock>
                     depth: 32,
                 },
                 max_handles_per_call: 1000,
+                token_cache_size: 64,
                 issuer: "http://test".into(),
             },
             metrics,

@@ -307,3 +307,14 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Concurrent callers share one flush.
     fn durable(&self) -> BoxFuture<Result<(), StoreError>>;
 }
+
+/// Runs a store call that may block (a write can wait on the disk) without
+/// stalling the async worker's other tasks: on the multi-threaded runtime
+/// the worker hands its tasks over first; elsewhere (single-threaded test
+/// runtimes) it simply runs.
+pub fn blocking<R>(call: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(call),
+        _ => call(),
+    }
+}

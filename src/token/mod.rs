@@ -11,6 +11,7 @@
 //! an error message.
 
 pub mod access;
+pub mod cache;
 mod der;
 pub mod kek;
 pub mod keys;
