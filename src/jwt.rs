@@ -17,18 +17,12 @@ use crate::token::keys::{Jwk, KeyRing};
 /// Default JWT validity: 100 years, as in SuperTokens.
 pub const DEFAULT_VALIDITY_MS: u64 = 100 * 365 * 86_400_000;
 
-/// Claims CreateJwt sets itself or refuses.
-const REFUSED: [&str; 9] = [
-    "iat",
-    "exp",
-    "sessionHandle",
-    "refreshTokenHash1",
-    "parentRefreshTokenHash1",
-    "antiCsrfToken",
-    "tId",
-    "rsub",
-    "stt",
-];
+/// Whether CreateJwt refuses a claim: it sets `iat` and `exp` itself, and
+/// refuses the access token's session claims; `sub` and `iss` are the
+/// caller's to set.
+fn refused(claim: &str) -> bool {
+    crate::token::access::is_reserved(claim) && !matches!(claim, "sub" | "iss")
+}
 
 /// The OpenID discovery document.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -71,7 +65,7 @@ impl JwtIssuer {
         validity_ms: Option<u64>,
         use_static: bool,
     ) -> Result<String> {
-        if let Some(claim) = claims.keys().find(|k| REFUSED.contains(&k.as_str())) {
+        if let Some(claim) = claims.keys().find(|k| refused(k)) {
             return Err(Error::ProtectedClaim {
                 field: format!("payload.{claim}"),
                 claim: claim.clone(),

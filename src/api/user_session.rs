@@ -242,38 +242,27 @@ impl UserSessionApi {
     }
 }
 
-fn reply(b: UserBuckets) -> pb::GetUserSessionResponse {
-    pb::GetUserSessionResponse {
-        public: Some(json_to_struct(&b.public)),
-        private: b.private.as_ref().map(json_to_struct),
-        user_id: b.user_id,
-        user_identifier: b.user_identifier,
-    }
+/// The three bucket answers have the same fields.
+macro_rules! bucket_reply {
+    ($($response:ty),+) => {$(
+        impl From<UserBuckets> for $response {
+            fn from(b: UserBuckets) -> Self {
+                Self {
+                    public: Some(json_to_struct(&b.public)),
+                    private: b.private.as_ref().map(json_to_struct),
+                    user_id: b.user_id,
+                    user_identifier: b.user_identifier,
+                }
+            }
+        }
+    )+};
 }
 
-impl From<UserBuckets> for pb::UpdateUserSessionResponse {
-    fn from(b: UserBuckets) -> Self {
-        let r = reply(b);
-        Self {
-            public: r.public,
-            private: r.private,
-            user_id: r.user_id,
-            user_identifier: r.user_identifier,
-        }
-    }
-}
-
-impl From<UserBuckets> for pb::ClearUserSessionResponse {
-    fn from(b: UserBuckets) -> Self {
-        let r = reply(b);
-        Self {
-            public: r.public,
-            private: r.private,
-            user_id: r.user_id,
-            user_identifier: r.user_identifier,
-        }
-    }
-}
+bucket_reply!(
+    pb::GetUserSessionResponse,
+    pb::UpdateUserSessionResponse,
+    pb::ClearUserSessionResponse
+);
 
 #[tonic::async_trait]
 impl UserSessionService for UserSessionApi {
@@ -288,7 +277,7 @@ impl UserSessionService for UserSessionApi {
         let found = self
             .buckets
             .get(&caller.tenant_id, &caller.user_id, caller.private)?;
-        Ok(Response::new(reply(found)))
+        Ok(Response::new(found.into()))
     }
 
     async fn update_user_session(
