@@ -96,7 +96,8 @@ pub async fn not_found(headers: HeaderMap) -> axum::response::Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"));
     if grpc {
-        tonic::Status::unimplemented("no such service or method").into_http()
+        // The gRPC answer for a method this server does not have.
+        tonic::Status::new(tonic::Code::Unimplemented, "no such service or method").into_http()
     } else {
         (StatusCode::NOT_FOUND, "not found\n").into_response()
     }
