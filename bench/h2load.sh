@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Cross-checks sessiond-bench with an independent load tool: h2load drives
+# GetSession (stateless) with a pre-framed request at the same concurrency
+# (4 connections x 16 streams), then sessiond-bench runs `get` against the
+# same server. h2load counts HTTP statuses only, so the script also checks
+# the gRPC status of one call.
+# Usage: bench/h2load.sh [requests]   (after cargo build --release --bins;
+# installs nghttp2-client and the Python example's packages if missing)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
+requests=${1:-200000}
+if ! command -v h2load >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq nghttp2-client >/dev/null
+fi
+python3 -c 'import grpc, grpc_tools' 2>/dev/null || python3 -m pip install --quiet -r "$root/examples/python/requirements.txt"
+"$root/examples/python/generate.sh"
+work=$(mktemp -d)
+"$bin/sessiond" serve --listen 127.0.0.1:0 --data-dir "$work/data" 2>"$work/server.log" &
+pid=$!
+trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+addr=""
+for _ in $(seq 1 100); do
+  addr=$(sed -n 's/.*listening on \([0-9.:]*\).*/\1/p' "$work/server.log" | head -n1)
+  [ -n "$addr" ] && break
+  sleep 0.1
+done
+[ -n "$addr" ] || { cat "$work/server.log"; exit 1; }
+
+# One session, and its GetSession request framed for gRPC (flag, length, message).
+PB_DIR="$root/examples/python/sessiond_pb" python3 - "$addr" "$work/get.bin" <<'PY'
+import os, struct, sys
+sys.path.insert(0, os.environ["PB_DIR"])
+import grpc
+from sessiond.v1 import session_pb2, session_pb2_grpc
+addr, out = sys.argv[1], sys.argv[2]
+stub = session_pb2_grpc.SessionServiceStub(grpc.insecure_channel(addr))
+created = stub.CreateNewSession(session_pb2.CreateNewSessionRequest(user_id="h2load"))
+request = session_pb2.GetSessionRequest(access_token=created.access_token.token)
+stub.GetSession(request)  # the call succeeds, so h2load's 200s are real answers
+body = request.SerializeToString()
+open(out, "wb").write(b"\x00" + struct.pack(">I", len(body)) + body)
+PY
+
+echo "== h2load: GetSession, 4 connections x 16 streams, $requests requests"
+h2load -n "$requests" -c 4 -m 16 -d "$work/get.bin" \
+  -H 'content-type: application/grpc' -H 'te: trailers' \
+  "http://$addr/sessiond.v1.SessionService/GetSession" | grep -E "finished in|requests:|status codes"
+echo "== sessiond-bench: get, same server, same concurrency"
+"$bin/sessiond-bench" --addr "$addr" --connections 4 --concurrency 16 --duration 10s --warmup 2s \
+  --scenarios get --population 1 2>/dev/null | tail -1
