@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{SessionManager, payload};
+use super::{SessionInfo, SessionManager, payload};
 use crate::claims::{self, FetchRequest, InvalidClaim, Validator};
 use crate::error::{Error, Result};
 
@@ -12,6 +12,17 @@ pub(super) struct Subject<'a> {
     pub user_id: &'a str,
     pub tenant_id: &'a str,
     pub session_handle: &'a str,
+}
+
+impl<'a> Subject<'a> {
+    /// The session a stored record belongs to.
+    fn of(info: &'a SessionInfo) -> Self {
+        Subject {
+            user_id: &info.user_id,
+            tenant_id: &info.tenant_id,
+            session_handle: &info.handle,
+        }
+    }
 }
 
 /// Checks the validators of a request.
@@ -126,11 +137,7 @@ impl SessionManager {
     pub async fn fetch_and_set_claim(&self, handle: &str, claim_key: &str) -> Result<bool> {
         claims::check_key("claim_key", claim_key)?;
         let info = self.info(handle)?;
-        let subject = Subject {
-            user_id: &info.user_id,
-            tenant_id: &info.tenant_id,
-            session_handle: &info.handle,
-        };
+        let subject = Subject::of(&info);
         let Some(value) = self
             .fetch_claim(claim_key, &info.access_payload, &subject)
             .await?
@@ -152,11 +159,7 @@ impl SessionManager {
         check_validators("claim_validators", validators)?;
         let mut info = self.info(handle)?;
         let now = self.now();
-        let subject = Subject {
-            user_id: &info.user_id,
-            tenant_id: &info.tenant_id,
-            session_handle: &info.handle,
-        };
+        let subject = Subject::of(&info);
         let updates = self
             .refetch(validators, &info.access_payload, &subject, now)
             .await?;

@@ -764,7 +764,7 @@ impl SessionManager {
         let claims = self.verified(access_token, now)?;
         let key = self.signer().await?;
         let mut current = None;
-        let _applied = store::blocking(|| {
+        store::blocking(|| {
             self.store
                 .update_session(&claims.session_handle, &mut |record| match record {
                     Some(r) if r.expires_at_ms > now => {
