@@ -286,27 +286,7 @@ async fn deep_json_and_huge_messages_are_refused() {
 /// One gRPC-Web call over HTTP/1.1 with raw header bytes (which HTTP/2
 /// clients refuse to send); returns the response head, lowercased.
 async fn raw_call(server: &TestServer, path: &str, message: &[u8], raw_headers: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut body = vec![0u8];
-    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    body.extend_from_slice(message);
-    let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/grpc-web+proto\r\nContent-Length: {}\r\n\
-         Connection: close\r\n",
-        server.addr,
-        body.len()
-    )
-    .into_bytes();
-    req.extend_from_slice(raw_headers);
-    req.extend_from_slice(b"\r\n");
-    req.extend_from_slice(&body);
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    stream.write_all(&req).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
-        .await
-        .unwrap()
-        .unwrap();
+    let raw = grpc_web_post(server.addr, path, message, raw_headers).await;
     String::from_utf8_lossy(&raw).to_lowercase()
 }
 

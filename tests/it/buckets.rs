@@ -449,28 +449,11 @@ async fn grpc_web_call(
     message: &[u8],
     headers: &[(&str, &str)],
 ) -> (String, String, Vec<u8>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut body = vec![0u8];
-    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    body.extend_from_slice(message);
-    let mut head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\n\
-         Origin: https://app.example.com\r\nContent-Length: {}\r\nConnection: close\r\n",
-        server.addr,
-        body.len()
-    );
+    let mut extra = String::from("X-Grpc-Web: 1\r\nOrigin: https://app.example.com\r\n");
     for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
+        extra.push_str(&format!("{k}: {v}\r\n"));
     }
-    head.push_str("\r\n");
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(&body).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
-        .await
-        .unwrap()
-        .unwrap();
+    let raw = grpc_web_post(server.addr, path, message, extra.as_bytes()).await;
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
     let mut body = raw[split + 4..].to_vec();

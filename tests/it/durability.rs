@@ -9,7 +9,9 @@ use std::time::Duration;
 use serde_json::json;
 use sessiond::pb;
 use sessiond::pb::session_service_client::SessionServiceClient;
-use tonic::Code;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 use crate::helpers::*;
@@ -148,14 +150,16 @@ async fn connect(addr: &str) -> SessionServiceClient<tonic::transport::Channel> 
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn kill_9_under_write_load_loses_no_acknowledged_write() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = spawn_binary(dir.path());
-    let client = connect(&addr).await;
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..16)
+/// Starts `writers` tasks creating sessions until `stop` is set or a call
+/// fails, which `on_error` inspects; joining them gives every handle the
+/// server acknowledged.
+fn write_load(
+    client: &SessionServiceClient<Channel>,
+    writers: usize,
+    stop: &Arc<AtomicBool>,
+    on_error: fn(&Status),
+) -> Vec<JoinHandle<Vec<String>>> {
+    (0..writers)
         .map(|w| {
             let mut c = client.clone();
             let stop = stop.clone();
@@ -171,32 +175,33 @@ async fn kill_9_under_write_load_loses_no_acknowledged_write() {
                         .await;
                     match reply {
                         Ok(r) => acknowledged.push(handle(&r.into_inner())),
-                        Err(_) => break,
+                        Err(s) => {
+                            on_error(&s);
+                            break;
+                        }
                     }
                 }
                 acknowledged
             })
         })
-        .collect();
+        .collect()
+}
 
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    child.kill().unwrap(); // SIGKILL: no shutdown, no final flush.
-    child.wait().unwrap();
-    stop.store(true, Ordering::Relaxed);
+async fn joined(writers: Vec<JoinHandle<Vec<String>>>) -> Vec<String> {
     let mut acknowledged = Vec::new();
     for w in writers {
         acknowledged.extend(w.await.unwrap());
     }
-    assert!(
-        acknowledged.len() > 50,
-        "the load ran ({} writes)",
-        acknowledged.len()
-    );
+    acknowledged
+}
 
-    let (mut child, addr) = spawn_binary(dir.path());
+/// Restarts the binary on `dir` and returns the acknowledged handles it no
+/// longer knows.
+async fn lost_after_restart(dir: &std::path::Path, acknowledged: &[String]) -> Vec<String> {
+    let (mut child, addr) = spawn_binary(dir);
     let mut c = connect(&addr).await;
-    let mut missing = 0;
-    for h in &acknowledged {
+    let mut lost = Vec::new();
+    for h in acknowledged {
         let r = c
             .get_session_information(pb::GetSessionInformationRequest {
                 session_handle: h.clone(),
@@ -204,16 +209,39 @@ async fn kill_9_under_write_load_loses_no_acknowledged_write() {
             .await;
         match r {
             Ok(_) => {}
-            Err(s) if s.code() == Code::NotFound => missing += 1,
+            Err(s) if s.code() == Code::NotFound => lost.push(h.clone()),
             Err(s) => panic!("unexpected {s:?}"),
         }
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(
-        missing,
-        0,
-        "{missing} of {} acknowledged sessions were lost",
+    lost
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_under_write_load_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = spawn_binary(dir.path());
+    let client = connect(&addr).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = write_load(&client, 16, &stop, |_| {});
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    child.kill().unwrap(); // SIGKILL: no shutdown, no final flush.
+    child.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged = joined(writers).await;
+    assert!(
+        acknowledged.len() > 50,
+        "the load ran ({} writes)",
+        acknowledged.len()
+    );
+
+    let lost = lost_after_restart(dir.path(), &acknowledged).await;
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged sessions were lost",
+        lost.len(),
         acknowledged.len()
     );
 }
@@ -224,39 +252,15 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
     let (mut child, addr) = spawn_binary(dir.path());
     let client = connect(&addr).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..8)
-        .map(|w| {
-            let mut c = client.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let (mut acknowledged, mut refused) = (Vec::new(), 0);
-                while !stop.load(Ordering::Relaxed) && acknowledged.len() < 100_000 {
-                    let reply = c
-                        .create_new_session(pb::CreateNewSessionRequest {
-                            user_id: format!("writer-{w}"),
-                            ..Default::default()
-                        })
-                        .await;
-                    match reply {
-                        Ok(r) => acknowledged.push(handle(&r.into_inner())),
-                        // After the signal: refused (GOAWAY) or cut, never a
-                        // fault inside sessiond, whose statuses carry ErrorInfo.
-                        // (tonic's client reports a GOAWAY as INTERNAL itself.)
-                        Err(s) => {
-                            let details = s.get_error_details();
-                            assert!(
-                                details.error_info().is_none(),
-                                "the server failed a call while draining: {s:?}"
-                            );
-                            refused += 1;
-                            break;
-                        }
-                    }
-                }
-                (acknowledged, refused)
-            })
-        })
-        .collect();
+    // After the signal: refused (GOAWAY) or cut, never a fault inside
+    // sessiond, whose statuses carry ErrorInfo. (tonic's client reports a
+    // GOAWAY as INTERNAL itself.)
+    let writers = write_load(&client, 8, &stop, |s| {
+        assert!(
+            s.get_error_details().error_info().is_none(),
+            "the server failed a call while draining: {s:?}"
+        );
+    });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -271,24 +275,12 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
         "sessiond exited with {exit:?} after SIGTERM"
     );
     stop.store(true, Ordering::Relaxed);
-    let mut acknowledged = Vec::new();
-    for w in writers {
-        acknowledged.extend(w.await.unwrap().0);
-    }
+    let acknowledged = joined(writers).await;
     assert!(!acknowledged.is_empty());
 
     // Everything acknowledged before and during the drain is there.
-    let (mut child, addr) = spawn_binary(dir.path());
-    let mut c = connect(&addr).await;
-    for h in &acknowledged {
-        c.get_session_information(pb::GetSessionInformationRequest {
-            session_handle: h.clone(),
-        })
-        .await
-        .unwrap_or_else(|s| panic!("acknowledged session {h} lost: {s:?}"));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let lost = lost_after_restart(dir.path(), &acknowledged).await;
+    assert!(lost.is_empty(), "acknowledged sessions lost: {lost:?}");
 }
 
 #[tokio::test]

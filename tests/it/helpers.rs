@@ -297,16 +297,46 @@ pub fn claims(jwt: &str) -> serde_json::Value {
     serde_json::from_slice(&bytes).unwrap()
 }
 
-/// A plain HTTP/1.1 GET; returns (status line, headers, body).
-pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String, String) {
+/// Sends one request over a fresh HTTP/1.1 connection and returns all the
+/// server wrote back before closing it.
+pub async fn http1_exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(request).await.unwrap();
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
         .await
         .unwrap()
         .unwrap();
+    raw
+}
+
+/// A gRPC-web POST of one message over HTTP/1.1; `headers` are raw header
+/// lines, each ending in CRLF. Returns the raw response.
+pub async fn grpc_web_post(
+    addr: SocketAddr,
+    path: &str,
+    message: &[u8],
+    headers: &[u8],
+) -> Vec<u8> {
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(message);
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/grpc-web+proto\r\n\
+         Content-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(headers);
+    req.extend_from_slice(b"\r\n");
+    req.extend_from_slice(&body);
+    http1_exchange(addr, &req).await
+}
+
+/// A plain HTTP/1.1 GET; returns (status line, headers, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let raw = http1_exchange(addr, request.as_bytes()).await;
     let text = String::from_utf8(raw).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
@@ -323,9 +353,7 @@ pub fn with_metadata<T>(msg: T, entries: &[(&'static str, &str)]) -> tonic::Requ
 }
 
 /// A CORS preflight for GetUserSession from `origin`; returns (status line, headers, body).
-pub async fn cors_preflight(addr: std::net::SocketAddr, origin: &str) -> (String, String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+pub async fn cors_preflight(addr: SocketAddr, origin: &str) -> (String, String, String) {
     let req = format!(
         "OPTIONS /sessiond.v1.UserSessionService/GetUserSession HTTP/1.1\r\nHost: {}\r\nOrigin: {origin}\r\n\
          Access-Control-Request-Method: POST\r\n\
@@ -333,12 +361,7 @@ pub async fn cors_preflight(addr: std::net::SocketAddr, origin: &str) -> (String
          Connection: close\r\n\r\n",
         addr
     );
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
-        .await
-        .unwrap()
-        .unwrap();
+    let raw = http1_exchange(addr, req.as_bytes()).await;
     let text = String::from_utf8_lossy(&raw).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
