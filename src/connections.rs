@@ -1,7 +1,13 @@
-//! Accepted connections that the server can cut.
+//! Accepting connections, serving HTTP/1.1 and HTTP/2 on them, and cutting
+//! them.
 //!
-//! Graceful shutdown lets in-flight calls finish, but tonic serves each
-//! connection on its own task and waits for it without limit: a client that
+//! sessiond runs hyper itself rather than through tonic's `Server`, which
+//! wraps every call in its own `grpc-timeout` timer: that timer raced
+//! sessiond's deadline guard and, when it won, answered CANCELLED instead of
+//! DEADLINE_EXCEEDED. Here the guard alone enforces deadlines.
+//!
+//! Graceful shutdown lets in-flight calls finish, but each connection is
+//! served on its own task and waited for without limit: a client that
 //! holds a stream open (a health `Watch`, say) would keep the server, its
 //! store and the data directory's lock alive forever. Every accepted stream
 //! is therefore wrapped in a [`Conn`] whose reads and writes fail once
@@ -17,6 +23,10 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -24,19 +34,12 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::{Duration, Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// Hands out cuttable connections.
 #[derive(Debug)]
 pub struct Connections {
     cut: watch::Sender<bool>,
     slots: std::sync::Arc<tokio::sync::Semaphore>,
-}
-
-impl Default for Connections {
-    fn default() -> Self {
-        Self::new(10_000)
-    }
 }
 
 impl Connections {
@@ -50,18 +53,11 @@ impl Connections {
 
     /// Wraps an accepted stream, to be closed after `idle` without input;
     /// it holds `slot` until it closes.
-    pub fn track(
-        &self,
-        stream: Stream,
-        info: TcpConnectInfo,
-        idle: Duration,
-        slot: OwnedSemaphorePermit,
-    ) -> Conn {
+    pub fn track(&self, stream: Stream, idle: Duration, slot: OwnedSemaphorePermit) -> Conn {
         let mut cut = self.cut.subscribe();
         Conn {
             _slot: slot,
             inner: stream,
-            info,
             cut: Some(Box::pin(async move {
                 let _ = cut.wait_for(|cut| *cut).await;
             })),
@@ -149,7 +145,6 @@ impl AsyncWrite for Stream {
 pub struct Conn {
     _slot: OwnedSemaphorePermit,
     inner: Stream,
-    info: TcpConnectInfo,
     /// `None` once the cut happened.
     cut: Option<CutSignal>,
     idle: Duration,
@@ -259,13 +254,6 @@ impl AsyncWrite for Conn {
     }
 }
 
-impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.info.clone()
-    }
-}
-
 /// Longest a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -277,7 +265,7 @@ pub async fn accept(
     tls: Option<TlsAcceptor>,
     connections: std::sync::Arc<Connections>,
     idle: Duration,
-    tx: mpsc::Sender<io::Result<Conn>>,
+    tx: mpsc::Sender<Conn>,
 ) {
     loop {
         // At the connection limit, stop accepting until one closes: new
@@ -295,11 +283,10 @@ pub async fn accept(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let info = tcp.connect_info();
         match &tls {
             None => {
                 if tx
-                    .send(Ok(connections.track(Stream::Plain(tcp), info, idle, slot)))
+                    .send(connections.track(Stream::Plain(tcp), idle, slot))
                     .await
                     .is_err()
                 {
@@ -310,12 +297,11 @@ pub async fn accept(
                 let (acceptor, tx, connections) =
                     (acceptor.clone(), tx.clone(), connections.clone());
                 tokio::spawn(async move {
-                    let remote = info.remote_addr();
+                    let remote = tcp.peer_addr().ok();
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
-                            let conn =
-                                connections.track(Stream::Tls(Box::new(stream)), info, idle, slot);
-                            let _ = tx.send(Ok(conn)).await;
+                            let conn = connections.track(Stream::Tls(Box::new(stream)), idle, slot);
+                            let _ = tx.send(conn).await;
                         }
                         Ok(Err(e)) => tracing::debug!(?remote, "TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(?remote, "TLS handshake timed out"),
@@ -324,4 +310,61 @@ pub async fn accept(
             }
         }
     }
+}
+
+/// HTTP/2 settings of every connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Http2Settings {
+    /// Streams a client may have open on one connection.
+    pub max_concurrent_streams: u32,
+    /// Largest header block a client may send, in bytes.
+    pub max_header_list_size: u32,
+}
+
+/// How long an HTTP/2 keep-alive ping may go unanswered (tonic's default).
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Serves HTTP/1.1 and HTTP/2 with `service` on each connection from
+/// `incoming` until `stop` resolves; then asks every connection to finish
+/// (GOAWAY on HTTP/2) and resolves once all of them have closed.
+pub async fn serve(
+    mut incoming: mpsc::Receiver<Conn>,
+    service: axum::Router,
+    http2: Http2Settings,
+    stop: impl Future<Output = ()>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper enforces its HTTP/1 header read timeout only with a timer.
+    builder.http1().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .max_concurrent_streams(http2.max_concurrent_streams)
+        .max_header_list_size(http2.max_header_list_size);
+    let graceful = GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let conn = tokio::select! {
+            () = &mut stop => break,
+            conn = incoming.recv() => match conn {
+                Some(conn) => conn,
+                None => break,
+            },
+        };
+        let served = builder
+            .serve_connection(
+                TokioIo::new(conn),
+                TowerToHyperService::new(service.clone()),
+            )
+            .into_owned();
+        let served = graceful.watch(served);
+        tokio::spawn(async move {
+            if let Err(e) = served.await {
+                tracing::debug!("connection ended with an error: {e}");
+            }
+        });
+    }
+    drop(incoming);
+    graceful.shutdown().await;
 }

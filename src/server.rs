@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tonic::service::Routes;
-use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::api::ApiKeys;
@@ -27,7 +26,7 @@ use crate::api::user_session::{ClientSecrets, UserSessionApi};
 use crate::buckets::Buckets;
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::connections::Connections;
+use crate::connections::{Connections, Http2Settings};
 use crate::jwt::JwtIssuer;
 use crate::metrics::Metrics;
 use crate::pb::admin_service_server::AdminServiceServer;
@@ -75,9 +74,6 @@ pub enum ServeError {
     /// The reflection descriptors are broken.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    /// The transport failed.
-    #[error("transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
     /// No API key is configured, yet the listener is not on loopback.
     #[error("no API key is configured, so sessiond serves only on loopback addresses, not {0}")]
     Unprotected(std::net::SocketAddr),
@@ -296,16 +292,17 @@ pub async fn serve_with_reload(
         limits.idle_timeout,
         accepted,
     ));
-    let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming);
-    let server = Server::builder()
-        .accept_http1(true)
-        .tcp_nodelay(true)
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .http2_max_header_list_size(limits.max_header_list_bytes)
-        .add_routes(Routes::from(router))
-        .serve_with_incoming_shutdown(incoming, async {
+    let server = crate::connections::serve(
+        incoming,
+        router,
+        Http2Settings {
+            max_concurrent_streams: limits.max_concurrent_streams,
+            max_header_list_size: limits.max_header_list_bytes,
+        },
+        async {
             let _ = stop_rx.await;
-        });
+        },
+    );
     let mut server = tokio::spawn(server);
     tracing::info!(target: LIFECYCLE_TARGET, "sessiond ready, listening on {addr}");
 
@@ -317,7 +314,7 @@ pub async fn serve_with_reload(
                 task.abort();
             }
             return match result {
-                Ok(r) => r.map_err(ServeError::from),
+                Ok(()) => Ok(()),
                 Err(e) => Err(ServeError::Io(std::io::Error::other(e))),
             };
         }
@@ -333,7 +330,7 @@ pub async fn serve_with_reload(
     acceptor.abort();
     let _ = stop_tx.send(());
     match tokio::time::timeout(config.drain_timeout, &mut server).await {
-        Ok(Ok(result)) => result?,
+        Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(ServeError::Io(std::io::Error::other(e))),
         Err(_) => {
             tracing::warn!("drain timeout reached; cutting the remaining connections");
@@ -341,7 +338,7 @@ pub async fn serve_with_reload(
             // Cut connections end at their next read or write; give their
             // tasks a moment, then stop waiting.
             match tokio::time::timeout(std::time::Duration::from_secs(2), &mut server).await {
-                Ok(Ok(result)) => result?,
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(ServeError::Io(std::io::Error::other(e))),
                 Err(_) => server.abort(),
             }
