@@ -212,6 +212,11 @@ fn unindex(u: &TransactionalTree, e: &TransactionalTree, r: &SessionRecord) -> R
     Ok(())
 }
 
+/// True when two versions of a session have the same index entries.
+fn indexed_alike(a: &SessionRecord, b: &SessionRecord) -> bool {
+    a.user_id == b.user_id && a.tenant_id == b.tenant_id && a.expires_at_ms == b.expires_at_ms
+}
+
 fn read_record(s: &TransactionalTree, handle: &str) -> Result<Option<SessionRecord>, Abort> {
     match s.get(handle)? {
         Some(bytes) => decode(&bytes).map(Some).map_err(Abort::Abort),
@@ -260,10 +265,16 @@ impl SessionStore for SledStore {
                             return Err(Abort::Abort("update changed the session handle".into()));
                         }
                         s.insert(handle.as_bytes(), encode(new))?;
-                        if let Some(old) = old {
-                            unindex(u, e, old)?;
+                        match old {
+                            // Most edits (data, payload, claims) leave the
+                            // index entries as they are: skip rewriting them.
+                            Some(old) if indexed_alike(old, new) => {}
+                            Some(old) => {
+                                unindex(u, e, old)?;
+                                index(u, e, new)?;
+                            }
+                            None => index(u, e, new)?,
                         }
-                        index(u, e, new)?;
                     }
                 }
                 Ok(change)
