@@ -79,9 +79,7 @@ impl JwtIssuer {
         if validity > 2 * DEFAULT_VALIDITY_MS {
             return Err(Error::invalid("validity", "must be at most 200 years"));
         }
-        if self.keys.needs_maintenance() {
-            self.keys.maintain().await?;
-        }
+        self.keys.maintain().await?;
         let now = self.clock.now_ms();
         let exp_s = (now + validity) / 1000;
         claims.insert("iat".into(), (now / 1000).into());

@@ -404,9 +404,7 @@ async fn key_maintenance(keys: Arc<KeyRing>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if keys.needs_maintenance()
-            && let Err(e) = keys.maintain().await
-        {
+        if let Err(e) = keys.maintain().await {
             tracing::error!(error = %e, "signing key maintenance failed");
         }
     }

@@ -235,9 +235,7 @@ impl SessionManager {
     }
 
     async fn signer(&self) -> Result<Arc<SigningKey>> {
-        if self.keys.needs_maintenance() {
-            self.keys.maintain().await?;
-        }
+        self.keys.maintain().await?;
         Ok(self.keys.signer())
     }
 

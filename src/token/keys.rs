@@ -124,6 +124,20 @@ impl SigningKey {
         jsonwebtoken::encode(&header, claims, &self.encoding).map_err(|_| KeyError::Sign)
     }
 
+    /// This key with a later `max_jwt_exp_ms`, reusing the parsed keys.
+    fn with_max_jwt_exp(&self, max_jwt_exp_ms: u64) -> Self {
+        Self {
+            record: KeyRecord {
+                max_jwt_exp_ms,
+                ..self.record.clone()
+            },
+            algorithm: self.algorithm,
+            encoding: self.encoding.clone(),
+            decoding: self.decoding.clone(),
+            jwk: self.jwk.clone(),
+        }
+    }
+
     fn load(record: KeyRecord) -> Result<Self, KeyError> {
         let pkcs8 = record.private_pkcs8.as_slice();
         let kid = record.kid.clone();
@@ -345,11 +359,19 @@ struct KeySet {
 }
 
 impl KeySet {
-    fn new(records: Vec<KeyRecord>) -> Result<Option<Self>, KeyError> {
+    fn load(records: Vec<KeyRecord>) -> Result<Option<Self>, KeyError> {
+        let keys = records
+            .into_iter()
+            .map(|r| SigningKey::load(r).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Self::new(keys))
+    }
+
+    /// `None` without a static key or a rotating one.
+    fn new(keys: Vec<Arc<SigningKey>>) -> Option<Self> {
         let mut rotating = Vec::new();
         let mut static_key = None;
-        for r in records {
-            let key = Arc::new(SigningKey::load(r)?);
+        for key in keys {
             if key.record.is_static {
                 static_key = Some(key);
             } else {
@@ -357,22 +379,20 @@ impl KeySet {
             }
         }
         rotating.sort_by_key(|k| (k.record.signs_from_ms, k.record.created_at_ms));
-        let Some(static_key) = static_key else {
-            return Ok(None);
-        };
+        let static_key = static_key?;
         if rotating.is_empty() {
-            return Ok(None);
+            return None;
         }
         let by_kid = rotating
             .iter()
             .chain(std::iter::once(&static_key))
             .map(|k| (k.record.kid.clone(), k.clone()))
             .collect();
-        Ok(Some(Self {
+        Some(Self {
             rotating,
             static_key,
             by_kid,
-        }))
+        })
     }
 
     /// The rotating key that signs at `now`.
@@ -499,7 +519,7 @@ impl KeyRing {
         if changed {
             store.durable().await?;
         }
-        let set = KeySet::new(records)?.ok_or(KeyError::Crypto("set is incomplete"))?;
+        let set = KeySet::load(records)?.ok_or(KeyError::Crypto("set is incomplete"))?;
         let ring = Self {
             store,
             vault,
@@ -602,7 +622,7 @@ impl KeyRing {
     }
 
     /// True when [`KeyRing::maintain`] has work to do.
-    pub fn needs_maintenance(&self) -> bool {
+    fn needs_maintenance(&self) -> bool {
         let set = self.snapshot();
         let now = self.clock.now_ms();
         let latest = set.latest();
@@ -612,8 +632,12 @@ impl KeyRing {
     }
 
     /// Starts a rotation when one is due (or the configured algorithm
-    /// changed) and removes keys that no longer verify anything.
+    /// changed) and removes keys that no longer verify anything. Cheap when
+    /// there is nothing to do, so callers about to sign may call it freely.
     pub async fn maintain(&self) -> Result<(), KeyError> {
+        if !self.needs_maintenance() {
+            return Ok(());
+        }
         let _guard = self.writer.lock().await;
         let set = self.snapshot();
         let now = self.clock.now_ms();
@@ -633,8 +657,8 @@ impl KeyRing {
                 self.store.delete_key(k.kid())?;
             }
             self.store.durable().await?;
-            let records = self.records_except(&set, |k| retired.iter().any(|r| r.kid() == k.kid()));
-            self.replace(records)?;
+            let keys = keys_except(&set, |k| retired.iter().any(|r| r.kid() == k.kid()));
+            self.replace(keys)?;
             tracing::info!(
                 retired = retired.len(),
                 "retired signing keys that no longer verify any token"
@@ -654,21 +678,26 @@ impl KeyRing {
     /// Records that `kid` signed a JWT expiring at `exp_ms`, so the key keeps
     /// verifying until then. Returns once that is durable.
     pub async fn note_jwt_expiry(&self, kid: &str, exp_ms: u64) -> Result<(), KeyError> {
-        let _guard = self.writer.lock().await;
-        let set = self.snapshot();
-        let Some(key) = set.by_kid.get(kid) else {
-            return Ok(());
+        let noted = |set: &KeySet| {
+            set.by_kid
+                .get(kid)
+                .is_none_or(|key| key.record.is_static || key.record.max_jwt_exp_ms >= exp_ms)
         };
-        if key.record.is_static || key.record.max_jwt_exp_ms >= exp_ms {
+        // Most calls fall within a second already noted: no lock for them.
+        if noted(&self.snapshot()) {
             return Ok(());
         }
-        let mut record = key.record.clone();
-        record.max_jwt_exp_ms = exp_ms;
-        self.vault.put(&record)?;
+        let _guard = self.writer.lock().await;
+        let set = self.snapshot();
+        if noted(&set) {
+            return Ok(());
+        }
+        let updated = set.by_kid[kid].with_max_jwt_exp(exp_ms);
+        self.vault.put(&updated.record)?;
         self.store.durable().await?;
-        let mut records = self.records_except(&set, |k| k.kid() == kid);
-        records.push(record);
-        self.replace(records)
+        let mut keys = keys_except(&set, |k| k.kid() == kid);
+        keys.push(Arc::new(updated));
+        self.replace(keys)
     }
 
     async fn add_successor(&self, set: &KeySet, now: u64) -> Result<Arc<SigningKey>, KeyError> {
@@ -688,27 +717,24 @@ impl KeyRing {
         self.vault.put(&record)?;
         self.store.durable().await?;
         let kid = record.kid.clone();
-        let mut records = self.records_except(set, |_| false);
-        records.push(record);
-        self.replace(records)?;
+        let mut keys = keys_except(set, |_| false);
+        keys.push(Arc::new(SigningKey::load(record)?));
+        self.replace(keys)?;
         self.metrics.key_rotated();
         tracing::info!(kid = %kid, signs_from_ms = signs_from, "published a new signing key");
         Ok(self.snapshot().by_kid[&kid].clone())
     }
 
-    fn records_except(&self, set: &KeySet, drop: impl Fn(&SigningKey) -> bool) -> Vec<KeyRecord> {
-        set.by_kid
-            .values()
-            .filter(|k| !drop(k))
-            .map(|k| k.record.clone())
-            .collect()
-    }
-
-    fn replace(&self, records: Vec<KeyRecord>) -> Result<(), KeyError> {
-        let set = KeySet::new(records)?.ok_or(KeyError::Crypto("set is incomplete"))?;
+    fn replace(&self, keys: Vec<Arc<SigningKey>>) -> Result<(), KeyError> {
+        let set = KeySet::new(keys).ok_or(KeyError::Crypto("set is incomplete"))?;
         *self.set.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
         Ok(())
     }
+}
+
+/// The keys of `set` that `drop` does not pick.
+fn keys_except(set: &KeySet, drop: impl Fn(&SigningKey) -> bool) -> Vec<Arc<SigningKey>> {
+    set.by_kid.values().filter(|k| !drop(k)).cloned().collect()
 }
 
 async fn new_record(
