@@ -669,14 +669,12 @@ impl Config {
                 .map_err(|m: String| bad("signing-algorithm", m))?;
         }
         c.issuer = args.issuer.clone().or(file.issuer);
-        let size = match (&args.max_payload_size, file.max_payload_size) {
-            (Some(v), _) => Some(parse_size(v)),
-            (None, Some(FileSize::Bytes(n))) => Some(Ok(n)),
-            (None, Some(FileSize::Text(v))) => Some(parse_size(&v)),
-            (None, None) => None,
-        };
-        if let Some(size) = size {
-            c.max_payload_bytes = size.map_err(|m| bad("max-payload-size", m))? as usize;
+        if let Some(n) = size_setting(
+            "max-payload-size",
+            &args.max_payload_size,
+            file.max_payload_size,
+        )? {
+            c.max_payload_bytes = n as usize;
         }
         if let Some(v) = args.log.clone().or(file.log) {
             c.log = v;

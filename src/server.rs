@@ -164,6 +164,10 @@ pub async fn serve_with_reload(
         metrics.clone(),
     )
     .map_err(ServeError::ClaimProviders)?;
+    let payload_limits = JsonLimits {
+        bytes: config.max_payload_bytes,
+        depth: config.limits.max_json_depth,
+    };
     let manager = Arc::new(
         SessionManager::new(
             store.clone(),
@@ -174,10 +178,7 @@ pub async fn serve_with_reload(
                 access_lifetime_ms: config.access_token_lifetime.as_millis() as u64,
                 refresh_lifetime_ms: config.refresh_token_lifetime.as_millis() as u64,
                 grace_ms: config.refresh_grace_period.as_millis() as u64,
-                payload_limits: JsonLimits {
-                    bytes: config.max_payload_bytes,
-                    depth: config.limits.max_json_depth,
-                },
+                payload_limits,
                 max_handles_per_call: config.limits.max_handles_per_call,
                 token_cache_size: config.token_cache_size,
                 issuer: issuer.clone(),
@@ -190,10 +191,7 @@ pub async fn serve_with_reload(
         keys.clone(),
         clock.clone(),
         issuer,
-        JsonLimits {
-            bytes: config.max_payload_bytes,
-            depth: config.limits.max_json_depth,
-        },
+        payload_limits,
     ));
 
     let (health, health_service) = tonic_health::server::health_reporter();

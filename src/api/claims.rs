@@ -1,26 +1,15 @@
 //! Claim validators and failures between protobuf and domain form.
 
-use prost_types::Value as PbValue;
 use serde_json::Value;
 use tonic::Status;
 
-use super::convert::{duration, duration_ms, json_to_struct, json_to_value, value_to_json};
+use super::convert::{
+    duration, duration_ms, json_to_struct, json_to_value, list_to_json, value_to_json,
+};
 use super::error::invalid;
 use crate::claims::{Check, InvalidClaim, Validator};
 use crate::pb;
 use crate::pb::claim_validator::Check as PbCheck;
-
-fn list(path: &str, l: prost_types::ListValue) -> Result<Vec<Value>, Status> {
-    l.values
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| value_to_json(&format!("{path}[{i}]"), v))
-        .collect()
-}
-
-fn value(path: &str, v: PbValue) -> Result<Value, Status> {
-    value_to_json(path, v)
-}
 
 /// Converts the validators of a request; `field` is the repeated field's name.
 pub fn validators(field: &str, input: Vec<pb::ClaimValidator>) -> Result<Vec<Validator>, Status> {
@@ -31,18 +20,22 @@ pub fn validators(field: &str, input: Vec<pb::ClaimValidator>) -> Result<Vec<Val
             let at = format!("{field}[{i}]");
             let check = match v.check {
                 Some(PbCheck::HasValue(x)) => {
-                    Check::HasValue(value(&format!("{at}.has_value"), x)?)
+                    Check::HasValue(value_to_json(&format!("{at}.has_value"), x)?)
                 }
-                Some(PbCheck::Includes(x)) => Check::Includes(value(&format!("{at}.includes"), x)?),
-                Some(PbCheck::Excludes(x)) => Check::Excludes(value(&format!("{at}.excludes"), x)?),
+                Some(PbCheck::Includes(x)) => {
+                    Check::Includes(value_to_json(&format!("{at}.includes"), x)?)
+                }
+                Some(PbCheck::Excludes(x)) => {
+                    Check::Excludes(value_to_json(&format!("{at}.excludes"), x)?)
+                }
                 Some(PbCheck::IncludesAll(l)) => {
-                    Check::IncludesAll(list(&format!("{at}.includes_all"), l)?)
+                    Check::IncludesAll(list_to_json(&format!("{at}.includes_all"), l)?)
                 }
                 Some(PbCheck::IncludesAny(l)) => {
-                    Check::IncludesAny(list(&format!("{at}.includes_any"), l)?)
+                    Check::IncludesAny(list_to_json(&format!("{at}.includes_any"), l)?)
                 }
                 Some(PbCheck::ExcludesAll(l)) => {
-                    Check::ExcludesAll(list(&format!("{at}.excludes_all"), l)?)
+                    Check::ExcludesAll(list_to_json(&format!("{at}.excludes_all"), l)?)
                 }
                 Some(PbCheck::IsTrue(_)) => Check::HasValue(Value::Bool(true)),
                 Some(PbCheck::IsFalse(_)) => Check::HasValue(Value::Bool(false)),

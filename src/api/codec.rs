@@ -2,8 +2,6 @@
 //! that does not decode is INVALID_ARGUMENT (bad input), not the INTERNAL
 //! that tonic reports for it.
 
-use std::marker::PhantomData;
-
 use prost::Message;
 use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
@@ -40,7 +38,6 @@ where
     fn decoder(&mut self) -> Self::Decoder {
         RequestDecoder {
             inner: self.inner.decoder(),
-            _message: PhantomData,
         }
     }
 }
@@ -49,7 +46,6 @@ where
 #[derive(Debug)]
 pub struct RequestDecoder<U> {
     inner: ProstDecoder<U>,
-    _message: PhantomData<U>,
 }
 
 impl<U: Message + Default> Decoder for RequestDecoder<U> {

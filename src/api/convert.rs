@@ -48,14 +48,17 @@ pub fn value_to_json(path: &str, v: PbValue) -> Result<Value, Status> {
             }
         }
         Some(Kind::StructValue(s)) => Value::Object(struct_to_json(path, s)?),
-        Some(Kind::ListValue(l)) => Value::Array(
-            l.values
-                .into_iter()
-                .enumerate()
-                .map(|(i, v)| value_to_json(&format!("{path}[{i}]"), v))
-                .collect::<Result<_, _>>()?,
-        ),
+        Some(Kind::ListValue(l)) => Value::Array(list_to_json(path, l)?),
     })
+}
+
+/// A ListValue as JSON values; `path` names the list in errors.
+pub fn list_to_json(path: &str, l: prost_types::ListValue) -> Result<Vec<Value>, Status> {
+    l.values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| value_to_json(&format!("{path}[{i}]"), v))
+        .collect()
 }
 
 /// A JSON object as a Struct.

@@ -796,15 +796,8 @@ impl SessionManager {
         const BATCH: usize = 1000;
         let mut total = 0;
         loop {
-            let store = self.store.clone();
             let now = self.now();
-            let n = tokio::task::spawn_blocking(move || store.sweep_expired(now, BATCH))
-                .await
-                .map_err(|_| {
-                    Error::Store(crate::store::StoreError::Backend(
-                        "sweep interrupted".into(),
-                    ))
-                })??;
+            let n = store::blocking(|| self.store.sweep_expired(now, BATCH))?;
             total += n;
             if n < BATCH {
                 break;
