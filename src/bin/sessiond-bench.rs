@@ -93,6 +93,10 @@ struct Args {
     /// Sessions created before the scenarios that read them.
     #[arg(long, default_value_t = 1000)]
     population: usize,
+    /// Pad the access token payload of created sessions to about this many
+    /// bytes of JSON (unpadded it is 49).
+    #[arg(long, default_value_t = 0)]
+    payload_bytes: usize,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -172,9 +176,20 @@ impl Rng {
     }
 }
 
-fn payload() -> Struct {
+/// The access token payload of created sessions: three short claims, padded
+/// with a `pad` claim to about `bytes` bytes of JSON when that is larger.
+fn payload(bytes: usize) -> Struct {
     let mut s = Struct::default();
-    for (k, v) in [("role", "member"), ("plan", "pro"), ("region", "eu-west")] {
+    let claims = [("role", "member"), ("plan", "pro"), ("region", "eu-west")];
+    // {"role":"member","plan":"pro","region":"eu-west"}, and ,"pad":"" adds 9.
+    let unpadded = 2 + claims
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 6)
+        .sum::<usize>()
+        - 1;
+    let pad = "x".repeat(bytes.saturating_sub(unpadded + 9));
+    let padding = (!pad.is_empty()).then_some(("pad", pad.as_str()));
+    for (k, v) in claims.into_iter().chain(padding) {
         s.fields.insert(
             k.into(),
             prost_types::Value {
@@ -189,6 +204,7 @@ fn payload() -> Struct {
 struct Client {
     channel: Channel,
     api_key: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    payload: Struct,
 }
 
 impl Client {
@@ -213,7 +229,7 @@ impl Client {
         let r = SessionServiceClient::new(self.channel.clone())
             .create_new_session(self.request(pb::CreateNewSessionRequest {
                 user_id: user,
-                access_token_payload: Some(payload()),
+                access_token_payload: Some(self.payload.clone()),
                 disable_anti_csrf: true,
                 ..Default::default()
             }))
@@ -479,6 +495,7 @@ async fn main() {
         clients.push(Client {
             channel,
             api_key: api_key.clone(),
+            payload: payload(args.payload_bytes),
         });
     }
     eprintln!(
@@ -564,6 +581,7 @@ async fn main() {
             "warmup_seconds": warmup.as_secs_f64(),
             "duration_seconds": duration.as_secs_f64(),
             "population": args.population,
+            "payload_bytes": args.payload_bytes,
             "results": outcomes,
         });
         std::fs::write(path, serde_json::to_string_pretty(&report).expect("JSON"))
