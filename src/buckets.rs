@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::session::payload;
-use crate::store::{self, SessionStore, UserData};
+use crate::store::{SessionStore, UserData};
 
 /// Longest accepted user identifier, in bytes.
 pub const MAX_IDENTIFIER: usize = 512;
@@ -134,30 +134,29 @@ impl Buckets {
         let patch = Value::Object(patch);
         let max = self.limits;
         let mut refused = None;
-        let stored = store::blocking(|| {
-            self.store
-                .update_user_data(&tenant, user_id, &mut |current| {
-                    let mut next = current.clone();
-                    let target = match bucket {
-                        Bucket::Public => &mut next.public,
-                        Bucket::Private => &mut next.private,
-                    };
-                    let mut merged = Value::Object(std::mem::take(target));
-                    merge_patch(&mut merged, &patch);
-                    let Value::Object(merged) = merged else {
-                        unreachable!("a merge of an object patch is an object")
-                    };
-                    refused = payload::limit_size("data", &merged, max).err();
-                    if refused.is_some() {
-                        return None;
-                    }
-                    *target = merged;
-                    if let Some(id) = &user_identifier {
-                        next.user_identifier = Some(id.clone());
-                    }
-                    Some(next)
-                })
-        })?;
+        let stored = self
+            .store
+            .update_user_data(&tenant, user_id, &mut |current| {
+                let mut next = current.clone();
+                let target = match bucket {
+                    Bucket::Public => &mut next.public,
+                    Bucket::Private => &mut next.private,
+                };
+                let mut merged = Value::Object(std::mem::take(target));
+                merge_patch(&mut merged, &patch);
+                let Value::Object(merged) = merged else {
+                    unreachable!("a merge of an object patch is an object")
+                };
+                refused = payload::limit_size("data", &merged, max).err();
+                if refused.is_some() {
+                    return None;
+                }
+                *target = merged;
+                if let Some(id) = &user_identifier {
+                    next.user_identifier = Some(id.clone());
+                }
+                Some(next)
+            })?;
         if let Some(e) = refused {
             return Err(match e {
                 Error::InvalidArgument { field, message } => Error::InvalidArgument {
@@ -180,17 +179,16 @@ impl Buckets {
         with_private: bool,
     ) -> Result<UserBuckets> {
         let tenant = Self::scope(user_id, tenant_id)?;
-        let stored = store::blocking(|| {
-            self.store
-                .update_user_data(&tenant, user_id, &mut |current| {
-                    let mut next = current.clone();
-                    match bucket {
-                        Bucket::Public => next.public.clear(),
-                        Bucket::Private => next.private.clear(),
-                    }
-                    Some(next)
-                })
-        })?;
+        let stored = self
+            .store
+            .update_user_data(&tenant, user_id, &mut |current| {
+                let mut next = current.clone();
+                match bucket {
+                    Bucket::Public => next.public.clear(),
+                    Bucket::Private => next.private.clear(),
+                }
+                Some(next)
+            })?;
         self.store.durable().await?;
         Ok(view(user_id, stored, with_private))
     }

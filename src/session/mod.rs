@@ -341,18 +341,16 @@ impl SessionManager {
             previous: None,
             rotated_at_ms: now,
         };
-        store::blocking(|| self.store.create_session(&record))?;
+        self.store.create_session(&record)?;
         self.metrics.sessions_added(1);
         if let Some(id) = &new.user_identifier {
-            store::blocking(|| {
-                self.store
-                    .update_user_data(&record.tenant_id, &record.user_id, &mut |d| {
-                        (d.user_identifier.as_ref() != Some(id)).then(|| crate::store::UserData {
-                            user_identifier: Some(id.clone()),
-                            ..d.clone()
-                        })
+            self.store
+                .update_user_data(&record.tenant_id, &record.user_id, &mut |d| {
+                    (d.user_identifier.as_ref() != Some(id)).then(|| crate::store::UserData {
+                        user_identifier: Some(id.clone()),
+                        ..d.clone()
                     })
-            })?;
+                })?;
         }
         let tokens = self.tokens(&key, &record, refresh, anti_csrf, now)?;
         self.store.durable().await?;
@@ -491,53 +489,50 @@ impl SessionManager {
             Rotated(Box<SessionRecord>, bool),
         }
         let mut outcome = Outcome::Gone { removed: false };
-        store::blocking(|| {
-            self.store
-                .update_session(&handle.to_string(), &mut |record| {
-                    let Some(r) = record else {
-                        outcome = Outcome::Gone { removed: false };
-                        return Change::Keep;
-                    };
-                    if r.expires_at_ms <= now {
-                        outcome = Outcome::Gone { removed: true };
-                        return Change::Delete;
-                    }
-                    let in_grace = now <= r.rotated_at_ms.saturating_add(grace);
-                    let (generation, is_current) = if r.current.refresh_hash == presented {
-                        (&r.current, true)
-                    } else if let Some(prev) = r
-                        .previous
-                        .as_ref()
-                        .filter(|p| in_grace && p.refresh_hash == presented)
-                    {
-                        (prev, false)
-                    } else {
-                        outcome = Outcome::Theft(r.user_id.clone());
-                        return Change::Delete;
-                    };
-                    if let Some(expected) = &generation.anti_csrf_hash
-                        && !req.disable_anti_csrf
-                        && given_anti_csrf.as_ref() != Some(expected)
-                    {
-                        outcome = Outcome::AntiCsrfMismatch;
-                        return Change::Keep;
-                    }
-                    let mut next = r.clone();
-                    let uses_anti_csrf = r.current.anti_csrf_hash.is_some();
-                    next.current = Generation {
-                        refresh_hash: refresh::hash(&new_refresh),
-                        anti_csrf_hash: uses_anti_csrf
-                            .then(|| sha256_hex(new_anti_csrf.as_bytes())),
-                    };
-                    if is_current {
-                        next.previous = Some(r.current.clone());
-                        next.rotated_at_ms = now;
-                        next.expires_at_ms = now + lifetime;
-                    }
-                    outcome = Outcome::Rotated(Box::new(next.clone()), is_current);
-                    Change::Put(Box::new(next))
-                })
-        })?;
+        self.store
+            .update_session(&handle.to_string(), &mut |record| {
+                let Some(r) = record else {
+                    outcome = Outcome::Gone { removed: false };
+                    return Change::Keep;
+                };
+                if r.expires_at_ms <= now {
+                    outcome = Outcome::Gone { removed: true };
+                    return Change::Delete;
+                }
+                let in_grace = now <= r.rotated_at_ms.saturating_add(grace);
+                let (generation, is_current) = if r.current.refresh_hash == presented {
+                    (&r.current, true)
+                } else if let Some(prev) = r
+                    .previous
+                    .as_ref()
+                    .filter(|p| in_grace && p.refresh_hash == presented)
+                {
+                    (prev, false)
+                } else {
+                    outcome = Outcome::Theft(r.user_id.clone());
+                    return Change::Delete;
+                };
+                if let Some(expected) = &generation.anti_csrf_hash
+                    && !req.disable_anti_csrf
+                    && given_anti_csrf.as_ref() != Some(expected)
+                {
+                    outcome = Outcome::AntiCsrfMismatch;
+                    return Change::Keep;
+                }
+                let mut next = r.clone();
+                let uses_anti_csrf = r.current.anti_csrf_hash.is_some();
+                next.current = Generation {
+                    refresh_hash: refresh::hash(&new_refresh),
+                    anti_csrf_hash: uses_anti_csrf.then(|| sha256_hex(new_anti_csrf.as_bytes())),
+                };
+                if is_current {
+                    next.previous = Some(r.current.clone());
+                    next.rotated_at_ms = now;
+                    next.expires_at_ms = now + lifetime;
+                }
+                outcome = Outcome::Rotated(Box::new(next.clone()), is_current);
+                Change::Put(Box::new(next))
+            })?;
 
         match outcome {
             Outcome::Gone { removed } => {
@@ -697,24 +692,22 @@ impl SessionManager {
         let handle = payload::handle("session_handle", handle)?;
         let now = self.now();
         let mut result = Err(Error::SessionNotFound);
-        store::blocking(|| {
-            self.store
-                .update_session(&handle.to_string(), &mut |record| match record {
-                    Some(r) if r.expires_at_ms > now => {
-                        let mut next = r.clone();
-                        result = edit(&mut next);
-                        if result.is_ok() {
-                            Change::Put(Box::new(next))
-                        } else {
-                            Change::Keep
-                        }
-                    }
-                    _ => {
-                        result = Err(Error::SessionNotFound);
+        self.store
+            .update_session(&handle.to_string(), &mut |record| match record {
+                Some(r) if r.expires_at_ms > now => {
+                    let mut next = r.clone();
+                    result = edit(&mut next);
+                    if result.is_ok() {
+                        Change::Put(Box::new(next))
+                    } else {
                         Change::Keep
                     }
-                })
-        })?;
+                }
+                _ => {
+                    result = Err(Error::SessionNotFound);
+                    Change::Keep
+                }
+            })?;
         result?;
         self.store.durable().await?;
         Ok(())
@@ -762,27 +755,25 @@ impl SessionManager {
         let claims = self.verified(access_token, now)?;
         let key = self.signer().await?;
         let mut current = None;
-        store::blocking(|| {
-            self.store
-                .update_session(&claims.session_handle, &mut |record| match record {
-                    Some(r) if r.expires_at_ms > now => {
-                        let mut next = r.clone();
-                        if let Some(p) = &new_payload {
-                            next.access_payload = p.clone();
-                        }
-                        current = Some(next.clone());
-                        if new_payload.is_some() {
-                            Change::Put(Box::new(next))
-                        } else {
-                            Change::Keep
-                        }
+        self.store
+            .update_session(&claims.session_handle, &mut |record| match record {
+                Some(r) if r.expires_at_ms > now => {
+                    let mut next = r.clone();
+                    if let Some(p) = &new_payload {
+                        next.access_payload = p.clone();
                     }
-                    _ => {
-                        current = None;
+                    current = Some(next.clone());
+                    if new_payload.is_some() {
+                        Change::Put(Box::new(next))
+                    } else {
                         Change::Keep
                     }
-                })
-        })?;
+                }
+                _ => {
+                    current = None;
+                    Change::Keep
+                }
+            })?;
         let record = current.ok_or_else(session_gone)?;
         let token = self.reissue(&key, &claims, record.access_payload.clone(), now)?;
         // Also when nothing was written here: the token must not carry a

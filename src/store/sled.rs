@@ -4,18 +4,33 @@
 //! (len-prefixed user, len-prefixed tenant, handle → expiry), `sessions_by_expiry`
 //! (expiry, handle → empty), `keys` (kid → key record), `secrets`, and
 //! `user_data` (len-prefixed tenant, len-prefixed user → buckets).
-//! Multi-tree changes run in sled transactions. Durability comes from one
-//! flusher task: callers of [`SessionStore::durable`] queue a waiter, and the
-//! flusher answers every waiter queued before it started a flush with that
-//! flush's result (group commit: concurrent writers share one fsync).
+//!
+//! No sled transaction is used: sled 0.34 writes and syncs an I/O buffer for
+//! every transaction, which capped durable writes at the disk's sync rate.
+//! Instead each session's writers serialise on a lock stripe, and the trees
+//! are written in an order that leaves every crash state safe: index entries
+//! go in before the record they point to and come out after it, so a record
+//! is never unindexed; at worst an index entry dangles, and readers skip it
+//! (the sweep removes dangling expiry entries). sled recovers a prefix of
+//! its own log, and the write-ahead log restores every acknowledged write.
+//!
+//! Durability comes from the write-ahead log (`store::wal`), not from sled's
+//! own flush: each write is applied to the trees, then its after-image is
+//! appended to the log while the write's lock stripe is still held (so the
+//! log orders the writes of one key as the trees did). One flusher thread
+//! answers [`SessionStore::durable`]: it answers every waiter queued before
+//! it started with the result of one log write and `fdatasync` (group
+//! commit). A checkpoint thread flushes sled every second and deletes the
+//! log segments that flush covered; on open, what is left is replayed.
 
-use std::path::Path;
-use std::sync::{Arc, Weak};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Weak, mpsc};
+use std::time::Duration;
 
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use sled::{Transactional, Tree};
-use tokio::sync::{mpsc, oneshot};
+use sled::Tree;
+use tokio::sync::oneshot;
 
+use super::wal::{self, Entry, TreeId, Wal};
 use super::{
     BoxFuture, Change, Exported, FlushObserver, KeyRecord, SessionRecord, SessionStore, StoreError,
     UserData, UserSession,
@@ -24,23 +39,33 @@ use super::{
 /// Version byte in front of every encoded record.
 const RECORD_V1: u8 = 1;
 
+/// How often sled is flushed and the log behind the flush dropped.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Lock stripes ordering the log entries of concurrent writers of one key.
+const STRIPES: usize = 64;
+
 type Waiter = oneshot::Sender<Result<(), String>>;
 
 /// The sled-backed store.
 pub struct SledStore {
     db: sled::Db,
-    sessions: Tree,
-    by_user: Tree,
-    by_expiry: Tree,
+    sessions: SessionTrees,
     keys: Tree,
     secrets: Tree,
     users: Tree,
-    flush_requests: mpsc::UnboundedSender<Waiter>,
+    wal: Wal,
+    stripes: Box<[Mutex<()>]>,
+    /// Log segments waiting for a successful sled flush before deletion.
+    retired: Mutex<Vec<PathBuf>>,
+    flush_requests: mpsc::Sender<Waiter>,
+    /// Dropped with the store, which stops the checkpoint thread.
+    _checkpoints: mpsc::Sender<()>,
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `dir`. Must run inside a Tokio runtime:
-    /// it starts the flusher task.
+    /// Opens (or creates) the store in `dir`, replaying the write-ahead log a
+    /// crash left behind, and starts the log's sync and checkpoint threads.
     pub fn open(
         dir: &Path,
         cache_capacity_bytes: u64,
@@ -63,41 +88,148 @@ impl SledStore {
             .open()
             .map_err(|e| open_error(dir, e))?;
         let tree = |name: &str| db.open_tree(name).map_err(backend);
-        let (flush_requests, waiters) = mpsc::unbounded_channel();
-        let store = Arc::new(Self {
-            sessions: tree("sessions")?,
+        let sessions = SessionTrees {
+            records: tree("sessions")?,
             by_user: tree("sessions_by_user")?,
             by_expiry: tree("sessions_by_expiry")?,
-            keys: tree("keys")?,
-            secrets: tree("secrets")?,
-            users: tree("user_data")?,
+        };
+        let (keys, secrets, users) = (tree("keys")?, tree("secrets")?, tree("user_data")?);
+        let opened = Wal::open(&dir.join("wal"), &mut |entry: Entry| {
+            let target = match entry.tree {
+                TreeId::Sessions => {
+                    let handle = std::str::from_utf8(&entry.key)
+                        .map_err(|_| StoreError::Corrupt("logged session handle".into()))?;
+                    let change = match entry.value {
+                        Some(bytes) => {
+                            Change::Put(Box::new(decode(&bytes).map_err(StoreError::Corrupt)?))
+                        }
+                        None => Change::Delete,
+                    };
+                    sessions.apply(handle, &mut |_| change.clone())?;
+                    return Ok(());
+                }
+                TreeId::Users => &users,
+                TreeId::Keys => &keys,
+                TreeId::Secrets => &secrets,
+            };
+            write_key(target, &entry.key, entry.value.as_deref())
+        })?;
+        if !opened.replayed.is_empty() {
+            db.flush().map_err(backend)?;
+            wal::remove_segments(&opened.replayed)?;
+        }
+        let (flush_requests, waiters) = mpsc::channel();
+        let (checkpoints, stop) = mpsc::channel();
+        let store = Arc::new(Self {
+            sessions,
+            keys,
+            secrets,
+            users,
+            wal: opened.wal,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            retired: Mutex::new(Vec::new()),
             flush_requests,
+            _checkpoints: checkpoints,
             db,
         });
-        tokio::spawn(flusher(Arc::downgrade(&store), waiters, on_flush));
+        let weak = Arc::downgrade(&store);
+        spawn_thread("sessiond-wal", move || flusher(weak, waiters, on_flush))?;
+        let weak = Arc::downgrade(&store);
+        spawn_thread("sessiond-checkpoint", move || checkpointer(weak, stop))?;
         Ok(store)
+    }
+
+    /// The lock stripe of one key of one tree.
+    fn stripe(&self, tree: TreeId, key: &[u8]) -> MutexGuard<'_, ()> {
+        let index = stripe_index(tree, key);
+        self.stripes[index]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes (or with `None` removes) one key of a single-tree record, and
+    /// logs it.
+    fn put_logged(
+        &self,
+        tree: &Tree,
+        id: TreeId,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let _order = self.stripe(id, key);
+        write_key(tree, key, value)?;
+        self.wal.append(id, key, value);
+        Ok(())
+    }
+
+    /// Flushes sled and deletes the log segments the flush covered.
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.push(self.wal.rotate()?);
+        self.db.flush().map_err(backend)?;
+        wal::remove_segments(&retired)?;
+        retired.clear();
+        Ok(())
     }
 }
 
-/// The group-commit loop. It holds the store only while flushing, so that
-/// dropping the last handle closes the database (and releases its lock).
-async fn flusher(
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        // A clean close leaves no log to replay: everything it holds is in
+        // the trees, which this flush makes durable.
+        let closed = self
+            .db
+            .flush()
+            .map_err(backend)
+            .and_then(|_| self.wal.remove_all());
+        if let Err(e) = closed {
+            tracing::warn!(error = %e, "closing the store left a write-ahead log to replay");
+        }
+    }
+}
+
+fn write_key(tree: &Tree, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
+    match value {
+        Some(v) => tree.insert(key, v).map(drop),
+        None => tree.remove(key).map(drop),
+    }
+    .map_err(backend)
+}
+
+fn stripe_index(tree: TreeId, key: &[u8]) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (tree as u8).hash(&mut h);
+    key.hash(&mut h);
+    (h.finish() % STRIPES as u64) as usize
+}
+
+fn spawn_thread(name: &str, run: impl FnOnce() + Send + 'static) -> Result<(), StoreError> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(run)
+        .map(drop)
+        .map_err(|e| StoreError::Backend(format!("cannot start the {name} thread: {e}")))
+}
+
+/// The group-commit loop, on its own thread: it answers every waiter queued
+/// before it started a sync with that sync's result. It holds the store only
+/// while syncing, so that dropping the last handle closes the database (and
+/// releases its lock); then the channel closes and the loop ends.
+fn flusher(
     store: Weak<SledStore>,
-    mut requests: mpsc::UnboundedReceiver<Waiter>,
+    requests: mpsc::Receiver<Waiter>,
     on_flush: Option<FlushObserver>,
 ) {
-    while let Some(first) = requests.recv().await {
+    while let Ok(first) = requests.recv() {
         let mut waiters = vec![first];
-        while let Ok(w) = requests.try_recv() {
-            waiters.push(w);
-        }
+        waiters.extend(requests.try_iter());
         let started = std::time::Instant::now();
         let result = match store.upgrade() {
-            Some(store) => match tokio::task::spawn_blocking(move || store.db.flush()).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(e) => Err(e.to_string()),
-            },
+            Some(store) => store
+                .wal
+                .sync()
+                .map_err(|e| format!("write-ahead log: {e}")),
             None => Err("the store is closed".to_owned()),
         };
         if let Some(observe) = &on_flush {
@@ -105,6 +237,20 @@ async fn flusher(
         }
         for w in waiters {
             let _ = w.send(result.clone());
+        }
+    }
+}
+
+/// Flushes sled behind the log every [`CHECKPOINT_EVERY`] while writes come
+/// in, until the store is dropped (which closes `stop`).
+fn checkpointer(store: Weak<SledStore>, stop: mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        let Some(store) = store.upgrade() else { return };
+        if store.wal.segment_len() == 0 {
+            continue;
+        }
+        if let Err(e) = store.checkpoint() {
+            tracing::warn!(error = %e, "checkpoint failed; the write-ahead log is kept");
         }
     }
 }
@@ -120,13 +266,6 @@ fn open_error(dir: &Path, e: sled::Error) -> StoreError {
 
 fn backend(e: sled::Error) -> StoreError {
     StoreError::Backend(e.to_string())
-}
-
-fn tx_error(e: TransactionError<String>) -> StoreError {
-    match e {
-        TransactionError::Abort(msg) => StoreError::Corrupt(msg),
-        TransactionError::Storage(e) => backend(e),
-    }
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
@@ -198,18 +337,116 @@ fn split_user_key(key: &[u8]) -> Option<(String, String)> {
     Some((tenant.to_owned(), handle.to_owned()))
 }
 
-type Abort = ConflictableTransactionError<String>;
-
-fn index(u: &TransactionalTree, e: &TransactionalTree, r: &SessionRecord) -> Result<(), Abort> {
-    u.insert(user_key(r), &r.expires_at_ms.to_be_bytes())?;
-    e.insert(expiry_key(r.expires_at_ms, &r.handle), &[])?;
-    Ok(())
+/// The session records and their two indexes.
+struct SessionTrees {
+    records: Tree,
+    by_user: Tree,
+    by_expiry: Tree,
 }
 
-fn unindex(u: &TransactionalTree, e: &TransactionalTree, r: &SessionRecord) -> Result<(), Abort> {
-    u.remove(user_key(r))?;
-    e.remove(expiry_key(r.expires_at_ms, &r.handle))?;
-    Ok(())
+impl SessionTrees {
+    fn read(&self, handle: &str) -> Result<Option<SessionRecord>, StoreError> {
+        match self.records.get(handle).map_err(backend)? {
+            Some(bytes) => decode(&bytes).map(Some).map_err(StoreError::Corrupt),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores `new` (with its encoding) in place of `old`, or removes `old`
+    /// when `new` is `None`. Index entries a record needs are written before
+    /// it, and entries it no longer needs are removed after it.
+    fn write(
+        &self,
+        handle: &str,
+        old: Option<&SessionRecord>,
+        new: Option<(&SessionRecord, &[u8])>,
+    ) -> Result<(), StoreError> {
+        let Some((new, bytes)) = new else {
+            self.records.remove(handle).map_err(backend)?;
+            if let Some(old) = old {
+                self.remove_entries(old, None)?;
+            }
+            return Ok(());
+        };
+        // Most edits (data, payload, claims) leave the index entries as they
+        // are: only the record is rewritten.
+        let moved = !old.is_some_and(|old| indexed_alike(old, new));
+        if moved {
+            self.add_entries(new)?;
+        }
+        self.records.insert(handle, bytes).map_err(backend)?;
+        if let (true, Some(old)) = (moved, old) {
+            self.remove_entries(old, Some(new))?;
+        }
+        Ok(())
+    }
+
+    /// Stores a session under a fresh handle: no read first. Should the
+    /// handle exist after all (an import over a live store), the record it
+    /// replaced comes back from the insert and its index entries are fixed.
+    fn create(&self, new: &SessionRecord, bytes: &[u8]) -> Result<(), StoreError> {
+        self.add_entries(new)?;
+        let replaced = self.records.insert(&new.handle, bytes).map_err(backend)?;
+        if let Some(old) = replaced {
+            let old: SessionRecord = decode(&old).map_err(StoreError::Corrupt)?;
+            self.remove_entries(&old, Some(new))?;
+        }
+        Ok(())
+    }
+
+    fn add_entries(&self, new: &SessionRecord) -> Result<(), StoreError> {
+        self.by_expiry
+            .insert(expiry_key(new.expires_at_ms, &new.handle), &[])
+            .map_err(backend)?;
+        self.by_user
+            .insert(user_key(new), &new.expires_at_ms.to_be_bytes())
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Removes `old`'s index entries, except those `new` shares.
+    fn remove_entries(
+        &self,
+        old: &SessionRecord,
+        new: Option<&SessionRecord>,
+    ) -> Result<(), StoreError> {
+        let expiry = expiry_key(old.expires_at_ms, &old.handle);
+        if new.is_none_or(|n| expiry_key(n.expires_at_ms, &n.handle) != expiry) {
+            self.by_expiry.remove(expiry).map_err(backend)?;
+        }
+        let user = user_key(old);
+        if new.is_none_or(|n| user_key(n) != user) {
+            self.by_user.remove(user).map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    /// Reads a session and applies `decide`'s change to it. The caller holds
+    /// the session's lock stripe. Returns the change and, for a put, the
+    /// bytes stored.
+    fn apply(
+        &self,
+        handle: &str,
+        decide: &mut dyn FnMut(Option<&SessionRecord>) -> Change,
+    ) -> Result<(Change, Vec<u8>), StoreError> {
+        let current = self.read(handle)?;
+        let change = decide(current.as_ref());
+        let mut stored = Vec::new();
+        match (&change, &current) {
+            (Change::Keep, _) | (Change::Delete, None) => {}
+            (Change::Delete, Some(old)) => self.write(handle, Some(old), None)?,
+            (Change::Put(new), old) => {
+                if new.handle != handle {
+                    return Err(StoreError::Corrupt(
+                        "update changed the session handle".into(),
+                    ));
+                }
+                stored = encode(new);
+                self.write(handle, old.as_ref(), Some((new, &stored)))?;
+            }
+        }
+        Ok((change, stored))
+    }
 }
 
 /// True when two versions of a session have the same index entries.
@@ -217,29 +454,18 @@ fn indexed_alike(a: &SessionRecord, b: &SessionRecord) -> bool {
     a.user_id == b.user_id && a.tenant_id == b.tenant_id && a.expires_at_ms == b.expires_at_ms
 }
 
-fn read_record(s: &TransactionalTree, handle: &str) -> Result<Option<SessionRecord>, Abort> {
-    match s.get(handle)? {
-        Some(bytes) => decode(&bytes).map(Some).map_err(Abort::Abort),
-        None => Ok(None),
-    }
-}
-
 impl SessionStore for SledStore {
     fn create_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
         let bytes = encode(record);
-        (&self.sessions, &self.by_user, &self.by_expiry)
-            .transaction(|(s, u, e)| {
-                s.insert(record.handle.as_bytes(), bytes.as_slice())?;
-                index(u, e, record)
-            })
-            .map_err(tx_error)
+        let key = record.handle.as_bytes();
+        let _order = self.stripe(TreeId::Sessions, key);
+        self.sessions.create(record, &bytes)?;
+        self.wal.append(TreeId::Sessions, key, Some(&bytes));
+        Ok(())
     }
 
     fn session(&self, handle: &str) -> Result<Option<SessionRecord>, StoreError> {
-        match self.sessions.get(handle).map_err(backend)? {
-            Some(bytes) => decode(&bytes).map(Some).map_err(StoreError::Corrupt),
-            None => Ok(None),
-        }
+        self.sessions.read(handle)
     }
 
     fn update_session(
@@ -247,59 +473,45 @@ impl SessionStore for SledStore {
         handle: &str,
         decide: &mut dyn FnMut(Option<&SessionRecord>) -> Change,
     ) -> Result<Change, StoreError> {
-        // sled may run the transaction closure several times; it takes an
-        // `Fn`, so the caller's `FnMut` is borrowed through a cell.
-        let decide = std::cell::RefCell::new(decide);
-        (&self.sessions, &self.by_user, &self.by_expiry)
-            .transaction(|(s, u, e)| {
-                let current = read_record(s, handle)?;
-                let change = (decide.borrow_mut())(current.as_ref());
-                match (&change, &current) {
-                    (Change::Keep, _) | (Change::Delete, None) => {}
-                    (Change::Delete, Some(old)) => {
-                        s.remove(handle.as_bytes())?;
-                        unindex(u, e, old)?;
-                    }
-                    (Change::Put(new), old) => {
-                        if new.handle != handle {
-                            return Err(Abort::Abort("update changed the session handle".into()));
-                        }
-                        s.insert(handle.as_bytes(), encode(new))?;
-                        match old {
-                            // Most edits (data, payload, claims) leave the
-                            // index entries as they are: skip rewriting them.
-                            Some(old) if indexed_alike(old, new) => {}
-                            Some(old) => {
-                                unindex(u, e, old)?;
-                                index(u, e, new)?;
-                            }
-                            None => index(u, e, new)?,
-                        }
-                    }
-                }
-                Ok(change)
-            })
-            .map_err(tx_error)
+        let key = handle.as_bytes();
+        let _order = self.stripe(TreeId::Sessions, key);
+        let (change, stored) = self.sessions.apply(handle, decide)?;
+        match change {
+            Change::Keep => {}
+            Change::Put(_) => self.wal.append(TreeId::Sessions, key, Some(&stored)),
+            Change::Delete => self.wal.append(TreeId::Sessions, key, None),
+        }
+        Ok(change)
     }
 
     fn delete_sessions(&self, handles: &[String]) -> Result<Vec<UserSession>, StoreError> {
-        (&self.sessions, &self.by_user, &self.by_expiry)
-            .transaction(|(s, u, e)| {
-                let mut removed = Vec::new();
-                for handle in handles {
-                    if let Some(old) = read_record(s, handle)? {
-                        s.remove(handle.as_bytes())?;
-                        unindex(u, e, &old)?;
-                        removed.push(UserSession {
-                            handle: old.handle,
-                            tenant_id: old.tenant_id,
-                            expires_at_ms: old.expires_at_ms,
-                        });
-                    }
-                }
-                Ok(removed)
-            })
-            .map_err(tx_error)
+        let mut stripes: Vec<usize> = handles
+            .iter()
+            .map(|h| stripe_index(TreeId::Sessions, h.as_bytes()))
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        // Taken in index order, so two multi-session deletes cannot deadlock.
+        let _order: Vec<_> = stripes
+            .into_iter()
+            .map(|i| self.stripes[i].lock().unwrap_or_else(|e| e.into_inner()))
+            .collect();
+        let mut removed = Vec::new();
+        for handle in handles {
+            if let Some(old) = self.sessions.read(handle)? {
+                self.sessions.write(handle, Some(&old), None)?;
+                removed.push(UserSession {
+                    handle: old.handle,
+                    tenant_id: old.tenant_id,
+                    expires_at_ms: old.expires_at_ms,
+                });
+            }
+        }
+        for gone in &removed {
+            self.wal
+                .append(TreeId::Sessions, gone.handle.as_bytes(), None);
+        }
+        Ok(removed)
     }
 
     fn user_sessions(
@@ -308,20 +520,24 @@ impl SessionStore for SledStore {
         tenant_id: Option<&str>,
     ) -> Result<Vec<UserSession>, StoreError> {
         let mut out = Vec::new();
-        for item in self.by_user.scan_prefix(user_prefix(user_id, tenant_id)) {
-            let (key, value) = item.map_err(backend)?;
+        for key in self
+            .sessions
+            .by_user
+            .scan_prefix(user_prefix(user_id, tenant_id))
+            .keys()
+        {
+            let key = key.map_err(backend)?;
             let (tenant_id, handle) =
                 split_user_key(&key).ok_or_else(|| StoreError::Corrupt("user index key".into()))?;
-            let expires_at_ms = u64::from_be_bytes(
-                value
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("user index value".into()))?,
-            );
+            // The record decides: an entry left dangling by a crash in the
+            // middle of a write names no session.
+            let Some(record) = self.sessions.read(&handle)? else {
+                continue;
+            };
             out.push(UserSession {
                 handle,
                 tenant_id,
-                expires_at_ms,
+                expires_at_ms: record.expires_at_ms,
             });
         }
         Ok(out)
@@ -331,6 +547,7 @@ impl SessionStore for SledStore {
         let end = (now_ms.saturating_add(1)).to_be_bytes();
         let mut removed = 0;
         let due: Vec<sled::IVec> = self
+            .sessions
             .by_expiry
             .range(..end.as_slice())
             .keys()
@@ -339,7 +556,7 @@ impl SessionStore for SledStore {
             .map_err(backend)?;
         for key in due {
             let Some(handle) = key.get(8..).and_then(|h| std::str::from_utf8(h).ok()) else {
-                self.by_expiry.remove(&key).map_err(backend)?;
+                self.sessions.by_expiry.remove(&key).map_err(backend)?;
                 continue;
             };
             let change = self.update_session(handle, &mut |r| match r {
@@ -350,18 +567,14 @@ impl SessionStore for SledStore {
                 removed += 1;
             } else {
                 // A stale index entry (the session is gone or was extended).
-                let (s, e) = (&self.sessions, &self.by_expiry);
-                (s, e)
-                    .transaction(|(s, e)| {
-                        let live = read_record(s, handle)?.is_some_and(|r| {
-                            expiry_key(r.expires_at_ms, &r.handle) == key.as_ref()
-                        });
-                        if !live {
-                            e.remove(&key)?;
-                        }
-                        Ok(())
-                    })
-                    .map_err(tx_error)?;
+                let _order = self.stripe(TreeId::Sessions, handle.as_bytes());
+                let live = self
+                    .sessions
+                    .read(handle)?
+                    .is_some_and(|r| expiry_key(r.expires_at_ms, &r.handle) == key.as_ref());
+                if !live {
+                    self.sessions.by_expiry.remove(&key).map_err(backend)?;
+                }
             }
         }
         Ok(removed)
@@ -385,6 +598,7 @@ impl SessionStore for SledStore {
         change: &mut dyn FnMut(&UserData) -> Option<UserData>,
     ) -> Result<UserData, StoreError> {
         let key = user_data_key(tenant_id, user_id);
+        let _order = self.stripe(TreeId::Users, &key);
         // Compare-and-swap until no concurrent writer got in between.
         loop {
             let old = self.users.get(&key).map_err(backend)?;
@@ -395,11 +609,13 @@ impl SessionStore for SledStore {
             let Some(next) = change(&current) else {
                 return Ok(current);
             };
+            let bytes = encode(&next);
             let swapped = self
                 .users
-                .compare_and_swap(&key, old.as_ref(), Some(encode(&next)))
+                .compare_and_swap(&key, old.as_ref(), Some(bytes.as_slice()))
                 .map_err(backend)?;
             if swapped.is_ok() {
+                self.wal.append(TreeId::Users, &key, Some(&bytes));
                 return Ok(next);
             }
         }
@@ -409,7 +625,7 @@ impl SessionStore for SledStore {
         &self,
         visit: &mut dyn FnMut(Exported) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        for item in self.sessions.iter() {
+        for item in self.sessions.records.iter() {
             let (_, value) = item.map_err(backend)?;
             visit(Exported::Session(
                 decode(&value).map_err(StoreError::Corrupt)?,
@@ -447,28 +663,28 @@ impl SessionStore for SledStore {
                 tenant_id,
                 user_id,
                 data,
-            } => {
-                self.users
-                    .insert(user_data_key(&tenant_id, &user_id), encode(&data))
-                    .map_err(backend)?;
-                Ok(())
-            }
+            } => self.put_logged(
+                &self.users,
+                TreeId::Users,
+                &user_data_key(&tenant_id, &user_id),
+                Some(&encode(&data)),
+            ),
             Exported::Key(key) => self.put_key(&key),
-            Exported::Secret { name, value } => {
-                self.secrets
-                    .insert(name.as_bytes(), value)
-                    .map_err(backend)?;
-                Ok(())
-            }
+            Exported::Secret { name, value } => self.put_logged(
+                &self.secrets,
+                TreeId::Secrets,
+                name.as_bytes(),
+                Some(&value),
+            ),
         }
     }
 
     fn count_sessions(&self) -> Result<u64, StoreError> {
-        Ok(self.sessions.len() as u64)
+        Ok(self.sessions.records.len() as u64)
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.db.size_on_disk().map_err(backend)
+        Ok(self.db.size_on_disk().map_err(backend)? + self.wal.size_on_disk())
     }
 
     fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
@@ -483,15 +699,16 @@ impl SessionStore for SledStore {
     }
 
     fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        self.keys
-            .insert(key.kid.as_bytes(), encode(key))
-            .map_err(backend)?;
-        Ok(())
+        self.put_logged(
+            &self.keys,
+            TreeId::Keys,
+            key.kid.as_bytes(),
+            Some(&encode(key)),
+        )
     }
 
     fn delete_key(&self, kid: &str) -> Result<(), StoreError> {
-        self.keys.remove(kid.as_bytes()).map_err(backend)?;
-        Ok(())
+        self.put_logged(&self.keys, TreeId::Keys, kid.as_bytes(), None)
     }
 
     fn secret(&self, name: &str, make: &mut dyn FnMut() -> Vec<u8>) -> Result<Vec<u8>, StoreError> {
@@ -499,12 +716,17 @@ impl SessionStore for SledStore {
             return Ok(v.to_vec());
         }
         let fresh = make();
+        let _order = self.stripe(TreeId::Secrets, name.as_bytes());
         match self
             .secrets
             .compare_and_swap(name, None as Option<&[u8]>, Some(fresh.as_slice()))
             .map_err(backend)?
         {
-            Ok(()) => Ok(fresh),
+            Ok(()) => {
+                self.wal
+                    .append(TreeId::Secrets, name.as_bytes(), Some(&fresh));
+                Ok(fresh)
+            }
             Err(cas) => cas
                 .current
                 .map(|v| v.to_vec())
@@ -521,5 +743,136 @@ impl SessionStore for SledStore {
                 .map_err(|_| StoreError::Backend("the flusher has stopped".into()))?
                 .map_err(StoreError::Backend)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Map;
+
+    use super::*;
+    use crate::store::Generation;
+
+    fn record(handle: &str, user: &str, expires_at_ms: u64) -> SessionRecord {
+        SessionRecord {
+            handle: handle.to_owned(),
+            user_id: user.to_owned(),
+            tenant_id: "public".to_owned(),
+            access_payload: Map::new(),
+            data: Map::new(),
+            created_at_ms: 1,
+            expires_at_ms,
+            current: Generation {
+                refresh_hash: "h".into(),
+                anti_csrf_hash: None,
+            },
+            previous: None,
+            rotated_at_ms: 1,
+        }
+    }
+
+    /// The state a crash leaves when the log was synced but sled was not
+    /// flushed: the log is replayed on open, indexes included, and consumed.
+    #[tokio::test]
+    async fn a_log_left_by_a_crash_is_replayed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8 << 20, None).unwrap();
+        store.create_session(&record("gone", "bob", 50)).unwrap();
+        store.durable().await.unwrap();
+        drop(store);
+
+        // Writes that reached the log only.
+        let wal = Wal::open(&dir.path().join("wal"), &mut |_| Ok(()))
+            .unwrap()
+            .wal;
+        let moved = record("a", "alice", 100);
+        wal.append(
+            TreeId::Sessions,
+            b"a",
+            Some(&encode(&record("a", "alice", 10))),
+        );
+        wal.append(TreeId::Sessions, b"a", Some(&encode(&moved)));
+        wal.append(TreeId::Sessions, b"gone", None);
+        let data = UserData {
+            user_identifier: Some("alice@example.com".into()),
+            ..UserData::default()
+        };
+        wal.append(
+            TreeId::Users,
+            &user_data_key("public", "alice"),
+            Some(&encode(&data)),
+        );
+        wal.append(TreeId::Secrets, b"s", Some(b"secret bytes"));
+        wal.sync().unwrap();
+        drop(wal);
+
+        let store = SledStore::open(dir.path(), 8 << 20, None)
+            .map_err(|e| e.to_string())
+            .unwrap();
+        assert_eq!(store.session("a").unwrap(), Some(moved));
+        assert_eq!(store.session("gone").unwrap(), None);
+        let listed = store.user_sessions("alice", None).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].expires_at_ms, 100);
+        assert!(store.user_sessions("bob", None).unwrap().is_empty());
+        // The expiry index follows the last image: nothing is due at 50.
+        assert_eq!(store.sweep_expired(50, 10).unwrap(), 0);
+        assert_eq!(store.user_data("public", "alice").unwrap(), Some(data));
+        assert_eq!(
+            store.secret("s", &mut || b"other".to_vec()).unwrap(),
+            b"secret bytes"
+        );
+        assert_eq!(store.sweep_expired(100, 10).unwrap(), 1);
+        // The replayed segments are gone once sled holds their writes.
+        let left = std::fs::read_dir(dir.path().join("wal")).unwrap().count();
+        assert_eq!(left, 1, "only this run's segment remains");
+    }
+
+    /// A crash between an index write and its record's write leaves an
+    /// entry that names no session: readers skip it and the sweep drops it.
+    #[tokio::test]
+    async fn dangling_index_entries_are_skipped_and_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8 << 20, None).unwrap();
+        store.create_session(&record("live", "alice", 100)).unwrap();
+        let ghost = record("ghost", "alice", 40);
+        let trees = &store.sessions;
+        trees
+            .by_user
+            .insert(user_key(&ghost), &40u64.to_be_bytes())
+            .unwrap();
+        trees
+            .by_expiry
+            .insert(expiry_key(40, "ghost"), &[])
+            .unwrap();
+
+        let listed = store.user_sessions("alice", Some("public")).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].handle, "live");
+        assert_eq!(
+            store.sweep_expired(50, 10).unwrap(),
+            0,
+            "nothing real was due"
+        );
+        assert!(
+            trees
+                .by_expiry
+                .get(expiry_key(40, "ghost"))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_clean_close_leaves_no_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8 << 20, None).unwrap();
+        store.create_session(&record("a", "alice", 100)).unwrap();
+        store.durable().await.unwrap();
+        drop(store);
+        let left = std::fs::read_dir(dir.path().join("wal")).unwrap().count();
+        assert_eq!(left, 0);
+        let store = SledStore::open(dir.path(), 8 << 20, None).unwrap();
+        assert!(store.session("a").unwrap().is_some());
     }
 }

@@ -1,0 +1,106 @@
+//! Criterion benchmarks of the embedded store: what one session write costs
+//! in the trees, what the write-ahead log adds, and a durable write alone
+//! (one write plus its own sync, the worst case of group commit).
+//!
+//! cargo bench --bench store
+
+// criterion's macros generate undocumented functions.
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use serde_json::{Map, json};
+use sessiond::store::{Change, Generation, SessionRecord, SessionStore, SledStore};
+
+fn record(n: u64) -> SessionRecord {
+    let payload =
+        json!({"role": "member", "plan": "pro", "region": "eu-west", "pad": "x".repeat(140)});
+    SessionRecord {
+        handle: format!("{n:08x}-0000-4000-8000-000000000000"),
+        user_id: format!("user-{}", n % 1000),
+        tenant_id: "public".into(),
+        access_payload: payload.as_object().unwrap().clone(),
+        data: Map::new(),
+        created_at_ms: 1_700_000_000_000,
+        expires_at_ms: 1_700_000_000_000 + n,
+        current: Generation {
+            refresh_hash: "a".repeat(64),
+            anti_csrf_hash: None,
+        },
+        previous: None,
+        rotated_at_ms: 0,
+    }
+}
+
+fn store(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = runtime.block_on(async { SledStore::open(dir.path(), 128 << 20, None).unwrap() });
+    let next = AtomicU64::new(0);
+
+    c.bench_function("store/create_session", |b| {
+        b.iter(|| {
+            let n = next.fetch_add(1, Ordering::Relaxed);
+            store.create_session(black_box(&record(n))).unwrap();
+        })
+    });
+    c.bench_function("store/update_session (rotate)", |b| {
+        b.iter(|| {
+            let n = next.load(Ordering::Relaxed) / 2;
+            let handle = record(n).handle;
+            store
+                .update_session(&handle, &mut |r| match r {
+                    Some(r) => {
+                        let mut r = r.clone();
+                        r.expires_at_ms += 1;
+                        Change::Put(Box::new(r))
+                    }
+                    None => Change::Keep,
+                })
+                .unwrap();
+        })
+    });
+    c.bench_function("store/update_session (data only)", |b| {
+        b.iter(|| {
+            let n = next.load(Ordering::Relaxed) / 2;
+            let handle = record(n).handle;
+            store
+                .update_session(&handle, &mut |r| match r {
+                    Some(r) => {
+                        let mut r = r.clone();
+                        r.created_at_ms += 1;
+                        Change::Put(Box::new(r))
+                    }
+                    None => Change::Keep,
+                })
+                .unwrap();
+        })
+    });
+    c.bench_function("store/update_session (keep)", |b| {
+        b.iter(|| {
+            let n = next.load(Ordering::Relaxed) / 2;
+            let handle = record(n).handle;
+            store
+                .update_session(&handle, &mut |_| Change::Keep)
+                .unwrap();
+        })
+    });
+    c.bench_function("store/session (read)", |b| {
+        b.iter(|| {
+            let n = next.load(Ordering::Relaxed) / 3;
+            black_box(store.session(&record(n).handle).unwrap());
+        })
+    });
+    c.bench_function("store/create_session + durable, alone", |b| {
+        b.iter(|| {
+            let n = next.fetch_add(1, Ordering::Relaxed);
+            store.create_session(&record(n)).unwrap();
+            runtime.block_on(store.durable()).unwrap();
+        })
+    });
+}
+
+criterion_group!(benches, store);
+criterion_main!(benches);

@@ -1,0 +1,442 @@
+//! A write-ahead log of the store's primary records, for cheap durability.
+//!
+//! Every write first lands in the backend's trees (in memory, visible to
+//! reads), then its after-image (`tree`, `key`, new value or removal) is
+//! appended here. A durability request writes what was appended and issues
+//! one `fdatasync`; all writers queued behind it share that sync. The trees
+//! themselves reach the disk later, at a checkpoint: the log moves on to a
+//! fresh segment, the backend flushes, and the older segments are deleted.
+//! On open, the segments left by a crash are replayed in order; replaying an
+//! after-image twice is harmless, so a crash during replay is too.
+//!
+//! Segment files are `wal/<20-digit number>.log`, holding frames
+//! `[len: u32 LE][crc32 of body: u32 LE][body]`, with body
+//! `[tree: u8][op: u8][key len: u32 LE][key][value]`. Only the newest
+//! segment can end in a torn frame (a crash in the middle of a write); it is
+//! dropped there, as no write in it was acknowledged. A bad frame anywhere
+//! else is corruption and stops the open.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::StoreError;
+
+/// The trees whose changes are logged. The numbers are part of the format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(super) enum TreeId {
+    Sessions = 1,
+    Users = 2,
+    Keys = 3,
+    Secrets = 4,
+}
+
+impl TreeId {
+    fn from_byte(b: u8) -> Option<Self> {
+        Some(match b {
+            1 => Self::Sessions,
+            2 => Self::Users,
+            3 => Self::Keys,
+            4 => Self::Secrets,
+            _ => return None,
+        })
+    }
+}
+
+const OP_PUT: u8 = 1;
+const OP_REMOVE: u8 = 2;
+const FRAME_HEADER: usize = 8;
+const BODY_HEADER: usize = 6;
+
+/// One logged change: the key's new value, or its removal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Entry {
+    pub tree: TreeId,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+struct Segment {
+    number: u64,
+    file: File,
+    /// Bytes written to `file` so far.
+    len: u64,
+}
+
+/// The log. `append` may be called from any thread; `sync` and `rotate`
+/// serialise on the segment lock.
+pub(super) struct Wal {
+    dir: PathBuf,
+    /// Frames appended but not yet written to the segment file.
+    pending: Mutex<Vec<u8>>,
+    segment: Mutex<Segment>,
+}
+
+/// What [`Wal::open`] found: the log, ready for appends, and the segments
+/// replayed from a previous run, to delete once the backend has flushed.
+pub(super) struct Opened {
+    pub wal: Wal,
+    pub replayed: Vec<PathBuf>,
+}
+
+impl Wal {
+    /// Opens the log in `dir` (created when missing), hands every entry of
+    /// the segments found there to `replay`, oldest first, and starts a new
+    /// segment for this run.
+    pub fn open(
+        dir: &Path,
+        replay: &mut dyn FnMut(Entry) -> Result<(), StoreError>,
+    ) -> Result<Opened, StoreError> {
+        fs::create_dir_all(dir).map_err(|e| io_error("cannot create", dir, e))?;
+        let found = segments(dir)?;
+        let last = found.last().map(|(n, _)| *n);
+        for (number, path) in &found {
+            let bytes = fs::read(path).map_err(|e| io_error("cannot read", path, e))?;
+            let intact = read_frames(&bytes, &mut *replay)?;
+            if intact == bytes.len() {
+                continue;
+            }
+            if Some(*number) != last {
+                return Err(StoreError::Corrupt(format!(
+                    "write-ahead log segment {} has a damaged frame",
+                    path.display()
+                )));
+            }
+            // Cut the torn frame off, so that once newer segments exist
+            // this one does not look damaged.
+            OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|f| {
+                    f.set_len(intact as u64)?;
+                    f.sync_all()
+                })
+                .map_err(|e| io_error("cannot truncate", path, e))?;
+            tracing::warn!(
+                segment = %path.display(),
+                "dropped a torn frame at the end of the write-ahead log (an unacknowledged write)"
+            );
+        }
+        let number = last.map_or(1, |n| n + 1);
+        let segment = create_segment(dir, number)?;
+        Ok(Opened {
+            wal: Wal {
+                dir: dir.to_owned(),
+                pending: Mutex::new(Vec::with_capacity(64 * 1024)),
+                segment: Mutex::new(segment),
+            },
+            replayed: found.into_iter().map(|(_, p)| p).collect(),
+        })
+    }
+
+    /// Queues a change; it is on disk after the next [`Wal::sync`].
+    pub fn append(&self, tree: TreeId, key: &[u8], value: Option<&[u8]>) {
+        let body_len = BODY_HEADER + key.len() + value.map_or(0, <[u8]>::len);
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let start = pending.len();
+        pending.extend_from_slice(&(body_len as u32).to_le_bytes());
+        pending.extend_from_slice(&[0; 4]);
+        pending.push(tree as u8);
+        pending.push(if value.is_some() { OP_PUT } else { OP_REMOVE });
+        pending.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        pending.extend_from_slice(key);
+        if let Some(v) = value {
+            pending.extend_from_slice(v);
+        }
+        let crc = crc32fast::hash(&pending[start + FRAME_HEADER..]);
+        pending[start + 4..start + FRAME_HEADER].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Writes every appended change and waits for the disk (blocking).
+    /// Returns at once when nothing was appended since the last sync.
+    pub fn sync(&self) -> std::io::Result<()> {
+        let mut segment = self.segment.lock().unwrap_or_else(|e| e.into_inner());
+        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        if batch.is_empty() {
+            return Ok(());
+        }
+        segment.file.write_all(&batch)?;
+        segment.len += batch.len() as u64;
+        segment.file.sync_data()?;
+        // Hand the buffer back so appends reuse its capacity.
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.is_empty() {
+            let mut batch = batch;
+            batch.clear();
+            *pending = batch;
+        }
+        Ok(())
+    }
+
+    /// Bytes written to the current segment.
+    pub fn segment_len(&self) -> u64 {
+        self.segment.lock().unwrap_or_else(|e| e.into_inner()).len
+    }
+
+    /// Starts a new segment; returns the path of the one it replaces. Every
+    /// entry in that segment was applied to the backend before this call,
+    /// so once the backend has flushed after it, the old segment can go.
+    pub fn rotate(&self) -> Result<PathBuf, StoreError> {
+        let mut segment = self.segment.lock().unwrap_or_else(|e| e.into_inner());
+        let next = create_segment(&self.dir, segment.number + 1)?;
+        let old = std::mem::replace(&mut *segment, next);
+        Ok(segment_path(&self.dir, old.number))
+    }
+
+    /// Deletes every segment, the current one included: for a clean close,
+    /// after the backend has flushed everything that was appended.
+    pub fn remove_all(&self) -> Result<(), StoreError> {
+        let _segment = self.segment.lock().unwrap_or_else(|e| e.into_inner());
+        let found: Vec<PathBuf> = segments(&self.dir)?.into_iter().map(|(_, p)| p).collect();
+        remove_segments(&found)
+    }
+
+    /// Bytes the log occupies on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        segments(&self.dir)
+            .map(|found| {
+                found
+                    .iter()
+                    .filter_map(|(_, p)| fs::metadata(p).ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// Deletes segments whose entries the backend has made durable.
+pub(super) fn remove_segments(paths: &[PathBuf]) -> Result<(), StoreError> {
+    for path in paths {
+        match fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error("cannot remove", path, e)),
+        }
+    }
+    Ok(())
+}
+
+fn segment_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{number:020}.log"))
+}
+
+fn create_segment(dir: &Path, number: u64) -> Result<Segment, StoreError> {
+    let path = segment_path(dir, number);
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| io_error("cannot create", &path, e))?;
+    // The new name must survive a crash before anything acknowledged is
+    // written under it.
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("cannot sync", dir, e))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    Ok(Segment { number, file, len })
+}
+
+/// The segments in `dir`, oldest first.
+fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let mut found = Vec::new();
+    for item in fs::read_dir(dir).map_err(|e| io_error("cannot list", dir, e))? {
+        let item = item.map_err(|e| io_error("cannot list", dir, e))?;
+        let name = item.file_name();
+        let Some(number) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        found.push((number, item.path()));
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Hands each intact frame of `bytes` to `replay`; returns how many bytes
+/// were intact (less than the length when it stopped at a damaged frame).
+fn read_frames(
+    bytes: &[u8],
+    replay: &mut dyn FnMut(Entry) -> Result<(), StoreError>,
+) -> Result<usize, StoreError> {
+    let mut at = 0;
+    while at < bytes.len() {
+        let Some(body) = frame(&bytes[at..]) else {
+            break;
+        };
+        let Some(entry) = parse_body(body) else {
+            break;
+        };
+        replay(entry)?;
+        at += FRAME_HEADER + body.len();
+    }
+    Ok(at)
+}
+
+/// The body of the intact frame at the start of `bytes`.
+fn frame(bytes: &[u8]) -> Option<&[u8]> {
+    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(bytes.get(4..FRAME_HEADER)?.try_into().ok()?);
+    let body = bytes.get(FRAME_HEADER..FRAME_HEADER.checked_add(len)?)?;
+    (crc32fast::hash(body) == crc).then_some(body)
+}
+
+fn parse_body(body: &[u8]) -> Option<Entry> {
+    let tree = TreeId::from_byte(*body.first()?)?;
+    let op = *body.get(1)?;
+    let key_len = u32::from_le_bytes(body.get(2..BODY_HEADER)?.try_into().ok()?) as usize;
+    let key = body
+        .get(BODY_HEADER..BODY_HEADER.checked_add(key_len)?)?
+        .to_vec();
+    let rest = &body[BODY_HEADER + key_len..];
+    let value = match op {
+        OP_PUT => Some(rest.to_vec()),
+        OP_REMOVE if rest.is_empty() => None,
+        _ => return None,
+    };
+    Some(Entry { tree, key, value })
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Backend(format!("{what} {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(dir: &Path) -> (Opened, Vec<Entry>) {
+        let mut seen = Vec::new();
+        let opened = Wal::open(dir, &mut |e| {
+            seen.push(e);
+            Ok(())
+        })
+        .unwrap();
+        (opened, seen)
+    }
+
+    fn put(tree: TreeId, key: &str, value: &str) -> Entry {
+        Entry {
+            tree,
+            key: key.as_bytes().to_vec(),
+            value: Some(value.as_bytes().to_vec()),
+        }
+    }
+
+    #[test]
+    fn synced_entries_are_replayed_in_order_and_unsynced_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (opened, seen) = collect(dir.path());
+        assert!(seen.is_empty());
+        let wal = opened.wal;
+        wal.append(TreeId::Sessions, b"h1", Some(b"one"));
+        wal.append(TreeId::Users, b"u1", Some(b""));
+        wal.append(TreeId::Sessions, b"h1", None);
+        wal.sync().unwrap();
+        wal.append(TreeId::Keys, b"never-synced", Some(b"x"));
+        drop(wal);
+
+        let (opened, seen) = collect(dir.path());
+        assert_eq!(
+            seen,
+            vec![
+                put(TreeId::Sessions, "h1", "one"),
+                put(TreeId::Users, "u1", ""),
+                Entry {
+                    tree: TreeId::Sessions,
+                    key: b"h1".to_vec(),
+                    value: None
+                },
+            ]
+        );
+        assert_eq!(opened.replayed.len(), 1);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off_and_stays_harmless() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = collect(dir.path()).0.wal;
+        wal.append(TreeId::Secrets, b"a", Some(b"kept"));
+        wal.append(TreeId::Secrets, b"b", Some(b"torn"));
+        wal.sync().unwrap();
+        drop(wal);
+        let path = segment_path(dir.path(), 1);
+        let len = fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 2)
+            .unwrap();
+
+        let (opened, seen) = collect(dir.path());
+        assert_eq!(seen, vec![put(TreeId::Secrets, "a", "kept")]);
+        // Segment 1 is no longer the newest once segment 2 holds data; it
+        // was truncated to its intact frames, so it still opens.
+        opened.wal.append(TreeId::Secrets, b"c", Some(b"later"));
+        opened.wal.sync().unwrap();
+        drop(opened);
+        let seen = collect(dir.path()).1;
+        assert_eq!(
+            seen,
+            vec![
+                put(TreeId::Secrets, "a", "kept"),
+                put(TreeId::Secrets, "c", "later")
+            ]
+        );
+    }
+
+    #[test]
+    fn damage_before_the_newest_segment_stops_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = collect(dir.path()).0.wal;
+        wal.append(TreeId::Keys, b"k1", Some(b"1"));
+        wal.append(TreeId::Keys, b"k2", Some(b"2"));
+        wal.sync().unwrap();
+        wal.rotate().unwrap();
+        wal.append(TreeId::Keys, b"k3", Some(b"3"));
+        wal.sync().unwrap();
+        drop(wal);
+        let path = segment_path(dir.path(), 1);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[FRAME_HEADER + 1] ^= 0x40;
+        fs::write(&path, bytes).unwrap();
+        let err = Wal::open(dir.path(), &mut |_| Ok(())).err().unwrap();
+        assert!(matches!(err, StoreError::Corrupt(m) if m.contains("damaged frame")));
+    }
+
+    #[test]
+    fn a_flipped_bit_fails_the_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = collect(dir.path()).0.wal;
+        wal.append(TreeId::Keys, b"k", Some(b"value"));
+        wal.sync().unwrap();
+        drop(wal);
+        let path = segment_path(dir.path(), 1);
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&path, bytes).unwrap();
+        assert!(collect(dir.path()).1.is_empty());
+    }
+
+    #[test]
+    fn rotation_leaves_older_segments_to_the_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = collect(dir.path()).0.wal;
+        wal.append(TreeId::Keys, b"k1", Some(b"1"));
+        wal.sync().unwrap();
+        let old = wal.rotate().unwrap();
+        wal.append(TreeId::Keys, b"k2", Some(b"2"));
+        wal.sync().unwrap();
+        assert!(wal.segment_len() > 0);
+        remove_segments(&[old]).unwrap();
+        drop(wal);
+        assert_eq!(collect(dir.path()).1, vec![put(TreeId::Keys, "k2", "2")]);
+    }
+}
