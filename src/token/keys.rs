@@ -12,7 +12,8 @@
 //!
 //! Every key is pinned to its algorithm: verification never takes the
 //! algorithm from a token's header alone. Private keys never leave this
-//! module except as the encoding key handed to the signer.
+//! module: each is parsed once, when loaded, and signs here (jsonwebtoken
+//! would parse the PKCS#8 document again for every signature).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -20,14 +21,17 @@ use std::sync::{Arc, RwLock};
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::RSA_PKCS1_SHA256;
 use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaPublicKeyComponents,
 };
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey, Header};
 use serde::Serialize;
 
 use super::kek::Kek;
-use super::{KeyError, b64url, der};
+use super::{KeyError, b64url};
 use crate::clock::SharedClock;
 use crate::config::SigningAlgorithm;
 use crate::metrics::Metrics;
@@ -69,9 +73,42 @@ pub struct Jwk {
 pub struct SigningKey {
     record: KeyRecord,
     algorithm: Algorithm,
-    encoding: EncodingKey,
+    signer: Signer,
+    /// The encoded JOSE headers: `[JWT, access token (version 5)]`.
+    headers: Arc<[String; 2]>,
     decoding: DecodingKey,
     jwk: Jwk,
+}
+
+/// A parsed private key.
+#[derive(Clone)]
+enum Signer {
+    Ed25519(Arc<Ed25519KeyPair>),
+    P256(Arc<EcdsaKeyPair>),
+    Rsa(Arc<aws_lc_rs::rsa::KeyPair>),
+}
+
+impl Signer {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        match self {
+            Self::Ed25519(pair) => Ok(pair.sign(message).as_ref().to_vec()),
+            Self::P256(pair) => pair
+                .sign(&SystemRandom::new(), message)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| KeyError::Sign),
+            Self::Rsa(pair) => {
+                let mut signature = vec![0; pair.public_modulus_len()];
+                pair.sign(
+                    &RSA_PKCS1_SHA256,
+                    &SystemRandom::new(),
+                    message,
+                    &mut signature,
+                )
+                .map_err(|_| KeyError::Sign)?;
+                Ok(signature)
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -116,12 +153,16 @@ impl SigningKey {
     /// Signs `claims` as a compact JWS with this key. Access tokens carry the
     /// header field `version: "5"` that SuperTokens' SDKs check.
     pub fn sign<T: Serialize>(&self, claims: &T, access_token: bool) -> Result<String, KeyError> {
-        let mut header = Header::new(self.algorithm);
-        header.kid = Some(self.record.kid.clone());
-        if access_token {
-            header.extras.insert("version", "5");
-        }
-        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(|_| KeyError::Sign)
+        let payload = serde_json::to_vec(claims).map_err(|_| KeyError::Sign)?;
+        let header = &self.headers[usize::from(access_token)];
+        let mut token = String::with_capacity(header.len() + payload.len() * 4 / 3 + 360);
+        token.push_str(header);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
+        let signature = self.signer.sign(token.as_bytes())?;
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&signature, &mut token);
+        Ok(token)
     }
 
     /// This key with a later `max_jwt_exp_ms`, reusing the parsed keys.
@@ -132,7 +173,8 @@ impl SigningKey {
                 ..self.record.clone()
             },
             algorithm: self.algorithm,
-            encoding: self.encoding.clone(),
+            signer: self.signer.clone(),
+            headers: self.headers.clone(),
             decoding: self.decoding.clone(),
             jwk: self.jwk.clone(),
         }
@@ -152,7 +194,7 @@ impl SigningKey {
             x: None,
             y: None,
         };
-        let (algorithm, encoding, decoding, jwk) = match record.alg.as_str() {
+        let (algorithm, signer, decoding, jwk) = match record.alg.as_str() {
             "EdDSA" => {
                 let pair = Ed25519KeyPair::from_pkcs8(pkcs8)
                     .map_err(|_| KeyError::Crypto("is not Ed25519"))?;
@@ -164,7 +206,7 @@ impl SigningKey {
                 };
                 (
                     Algorithm::EdDSA,
-                    EncodingKey::from_ed_der(pkcs8),
+                    Signer::Ed25519(Arc::new(pair)),
                     DecodingKey::from_ed_der(&public),
                     jwk,
                 )
@@ -184,7 +226,7 @@ impl SigningKey {
                 };
                 (
                     Algorithm::ES256,
-                    EncodingKey::from_ec_der(pkcs8),
+                    Signer::P256(Arc::new(pair)),
                     DecodingKey::from_ec_der(&point),
                     jwk,
                 )
@@ -192,27 +234,31 @@ impl SigningKey {
             "RS256" => {
                 let pair = aws_lc_rs::rsa::KeyPair::from_pkcs8(pkcs8)
                     .map_err(|_| KeyError::Crypto("is not RSA"))?;
-                let pkcs1 =
-                    der::pkcs8_private_key(pkcs8).ok_or(KeyError::Crypto("is not PKCS#8"))?;
                 let components = RsaPublicKeyComponents::<Vec<u8>>::from(pair.public_key());
                 let jwk = Jwk {
                     n: Some(b64url(&components.n)),
                     e: Some(b64url(&components.e)),
                     ..jwk("RSA", "RS256")
                 };
-                (
-                    Algorithm::RS256,
-                    EncodingKey::from_rsa_der(pkcs1),
-                    DecodingKey::from_rsa_der(pair.public_key().as_ref()),
-                    jwk,
-                )
+                let decoding = DecodingKey::from_rsa_der(pair.public_key().as_ref());
+                (Algorithm::RS256, Signer::Rsa(Arc::new(pair)), decoding, jwk)
             }
             _ => return Err(KeyError::Crypto("has an unsupported algorithm")),
         };
+        let header = |access_token: bool| {
+            let mut header = Header::new(algorithm);
+            header.kid = Some(record.kid.clone());
+            if access_token {
+                header.extras.insert("version", "5");
+            }
+            // A header of strings always serialises.
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).expect("headers serialise"))
+        };
         Ok(Self {
+            headers: Arc::new([header(false), header(true)]),
             record,
             algorithm,
-            encoding,
+            signer,
             decoding,
             jwk,
         })

@@ -12,7 +12,6 @@
 
 pub mod access;
 pub mod cache;
-mod der;
 pub mod kek;
 pub mod keys;
 pub mod refresh;
