@@ -83,6 +83,11 @@ enum Command {
     },
 }
 
+/// mimalloc: the store and the HTTP/2 stack allocate on every call, and
+/// glibc's allocator cost measurably more CPU per write (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
