@@ -373,15 +373,16 @@ impl SessionManager {
             }
         }
         if req.check_database {
-            let record = self
-                .live(self.store.session(&claims.session_handle)?)
+            let lineage = self
+                .store
+                .session_lineage(&claims.session_handle)?
+                .filter(|l| l.expires_at_ms > now)
                 .ok_or_else(session_gone)?;
-            let in_lineage = record.current.refresh_hash == claims.refresh_token_hash
-                || record
-                    .previous
-                    .as_ref()
-                    .is_some_and(|p| p.refresh_hash == claims.refresh_token_hash);
-            if !in_lineage || record.user_id != claims.user_id {
+            let in_lineage = lineage.current_refresh_hash == claims.refresh_token_hash
+                || lineage
+                    .previous_refresh_hash
+                    .is_some_and(|p| p == claims.refresh_token_hash);
+            if !in_lineage || lineage.user_id != claims.user_id {
                 return Err(Error::Unauthorised(
                     "the access token belongs to a refresh token that was rotated out".into(),
                 ));

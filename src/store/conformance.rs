@@ -41,6 +41,7 @@ pub async fn create_read_list_delete(store: Arc<dyn SessionStore>) {
         .create_session(&record("c", "alicia", "public", 100))
         .unwrap();
     store.durable().await.unwrap();
+    assert_eq!(store.count_sessions().unwrap(), 3);
 
     assert_eq!(store.session("a").unwrap().unwrap().user_id, "alice");
     assert!(store.session("zz").unwrap().is_none());
@@ -65,6 +66,7 @@ pub async fn create_read_list_delete(store: Arc<dyn SessionStore>) {
     assert_eq!(handles(removed), ["a"]);
     assert!(store.session("a").unwrap().is_none());
     assert_eq!(handles(store.user_sessions("alice", None).unwrap()), ["b"]);
+    assert_eq!(store.count_sessions().unwrap(), 2);
 }
 
 pub async fn concurrent_updates_lose_nothing(store: Arc<dyn SessionStore>) {
@@ -92,6 +94,7 @@ pub async fn concurrent_updates_lose_nothing(store: Arc<dyn SessionStore>) {
         t.join().unwrap();
     }
     assert_eq!(store.session("n").unwrap().unwrap().data["n"], json!(400));
+    assert_eq!(store.count_sessions().unwrap(), 1, "updates add no session");
 }
 
 pub async fn update_moves_indexes_and_sweep_follows(store: Arc<dyn SessionStore>) {

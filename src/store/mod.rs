@@ -14,6 +14,7 @@
 //! - the store never interprets tokens or payloads, and never logs records
 //!   (they hold refresh token hashes and user data).
 
+mod record;
 mod sled;
 mod wal;
 
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use self::record::Lineage;
 pub use self::sled::SledStore;
 
 /// Called with the duration of every flush.
@@ -237,6 +239,12 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Reads a session, expired or not.
     fn session(&self, handle: &str) -> Result<Option<SessionRecord>, StoreError>;
 
+    /// What checking an access token against the store needs of a session
+    /// (expired or not), read without decoding its payload and data.
+    fn session_lineage(&self, handle: &str) -> Result<Option<Lineage>, StoreError> {
+        Ok(self.session(handle)?.as_ref().map(Lineage::of))
+    }
+
     /// Atomically reads a session and applies the closure's decision.
     ///
     /// The closure may run several times (on conflicts) and must not have
@@ -285,7 +293,7 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Writes one exported record back, rebuilding its indexes.
     fn import(&self, item: Exported) -> Result<(), StoreError>;
 
-    /// How many sessions are stored, expired or not (a full scan).
+    /// How many sessions are stored, expired or not.
     fn count_sessions(&self) -> Result<u64, StoreError>;
 
     /// Bytes the store occupies on disk.

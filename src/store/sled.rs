@@ -24,23 +24,25 @@
 //! log segments that flush covered; on open, what is left is replayed.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak, mpsc};
 use std::time::Duration;
 
 use sled::Tree;
 use tokio::sync::oneshot;
 
+use super::record::{self, Lineage};
 use super::wal::{self, Entry, TreeId, Wal};
 use super::{
     BoxFuture, Change, Exported, FlushObserver, KeyRecord, SessionRecord, SessionStore, StoreError,
     UserData, UserSession,
 };
 
-/// Version byte in front of every encoded record.
-const RECORD_V1: u8 = 1;
-
 /// How often sled is flushed and the log behind the flush dropped.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Key in `meta` of the session count saved by a clean close.
+const SESSION_COUNT: &str = "session_count";
 
 /// Lock stripes ordering the log entries of concurrent writers of one key.
 const STRIPES: usize = 64;
@@ -51,6 +53,8 @@ type Waiter = oneshot::Sender<Result<(), String>>;
 pub struct SledStore {
     db: sled::Db,
     sessions: SessionTrees,
+    /// `session_count`, present only between a clean close and the next open.
+    meta: Tree,
     keys: Tree,
     secrets: Tree,
     users: Tree,
@@ -92,17 +96,25 @@ impl SledStore {
             records: tree("sessions")?,
             by_user: tree("sessions_by_user")?,
             by_expiry: tree("sessions_by_expiry")?,
+            live: AtomicI64::new(0),
         };
         let (keys, secrets, users) = (tree("keys")?, tree("secrets")?, tree("user_data")?);
+        let meta = tree("meta")?;
+        // The session count a clean close saved is good for this start only:
+        // it is removed (durably) before anything can change the count.
+        let saved_count = meta.remove(SESSION_COUNT).map_err(backend)?;
+        if saved_count.is_some() {
+            db.flush().map_err(backend)?;
+        }
         let opened = Wal::open(&dir.join("wal"), &mut |entry: Entry| {
             let target = match entry.tree {
                 TreeId::Sessions => {
                     let handle = std::str::from_utf8(&entry.key)
                         .map_err(|_| StoreError::Corrupt("logged session handle".into()))?;
                     let change = match entry.value {
-                        Some(bytes) => {
-                            Change::Put(Box::new(decode(&bytes).map_err(StoreError::Corrupt)?))
-                        }
+                        Some(bytes) => Change::Put(Box::new(
+                            record::decode_session(&bytes).map_err(StoreError::Corrupt)?,
+                        )),
                         None => Change::Delete,
                     };
                     sessions.apply(handle, &mut |_| change.clone())?;
@@ -114,6 +126,15 @@ impl SledStore {
             };
             write_key(target, &entry.key, entry.value.as_deref())
         })?;
+        let saved_count = saved_count
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(i64::from_be_bytes);
+        let count = match saved_count {
+            Some(n) if opened.replayed.is_empty() => n,
+            // After a crash: count them (a scan of every record).
+            _ => sessions.records.len() as i64,
+        };
+        sessions.live.store(count, Ordering::Relaxed);
         if !opened.replayed.is_empty() {
             db.flush().map_err(backend)?;
             wal::remove_segments(&opened.replayed)?;
@@ -122,6 +143,7 @@ impl SledStore {
         let (checkpoints, stop) = mpsc::channel();
         let store = Arc::new(Self {
             sessions,
+            meta,
             keys,
             secrets,
             users,
@@ -184,6 +206,17 @@ impl Drop for SledStore {
             .and_then(|_| self.wal.remove_all());
         if let Err(e) = closed {
             tracing::warn!(error = %e, "closing the store left a write-ahead log to replay");
+            return;
+        }
+        // With no log to replay the count is exact: saving it spares the
+        // next start a scan of every record.
+        let count = self.sessions.live.load(Ordering::Relaxed).to_be_bytes();
+        let saved = self
+            .meta
+            .insert(SESSION_COUNT, &count)
+            .and_then(|_| self.db.flush());
+        if let Err(e) = saved {
+            tracing::warn!(error = %e, "the session count was not saved; the next start counts");
         }
     }
 }
@@ -269,7 +302,7 @@ fn backend(e: sled::Error) -> StoreError {
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![RECORD_V1];
+    let mut out = vec![record::V1];
     // Serialising plain data structs with string keys cannot fail.
     serde_json::to_writer(&mut out, value).expect("records serialise");
     out
@@ -277,7 +310,7 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     match bytes.split_first() {
-        Some((&RECORD_V1, rest)) => serde_json::from_slice(rest).map_err(|e| e.to_string()),
+        Some((&record::V1, rest)) => serde_json::from_slice(rest).map_err(|e| e.to_string()),
         Some((v, _)) => Err(format!("unknown record version {v}")),
         None => Err("empty record".to_owned()),
     }
@@ -342,12 +375,16 @@ struct SessionTrees {
     records: Tree,
     by_user: Tree,
     by_expiry: Tree,
+    /// How many records there are, kept as records come and go.
+    live: AtomicI64,
 }
 
 impl SessionTrees {
     fn read(&self, handle: &str) -> Result<Option<SessionRecord>, StoreError> {
         match self.records.get(handle).map_err(backend)? {
-            Some(bytes) => decode(&bytes).map(Some).map_err(StoreError::Corrupt),
+            Some(bytes) => record::decode_session(&bytes)
+                .map(Some)
+                .map_err(StoreError::Corrupt),
             None => Ok(None),
         }
     }
@@ -362,7 +399,9 @@ impl SessionTrees {
         new: Option<(&SessionRecord, &[u8])>,
     ) -> Result<(), StoreError> {
         let Some((new, bytes)) = new else {
-            self.records.remove(handle).map_err(backend)?;
+            if self.records.remove(handle).map_err(backend)?.is_some() {
+                self.live.fetch_sub(1, Ordering::Relaxed);
+            }
             if let Some(old) = old {
                 self.remove_entries(old, None)?;
             }
@@ -374,7 +413,14 @@ impl SessionTrees {
         if moved {
             self.add_entries(new)?;
         }
-        self.records.insert(handle, bytes).map_err(backend)?;
+        if self
+            .records
+            .insert(handle, bytes)
+            .map_err(backend)?
+            .is_none()
+        {
+            self.live.fetch_add(1, Ordering::Relaxed);
+        }
         if let (true, Some(old)) = (moved, old) {
             self.remove_entries(old, Some(new))?;
         }
@@ -387,8 +433,11 @@ impl SessionTrees {
     fn create(&self, new: &SessionRecord, bytes: &[u8]) -> Result<(), StoreError> {
         self.add_entries(new)?;
         let replaced = self.records.insert(&new.handle, bytes).map_err(backend)?;
+        if replaced.is_none() {
+            self.live.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(old) = replaced {
-            let old: SessionRecord = decode(&old).map_err(StoreError::Corrupt)?;
+            let old = record::decode_session(&old).map_err(StoreError::Corrupt)?;
             self.remove_entries(&old, Some(new))?;
         }
         Ok(())
@@ -441,7 +490,7 @@ impl SessionTrees {
                         "update changed the session handle".into(),
                     ));
                 }
-                stored = encode(new);
+                stored = record::encode_session(new);
                 self.write(handle, old.as_ref(), Some((new, &stored)))?;
             }
         }
@@ -456,7 +505,7 @@ fn indexed_alike(a: &SessionRecord, b: &SessionRecord) -> bool {
 
 impl SessionStore for SledStore {
     fn create_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        let bytes = encode(record);
+        let bytes = record::encode_session(record);
         let key = record.handle.as_bytes();
         let _order = self.stripe(TreeId::Sessions, key);
         self.sessions.create(record, &bytes)?;
@@ -466,6 +515,15 @@ impl SessionStore for SledStore {
 
     fn session(&self, handle: &str) -> Result<Option<SessionRecord>, StoreError> {
         self.sessions.read(handle)
+    }
+
+    fn session_lineage(&self, handle: &str) -> Result<Option<Lineage>, StoreError> {
+        match self.sessions.records.get(handle).map_err(backend)? {
+            Some(bytes) => record::decode_lineage(&bytes)
+                .map(Some)
+                .map_err(StoreError::Corrupt),
+            None => Ok(None),
+        }
     }
 
     fn update_session(
@@ -628,7 +686,7 @@ impl SessionStore for SledStore {
         for item in self.sessions.records.iter() {
             let (_, value) = item.map_err(backend)?;
             visit(Exported::Session(
-                decode(&value).map_err(StoreError::Corrupt)?,
+                record::decode_session(&value).map_err(StoreError::Corrupt)?,
             ))?;
         }
         for item in self.users.iter() {
@@ -680,7 +738,7 @@ impl SessionStore for SledStore {
     }
 
     fn count_sessions(&self) -> Result<u64, StoreError> {
-        Ok(self.sessions.records.len() as u64)
+        Ok(self.sessions.live.load(Ordering::Relaxed).max(0) as u64)
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
@@ -789,9 +847,13 @@ mod tests {
         wal.append(
             TreeId::Sessions,
             b"a",
-            Some(&encode(&record("a", "alice", 10))),
+            Some(&record::encode_session(&record("a", "alice", 10))),
         );
-        wal.append(TreeId::Sessions, b"a", Some(&encode(&moved)));
+        wal.append(
+            TreeId::Sessions,
+            b"a",
+            Some(&record::encode_session(&moved)),
+        );
         wal.append(TreeId::Sessions, b"gone", None);
         let data = UserData {
             user_identifier: Some("alice@example.com".into()),
@@ -822,7 +884,10 @@ mod tests {
             store.secret("s", &mut || b"other".to_vec()).unwrap(),
             b"secret bytes"
         );
+        // After a crash the count comes from a scan.
+        assert_eq!(store.count_sessions().unwrap(), 1);
         assert_eq!(store.sweep_expired(100, 10).unwrap(), 1);
+        assert_eq!(store.count_sessions().unwrap(), 0);
         // The replayed segments are gone once sled holds their writes.
         let left = std::fs::read_dir(dir.path().join("wal")).unwrap().count();
         assert_eq!(left, 1, "only this run's segment remains");
@@ -861,6 +926,41 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    /// A clean close saves the session count, so the next start need not
+    /// scan every record; the saved count serves one start only.
+    #[tokio::test]
+    async fn the_count_saved_at_a_clean_close_serves_one_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8 << 20, None).unwrap();
+        for h in ["a", "b", "c"] {
+            store.create_session(&record(h, "alice", 100)).unwrap();
+        }
+        store.delete_sessions(&["b".into(), "zz".into()]).unwrap();
+        store
+            .update_session("c", &mut |_| {
+                Change::Put(Box::new(record("c", "alice", 200)))
+            })
+            .unwrap();
+        assert_eq!(store.count_sessions().unwrap(), 2);
+        drop(store);
+
+        // Plant a different count where the clean close saved it: the next
+        // open must take it as is (no scan) and remove it.
+        let db = sled::open(dir.path()).unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        assert_eq!(
+            meta.get(SESSION_COUNT).unwrap().unwrap().as_ref(),
+            2i64.to_be_bytes()
+        );
+        meta.insert(SESSION_COUNT, &7i64.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+        drop((meta, db));
+
+        let store = SledStore::open(dir.path(), 8 << 20, None).unwrap();
+        assert_eq!(store.count_sessions().unwrap(), 7);
+        assert!(store.meta.get(SESSION_COUNT).unwrap().is_none());
     }
 
     #[tokio::test]

@@ -1,0 +1,340 @@
+//! The stored form of a session record.
+//!
+//! Version 2 is a compact binary layout (version 1 was JSON with field
+//! names, and is still read):
+//!
+//! ```text
+//! 2
+//! handle, user_id, tenant_id               u16 length + UTF-8 each
+//! created_at_ms, expires_at_ms, rotated_at_ms   u64 big-endian each
+//! current generation                       hash, optional hash
+//! previous generation                      u8 0, or u8 1 + generation
+//! access_payload, data                     u32 length + JSON object each
+//! ```
+//!
+//! A hash is `u8 1` + 32 bytes when it is 64 lowercase hex digits (a
+//! SHA-256, which every hash the service writes is), else `u8 0` + a u16
+//! length + UTF-8. An optional hash is `u8 0` when absent. The fixed part
+//! comes first, so [`decode_lineage`] reads what checking an access token
+//! against the store needs without parsing the JSON.
+
+use serde_json::{Map, Value};
+
+use super::{Generation, SessionRecord};
+
+/// Version byte of JSON records.
+pub(super) const V1: u8 = 1;
+/// Version byte of binary session records.
+const V2: u8 = 2;
+
+const HASH_TEXT: u8 = 0;
+const HASH_SHA256: u8 = 1;
+
+/// What checking an access token against the store reads of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lineage {
+    /// The session's user.
+    pub user_id: String,
+    /// Refresh expiry, ms.
+    pub expires_at_ms: u64,
+    /// Hash of the current refresh token.
+    pub current_refresh_hash: String,
+    /// Hash of the previous refresh token, if any.
+    pub previous_refresh_hash: Option<String>,
+}
+
+impl Lineage {
+    /// The lineage of a whole record.
+    pub fn of(r: &SessionRecord) -> Self {
+        Self {
+            user_id: r.user_id.clone(),
+            expires_at_ms: r.expires_at_ms,
+            current_refresh_hash: r.current.refresh_hash.clone(),
+            previous_refresh_hash: r.previous.as_ref().map(|p| p.refresh_hash.clone()),
+        }
+    }
+}
+
+/// Encodes a session in the current layout.
+pub(super) fn encode_session(r: &SessionRecord) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(160 + r.handle.len() + r.user_id.len() + r.tenant_id.len() + 2 * 64);
+    out.push(V2);
+    for s in [&r.handle, &r.user_id, &r.tenant_id] {
+        push_str(&mut out, s);
+    }
+    for n in [r.created_at_ms, r.expires_at_ms, r.rotated_at_ms] {
+        out.extend_from_slice(&n.to_be_bytes());
+    }
+    push_generation(&mut out, &r.current);
+    match &r.previous {
+        None => out.push(0),
+        Some(g) => {
+            out.push(1);
+            push_generation(&mut out, g);
+        }
+    }
+    for map in [&r.access_payload, &r.data] {
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        // A map of JSON values always serialises.
+        serde_json::to_writer(&mut out, map).expect("JSON maps serialise");
+        let len = (out.len() - at - 4) as u32;
+        out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    }
+    out
+}
+
+/// Decodes a session stored in any layout.
+pub(super) fn decode_session(bytes: &[u8]) -> Result<SessionRecord, String> {
+    match bytes.split_first() {
+        Some((&V2, rest)) => {
+            let mut r = Reader(rest);
+            let (handle, user_id, tenant_id) = (r.str()?, r.str()?, r.str()?);
+            let (created_at_ms, expires_at_ms, rotated_at_ms) = (r.u64()?, r.u64()?, r.u64()?);
+            let current = r.generation()?;
+            let previous = match r.u8()? {
+                0 => None,
+                _ => Some(r.generation()?),
+            };
+            let access_payload = r.json()?;
+            let data = r.json()?;
+            if !r.0.is_empty() {
+                return Err("trailing bytes after a session record".into());
+            }
+            Ok(SessionRecord {
+                handle,
+                user_id,
+                tenant_id,
+                access_payload,
+                data,
+                created_at_ms,
+                expires_at_ms,
+                current,
+                previous,
+                rotated_at_ms,
+            })
+        }
+        Some((&V1, rest)) => serde_json::from_slice(rest).map_err(|e| e.to_string()),
+        Some((v, _)) => Err(format!("unknown record version {v}")),
+        None => Err("empty record".to_owned()),
+    }
+}
+
+/// Decodes only a session's lineage (no JSON is parsed for version 2).
+pub(super) fn decode_lineage(bytes: &[u8]) -> Result<Lineage, String> {
+    let Some((&V2, rest)) = bytes.split_first() else {
+        return decode_session(bytes).map(|r| Lineage::of(&r));
+    };
+    let mut r = Reader(rest);
+    r.skip_str()?;
+    let user_id = r.str()?;
+    r.skip_str()?;
+    r.u64()?;
+    let expires_at_ms = r.u64()?;
+    r.u64()?;
+    let current_refresh_hash = r.hash()?;
+    r.optional_hash()?;
+    let previous_refresh_hash = match r.u8()? {
+        0 => None,
+        _ => Some(r.hash()?),
+    };
+    Ok(Lineage {
+        user_id,
+        expires_at_ms,
+        current_refresh_hash,
+        previous_refresh_hash,
+    })
+}
+
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    // Handles, user and tenant ids and hashes are far below 64 KiB (the
+    // API refuses longer ones); a longer string is cut at a char boundary
+    // rather than corrupting the record.
+    let mut end = s.len().min(u16::MAX as usize);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.extend_from_slice(&(end as u16).to_be_bytes());
+    out.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+fn push_hash(out: &mut Vec<u8>, h: &str) {
+    match sha256_bytes(h) {
+        Some(raw) => {
+            out.push(HASH_SHA256);
+            out.extend_from_slice(&raw);
+        }
+        None => {
+            out.push(HASH_TEXT);
+            push_str(out, h);
+        }
+    }
+}
+
+fn push_generation(out: &mut Vec<u8>, g: &Generation) {
+    push_hash(out, &g.refresh_hash);
+    match &g.anti_csrf_hash {
+        None => out.push(0),
+        Some(h) => {
+            out.push(1);
+            push_hash(out, h);
+        }
+    }
+}
+
+/// The 32 bytes of a lowercase hex SHA-256, which alone round-trips exactly.
+fn sha256_bytes(h: &str) -> Option<[u8; 32]> {
+    let digits = h.as_bytes();
+    if digits.len() != 64 {
+        return None;
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut raw = [0; 32];
+    for (i, pair) in digits.chunks_exact(2).enumerate() {
+        raw[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(raw)
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+        if self.0.len() < n {
+            return Err("truncated session record".into());
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn len16(&mut self) -> Result<usize, String> {
+        Ok(u16::from_be_bytes(self.take(2)?.try_into().expect("2 bytes")) as usize)
+    }
+
+    fn str(&mut self) -> Result<String, String> {
+        let n = self.len16()?;
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "a stored string is not UTF-8".into())
+    }
+
+    fn skip_str(&mut self) -> Result<(), String> {
+        let n = self.len16()?;
+        self.take(n).map(drop)
+    }
+
+    fn hash(&mut self) -> Result<String, String> {
+        match self.u8()? {
+            HASH_SHA256 => {
+                let raw = self.take(32)?;
+                let mut hex = String::with_capacity(64);
+                for b in raw {
+                    hex.push(char::from_digit(u32::from(b >> 4), 16).expect("nibble"));
+                    hex.push(char::from_digit(u32::from(b & 15), 16).expect("nibble"));
+                }
+                Ok(hex)
+            }
+            HASH_TEXT => self.str(),
+            t => Err(format!("unknown hash tag {t}")),
+        }
+    }
+
+    fn optional_hash(&mut self) -> Result<Option<String>, String> {
+        match self.u8()? {
+            0 => Ok(None),
+            _ => self.hash().map(Some),
+        }
+    }
+
+    fn generation(&mut self) -> Result<Generation, String> {
+        Ok(Generation {
+            refresh_hash: self.hash()?,
+            anti_csrf_hash: self.optional_hash()?,
+        })
+    }
+
+    fn json(&mut self) -> Result<Map<String, Value>, String> {
+        let n = u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")) as usize;
+        serde_json::from_slice(self.take(n)?).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn sample() -> SessionRecord {
+        SessionRecord {
+            handle: "0b0c4e9e-4a3f-4f7e-9d61-1c9d0e7f6a21".into(),
+            user_id: "user-ü-1".into(),
+            tenant_id: "public".into(),
+            access_payload: json!({"role": "admin", "n": [1, 2.5, null]})
+                .as_object()
+                .unwrap()
+                .clone(),
+            data: json!({"theme": "dark"}).as_object().unwrap().clone(),
+            created_at_ms: 1,
+            expires_at_ms: u64::MAX,
+            current: Generation {
+                refresh_hash: "ab".repeat(32),
+                anti_csrf_hash: Some("0f".repeat(32)),
+            },
+            previous: Some(Generation {
+                // Not a SHA-256 (upper case): kept as text.
+                refresh_hash: "AB".repeat(32),
+                anti_csrf_hash: None,
+            }),
+            rotated_at_ms: 42,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_are_smaller_than_json() {
+        let r = sample();
+        let bytes = encode_session(&r);
+        assert_eq!(decode_session(&bytes).unwrap(), r);
+        let mut v1 = vec![V1];
+        serde_json::to_writer(&mut v1, &r).unwrap();
+        assert_eq!(decode_session(&v1).unwrap(), r, "version 1 is still read");
+        assert!(
+            bytes.len() + 150 < v1.len(),
+            "{} vs {}",
+            bytes.len(),
+            v1.len()
+        );
+        assert_eq!(decode_lineage(&bytes).unwrap(), Lineage::of(&r));
+        assert_eq!(decode_lineage(&v1).unwrap(), Lineage::of(&r));
+    }
+
+    #[test]
+    fn damaged_records_are_errors_not_panics() {
+        let bytes = encode_session(&sample());
+        for cut in 0..bytes.len() {
+            assert!(decode_session(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(decode_session(&extra).is_err());
+        assert!(
+            decode_session(&[9, 1, 2])
+                .unwrap_err()
+                .contains("version 9")
+        );
+    }
+}
