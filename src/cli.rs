@@ -638,8 +638,9 @@ async fn run_restore(file: &Path, data_dir: &Path) -> Outcome {
             ),
         ));
     }
-    let store = crate::store::SledStore::open(data_dir, crate::server::STORE_CACHE_BYTES, None)
-        .map_err(|e| fail(EXIT_FAILED, e.to_string()))?;
+    let store =
+        crate::store::SledStore::open(data_dir, crate::config::DEFAULT_STORE_CACHE_BYTES, None)
+            .map_err(|e| fail(EXIT_FAILED, e.to_string()))?;
     let summary = crate::backup::restore(store.as_ref(), open(file)?)
         .await
         .map_err(|e| fail(EXIT_FAILED, format!("restore failed: {e}")))?;

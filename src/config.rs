@@ -301,6 +301,9 @@ pub struct ServeArgs {
     /// Largest public or private bucket, in bytes of JSON [default: 64KiB].
     #[arg(long, env = "SESSIOND_MAX_BUCKET_SIZE", value_name = "BYTES")]
     pub max_bucket_size: Option<String>,
+    /// Memory for the embedded store's page cache [default: 64MiB].
+    #[arg(long, env = "SESSIOND_STORE_CACHE_SIZE", value_name = "BYTES")]
+    pub store_cache_size: Option<String>,
     /// Largest gRPC request message, decoded [default: 4MiB].
     #[arg(long, env = "SESSIOND_MAX_MESSAGE_SIZE", value_name = "BYTES")]
     pub max_message_size: Option<String>,
@@ -384,6 +387,7 @@ struct FileConfig {
     #[serde(default)]
     cors_origins: Vec<String>,
     max_bucket_size: Option<FileSize>,
+    store_cache_size: Option<FileSize>,
     max_message_size: Option<FileSize>,
     max_json_depth: Option<u64>,
     max_handles_per_call: Option<u64>,
@@ -492,6 +496,9 @@ fn bad(setting: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Default bytes of the embedded store's page cache.
+pub const DEFAULT_STORE_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -535,6 +542,8 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// Largest bucket, bytes of JSON.
     pub max_bucket_bytes: usize,
+    /// Bytes of the embedded store's page cache.
+    pub store_cache_bytes: u64,
     /// Limits on calls and connections.
     pub limits: Limits,
     /// The key-encryption key (its text), when signing keys are sealed.
@@ -575,6 +584,7 @@ impl Config {
             client_secrets: Vec::new(),
             cors_origins: Vec::new(),
             max_bucket_bytes: 64 * 1024,
+            store_cache_bytes: DEFAULT_STORE_CACHE_BYTES,
             limits: Limits::default(),
             key_encryption_key: None,
             tls: None,
@@ -734,6 +744,13 @@ impl Config {
             file.max_bucket_size,
         )? {
             c.max_bucket_bytes = n as usize;
+        }
+        if let Some(n) = size_setting(
+            "store-cache-size",
+            &args.store_cache_size,
+            file.store_cache_size,
+        )? {
+            c.store_cache_bytes = n;
         }
         let l = &mut c.limits;
         if let Some(n) = size_setting(
@@ -985,6 +1002,9 @@ impl Config {
         if !(1024..=16 * 1024 * 1024).contains(&self.max_bucket_bytes) {
             return Err(bad("max-bucket-size", "must be between 1KiB and 16MiB"));
         }
+        if !(1 << 20..=1 << 40).contains(&self.store_cache_bytes) {
+            return Err(bad("store-cache-size", "must be between 1MiB and 1TiB"));
+        }
         let l = &self.limits;
         let largest_json = self.max_bucket_bytes.max(self.max_payload_bytes);
         if l.max_message_bytes < largest_json + 4096 || l.max_message_bytes > 64 * 1024 * 1024 {
@@ -1166,6 +1186,10 @@ mod tests {
         assert_eq!(e.setting, "claim-provider");
         let e = resolve(|a| a.default_claim_provider = Some("https://x".into())).unwrap_err();
         assert_eq!(e.setting, "default-claim-provider");
+        let e = resolve(|a| a.store_cache_size = Some("64KiB".into())).unwrap_err();
+        assert_eq!(e.setting, "store-cache-size");
+        let c = resolve(|a| a.store_cache_size = Some("256MiB".into())).unwrap();
+        assert_eq!(c.store_cache_bytes, 256 << 20);
     }
 
     #[test]

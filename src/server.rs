@@ -48,9 +48,6 @@ use tokio::sync::mpsc;
 /// operators wait for them.
 pub const LIFECYCLE_TARGET: &str = "sessiond::lifecycle";
 
-/// Bytes of sled's page cache.
-pub const STORE_CACHE_BYTES: u64 = 128 * 1024 * 1024;
-
 /// Services whose health is reported (besides the server as a whole, "").
 const SERVICES: [&str; 4] = [
     "sessiond.v1.SessionService",
@@ -129,7 +126,7 @@ pub async fn serve_with_reload(
         Arc::new(move |elapsed| metrics.flushed(elapsed))
     };
     let store: Arc<dyn SessionStore> =
-        SledStore::open(&config.data_dir, STORE_CACHE_BYTES, Some(on_flush))?;
+        SledStore::open(&config.data_dir, config.store_cache_bytes, Some(on_flush))?;
     metrics.sessions_set(store.count_sessions()?);
     {
         let store = Arc::downgrade(&store);
