@@ -46,47 +46,27 @@ fn store(c: &mut Criterion) {
             store.create_session(black_box(&record(n))).unwrap();
         })
     });
-    c.bench_function("store/update_session (rotate)", |b| {
-        b.iter(|| {
-            let n = next.load(Ordering::Relaxed) / 2;
-            let handle = record(n).handle;
-            store
-                .update_session(&handle, &mut |r| match r {
-                    Some(r) => {
-                        let mut r = r.clone();
-                        r.expires_at_ms += 1;
-                        Change::Put(Box::new(r))
-                    }
-                    None => Change::Keep,
-                })
-                .unwrap();
-        })
+    // An update of an existing session; `edit` None keeps it unchanged.
+    let update = |edit: Option<fn(&mut SessionRecord)>| {
+        let handle = record(next.load(Ordering::Relaxed) / 2).handle;
+        store
+            .update_session(&handle, &mut |r| match (r, edit) {
+                (Some(r), Some(edit)) => {
+                    let mut r = r.clone();
+                    edit(&mut r);
+                    Change::Put(Box::new(r))
+                }
+                _ => Change::Keep,
+            })
+            .unwrap();
+    };
+    c.bench_function("store/update_session (rotate: expiry moves)", |b| {
+        b.iter(|| update(Some(|r| r.expires_at_ms += 1)))
     });
     c.bench_function("store/update_session (data only)", |b| {
-        b.iter(|| {
-            let n = next.load(Ordering::Relaxed) / 2;
-            let handle = record(n).handle;
-            store
-                .update_session(&handle, &mut |r| match r {
-                    Some(r) => {
-                        let mut r = r.clone();
-                        r.created_at_ms += 1;
-                        Change::Put(Box::new(r))
-                    }
-                    None => Change::Keep,
-                })
-                .unwrap();
-        })
+        b.iter(|| update(Some(|r| r.created_at_ms += 1)))
     });
-    c.bench_function("store/update_session (keep)", |b| {
-        b.iter(|| {
-            let n = next.load(Ordering::Relaxed) / 2;
-            let handle = record(n).handle;
-            store
-                .update_session(&handle, &mut |_| Change::Keep)
-                .unwrap();
-        })
-    });
+    c.bench_function("store/update_session (keep)", |b| b.iter(|| update(None)));
     c.bench_function("store/session (read)", |b| {
         b.iter(|| {
             let n = next.load(Ordering::Relaxed) / 3;

@@ -177,7 +177,8 @@ impl Rng {
 }
 
 /// The access token payload of created sessions: three short claims, padded
-/// with a `pad` claim to about `bytes` bytes of JSON when that is larger.
+/// with a `pad` claim to about `bytes` bytes of JSON when that is larger
+/// (filled per session by [`varied`]).
 fn payload(bytes: usize) -> Struct {
     let mut s = Struct::default();
     let claims = [("role", "member"), ("plan", "pro"), ("region", "eu-west")];
@@ -198,6 +199,33 @@ fn payload(bytes: usize) -> Struct {
         );
     }
     s
+}
+
+/// `payload` with its `pad` claim refilled with pseudo-random letters and
+/// digits, different for every session, as real payloads (ids, emails) are:
+/// a pad repeated across sessions would compress and dedupe unrealistically.
+fn varied(payload: &Struct) -> Struct {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let mut out = payload.clone();
+    let Some(Kind::StringValue(pad)) = out.fields.get_mut("pad").and_then(|v| v.kind.as_mut())
+    else {
+        return out;
+    };
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut x = NEXT
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    *pad = (0..pad.len())
+        .map(|_| {
+            // xorshift64*
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+            char::from(ALPHABET[(r >> 58) as usize % ALPHABET.len()])
+        })
+        .collect();
+    out
 }
 
 #[derive(Clone)]
@@ -229,7 +257,7 @@ impl Client {
         let r = SessionServiceClient::new(self.channel.clone())
             .create_new_session(self.request(pb::CreateNewSessionRequest {
                 user_id: user,
-                access_token_payload: Some(self.payload.clone()),
+                access_token_payload: Some(varied(&self.payload)),
                 disable_anti_csrf: true,
                 ..Default::default()
             }))

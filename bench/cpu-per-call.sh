@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Server CPU time per call of one scenario: starts sessiond on a fresh data
+# directory, runs `sessiond-bench --scenarios SCENARIO` against it, and
+# divides the server's user+system CPU time over 3 s in the middle of the
+# measured run by the calls made in those 3 s. Steadier than throughput on
+# a shared machine, where neighbours change the CPU left to the run.
+# Usage: bench/cpu-per-call.sh SCENARIO [sessiond flags...]
+#        (after cargo build --release --bins)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
+scenario=${1:?usage: bench/cpu-per-call.sh SCENARIO [sessiond flags...]}
+shift
+work=$(mktemp -d)
+pid=""
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+
+"$bin/sessiond" serve --listen 127.0.0.1:0 --data-dir "$work/data" "$@" \
+  2>"$work/server.log" &
+pid=$!
+addr=""
+for _ in $(seq 1 100); do
+  addr=$(sed -n 's/.*listening on \([0-9.:]*\).*/\1/p' "$work/server.log" | head -n1)
+  [ -n "$addr" ] && break
+  sleep 0.1
+done
+[ -n "$addr" ] || { cat "$work/server.log"; exit 1; }
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+"$bin/sessiond-bench" --addr "$addr" --scenarios "$scenario" --duration 5s --warmup 1s \
+  >"$work/bench.txt" 2>"$work/bench.log" &
+bench=$!
+sleep 2.5
+before=$(cpu_ticks)
+sleep 3
+after=$(cpu_ticks)
+wait "$bench"
+rate=$(awk -F'|' -v s=" $scenario " '$2 == s {gsub(/ /, "", $3); print $3}' "$work/bench.txt")
+[ -n "$rate" ] || { cat "$work/bench.txt"; exit 1; }
+echo "$scenario: $rate calls/s, server CPU $(( (after - before) * 1000000 / $(getconf CLK_TCK) / (rate * 3) )) µs per call"
