@@ -5,7 +5,7 @@
 //! fixed sets (known RPCs, gRPC codes, outcomes), never from request data, so
 //! a caller cannot blow up the number of series.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -14,6 +14,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::store::SessionStore;
 
 /// Labels of per-RPC metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -54,7 +56,7 @@ pub struct Metrics {
     flushes: Histogram,
     store_bytes: Gauge,
     claim_provider_calls: Family<OutcomeLabels, Counter>,
-    store_size: OnceLock<Box<dyn Fn() -> Option<u64> + Send + Sync>>,
+    store: OnceLock<Weak<dyn SessionStore>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -153,7 +155,7 @@ impl Metrics {
             flushes,
             store_bytes,
             claim_provider_calls,
-            store_size: OnceLock::new(),
+            store: OnceLock::new(),
         }
     }
 
@@ -162,9 +164,10 @@ impl Metrics {
         Arc::new(Self::new())
     }
 
-    /// Where the store's size on disk is read from at each scrape.
-    pub fn set_store_size_source(&self, source: impl Fn() -> Option<u64> + Send + Sync + 'static) {
-        let _ = self.store_size.set(Box::new(source));
+    /// The store whose session count and size on disk are read at each
+    /// scrape.
+    pub fn set_store(&self, store: Weak<dyn SessionStore>) {
+        let _ = self.store.set(store);
     }
 
     /// Records a finished gRPC call.
@@ -173,21 +176,6 @@ impl Metrics {
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
         self.requests.get_or_create(&labels).inc();
-    }
-
-    /// Sets the number of stored sessions (at start-up).
-    pub fn sessions_set(&self, n: u64) {
-        self.sessions.set(i64::try_from(n).unwrap_or(i64::MAX));
-    }
-
-    /// Sessions created.
-    pub fn sessions_added(&self, n: u64) {
-        self.sessions.inc_by(n as i64);
-    }
-
-    /// Sessions removed from the store, for any reason.
-    pub fn sessions_removed(&self, n: u64) {
-        self.sessions.dec_by(n as i64);
     }
 
     /// A refresh finished with `outcome`.
@@ -229,9 +217,14 @@ impl Metrics {
 
     /// The metrics in the text exposition format.
     pub fn encode(&self) -> String {
-        if let Some(size) = self.store_size.get().and_then(|f| f()) {
-            self.store_bytes
-                .set(i64::try_from(size).unwrap_or(i64::MAX));
+        if let Some(store) = self.store.get().and_then(Weak::upgrade) {
+            let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            if let Ok(n) = store.count_sessions() {
+                self.sessions.set(gauge(n));
+            }
+            if let Ok(size) = store.size_on_disk() {
+                self.store_bytes.set(gauge(size));
+            }
         }
         let mut out = String::new();
         // Writing into a String cannot fail.

@@ -127,11 +127,7 @@ pub async fn serve_with_reload(
     };
     let store: Arc<dyn SessionStore> =
         SledStore::open(&config.data_dir, config.store_cache_bytes, Some(on_flush))?;
-    metrics.sessions_set(store.count_sessions()?);
-    {
-        let store = Arc::downgrade(&store);
-        metrics.set_store_size_source(move || store.upgrade()?.size_on_disk().ok());
-    }
+    metrics.set_store(Arc::downgrade(&store));
     let kek = match &config.key_encryption_key {
         Some(text) => Some(Arc::new(Kek::from_text(text.expose()).map_err(|m| {
             ServeError::Keys(crate::token::KeyError::Sealed(format!(

@@ -342,7 +342,6 @@ impl SessionManager {
             rotated_at_ms: now,
         };
         self.store.create_session(&record)?;
-        self.metrics.sessions_added(1);
         if let Some(id) = &new.user_identifier {
             self.store
                 .update_user_data(&record.tenant_id, &record.user_id, &mut |d| {
@@ -484,20 +483,20 @@ impl SessionManager {
         let (grace, lifetime) = (self.config.grace_ms, self.config.refresh_lifetime_ms);
 
         enum Outcome {
-            Gone { removed: bool },
+            Gone,
             AntiCsrfMismatch,
             Theft(String),
             Rotated(Box<SessionRecord>, bool),
         }
-        let mut outcome = Outcome::Gone { removed: false };
+        let mut outcome = Outcome::Gone;
         self.store
             .update_session(&handle.to_string(), &mut |record| {
                 let Some(r) = record else {
-                    outcome = Outcome::Gone { removed: false };
+                    outcome = Outcome::Gone;
                     return Change::Keep;
                 };
                 if r.expires_at_ms <= now {
-                    outcome = Outcome::Gone { removed: true };
+                    outcome = Outcome::Gone;
                     return Change::Delete;
                 }
                 let in_grace = now <= r.rotated_at_ms.saturating_add(grace);
@@ -536,10 +535,7 @@ impl SessionManager {
             })?;
 
         match outcome {
-            Outcome::Gone { removed } => {
-                if removed {
-                    self.metrics.sessions_removed(1);
-                }
+            Outcome::Gone => {
                 self.metrics.refresh("rejected");
                 Err(session_gone())
             }
@@ -551,7 +547,6 @@ impl SessionManager {
             }
             Outcome::Theft(user_id) => {
                 self.store.durable().await?;
-                self.metrics.sessions_removed(1);
                 self.metrics.refresh("theft");
                 tracing::warn!(session_handle = %handle, "refresh token reuse: session revoked");
                 Err(Error::TokenTheft {
@@ -638,7 +633,6 @@ impl SessionManager {
     async fn delete(&self, handles: &[String]) -> Result<Vec<String>> {
         let removed = store::blocking(|| self.store.delete_sessions(handles))?;
         self.store.durable().await?;
-        self.metrics.sessions_removed(removed.len() as u64);
         let now = self.now();
         let live: Vec<String> = removed
             .into_iter()
@@ -797,7 +791,6 @@ impl SessionManager {
         }
         if total > 0 {
             self.store.durable().await?;
-            self.metrics.sessions_removed(total as u64);
             self.metrics.swept(total as u64);
         }
         Ok(total)
