@@ -9,22 +9,15 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin="${CARGO_TARGET_DIR:-$root/target}/release"
+. "$root/bench/lib.sh"
 scenario=${1:?usage: bench/cpu-per-call.sh SCENARIO [sessiond flags...]}
 shift
 work=$(mktemp -d)
 pid=""
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 
-"$bin/sessiond" serve --listen 127.0.0.1:0 --data-dir "$work/data" "$@" \
-  2>"$work/server.log" &
-pid=$!
-addr=""
-for _ in $(seq 1 100); do
-  addr=$(sed -n 's/.*listening on \([0-9.:]*\).*/\1/p' "$work/server.log" | head -n1)
-  [ -n "$addr" ] && break
-  sleep 0.1
-done
-[ -n "$addr" ] || { cat "$work/server.log"; exit 1; }
+start_sessiond "$work/server.log" --listen 127.0.0.1:0 --data-dir "$work/data" "$@"
+addr=$(wait_for_address "$work/server.log")
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 "$bin/sessiond-bench" --addr "$addr" --scenarios "$scenario" --duration 5s --warmup 1s \

@@ -9,6 +9,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin="${CARGO_TARGET_DIR:-$root/target}/release"
+. "$root/bench/lib.sh"
 requests=${1:-200000}
 if ! command -v h2load >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
@@ -18,16 +19,9 @@ fi
 python3 -c 'import grpc, grpc_tools' 2>/dev/null || python3 -m pip install --quiet -r "$root/examples/python/requirements.txt"
 "$root/examples/python/generate.sh"
 work=$(mktemp -d)
-"$bin/sessiond" serve --listen 127.0.0.1:0 --data-dir "$work/data" 2>"$work/server.log" &
-pid=$!
+start_sessiond "$work/server.log" --listen 127.0.0.1:0 --data-dir "$work/data"
 trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$work"' EXIT
-addr=""
-for _ in $(seq 1 100); do
-  addr=$(sed -n 's/.*listening on \([0-9.:]*\).*/\1/p' "$work/server.log" | head -n1)
-  [ -n "$addr" ] && break
-  sleep 0.1
-done
-[ -n "$addr" ] || { cat "$work/server.log"; exit 1; }
+addr=$(wait_for_address "$work/server.log")
 
 # One session, and its GetSession request framed for gRPC (flag, length, message).
 PB_DIR="$root/examples/python/sessiond_pb" python3 - "$addr" "$work/get.bin" <<'PY'

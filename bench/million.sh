@@ -8,28 +8,19 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin="${CARGO_TARGET_DIR:-$root/target}/release"
+. "$root/bench/lib.sh"
 sessions=${1:-1000000}
 work=$(mktemp -d)
 data=${KEEP_DATA:-$work/data}
 pid=""
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 
-start() { # start LISTEN LOG
-  "$bin/sessiond" serve --listen "$1" --data-dir "$data" 2>"$2" &
-  pid=$!
-}
 rss() { # resident and peak resident memory of $pid, MiB
   awk '/^VmRSS|^VmHWM/ {printf "%s %.0f MiB  ", $1, $2 / 1024} END {print ""}' "/proc/$pid/status"
 }
 
-start 127.0.0.1:0 "$work/first.log"
-addr=""
-for _ in $(seq 1 100); do
-  addr=$(sed -n 's/.*listening on \([0-9.:]*\).*/\1/p' "$work/first.log" | head -n1)
-  [ -n "$addr" ] && break
-  sleep 0.1
-done
-[ -n "$addr" ] || { cat "$work/first.log"; exit 1; }
+start_sessiond "$work/first.log" --listen 127.0.0.1:0 --data-dir "$data"
+addr=$(wait_for_address "$work/first.log")
 
 echo "== creating $sessions sessions at $addr"
 began=$(date +%s)
@@ -45,7 +36,7 @@ echo "data directory:   $(( bytes / 1024 / 1024 )) MiB, $(( bytes / sessions )) 
 
 echo "== restart"
 began=$(date +%s%N)
-start "$addr" "$work/second.log"
+start_sessiond "$work/second.log" --listen "$addr" --data-dir "$data"
 until "$bin/sessiond" health --addr "$addr" --timeout 200ms >/dev/null 2>&1; do
   kill -0 "$pid" 2>/dev/null || { cat "$work/second.log"; exit 1; }
   sleep 0.02
