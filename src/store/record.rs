@@ -90,30 +90,13 @@ pub(super) fn decode_session(bytes: &[u8]) -> Result<SessionRecord, String> {
     match bytes.split_first() {
         Some((&V2, rest)) => {
             let mut r = Reader(rest);
-            let (handle, user_id, tenant_id) = (r.str()?, r.str()?, r.str()?);
-            let (created_at_ms, expires_at_ms, rotated_at_ms) = (r.u64()?, r.u64()?, r.u64()?);
-            let current = r.generation()?;
-            let previous = match r.u8()? {
-                0 => None,
-                _ => Some(r.generation()?),
-            };
-            let access_payload = r.json()?;
-            let data = r.json()?;
+            let mut record = r.fixed_part()?;
+            record.access_payload = r.json()?;
+            record.data = r.json()?;
             if !r.0.is_empty() {
                 return Err("trailing bytes after a session record".into());
             }
-            Ok(SessionRecord {
-                handle,
-                user_id,
-                tenant_id,
-                access_payload,
-                data,
-                created_at_ms,
-                expires_at_ms,
-                current,
-                previous,
-                rotated_at_ms,
-            })
+            Ok(record)
         }
         Some((&V1, rest)) => serde_json::from_slice(rest).map_err(|e| e.to_string()),
         Some((v, _)) => Err(format!("unknown record version {v}")),
@@ -123,28 +106,10 @@ pub(super) fn decode_session(bytes: &[u8]) -> Result<SessionRecord, String> {
 
 /// Decodes only a session's lineage (no JSON is parsed for version 2).
 pub(super) fn decode_lineage(bytes: &[u8]) -> Result<Lineage, String> {
-    let Some((&V2, rest)) = bytes.split_first() else {
-        return decode_session(bytes).map(|r| Lineage::of(&r));
-    };
-    let mut r = Reader(rest);
-    r.skip_str()?;
-    let user_id = r.str()?;
-    r.skip_str()?;
-    r.u64()?;
-    let expires_at_ms = r.u64()?;
-    r.u64()?;
-    let current_refresh_hash = r.hash()?;
-    r.optional_hash()?;
-    let previous_refresh_hash = match r.u8()? {
-        0 => None,
-        _ => Some(r.hash()?),
-    };
-    Ok(Lineage {
-        user_id,
-        expires_at_ms,
-        current_refresh_hash,
-        previous_refresh_hash,
-    })
+    match bytes.split_first() {
+        Some((&V2, rest)) => Reader(rest).fixed_part().map(|r| Lineage::of(&r)),
+        _ => decode_session(bytes).map(|r| Lineage::of(&r)),
+    }
 }
 
 fn push_str(out: &mut Vec<u8>, s: &str) {
@@ -232,9 +197,27 @@ impl Reader<'_> {
         String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "a stored string is not UTF-8".into())
     }
 
-    fn skip_str(&mut self) -> Result<(), String> {
-        let n = self.len16()?;
-        self.take(n).map(drop)
+    /// Everything before the payload and data, which are left empty.
+    fn fixed_part(&mut self) -> Result<SessionRecord, String> {
+        let (handle, user_id, tenant_id) = (self.str()?, self.str()?, self.str()?);
+        let (created_at_ms, expires_at_ms, rotated_at_ms) = (self.u64()?, self.u64()?, self.u64()?);
+        let current = self.generation()?;
+        let previous = match self.u8()? {
+            0 => None,
+            _ => Some(self.generation()?),
+        };
+        Ok(SessionRecord {
+            handle,
+            user_id,
+            tenant_id,
+            access_payload: Map::new(),
+            data: Map::new(),
+            created_at_ms,
+            expires_at_ms,
+            current,
+            previous,
+            rotated_at_ms,
+        })
     }
 
     fn hash(&mut self) -> Result<String, String> {

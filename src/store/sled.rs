@@ -163,7 +163,10 @@ impl SledStore {
 
     /// The lock stripe of one key of one tree.
     fn stripe(&self, tree: TreeId, key: &[u8]) -> MutexGuard<'_, ()> {
-        let index = stripe_index(tree, key);
+        self.lock_stripe(stripe_index(tree, key))
+    }
+
+    fn lock_stripe(&self, index: usize) -> MutexGuard<'_, ()> {
         self.stripes[index]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -381,12 +384,20 @@ struct SessionTrees {
 
 impl SessionTrees {
     fn read(&self, handle: &str) -> Result<Option<SessionRecord>, StoreError> {
-        match self.records.get(handle).map_err(backend)? {
-            Some(bytes) => record::decode_session(&bytes)
-                .map(Some)
-                .map_err(StoreError::Corrupt),
-            None => Ok(None),
-        }
+        self.read_with(handle, record::decode_session)
+    }
+
+    /// Reads a session's record and decodes it with `decode`.
+    fn read_with<T>(
+        &self,
+        handle: &str,
+        decode: fn(&[u8]) -> Result<T, String>,
+    ) -> Result<Option<T>, StoreError> {
+        self.records
+            .get(handle)
+            .map_err(backend)?
+            .map(|bytes| decode(&bytes).map_err(StoreError::Corrupt))
+            .transpose()
     }
 
     /// Stores `new` (with its encoding) in place of `old`, or removes `old`
@@ -518,12 +529,7 @@ impl SessionStore for SledStore {
     }
 
     fn session_lineage(&self, handle: &str) -> Result<Option<Lineage>, StoreError> {
-        match self.sessions.records.get(handle).map_err(backend)? {
-            Some(bytes) => record::decode_lineage(&bytes)
-                .map(Some)
-                .map_err(StoreError::Corrupt),
-            None => Ok(None),
-        }
+        self.sessions.read_with(handle, record::decode_lineage)
     }
 
     fn update_session(
@@ -550,10 +556,7 @@ impl SessionStore for SledStore {
         stripes.sort_unstable();
         stripes.dedup();
         // Taken in index order, so two multi-session deletes cannot deadlock.
-        let _order: Vec<_> = stripes
-            .into_iter()
-            .map(|i| self.stripes[i].lock().unwrap_or_else(|e| e.into_inner()))
-            .collect();
+        let _order: Vec<_> = stripes.into_iter().map(|i| self.lock_stripe(i)).collect();
         let mut removed = Vec::new();
         for handle in handles {
             if let Some(old) = self.sessions.read(handle)? {
