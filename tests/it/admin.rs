@@ -194,10 +194,7 @@ async fn expired_sessions_are_invisible_at_once() {
         .into_inner();
     assert!(listed.session_handles.is_empty());
     assert_status(
-        c.get_session_information(pb::GetSessionInformationRequest {
-            session_handle: handle(&created),
-        })
-        .await,
+        session_info(&mut c, &handle(&created)).await,
         Code::NotFound,
         "SESSION_NOT_FOUND",
     );
@@ -228,16 +225,8 @@ async fn session_information_and_data_overwrite() {
         .await
         .unwrap()
         .into_inner();
-    let info = |c: &mut sessiond::pb::session_service_client::SessionServiceClient<_>| {
-        let h = handle(&created);
-        let mut c = c.clone();
-        async move {
-            c.get_session_information(pb::GetSessionInformationRequest { session_handle: h })
-                .await
-                .map(|r| r.into_inner())
-        }
-    };
-    let got = info(&mut c).await.unwrap();
+    let h = handle(&created);
+    let got = session_info(&mut c, &h).await.unwrap();
     assert_eq!(got.user_id, "fay");
     assert_eq!(got.tenant_id, "acme");
     assert_eq!(
@@ -263,7 +252,7 @@ async fn session_information_and_data_overwrite() {
         .unwrap()
         .into_inner();
     assert!(updated.updated);
-    let got = info(&mut c).await.unwrap();
+    let got = session_info(&mut c, &h).await.unwrap();
     assert_eq!(
         json(got.session_data_in_database.as_ref().unwrap()),
         json!({"only": true}),
@@ -288,10 +277,7 @@ async fn session_information_and_data_overwrite() {
         "SESSION_NOT_FOUND",
     );
     assert_status(
-        c.get_session_information(pb::GetSessionInformationRequest {
-            session_handle: unknown,
-        })
-        .await,
+        session_info(&mut c, &unknown).await,
         Code::NotFound,
         "SESSION_NOT_FOUND",
     );
@@ -323,15 +309,8 @@ async fn payload_merge_reaches_the_next_refresh_and_regenerate() {
     assert_eq!(bad_field(&s), "access_token_payload_update.exp");
 
     let expected = json!({"keep": 1, "change": "b", "new": [1]});
-    let info = c
-        .get_session_information(pb::GetSessionInformationRequest {
-            session_handle: handle(&created),
-        })
-        .await
-        .unwrap()
-        .into_inner();
     assert_eq!(
-        json(info.custom_claims_in_access_token_payload.as_ref().unwrap()),
+        stored_payload(&mut c, &handle(&created)).await,
         json!({"keep": 1.0, "change": "b", "new": [1.0]})
     );
 

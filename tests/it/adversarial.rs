@@ -208,15 +208,8 @@ async fn every_reserved_claim_is_protected_everywhere() {
             "PROTECTED_CLAIM",
         );
     }
-    let info = c
-        .get_session_information(pb::GetSessionInformationRequest {
-            session_handle: handle(&created),
-        })
-        .await
-        .unwrap()
-        .into_inner();
     assert_eq!(
-        json(info.custom_claims_in_access_token_payload.as_ref().unwrap()),
+        stored_payload(&mut c, &handle(&created)).await,
         json!({"plain": 1.0})
     );
 }
@@ -269,17 +262,7 @@ async fn deep_json_and_huge_messages_are_refused() {
         .unwrap_err();
     assert_eq!(s.code(), Code::OutOfRange, "{s:?}");
     assert!(s.message().contains("too large"), "{}", s.message());
-    let info = c
-        .get_session_information(pb::GetSessionInformationRequest {
-            session_handle: handle(&created),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        json(info.custom_claims_in_access_token_payload.as_ref().unwrap()),
-        json!({})
-    );
+    assert_eq!(stored_payload(&mut c, &handle(&created)).await, json!({}));
     unchanged(&mut c, &created).await;
 }
 
@@ -478,10 +461,7 @@ async fn overload_is_shed_and_slow_calls_hit_the_deadline() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = std::time::Instant::now();
     let s = assert_status(
-        c.get_session_information(pb::GetSessionInformationRequest {
-            session_handle: handle(&created),
-        })
-        .await,
+        session_info(&mut c, &handle(&created)).await,
         Code::ResourceExhausted,
         "OVERLOADED",
     );

@@ -518,15 +518,8 @@ async fn a_dead_or_slow_provider_is_unavailable_and_changes_nothing() {
         );
         assert!(s.message().contains(key), "{}", s.message());
     }
-    let info = c
-        .get_session_information(pb::GetSessionInformationRequest {
-            session_handle: handle(&created),
-        })
-        .await
-        .unwrap()
-        .into_inner();
     assert_eq!(
-        json(info.custom_claims_in_access_token_payload.as_ref().unwrap()),
+        stored_payload(&mut c, &handle(&created)).await,
         json!({"keep": true})
     );
 }

@@ -321,11 +321,7 @@ async fn a_backup_under_write_load_restores_every_session_acknowledged_before_it
     let restored = TestServer::start_in(target, |_| {}).await;
     let mut c = restored.sessions().await;
     for (h, _) in &before {
-        c.get_session_information(pb::GetSessionInformationRequest {
-            session_handle: h.clone(),
-        })
-        .await
-        .unwrap_or_else(|s| {
+        session_info(&mut c, h).await.unwrap_or_else(|s| {
             panic!("session {h}, acknowledged before the backup, is missing: {s:?}")
         });
     }

@@ -202,12 +202,7 @@ async fn lost_after_restart(dir: &std::path::Path, acknowledged: &[String]) -> V
     let mut c = connect(&addr).await;
     let mut lost = Vec::new();
     for h in acknowledged {
-        let r = c
-            .get_session_information(pb::GetSessionInformationRequest {
-                session_handle: h.clone(),
-            })
-            .await;
-        match r {
+        match session_info(&mut c, h).await {
             Ok(_) => {}
             Err(s) if s.code() == Code::NotFound => lost.push(h.clone()),
             Err(s) => panic!("unexpected {s:?}"),

@@ -287,6 +287,28 @@ pub async fn refresh(
         .map(|r| r.into_inner())
 }
 
+/// GetSessionInformation for a session handle.
+pub async fn session_info(
+    client: &mut SessionServiceClient<Channel>,
+    handle: &str,
+) -> Result<pb::GetSessionInformationResponse, Status> {
+    client
+        .get_session_information(pb::GetSessionInformationRequest {
+            session_handle: handle.into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// The custom claims of a session's access token payload, as stored.
+pub async fn stored_payload(
+    client: &mut SessionServiceClient<Channel>,
+    handle: &str,
+) -> serde_json::Value {
+    let info = session_info(client, handle).await.unwrap();
+    json(info.custom_claims_in_access_token_payload.as_ref().unwrap())
+}
+
 /// The claims of a JWT, without verifying it.
 pub fn claims(jwt: &str) -> serde_json::Value {
     use base64::Engine;

@@ -35,13 +35,7 @@ async fn a_chain_of_refreshes_rotates_every_time() {
         refresh_tok = rt;
     }
     // The refresh expiry slides with each rotation.
-    let info = c
-        .get_session_information(pb::GetSessionInformationRequest {
-            session_handle: handle(&created),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let info = session_info(&mut c, &handle(&created)).await.unwrap();
     let created_s = info.time_created.unwrap().seconds;
     assert_eq!(
         info.expiry.unwrap().seconds - created_s,
@@ -175,13 +169,7 @@ async fn concurrent_refreshes_of_one_token_leave_one_live_lineage() {
     assert_eq!(live, 1, "exactly one of the 32 new lineages is current");
     // No update was lost: R1 is still the previous token, so it may rotate
     // again within the window, and the expiry was set once.
-    let info = c
-        .get_session_information(pb::GetSessionInformationRequest {
-            session_handle: handle(&created),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let info = session_info(&mut c, &handle(&created)).await.unwrap();
     assert_eq!(
         info.expiry.unwrap().seconds - info.time_created.unwrap().seconds,
         100 * 86400
