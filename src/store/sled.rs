@@ -592,13 +592,13 @@ impl SessionStore for SledStore {
                 split_user_key(&key).ok_or_else(|| StoreError::Corrupt("user index key".into()))?;
             // The record decides: an entry left dangling by a crash in the
             // middle of a write names no session.
-            let Some(record) = self.sessions.read(&handle)? else {
+            let Some(lineage) = self.sessions.read_with(&handle, record::decode_lineage)? else {
                 continue;
             };
             out.push(UserSession {
                 handle,
                 tenant_id,
-                expires_at_ms: record.expires_at_ms,
+                expires_at_ms: lineage.expires_at_ms,
             });
         }
         Ok(out)
