@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Server CPU time per call of one scenario: starts sessiond on a fresh data
+# Server (and load generator) CPU time per call of one scenario: starts sessiond on a fresh data
 # directory, runs `sessiond-bench --scenarios SCENARIO` against it, and
 # divides the server's user+system CPU time over 3 s in the middle of the
 # measured run by the calls made in those 3 s. Steadier than throughput on
@@ -19,15 +19,17 @@ trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"
 start_sessiond "$work/server.log" --listen 127.0.0.1:0 --data-dir "$work/data" "$@"
 addr=$(wait_for_address "$work/server.log")
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 "$bin/sessiond-bench" --addr "$addr" --scenarios "$scenario" --duration 5s --warmup 1s \
   >"$work/bench.txt" 2>"$work/bench.log" &
 bench=$!
 sleep 2.5
-before=$(cpu_ticks)
+before=$(cpu_ticks "$pid") client_before=$(cpu_ticks "$bench")
 sleep 3
-after=$(cpu_ticks)
+after=$(cpu_ticks "$pid") client_after=$(cpu_ticks "$bench")
 wait "$bench"
 rate=$(awk -F'|' -v s=" $scenario " '$2 == s {gsub(/ /, "", $3); print $3}' "$work/bench.txt")
 [ -n "$rate" ] || { cat "$work/bench.txt"; exit 1; }
-echo "$scenario: $rate calls/s, server CPU $(( (after - before) * 1000000 / $(getconf CLK_TCK) / (rate * 3) )) µs per call"
+per_call() { echo $(( ($2 - $1) * 1000000 / $(getconf CLK_TCK) / (rate * 3) )); }
+echo "$scenario: $rate calls/s, CPU per call: server $(per_call "$before" "$after") µs," \
+  "load generator $(per_call "$client_before" "$client_after") µs"

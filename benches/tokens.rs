@@ -1,7 +1,8 @@
 //! Criterion benchmarks of the hot functions: signing and verification per
-//! algorithm (through jsonwebtoken, and with aws-lc-rs directly on a
-//! pre-parsed key), refresh-token minting and opening, token hashing, the
-//! verified-token cache, and the JSON merge.
+//! algorithm through sessiond's own key ring, the two crypto backends
+//! jsonwebtoken supports (aws-lc-rs and RustCrypto) on the same keys,
+//! refresh-token minting and opening, token hashing, the verified-token
+//! cache, and the JSON merge.
 //!
 //! cargo bench --bench tokens
 
@@ -77,7 +78,7 @@ fn sign_and_verify(c: &mut Criterion) {
         let c_claims = claims(now);
         let token = access::mint(&key, &c_claims).unwrap();
         let name = alg.as_str();
-        c.bench_function(&format!("sign/{name}/jsonwebtoken"), |b| {
+        c.bench_function(&format!("sign/{name}/sessiond"), |b| {
             b.iter(|| access::mint(black_box(&key), black_box(&c_claims)).unwrap())
         });
         c.bench_function(&format!("verify/{name}/jsonwebtoken"), |b| {
@@ -92,48 +93,130 @@ fn sign_and_verify(c: &mut Criterion) {
             b.iter(|| cache.get(black_box(&token)).unwrap())
         });
     }
+}
 
-    // The same signatures with aws-lc-rs on a key parsed once, for what
-    // jsonwebtoken's per-call key parsing costs.
+/// Both crypto backends jsonwebtoken can use, on the same keys and the same
+/// 400-byte signing input, keys parsed once: aws-lc-rs (which sessiond signs
+/// with) and the RustCrypto crates behind jsonwebtoken's `rust_crypto`
+/// feature (ed25519-dalek, p256, rsa), called the way that backend calls them.
+fn backends(c: &mut Criterion) {
+    use aws_lc_rs::encoding::AsDer as _;
+    // One trait for all three key types: the RustCrypto crates share pkcs8.
+    use rsa::pkcs8::DecodePrivateKey as _;
+    use rsa::signature::{
+        Keypair as _, RandomizedSigner as _, SignatureEncoding as _, Signer as _, Verifier as _,
+    };
+
     let message = vec![7u8; 400];
     let rng = SystemRandom::new();
-    let ed =
-        Ed25519KeyPair::from_pkcs8(Ed25519KeyPair::generate_pkcs8(&rng).unwrap().as_ref()).unwrap();
-    c.bench_function("sign/EdDSA/aws-lc-parsed-key", |b| {
-        b.iter(|| ed.sign(black_box(&message)))
+
+    // EdDSA (Ed25519).
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let aws = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    let aws_public =
+        signature::UnparsedPublicKey::new(&signature::ED25519, aws.public_key().as_ref().to_vec());
+    let dalek = ed25519_dalek::SigningKey::from_pkcs8_der(pkcs8.as_ref()).unwrap();
+    let dalek_public = dalek.verifying_key();
+    let aws_sig = aws.sign(&message);
+    let dalek_sig = dalek.sign(&message);
+    assert_eq!(
+        aws_sig.as_ref(),
+        dalek_sig.to_bytes(),
+        "Ed25519 is deterministic"
+    );
+    c.bench_function("backend/sign/EdDSA/aws-lc-rs", |b| {
+        b.iter(|| aws.sign(black_box(&message)))
     });
-    let ed_public =
-        signature::UnparsedPublicKey::new(&signature::ED25519, ed.public_key().as_ref().to_vec());
-    let ed_sig = ed.sign(&message);
-    c.bench_function("verify/EdDSA/aws-lc", |b| {
+    c.bench_function("backend/sign/EdDSA/rust-crypto", |b| {
+        b.iter(|| dalek.sign(black_box(&message)))
+    });
+    c.bench_function("backend/verify/EdDSA/aws-lc-rs", |b| {
         b.iter(|| {
-            ed_public
-                .verify(black_box(&message), ed_sig.as_ref())
+            aws_public
+                .verify(black_box(&message), aws_sig.as_ref())
                 .unwrap()
         })
     });
-    let ec_pkcs8 =
-        EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let ec = EcdsaKeyPair::from_pkcs8(
-        &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-        ec_pkcs8.as_ref(),
-    )
-    .unwrap();
-    c.bench_function("sign/ES256/aws-lc-parsed-key", |b| {
-        b.iter(|| ec.sign(&rng, black_box(&message)).unwrap())
-    });
-    let rsa = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-    let mut rsa_sig = vec![0u8; rsa.public_modulus_len()];
-    c.bench_function("sign/RS256/aws-lc-parsed-key", |b| {
+    c.bench_function("backend/verify/EdDSA/rust-crypto", |b| {
         b.iter(|| {
-            rsa.sign(
+            dalek_public
+                .verify(black_box(&message), &dalek_sig)
+                .unwrap()
+        })
+    });
+
+    // ES256 (ECDSA P-256, SHA-256).
+    let alg = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
+    let aws = EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref()).unwrap();
+    let aws_public = signature::UnparsedPublicKey::new(
+        &signature::ECDSA_P256_SHA256_FIXED,
+        aws.public_key().as_ref().to_vec(),
+    );
+    let p256_key = p256::ecdsa::SigningKey::from_pkcs8_der(pkcs8.as_ref()).unwrap();
+    let p256_public = *p256_key.verifying_key();
+    let aws_sig = aws.sign(&rng, &message).unwrap();
+    let p256_sig: p256::ecdsa::Signature = p256_key.sign(&message);
+    // Each backend checks the other's signature: the same key, the same scheme.
+    aws_public.verify(&message, &p256_sig.to_bytes()).unwrap();
+    p256_public
+        .verify(
+            &message,
+            &p256::ecdsa::Signature::from_slice(aws_sig.as_ref()).unwrap(),
+        )
+        .unwrap();
+    c.bench_function("backend/sign/ES256/aws-lc-rs", |b| {
+        b.iter(|| aws.sign(&rng, black_box(&message)).unwrap())
+    });
+    c.bench_function("backend/sign/ES256/rust-crypto", |b| {
+        b.iter(|| -> p256::ecdsa::Signature { p256_key.sign(black_box(&message)) })
+    });
+    c.bench_function("backend/verify/ES256/aws-lc-rs", |b| {
+        b.iter(|| {
+            aws_public
+                .verify(black_box(&message), aws_sig.as_ref())
+                .unwrap()
+        })
+    });
+    c.bench_function("backend/verify/ES256/rust-crypto", |b| {
+        b.iter(|| p256_public.verify(black_box(&message), &p256_sig).unwrap())
+    });
+
+    // RS256 (RSA-2048, PKCS#1 v1.5, SHA-256); the RustCrypto side signs with
+    // blinding, as jsonwebtoken's backend does.
+    let aws = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let der = aws.as_der().unwrap();
+    let aws_public = signature::UnparsedPublicKey::new(
+        &signature::RSA_PKCS1_2048_8192_SHA256,
+        aws.public_key().as_ref().to_vec(),
+    );
+    let rsa_key = rsa::RsaPrivateKey::from_pkcs8_der(der.as_ref()).unwrap();
+    let rsa_signer = rsa::pkcs1v15::SigningKey::<rsa::sha2::Sha256>::new(rsa_key);
+    let rsa_public = rsa_signer.verifying_key();
+    let mut aws_sig = vec![0u8; aws.public_modulus_len()];
+    aws.sign(&signature::RSA_PKCS1_SHA256, &rng, &message, &mut aws_sig)
+        .unwrap();
+    let rsa_sig = rsa_signer.sign_with_rng(&mut rand_core::OsRng, &message);
+    assert_eq!(aws_sig, rsa_sig.to_vec(), "PKCS#1 v1.5 is deterministic");
+    c.bench_function("backend/sign/RS256/aws-lc-rs", |b| {
+        b.iter(|| {
+            aws.sign(
                 &signature::RSA_PKCS1_SHA256,
                 &rng,
                 black_box(&message),
-                &mut rsa_sig,
+                &mut aws_sig,
             )
             .unwrap()
         })
+    });
+    c.bench_function("backend/sign/RS256/rust-crypto", |b| {
+        b.iter(|| rsa_signer.sign_with_rng(&mut rand_core::OsRng, black_box(&message)))
+    });
+    c.bench_function("backend/verify/RS256/aws-lc-rs", |b| {
+        b.iter(|| aws_public.verify(black_box(&message), &aws_sig).unwrap())
+    });
+    c.bench_function("backend/verify/RS256/rust-crypto", |b| {
+        b.iter(|| rsa_public.verify(black_box(&message), &rsa_sig).unwrap())
     });
 }
 
@@ -167,5 +250,5 @@ fn merge(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, sign_and_verify, refresh_tokens, merge);
+criterion_group!(benches, sign_and_verify, backends, refresh_tokens, merge);
 criterion_main!(benches);
