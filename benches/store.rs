@@ -1,6 +1,8 @@
 //! Criterion benchmarks of the embedded store: what one session write costs
 //! in the trees, what the write-ahead log adds, and a durable write alone
-//! (one write plus its own sync, the worst case of group commit).
+//! (one write plus its own sync, the worst case of group commit), and the
+//! filesystem's price for a sync that grows a file against one that
+//! overwrites preallocated space (why log segments are preallocated).
 //!
 //! cargo bench --bench store
 
@@ -82,5 +84,34 @@ fn store(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, store);
+/// A 3 KiB write and `fdatasync`, at the end of a growing file and into a
+/// file of zeros already on disk (as the write-ahead log's segments are).
+fn disk(c: &mut Criterion) {
+    use std::io::{Seek, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let batch = vec![b'x'; 3 << 10];
+    let mut grow = std::fs::File::create(dir.path().join("grows")).unwrap();
+    c.bench_function("disk/write + fdatasync, file grows", |b| {
+        b.iter(|| {
+            grow.write_all(&batch).unwrap();
+            grow.sync_data().unwrap();
+        })
+    });
+    let mut fixed = std::fs::File::create(dir.path().join("preallocated")).unwrap();
+    let zeros = vec![0u8; 64 << 20];
+    fixed.write_all(&zeros).unwrap();
+    fixed.sync_all().unwrap();
+    c.bench_function("disk/write + fdatasync, preallocated", |b| {
+        b.iter(|| {
+            // Wrap around well before the zeros run out.
+            if fixed.stream_position().unwrap() + batch.len() as u64 > zeros.len() as u64 {
+                fixed.rewind().unwrap();
+            }
+            fixed.write_all(&batch).unwrap();
+            fixed.sync_data().unwrap();
+        })
+    });
+}
+
+criterion_group!(benches, store, disk);
 criterion_main!(benches);
