@@ -1,9 +1,17 @@
 //! [`SledStore`]: the embedded default backend, on sled 0.34.
 //!
 //! Trees: `sessions` (handle → record), `sessions_by_user`
-//! (len-prefixed user, len-prefixed tenant, handle → expiry), `sessions_by_expiry`
-//! (expiry, handle → empty), `keys` (kid → key record), `secrets`, and
-//! `user_data` (len-prefixed tenant, len-prefixed user → buckets).
+//! (len-prefixed user, len-prefixed tenant, handle → filed expiry),
+//! `sessions_by_expiry` (filed expiry, handle → empty), `keys` (kid → key
+//! record), `secrets`, and `user_data` (len-prefixed tenant, len-prefixed
+//! user → buckets).
+//!
+//! A session is filed in the expiry index under a time at or before its
+//! expiry, and its user entry holds that time. A refresh, which only ever
+//! moves expiry later, therefore leaves both indexes alone and rewrites the
+//! record alone; the sweep, meeting an entry whose session has not expired
+//! yet, files it again under the session's real expiry. Only a write that
+//! moves expiry earlier (or changes the user) moves the entries at once.
 //!
 //! No sled transaction is used: sled 0.34 writes and syncs an I/O buffer for
 //! every transaction, which capped durable writes at the disk's sync rate.
@@ -418,12 +426,10 @@ impl SessionTrees {
             }
             return Ok(());
         };
-        // Most edits (data, payload, claims) leave the index entries as they
-        // are: only the record is rewritten.
-        let moved = !old.is_some_and(|old| indexed_alike(old, new));
-        if moved {
-            self.add_entries(new)?;
-        }
+        // Most edits (data, payload, claims, a refresh) leave the index
+        // entries as they are: only the record is rewritten.
+        let moved = !old.is_some_and(|old| still_filed(old, new));
+        let before = if moved { self.add_entries(new)? } else { None };
         if self
             .records
             .insert(handle, bytes)
@@ -433,7 +439,7 @@ impl SessionTrees {
             self.live.fetch_add(1, Ordering::Relaxed);
         }
         if let (true, Some(old)) = (moved, old) {
-            self.remove_entries(old, Some(new))?;
+            self.remove_entries(old, Some((new, before)))?;
         }
         Ok(())
     }
@@ -442,43 +448,78 @@ impl SessionTrees {
     /// handle exist after all (an import over a live store), the record it
     /// replaced comes back from the insert and its index entries are fixed.
     fn create(&self, new: &SessionRecord, bytes: &[u8]) -> Result<(), StoreError> {
-        self.add_entries(new)?;
+        let before = self.add_entries(new)?;
         let replaced = self.records.insert(&new.handle, bytes).map_err(backend)?;
         if replaced.is_none() {
             self.live.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(old) = replaced {
             let old = record::decode_session(&old).map_err(StoreError::Corrupt)?;
-            self.remove_entries(&old, Some(new))?;
+            self.remove_entries(&old, Some((new, before)))?;
         }
         Ok(())
     }
 
-    fn add_entries(&self, new: &SessionRecord) -> Result<(), StoreError> {
+    /// Files `new` under its expiry. Returns the time its user entry had
+    /// filed it under before, if it had one.
+    fn add_entries(&self, new: &SessionRecord) -> Result<Option<u64>, StoreError> {
         self.by_expiry
             .insert(expiry_key(new.expires_at_ms, &new.handle), &[])
             .map_err(backend)?;
-        self.by_user
+        let before = self
+            .by_user
             .insert(user_key(new), &new.expires_at_ms.to_be_bytes())
             .map_err(backend)?;
-        Ok(())
+        Ok(before.and_then(|v| filed_at(&v)))
     }
 
-    /// Removes `old`'s index entries, except those `new` shares.
+    /// Removes `old`'s index entries, except those `new` (with the time its
+    /// user entry filed it under before it was re-filed) shares.
     fn remove_entries(
         &self,
         old: &SessionRecord,
-        new: Option<&SessionRecord>,
+        new: Option<(&SessionRecord, Option<u64>)>,
     ) -> Result<(), StoreError> {
-        let expiry = expiry_key(old.expires_at_ms, &old.handle);
-        if new.is_none_or(|n| expiry_key(n.expires_at_ms, &n.handle) != expiry) {
-            self.by_expiry.remove(expiry).map_err(backend)?;
-        }
         let user = user_key(old);
-        if new.is_none_or(|n| user_key(n) != user) {
-            self.by_user.remove(user).map_err(backend)?;
+        let filed = match new {
+            Some((n, before)) if user_key(n) == user => before,
+            _ => self
+                .by_user
+                .remove(&user)
+                .map_err(backend)?
+                .and_then(|v| filed_at(&v)),
+        };
+        // Without a user entry to say where the session was filed, its
+        // expiry is the best guess; an entry left behind names no session
+        // and the sweep drops it.
+        let filed = filed.unwrap_or(old.expires_at_ms);
+        if new.is_none_or(|(n, _)| n.expires_at_ms != filed || n.handle != old.handle) {
+            self.by_expiry
+                .remove(expiry_key(filed, &old.handle))
+                .map_err(backend)?;
         }
         Ok(())
+    }
+
+    /// Takes the expiry entry `key` of session `handle` out of the due
+    /// range: the session is removed if it expired by `now_ms`, filed again
+    /// under its expiry if it was filed early, and the entry dropped if it
+    /// names no session. The caller holds the session's lock stripe and
+    /// logs a removal: returns true when the session was removed.
+    fn sweep_entry(&self, key: &[u8], handle: &str, now_ms: u64) -> Result<bool, StoreError> {
+        let removed = match self.read(handle)? {
+            Some(r) if r.expires_at_ms <= now_ms => {
+                self.write(handle, Some(&r), None)?;
+                true
+            }
+            Some(r) => {
+                self.add_entries(&r)?;
+                false
+            }
+            None => false,
+        };
+        self.by_expiry.remove(key).map_err(backend)?;
+        Ok(removed)
     }
 
     /// Reads a session and applies `decide`'s change to it. The caller holds
@@ -509,9 +550,18 @@ impl SessionTrees {
     }
 }
 
-/// True when two versions of a session have the same index entries.
-fn indexed_alike(a: &SessionRecord, b: &SessionRecord) -> bool {
-    a.user_id == b.user_id && a.tenant_id == b.tenant_id && a.expires_at_ms == b.expires_at_ms
+/// True when the entries that index `old` still index `new`: the same user,
+/// and an expiry no earlier (so the time `old` was filed under is still at
+/// or before it).
+fn still_filed(old: &SessionRecord, new: &SessionRecord) -> bool {
+    old.user_id == new.user_id
+        && old.tenant_id == new.tenant_id
+        && new.expires_at_ms >= old.expires_at_ms
+}
+
+/// The filed expiry a `sessions_by_user` value holds.
+fn filed_at(value: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(value).ok().map(u64::from_be_bytes)
 }
 
 impl SessionStore for SledStore {
@@ -607,34 +657,30 @@ impl SessionStore for SledStore {
     fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
         let end = (now_ms.saturating_add(1)).to_be_bytes();
         let mut removed = 0;
-        let due: Vec<sled::IVec> = self
-            .sessions
-            .by_expiry
-            .range(..end.as_slice())
-            .keys()
-            .take(limit)
-            .collect::<Result<_, _>>()
-            .map_err(backend)?;
-        for key in due {
-            let Some(handle) = key.get(8..).and_then(|h| std::str::from_utf8(h).ok()) else {
-                self.sessions.by_expiry.remove(&key).map_err(backend)?;
-                continue;
-            };
-            let change = self.update_session(handle, &mut |r| match r {
-                Some(r) if r.expires_at_ms <= now_ms => Change::Delete,
-                _ => Change::Keep,
-            })?;
-            if change == Change::Delete {
-                removed += 1;
-            } else {
-                // A stale index entry (the session is gone or was extended).
-                let _order = self.stripe(TreeId::Sessions, handle.as_bytes());
-                let live = self
-                    .sessions
-                    .read(handle)?
-                    .is_some_and(|r| expiry_key(r.expires_at_ms, &r.handle) == key.as_ref());
-                if !live {
+        // Every entry handled leaves the due range (removed, or filed again
+        // later than `now_ms`), so each round makes progress; sessions filed
+        // early do not count against `limit`.
+        while removed < limit {
+            let due: Vec<sled::IVec> = self
+                .sessions
+                .by_expiry
+                .range(..end.as_slice())
+                .keys()
+                .take(limit - removed)
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            if due.is_empty() {
+                break;
+            }
+            for key in due {
+                let Some(handle) = key.get(8..).and_then(|h| std::str::from_utf8(h).ok()) else {
                     self.sessions.by_expiry.remove(&key).map_err(backend)?;
+                    continue;
+                };
+                let _order = self.stripe(TreeId::Sessions, handle.as_bytes());
+                if self.sessions.sweep_entry(&key, handle, now_ms)? {
+                    self.wal.append(TreeId::Sessions, handle.as_bytes(), None);
+                    removed += 1;
                 }
             }
         }
@@ -931,6 +977,93 @@ mod tests {
         );
     }
 
+    fn expiry_entries(store: &SledStore) -> Vec<Vec<u8>> {
+        store
+            .sessions
+            .by_expiry
+            .iter()
+            .keys()
+            .map(|k| k.unwrap().to_vec())
+            .collect()
+    }
+
+    fn filed_under(store: &SledStore, r: &SessionRecord) -> Option<u64> {
+        let value = store.sessions.by_user.get(user_key(r)).unwrap()?;
+        filed_at(&value)
+    }
+
+    /// A refresh moves expiry later and rewrites the record alone; the
+    /// sweep files the session again when its early entry comes due.
+    #[tokio::test]
+    async fn a_later_expiry_keeps_the_entries_until_the_sweep_refiles() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8 << 20, None).unwrap();
+        let first = record("s", "alice", 100);
+        store.create_session(&first).unwrap();
+        store
+            .update_session("s", &mut |r| {
+                let mut r = r.unwrap().clone();
+                r.expires_at_ms = 500;
+                Change::Put(Box::new(r))
+            })
+            .unwrap();
+        assert_eq!(expiry_entries(&store), [expiry_key(100, "s")]);
+        assert_eq!(filed_under(&store, &first), Some(100));
+
+        assert_eq!(store.sweep_expired(200, 10).unwrap(), 0);
+        assert_eq!(expiry_entries(&store), [expiry_key(500, "s")]);
+        assert_eq!(filed_under(&store, &first), Some(500));
+        assert!(store.session("s").unwrap().is_some());
+
+        assert_eq!(store.sweep_expired(500, 10).unwrap(), 1);
+        assert!(expiry_entries(&store).is_empty());
+        assert!(store.sessions.by_user.is_empty());
+    }
+
+    /// An earlier expiry moves the entries at once, or the sweep would
+    /// find the session late.
+    #[tokio::test]
+    async fn an_earlier_expiry_moves_the_entries_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8 << 20, None).unwrap();
+        let first = record("s", "alice", 500);
+        store.create_session(&first).unwrap();
+        store
+            .update_session("s", &mut |r| {
+                let mut r = r.unwrap().clone();
+                r.expires_at_ms = 100;
+                Change::Put(Box::new(r))
+            })
+            .unwrap();
+        assert_eq!(expiry_entries(&store), [expiry_key(100, "s")]);
+        assert_eq!(filed_under(&store, &first), Some(100));
+        assert_eq!(store.sweep_expired(100, 10).unwrap(), 1);
+        assert!(expiry_entries(&store).is_empty());
+    }
+
+    /// Sessions filed early do not use up the sweep's limit.
+    #[tokio::test]
+    async fn refiled_sessions_do_not_hide_expired_ones_from_the_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8 << 20, None).unwrap();
+        for i in 0..5 {
+            let handle = format!("a{i}");
+            store.create_session(&record(&handle, "u", 10)).unwrap();
+            store
+                .update_session(&handle, &mut |r| {
+                    let mut r = r.unwrap().clone();
+                    r.expires_at_ms = 1_000;
+                    Change::Put(Box::new(r))
+                })
+                .unwrap();
+        }
+        // Filed at 10 like the extended ones, but sorted after them.
+        store.create_session(&record("z", "u", 10)).unwrap();
+        assert_eq!(store.sweep_expired(50, 2).unwrap(), 1);
+        assert!(store.session("z").unwrap().is_none());
+        assert_eq!(store.count_sessions().unwrap(), 5);
+    }
+
     /// A clean close saves the session count, so the next start need not
     /// scan every record; the saved count serves one start only.
     #[tokio::test]
@@ -961,7 +1094,18 @@ mod tests {
         db.flush().unwrap();
         drop((meta, db));
 
-        let store = SledStore::open(dir.path(), 8 << 20, None).unwrap();
+        // sled's I/O threads may hold the directory's lock for a moment
+        // after its last handle is dropped.
+        let mut attempts = 0;
+        let store = loop {
+            match SledStore::open(dir.path(), 8 << 20, None) {
+                Err(StoreError::Locked(_)) if attempts < 100 => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                opened => break opened.unwrap(),
+            }
+        };
         assert_eq!(store.count_sessions().unwrap(), 7);
         assert!(store.meta.get(SESSION_COUNT).unwrap().is_none());
     }
