@@ -1,0 +1,93 @@
+//! The load generator (`sessiond-bench`), run for a moment against a real
+//! server: every scenario makes calls that succeed, and the JSON report
+//! holds what the table shows.
+
+use std::process::Command;
+
+use crate::helpers::TestServer;
+
+const SCENARIOS: [&str; 8] = [
+    "health",
+    "get",
+    "get-db",
+    "create",
+    "refresh",
+    "bucket-get",
+    "bucket-update",
+    "mixed",
+];
+
+#[tokio::test]
+async fn every_scenario_runs_without_errors_and_is_reported_as_json() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let args: Vec<String> = [
+        "--addr",
+        &server.addr.to_string(),
+        "--connections",
+        "2",
+        "--concurrency",
+        "3",
+        "--duration",
+        "300ms",
+        "--warmup",
+        "100ms",
+        "--population",
+        "20",
+        "--scenarios",
+        &SCENARIOS.join(","),
+        "--json",
+        json.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // The server runs on this test's runtime: wait for the child elsewhere.
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_sessiond-bench"))
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("| scenario | calls/s | × health |"),
+        "{stdout}"
+    );
+
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["connections"], 2);
+    assert_eq!(report["concurrency_per_connection"], 3);
+    let results = report["results"].as_array().unwrap();
+    let names: Vec<&str> = results
+        .iter()
+        .map(|r| r["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, SCENARIOS);
+    for r in results {
+        let name = &r["scenario"];
+        assert!(r["calls"].as_u64().unwrap() > 0, "{name}: no calls");
+        assert_eq!(r["errors"], serde_json::json!({}), "{name}: errors");
+        assert!(r["throughput"].as_f64().unwrap() > 0.0, "{name}");
+        assert!(r["ratio_to_health"].as_f64().unwrap() > 0.0, "{name}");
+        let (p50, p99, max) = (
+            r["p50_us"].as_u64().unwrap(),
+            r["p99_us"].as_u64().unwrap(),
+            r["max_us"].as_u64().unwrap(),
+        );
+        assert!(0 < p50 && p50 <= p99 && p99 <= max, "{name}: {r}");
+        assert!(
+            stdout.contains(&format!("| {} |", name.as_str().unwrap())),
+            "{name} missing from the table"
+        );
+    }
+    assert_eq!(results[0]["ratio_to_health"], 1.0);
+}
