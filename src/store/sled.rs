@@ -992,6 +992,19 @@ mod tests {
         filed_at(&value)
     }
 
+    /// Sets a stored session's expiry, as a refresh (later) or an edit
+    /// (earlier) would.
+    fn set_expiry(store: &SledStore, handle: &str, expires_at_ms: u64) {
+        let applied = store
+            .update_session(handle, &mut |r| {
+                let mut r = r.expect("the session exists").clone();
+                r.expires_at_ms = expires_at_ms;
+                Change::Put(Box::new(r))
+            })
+            .unwrap();
+        assert!(matches!(applied, Change::Put(_)));
+    }
+
     /// A refresh moves expiry later and rewrites the record alone; the
     /// sweep files the session again when its early entry comes due.
     #[tokio::test]
@@ -1000,13 +1013,7 @@ mod tests {
         let store = SledStore::open(dir.path(), 8 << 20, None).unwrap();
         let first = record("s", "alice", 100);
         store.create_session(&first).unwrap();
-        store
-            .update_session("s", &mut |r| {
-                let mut r = r.unwrap().clone();
-                r.expires_at_ms = 500;
-                Change::Put(Box::new(r))
-            })
-            .unwrap();
+        set_expiry(&store, "s", 500);
         assert_eq!(expiry_entries(&store), [expiry_key(100, "s")]);
         assert_eq!(filed_under(&store, &first), Some(100));
 
@@ -1028,13 +1035,7 @@ mod tests {
         let store = SledStore::open(dir.path(), 8 << 20, None).unwrap();
         let first = record("s", "alice", 500);
         store.create_session(&first).unwrap();
-        store
-            .update_session("s", &mut |r| {
-                let mut r = r.unwrap().clone();
-                r.expires_at_ms = 100;
-                Change::Put(Box::new(r))
-            })
-            .unwrap();
+        set_expiry(&store, "s", 100);
         assert_eq!(expiry_entries(&store), [expiry_key(100, "s")]);
         assert_eq!(filed_under(&store, &first), Some(100));
         assert_eq!(store.sweep_expired(100, 10).unwrap(), 1);
@@ -1049,13 +1050,7 @@ mod tests {
         for i in 0..5 {
             let handle = format!("a{i}");
             store.create_session(&record(&handle, "u", 10)).unwrap();
-            store
-                .update_session(&handle, &mut |r| {
-                    let mut r = r.unwrap().clone();
-                    r.expires_at_ms = 1_000;
-                    Change::Put(Box::new(r))
-                })
-                .unwrap();
+            set_expiry(&store, &handle, 1_000);
         }
         // Filed at 10 like the extended ones, but sorted after them.
         store.create_session(&record("z", "u", 10)).unwrap();
