@@ -11,10 +11,11 @@
 //!
 //! Segment files are `wal/<20-digit number>.log`, holding frames
 //! `[len: u32 LE][crc32 of body: u32 LE][body]`, with body
-//! `[tree: u8][op: u8][key len: u32 LE][key][value]`. Only the newest
-//! segment can end in a torn frame (a crash in the middle of a write); it is
-//! dropped there, as no write in it was acknowledged. A bad frame anywhere
-//! else is corruption and stops the open.
+//! `[tree: u8][op: u8][key len: u32 LE][key][value]`. Only the segment
+//! written last (the newest one that is not all zeros) can end in a torn
+//! frame (a crash in the middle of a write); it is dropped there, as no
+//! write in it was acknowledged. A bad frame anywhere else is corruption and
+//! stops the open.
 //!
 //! Segments are preallocated: created filled with zeros (and synced) before
 //! they take writes, so that a sync overwrites blocks the file already has
@@ -109,14 +110,23 @@ impl Wal {
         fs::create_dir_all(dir).map_err(|e| io_error("cannot create", dir, e))?;
         let found = segments(dir)?;
         let last = found.last().map(|(n, _)| *n);
-        for (number, path) in &found {
-            let bytes = fs::read(path).map_err(|e| io_error("cannot read", path, e))?;
+        let contents = found
+            .iter()
+            .map(|(_, path)| fs::read(path).map_err(|e| io_error("cannot read", path, e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        // The segment written last is the newest one holding anything but
+        // zeros: a crash can come after the next segment was preallocated
+        // and before it took a write, while a write to this one was torn.
+        let written_last = contents
+            .iter()
+            .rposition(|bytes| bytes.iter().any(|&b| b != 0));
+        for (i, ((_, path), bytes)) in found.iter().zip(contents).enumerate() {
             let intact = read_frames(&bytes, &mut *replay)?;
             if bytes[intact..].iter().all(|&b| b == 0) {
                 // Every frame intact; what follows is preallocated space.
                 continue;
             }
-            if Some(*number) != last {
+            if Some(i) != written_last {
                 return Err(StoreError::Corrupt(format!(
                     "write-ahead log segment {} has a damaged frame",
                     path.display()
@@ -475,6 +485,30 @@ mod tests {
         bytes[last] ^= 1;
         fs::write(&path, bytes).unwrap();
         assert!(collect(dir.path()).1.is_empty());
+    }
+
+    /// A crash while the next segment is being prepared can leave a torn
+    /// write in the current one and a newer segment of zeros only.
+    #[test]
+    fn a_torn_tail_before_a_never_written_segment_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = collect(dir.path()).0.wal;
+        wal.append(TreeId::Keys, b"k1", Some(b"kept"));
+        wal.append(TreeId::Keys, b"k2", Some(b"torn"));
+        wal.sync().unwrap();
+        let len = wal.segment_len();
+        drop(wal);
+        let first = segment_path(dir.path(), 1);
+        let mut bytes = fs::read(&first).unwrap();
+        bytes[len as usize - 1] ^= 0xff;
+        fs::write(&first, bytes).unwrap();
+        create_segment(dir.path(), 2, MIN_SEGMENT).unwrap();
+
+        let (opened, seen) = collect(dir.path());
+        assert_eq!(seen, vec![put(TreeId::Keys, "k1", "kept")]);
+        drop(opened);
+        // Once cut, segment 1 opens cleanly behind newer segments.
+        assert_eq!(collect(dir.path()).1, vec![put(TreeId::Keys, "k1", "kept")]);
     }
 
     #[test]
