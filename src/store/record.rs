@@ -35,6 +35,8 @@ const HASH_SHA256: u8 = 1;
 pub struct Lineage {
     /// The session's user.
     pub user_id: String,
+    /// The session's tenant.
+    pub tenant_id: String,
     /// Refresh expiry, ms.
     pub expires_at_ms: u64,
     /// Hash of the current refresh token.
@@ -48,6 +50,7 @@ impl Lineage {
     pub fn of(r: &SessionRecord) -> Self {
         Self {
             user_id: r.user_id.clone(),
+            tenant_id: r.tenant_id.clone(),
             expires_at_ms: r.expires_at_ms,
             current_refresh_hash: r.current.refresh_hash.clone(),
             previous_refresh_hash: r.previous.as_ref().map(|p| p.refresh_hash.clone()),

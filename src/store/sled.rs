@@ -195,10 +195,13 @@ impl SledStore {
         Ok(())
     }
 
-    /// Flushes sled and deletes the log segments the flush covered.
+    /// Flushes sled and deletes the log segments the flush covered. The
+    /// log moves to a new segment once the current one is half full.
     fn checkpoint(&self) -> Result<(), StoreError> {
         let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
-        retired.push(self.wal.rotate()?);
+        if self.wal.wants_rotation() {
+            retired.push(self.wal.rotate()?);
+        }
         self.db.flush().map_err(backend)?;
         wal::remove_segments(&retired)?;
         retired.clear();
@@ -288,13 +291,18 @@ fn flusher(
 /// Flushes sled behind the log every [`CHECKPOINT_EVERY`] while writes come
 /// in, until the store is dropped (which closes `stop`).
 fn checkpointer(store: Weak<SledStore>, stop: mpsc::Receiver<()>) {
+    let mut checkpointed = None;
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
         let Some(store) = store.upgrade() else { return };
-        if store.wal.segment_len() == 0 {
+        let position = store.wal.position();
+        if position.1 == 0 || checkpointed == Some(position) {
             continue;
         }
-        if let Err(e) = store.checkpoint() {
-            tracing::warn!(error = %e, "checkpoint failed; the write-ahead log is kept");
+        match store.checkpoint() {
+            Ok(()) => checkpointed = Some(position),
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpoint failed; the write-ahead log is kept")
+            }
         }
     }
 }
@@ -640,11 +648,15 @@ impl SessionStore for SledStore {
             let key = key.map_err(backend)?;
             let (tenant_id, handle) =
                 split_user_key(&key).ok_or_else(|| StoreError::Corrupt("user index key".into()))?;
-            // The record decides: an entry left dangling by a crash in the
-            // middle of a write names no session.
+            // The record decides: an entry left by a crash in the middle of
+            // a write may name no session, or (after an import moved a
+            // handle to another user) somebody else's session.
             let Some(lineage) = self.sessions.read_with(&handle, record::decode_lineage)? else {
                 continue;
             };
+            if lineage.user_id != user_id || lineage.tenant_id != tenant_id {
+                continue;
+            }
             out.push(UserSession {
                 handle,
                 tenant_id,
@@ -959,6 +971,17 @@ mod tests {
             .by_expiry
             .insert(expiry_key(40, "ghost"), &[])
             .unwrap();
+
+        // An entry naming another user's session (an import that moved the
+        // handle, cut short by a crash) does not list it either.
+        trees
+            .by_user
+            .insert(
+                user_key(&record("live", "mallory", 100)),
+                &100u64.to_be_bytes(),
+            )
+            .unwrap();
+        assert!(store.user_sessions("mallory", None).unwrap().is_empty());
 
         let listed = store.user_sessions("alice", Some("public")).unwrap();
         assert_eq!(listed.len(), 1);

@@ -78,6 +78,8 @@ struct Segment {
     file: File,
     /// Bytes of frames written to `file` so far.
     len: u64,
+    /// Bytes of zeros the segment was created with.
+    allocated: u64,
 }
 
 /// The log. `append` may be called from any thread; `sync` and `rotate`
@@ -110,17 +112,19 @@ impl Wal {
         fs::create_dir_all(dir).map_err(|e| io_error("cannot create", dir, e))?;
         let found = segments(dir)?;
         let last = found.last().map(|(n, _)| *n);
-        let contents = found
-            .iter()
-            .map(|(_, path)| fs::read(path).map_err(|e| io_error("cannot read", path, e)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let read = |path: &Path| fs::read(path).map_err(|e| io_error("cannot read", path, e));
         // The segment written last is the newest one holding anything but
         // zeros: a crash can come after the next segment was preallocated
         // and before it took a write, while a write to this one was torn.
-        let written_last = contents
-            .iter()
-            .rposition(|bytes| bytes.iter().any(|&b| b != 0));
-        for (i, ((_, path), bytes)) in found.iter().zip(contents).enumerate() {
+        let mut written_last = None;
+        for (i, (_, path)) in found.iter().enumerate().rev() {
+            if read(path)?.iter().any(|&b| b != 0) {
+                written_last = Some(i);
+                break;
+            }
+        }
+        for (i, (_, path)) in found.iter().enumerate() {
+            let bytes = read(path)?;
             let intact = read_frames(&bytes, &mut *replay)?;
             if bytes[intact..].iter().all(|&b| b == 0) {
                 // Every frame intact; what follows is preallocated space.
@@ -201,9 +205,18 @@ impl Wal {
         Ok(())
     }
 
-    /// Bytes written to the current segment.
-    pub fn segment_len(&self) -> u64 {
-        self.segment.lock().unwrap_or_else(|e| e.into_inner()).len
+    /// Where the log stands: the current segment's number and length.
+    pub fn position(&self) -> (u64, u64) {
+        let segment = self.segment.lock().unwrap_or_else(|e| e.into_inner());
+        (segment.number, segment.len)
+    }
+
+    /// True once the current segment has used half its preallocated space
+    /// (or has none): rotating no sooner keeps the zeros written ahead of
+    /// the log in proportion to what is logged, however slowly it fills.
+    pub fn wants_rotation(&self) -> bool {
+        let segment = self.segment.lock().unwrap_or_else(|e| e.into_inner());
+        segment.len > 0 && segment.len.saturating_mul(2) >= segment.allocated
     }
 
     /// Starts a new segment; returns the path of the one it replaces. Every
@@ -263,27 +276,50 @@ fn segment_path(dir: &Path, number: u64) -> PathBuf {
 }
 
 /// Creates segment `number` with `size` bytes of zeros, on disk with its
-/// name before it is returned. A failed attempt leaves no file behind.
+/// name before it is returned. Should the zeros not fit (a full disk), the
+/// segment starts empty and grows as segments did before preallocation:
+/// refusing it would stop the checkpoints that free the disk.
 fn create_segment(dir: &Path, number: u64, size: u64) -> Result<Segment, StoreError> {
+    create_segment_with(dir, number, size, preallocate)
+}
+
+fn create_segment_with(
+    dir: &Path,
+    number: u64,
+    size: u64,
+    fill: fn(&File, u64) -> std::io::Result<()>,
+) -> Result<Segment, StoreError> {
     let path = segment_path(dir, number);
-    let file = OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .open(&path)
-        .map_err(|e| io_error("cannot create", &path, e))?;
-    let prepared = preallocate(&file, size).and_then(|()| {
-        // The new name must survive a crash before anything acknowledged
-        // is written under it.
-        File::open(dir)?.sync_all()
-    });
-    if let Err(e) = prepared {
-        let _ = fs::remove_file(&path);
-        return Err(io_error("cannot preallocate", &path, e));
+    let open = || {
+        OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_error("cannot create", &path, e))
+    };
+    let mut file = open()?;
+    let mut allocated = size;
+    if let Err(e) = fill(&file, size) {
+        tracing::warn!(
+            segment = %path.display(),
+            error = %e,
+            "cannot preallocate a write-ahead log segment; it grows as it is written"
+        );
+        drop(file);
+        fs::remove_file(&path).map_err(|e| io_error("cannot remove", &path, e))?;
+        file = open()?;
+        allocated = 0;
     }
+    // The new name must survive a crash before anything acknowledged is
+    // written under it.
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("cannot sync", dir, e))?;
     Ok(Segment {
         number,
         file,
         len: 0,
+        allocated,
     })
 }
 
@@ -426,7 +462,7 @@ mod tests {
         wal.append(TreeId::Secrets, b"a", Some(b"kept"));
         wal.append(TreeId::Secrets, b"b", Some(b"torn"));
         wal.sync().unwrap();
-        let len = wal.segment_len();
+        let len = wal.position().1;
         drop(wal);
         let path = segment_path(dir.path(), 1);
         OpenOptions::new()
@@ -478,7 +514,7 @@ mod tests {
         let wal = collect(dir.path()).0.wal;
         wal.append(TreeId::Keys, b"k", Some(b"value"));
         wal.sync().unwrap();
-        let last = wal.segment_len() as usize - 1;
+        let last = wal.position().1 as usize - 1;
         drop(wal);
         let path = segment_path(dir.path(), 1);
         let mut bytes = fs::read(&path).unwrap();
@@ -496,7 +532,7 @@ mod tests {
         wal.append(TreeId::Keys, b"k1", Some(b"kept"));
         wal.append(TreeId::Keys, b"k2", Some(b"torn"));
         wal.sync().unwrap();
-        let len = wal.segment_len();
+        let len = wal.position().1;
         drop(wal);
         let first = segment_path(dir.path(), 1);
         let mut bytes = fs::read(&first).unwrap();
@@ -509,6 +545,45 @@ mod tests {
         drop(opened);
         // Once cut, segment 1 opens cleanly behind newer segments.
         assert_eq!(collect(dir.path()).1, vec![put(TreeId::Keys, "k1", "kept")]);
+    }
+
+    #[test]
+    fn a_segment_that_cannot_be_preallocated_starts_empty_and_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = collect(dir.path()).0.wal;
+        let full_disk: fn(&File, u64) -> std::io::Result<()> = |file, _| {
+            // Some zeros made it before the disk filled up.
+            let mut file = file;
+            file.write_all(&[0; 100])?;
+            Err(std::io::Error::other("no space left on device"))
+        };
+        let segment = create_segment_with(dir.path(), 2, MIN_SEGMENT, full_disk).unwrap();
+        assert_eq!(segment.allocated, 0);
+        let path = segment_path(dir.path(), 2);
+        assert_eq!(fs::metadata(&path).unwrap().len(), 0);
+        // The log goes on in it.
+        *wal.segment.lock().unwrap() = segment;
+        wal.append(TreeId::Keys, b"k", Some(b"v"));
+        wal.sync().unwrap();
+        assert!(wal.wants_rotation());
+        drop(wal);
+        assert_eq!(collect(dir.path()).1, vec![put(TreeId::Keys, "k", "v")]);
+    }
+
+    #[test]
+    fn rotation_waits_for_half_the_preallocated_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = collect(dir.path()).0.wal;
+        assert!(!wal.wants_rotation(), "an empty segment needs no rotation");
+        wal.append(TreeId::Keys, b"small", Some(b"1"));
+        wal.sync().unwrap();
+        assert!(!wal.wants_rotation());
+        let half = vec![b'v'; FIRST_SEGMENT as usize / 2];
+        wal.append(TreeId::Keys, b"big", Some(&half));
+        wal.sync().unwrap();
+        assert!(wal.wants_rotation());
+        wal.rotate().unwrap();
+        assert!(!wal.wants_rotation());
     }
 
     #[test]
@@ -529,7 +604,7 @@ mod tests {
         wal.append(TreeId::Keys, b"k2", Some(&big));
         wal.sync().unwrap();
         assert!(fs::metadata(&second).unwrap().len() > MIN_SEGMENT);
-        let grown = wal.segment_len();
+        let grown = wal.position().1;
         wal.rotate().unwrap();
         assert_eq!(
             fs::metadata(segment_path(dir.path(), 3)).unwrap().len(),
@@ -553,7 +628,7 @@ mod tests {
         let old = wal.rotate().unwrap();
         wal.append(TreeId::Keys, b"k2", Some(b"2"));
         wal.sync().unwrap();
-        assert!(wal.segment_len() > 0);
+        assert!(wal.position().1 > 0);
         remove_segments(&[old]).unwrap();
         drop(wal);
         assert_eq!(collect(dir.path()).1, vec![put(TreeId::Keys, "k2", "2")]);
