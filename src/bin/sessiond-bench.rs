@@ -287,13 +287,13 @@ impl Conn {
         if let Some((name, value)) = auth {
             headers.insert(name, value);
         }
-        let transport = |e: h2::Error| Status::unavailable(e.to_string());
+        let transport = h2_status;
         let mut send = self.send.clone().ready().await.map_err(transport)?;
         let (response, mut stream) = send.send_request(request, false).map_err(transport)?;
         stream.send_data(body.freeze(), true).map_err(transport)?;
         let (parts, mut body) = response.await.map_err(transport)?.into_parts();
         if parts.status != StatusCode::OK {
-            return Err(Status::unknown(format!("HTTP status {}", parts.status)));
+            return Err(http_status(parts.status));
         }
         // A reply with no message carries its status in the headers.
         if let Some(status) = Status::from_header_map(&parts.headers) {
@@ -332,6 +332,31 @@ impl Conn {
         }
         Ok(reply.slice(5..))
     }
+}
+
+/// The gRPC status of a stream or connection error (gRPC's HTTP/2 mapping).
+fn h2_status(e: h2::Error) -> Status {
+    let code = match e.reason() {
+        None => Code::Unavailable,
+        Some(h2::Reason::CANCEL) => Code::Cancelled,
+        Some(h2::Reason::REFUSED_STREAM) => Code::Unavailable,
+        Some(h2::Reason::ENHANCE_YOUR_CALM) => Code::ResourceExhausted,
+        Some(_) => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
+/// The gRPC status of a reply with an HTTP status other than 200.
+fn http_status(status: StatusCode) -> Status {
+    let code = match status.as_u16() {
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502 | 503 | 504 => Code::Unavailable,
+        _ => Code::Unknown,
+    };
+    Status::new(code, format!("HTTP status {status}"))
 }
 
 /// A status found where only an error status may be.
