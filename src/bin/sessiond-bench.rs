@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -688,7 +688,7 @@ fn us(v: u64) -> String {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() {
+fn main() -> ExitCode {
     let args = Args::parse();
     let mut runtime = if args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -697,16 +697,7 @@ fn main() {
         b.worker_threads(args.threads);
         b
     };
-    runtime
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-        .block_on(bench(args));
-}
-
-async fn bench(args: Args) {
-    let warmup = parse_duration(&args.warmup).expect("--warmup");
-    let duration = parse_duration(&args.duration).expect("--duration");
+    let runtime = runtime.enable_all().build().expect("a tokio runtime");
     let mut server = None;
     let addr = match &args.addr {
         Some(a) => a.clone(),
@@ -717,16 +708,35 @@ async fn bench(args: Args) {
             addr
         }
     };
+    let outcome = runtime.block_on(bench(&args, &addr));
+    if let Some((mut child, _dir)) = server {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sessiond-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bench(args: &Args, addr: &str) -> Result<(), String> {
+    let warmup = parse_duration(&args.warmup).map_err(|e| format!("--warmup: {e}"))?;
+    let duration = parse_duration(&args.duration).map_err(|e| format!("--duration: {e}"))?;
     let api_key = args
         .api_key
         .as_deref()
         .map(|k| k.parse().expect("--api-key must be ASCII"));
-    let methods = Arc::new(Methods::on(&addr));
+    let methods = Arc::new(Methods::on(addr));
     let mut clients = Vec::new();
     for _ in 0..args.connections.max(1) {
-        let conn = Conn::open(&addr)
+        let conn = Conn::open(addr)
             .await
-            .unwrap_or_else(|e| panic!("cannot reach {addr}: {e}"));
+            .map_err(|e| format!("cannot reach {addr}: {e}"))?;
         clients.push(Client {
             conn,
             methods: methods.clone(),
@@ -753,7 +763,14 @@ async fn bench(args: Args) {
             })
             .collect();
         for call in calls {
-            population.push(call.await.expect("join").expect("creating the population"));
+            let member = call.await.expect("join").map_err(|s| {
+                format!(
+                    "creating the population failed: {:?}: {}",
+                    s.code(),
+                    s.message()
+                )
+            })?;
+            population.push(member);
         }
     }
     let population = Arc::new(population);
@@ -764,7 +781,7 @@ async fn bench(args: Args) {
             *scenario,
             &clients,
             population.clone(),
-            &args,
+            args,
             warmup,
             duration,
         )
@@ -821,12 +838,7 @@ async fn bench(args: Args) {
             "results": outcomes,
         });
         std::fs::write(path, serde_json::to_string_pretty(&report).expect("JSON"))
-            .expect("writing --json");
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    if let Some((mut child, _dir)) = server {
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let _ = child.wait();
-    }
+    Ok(())
 }

@@ -91,3 +91,32 @@ async fn every_scenario_runs_without_errors_and_is_reported_as_json() {
     }
     assert_eq!(results[0]["ratio_to_health"], 1.0);
 }
+
+#[tokio::test]
+async fn a_refused_call_is_a_clear_error_not_a_panic() {
+    let server = TestServer::start_with(|c| {
+        c.api_keys = vec![sessiond::config::ApiKey::admin(
+            "ops",
+            crate::helpers::API_KEY,
+        )]
+    })
+    .await;
+    let addr = server.addr.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_sessiond-bench"))
+            .args(["--addr", &addr, "--api-key", "not-the-key"])
+            .args(["--scenarios", "health", "--population", "2"])
+            .args(["--duration", "100ms", "--warmup", "0s"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("creating the population failed: Unauthenticated"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
