@@ -116,21 +116,28 @@ impl Wal {
         // The segment written last is the newest one holding anything but
         // zeros: a crash can come after the next segment was preallocated
         // and before it took a write, while a write to this one was torn.
+        // Found newest first; its bytes are kept for the replay, and the
+        // segments after it hold nothing to replay.
         let mut written_last = None;
         for (i, (_, path)) in found.iter().enumerate().rev() {
-            if read(path)?.iter().any(|&b| b != 0) {
-                written_last = Some(i);
+            let bytes = read(path)?;
+            if bytes.iter().any(|&b| b != 0) {
+                written_last = Some((i, bytes));
                 break;
             }
         }
-        for (i, (_, path)) in found.iter().enumerate() {
-            let bytes = read(path)?;
+        let replay_end = written_last.as_ref().map_or(0, |(i, _)| i + 1);
+        for (i, (_, path)) in found.iter().enumerate().take(replay_end) {
+            let bytes = match &mut written_last {
+                Some((last, bytes)) if *last == i => std::mem::take(bytes),
+                _ => read(path)?,
+            };
             let intact = read_frames(&bytes, &mut *replay)?;
             if bytes[intact..].iter().all(|&b| b == 0) {
                 // Every frame intact; what follows is preallocated space.
                 continue;
             }
-            if Some(i) != written_last {
+            if i + 1 != replay_end {
                 return Err(StoreError::Corrupt(format!(
                     "write-ahead log segment {} has a damaged frame",
                     path.display()
@@ -418,6 +425,25 @@ mod tests {
         (opened, seen)
     }
 
+    /// Logs `entries` as puts in a new log in `dir`, syncs and closes it;
+    /// returns the length of segment 1.
+    fn logged(dir: &Path, entries: &[(TreeId, &str, &str)]) -> u64 {
+        let wal = collect(dir).0.wal;
+        for (tree, key, value) in entries {
+            wal.append(*tree, key.as_bytes(), Some(value.as_bytes()));
+        }
+        wal.sync().unwrap();
+        wal.position().1
+    }
+
+    /// Damages segment 1: the byte at `at` xor `mask`.
+    fn flip(dir: &Path, at: usize, mask: u8) {
+        let path = segment_path(dir, 1);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[at] ^= mask;
+        fs::write(&path, bytes).unwrap();
+    }
+
     fn put(tree: TreeId, key: &str, value: &str) -> Entry {
         Entry {
             tree,
@@ -458,12 +484,13 @@ mod tests {
     #[test]
     fn a_torn_tail_is_cut_off_and_stays_harmless() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = collect(dir.path()).0.wal;
-        wal.append(TreeId::Secrets, b"a", Some(b"kept"));
-        wal.append(TreeId::Secrets, b"b", Some(b"torn"));
-        wal.sync().unwrap();
-        let len = wal.position().1;
-        drop(wal);
+        let len = logged(
+            dir.path(),
+            &[
+                (TreeId::Secrets, "a", "kept"),
+                (TreeId::Secrets, "b", "torn"),
+            ],
+        );
         let path = segment_path(dir.path(), 1);
         OpenOptions::new()
             .write(true)
@@ -500,10 +527,7 @@ mod tests {
         wal.append(TreeId::Keys, b"k3", Some(b"3"));
         wal.sync().unwrap();
         drop(wal);
-        let path = segment_path(dir.path(), 1);
-        let mut bytes = fs::read(&path).unwrap();
-        bytes[FRAME_HEADER + 1] ^= 0x40;
-        fs::write(&path, bytes).unwrap();
+        flip(dir.path(), FRAME_HEADER + 1, 0x40);
         let err = Wal::open(dir.path(), &mut |_| Ok(())).err().unwrap();
         assert!(matches!(err, StoreError::Corrupt(m) if m.contains("damaged frame")));
     }
@@ -511,15 +535,8 @@ mod tests {
     #[test]
     fn a_flipped_bit_fails_the_checksum() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = collect(dir.path()).0.wal;
-        wal.append(TreeId::Keys, b"k", Some(b"value"));
-        wal.sync().unwrap();
-        let last = wal.position().1 as usize - 1;
-        drop(wal);
-        let path = segment_path(dir.path(), 1);
-        let mut bytes = fs::read(&path).unwrap();
-        bytes[last] ^= 1;
-        fs::write(&path, bytes).unwrap();
+        let len = logged(dir.path(), &[(TreeId::Keys, "k", "value")]);
+        flip(dir.path(), len as usize - 1, 1);
         assert!(collect(dir.path()).1.is_empty());
     }
 
@@ -528,16 +545,11 @@ mod tests {
     #[test]
     fn a_torn_tail_before_a_never_written_segment_is_cut_off() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = collect(dir.path()).0.wal;
-        wal.append(TreeId::Keys, b"k1", Some(b"kept"));
-        wal.append(TreeId::Keys, b"k2", Some(b"torn"));
-        wal.sync().unwrap();
-        let len = wal.position().1;
-        drop(wal);
-        let first = segment_path(dir.path(), 1);
-        let mut bytes = fs::read(&first).unwrap();
-        bytes[len as usize - 1] ^= 0xff;
-        fs::write(&first, bytes).unwrap();
+        let len = logged(
+            dir.path(),
+            &[(TreeId::Keys, "k1", "kept"), (TreeId::Keys, "k2", "torn")],
+        );
+        flip(dir.path(), len as usize - 1, 0xff);
         create_segment(dir.path(), 2, MIN_SEGMENT).unwrap();
 
         let (opened, seen) = collect(dir.path());
