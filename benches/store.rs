@@ -2,7 +2,9 @@
 //! in the trees, what the write-ahead log adds, and a durable write alone
 //! (one write plus its own sync, the worst case of group commit), and the
 //! filesystem's price for a sync that grows a file against one that
-//! overwrites preallocated space (why log segments are preallocated).
+//! overwrites preallocated space (why log segments are preallocated), and
+//! one sweep pass over a store where nothing is due (the sweeper's cost
+//! without an expiry index).
 //!
 //! cargo bench --bench store
 
@@ -84,6 +86,25 @@ fn store(c: &mut Criterion) {
     });
 }
 
+/// One pass of the sweeper over 100 000 sessions, none of them due: what a
+/// sweep costs when it has nothing to remove.
+fn sweep(c: &mut Criterion) {
+    const SESSIONS: u64 = 100_000;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = runtime.block_on(async { SledStore::open(dir.path(), 64 << 20, None).unwrap() });
+    for n in 0..SESSIONS {
+        store.create_session(&record(n)).unwrap();
+    }
+    runtime.block_on(store.durable()).unwrap();
+    let mut group = c.benchmark_group("sweep");
+    group.sample_size(10);
+    group.bench_function("pass over 100k sessions, none due", |b| {
+        b.iter(|| assert_eq!(store.sweep_expired(1_000, 1000).unwrap(), 0))
+    });
+    group.finish();
+}
+
 /// A 3 KiB write and `fdatasync`, at the end of a growing file and into a
 /// file of zeros already on disk (as the write-ahead log's segments are).
 fn disk(c: &mut Criterion) {
@@ -113,5 +134,5 @@ fn disk(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, store, disk);
+criterion_group!(benches, store, sweep, disk);
 criterion_main!(benches);

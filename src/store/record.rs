@@ -1,11 +1,12 @@
 //! The stored form of a session record.
 //!
-//! Version 2 is a compact binary layout (version 1 was JSON with field
-//! names, and is still read):
+//! Version 3 is a compact binary layout; the handle is the record's key
+//! and is not repeated in it. Version 2 was the same layout with the
+//! handle first, and version 1 JSON with field names; both are still read.
 //!
 //! ```text
-//! 2
-//! handle, user_id, tenant_id               u16 length + UTF-8 each
+//! 3
+//! user_id, tenant_id                       u16 length + UTF-8 each
 //! created_at_ms, expires_at_ms, rotated_at_ms   u64 big-endian each
 //! current generation                       hash, optional hash
 //! previous generation                      u8 0, or u8 1 + generation
@@ -24,8 +25,10 @@ use super::{Generation, SessionRecord};
 
 /// Version byte of JSON records.
 pub(super) const V1: u8 = 1;
-/// Version byte of binary session records.
+/// Version byte of binary session records that hold their handle.
 const V2: u8 = 2;
+/// Version byte of binary session records.
+const V3: u8 = 3;
 
 const HASH_TEXT: u8 = 0;
 const HASH_SHA256: u8 = 1;
@@ -60,10 +63,9 @@ impl Lineage {
 
 /// Encodes a session in the current layout.
 pub(super) fn encode_session(r: &SessionRecord) -> Vec<u8> {
-    let mut out =
-        Vec::with_capacity(160 + r.handle.len() + r.user_id.len() + r.tenant_id.len() + 2 * 64);
-    out.push(V2);
-    for s in [&r.handle, &r.user_id, &r.tenant_id] {
+    let mut out = Vec::with_capacity(160 + r.user_id.len() + r.tenant_id.len() + 2 * 64);
+    out.push(V3);
+    for s in [&r.user_id, &r.tenant_id] {
         push_str(&mut out, s);
     }
     for n in [r.created_at_ms, r.expires_at_ms, r.rotated_at_ms] {
@@ -88,31 +90,40 @@ pub(super) fn encode_session(r: &SessionRecord) -> Vec<u8> {
     out
 }
 
-/// Decodes a session stored in any layout.
-pub(super) fn decode_session(bytes: &[u8]) -> Result<SessionRecord, String> {
-    match bytes.split_first() {
+/// Decodes the session stored under `handle` in any layout.
+pub(super) fn decode_session(handle: &str, bytes: &[u8]) -> Result<SessionRecord, String> {
+    let (mut r, handle) = match bytes.split_first() {
+        Some((&V3, rest)) => (Reader(rest), handle.to_owned()),
         Some((&V2, rest)) => {
             let mut r = Reader(rest);
-            let mut record = r.fixed_part()?;
-            record.access_payload = r.json()?;
-            record.data = r.json()?;
-            if !r.0.is_empty() {
-                return Err("trailing bytes after a session record".into());
-            }
-            Ok(record)
+            let stored = r.str()?;
+            (r, stored)
         }
-        Some((&V1, rest)) => serde_json::from_slice(rest).map_err(|e| e.to_string()),
-        Some((v, _)) => Err(format!("unknown record version {v}")),
-        None => Err("empty record".to_owned()),
+        Some((&V1, rest)) => return serde_json::from_slice(rest).map_err(|e| e.to_string()),
+        Some((v, _)) => return Err(format!("unknown record version {v}")),
+        None => return Err("empty record".to_owned()),
+    };
+    let mut record = r.fixed_part(handle)?;
+    record.access_payload = r.json()?;
+    record.data = r.json()?;
+    if !r.0.is_empty() {
+        return Err("trailing bytes after a session record".into());
     }
+    Ok(record)
 }
 
-/// Decodes only a session's lineage (no JSON is parsed for version 2).
+/// Decodes only a session's lineage (no JSON is parsed for versions 2 and 3).
 pub(super) fn decode_lineage(bytes: &[u8]) -> Result<Lineage, String> {
-    match bytes.split_first() {
-        Some((&V2, rest)) => Reader(rest).fixed_part().map(|r| Lineage::of(&r)),
-        _ => decode_session(bytes).map(|r| Lineage::of(&r)),
-    }
+    let mut r = match bytes.split_first() {
+        Some((&V3, rest)) => Reader(rest),
+        Some((&V2, rest)) => {
+            let mut r = Reader(rest);
+            r.str()?;
+            r
+        }
+        _ => return decode_session("", bytes).map(|r| Lineage::of(&r)),
+    };
+    r.fixed_part(String::new()).map(|r| Lineage::of(&r))
 }
 
 fn push_str(out: &mut Vec<u8>, s: &str) {
@@ -201,8 +212,8 @@ impl Reader<'_> {
     }
 
     /// Everything before the payload and data, which are left empty.
-    fn fixed_part(&mut self) -> Result<SessionRecord, String> {
-        let (handle, user_id, tenant_id) = (self.str()?, self.str()?, self.str()?);
+    fn fixed_part(&mut self, handle: String) -> Result<SessionRecord, String> {
+        let (user_id, tenant_id) = (self.str()?, self.str()?);
         let (created_at_ms, expires_at_ms, rotated_at_ms) = (self.u64()?, self.u64()?, self.u64()?);
         let current = self.generation()?;
         let previous = match self.u8()? {
@@ -290,16 +301,42 @@ mod tests {
         }
     }
 
+    /// `r` in version 2: version 3 with the handle after the version byte.
+    fn version_2(r: &SessionRecord) -> Vec<u8> {
+        let v3 = encode_session(r);
+        let mut v2 = vec![V2];
+        push_str(&mut v2, &r.handle);
+        v2.extend_from_slice(&v3[1..]);
+        v2
+    }
+
     #[test]
     fn records_round_trip_and_are_smaller_than_json() {
         let r = sample();
         let bytes = encode_session(&r);
-        assert_eq!(decode_session(&bytes).unwrap(), r);
+        assert_eq!(decode_session(&r.handle, &bytes).unwrap(), r);
+        assert!(
+            !bytes
+                .windows(r.handle.len())
+                .any(|w| w == r.handle.as_bytes()),
+            "the key holds the handle"
+        );
         let mut v1 = vec![V1];
         serde_json::to_writer(&mut v1, &r).unwrap();
-        assert_eq!(decode_session(&v1).unwrap(), r, "version 1 is still read");
+        assert_eq!(
+            decode_session("", &v1).unwrap(),
+            r,
+            "version 1 is still read"
+        );
+        let v2 = version_2(&r);
+        assert_eq!(
+            decode_session("", &v2).unwrap(),
+            r,
+            "version 2 is still read"
+        );
+        assert_eq!(decode_lineage(&v2).unwrap(), Lineage::of(&r));
         assert!(
-            bytes.len() + 150 < v1.len(),
+            bytes.len() + 190 < v1.len(),
             "{} vs {}",
             bytes.len(),
             v1.len()
@@ -310,15 +347,18 @@ mod tests {
 
     #[test]
     fn damaged_records_are_errors_not_panics() {
-        let bytes = encode_session(&sample());
-        for cut in 0..bytes.len() {
-            assert!(decode_session(&bytes[..cut]).is_err(), "cut at {cut}");
+        let r = sample();
+        for bytes in [encode_session(&r), version_2(&r)] {
+            for cut in 0..bytes.len() {
+                assert!(decode_session("h", &bytes[..cut]).is_err(), "cut at {cut}");
+                assert!(cut > 70 || decode_lineage(&bytes[..cut]).is_err());
+            }
+            let mut extra = bytes.clone();
+            extra.push(0);
+            assert!(decode_session("h", &extra).is_err());
         }
-        let mut extra = bytes.clone();
-        extra.push(0);
-        assert!(decode_session(&extra).is_err());
         assert!(
-            decode_session(&[9, 1, 2])
+            decode_session("h", &[9, 1, 2])
                 .unwrap_err()
                 .contains("version 9")
         );

@@ -1,17 +1,29 @@
 //! [`SledStore`]: the embedded default backend, on sled 0.34.
 //!
-//! Trees: `sessions` (handle → record), `sessions_by_user`
-//! (len-prefixed user, len-prefixed tenant, handle → filed expiry),
-//! `sessions_by_expiry` (filed expiry, handle → empty), `keys` (kid → key
-//! record), `secrets`, and `user_data` (len-prefixed tenant, len-prefixed
-//! user → buckets).
+//! Trees: `sessions` (handle → record), `sessions_by_user_hash` (the first
+//! 8 bytes of the SHA-256 of the user id, handle → filed expiry), `keys`
+//! (kid → key record), `secrets`, and `user_data` (len-prefixed tenant,
+//! len-prefixed user → buckets).
 //!
-//! A session is filed in the expiry index under a time at or before its
-//! expiry, and its user entry holds that time. A refresh, which only ever
-//! moves expiry later, therefore leaves both indexes alone and rewrites the
-//! record alone; the sweep, meeting an entry whose session has not expired
-//! yet, files it again under the session's real expiry. Only a write that
-//! moves expiry earlier (or changes the user) moves the entries at once.
+//! The user index is keyed by a hash of the user id rather than the id
+//! itself so that its inserts land at random places: with ids that grow
+//! (as database sequences do), sled split leaves in the middle of the tree
+//! again and again, and the index took three times the disk. A user's
+//! sessions are still one key range; the record of each entry says whose
+//! session it is, so a collision of two users' hashes lists nothing wrong.
+//!
+//! A session's user entry holds a time at or before its expiry (its filed
+//! expiry). The sweep reads the user index in key order, a pass spread over
+//! its calls, and looks at the record of each entry that has come due: an
+//! expired session is removed, a live one filed again under its real
+//! expiry. A refresh, which only ever moves expiry later, therefore
+//! rewrites the record alone; only a write that moves expiry earlier (or
+//! changes the user) rewrites the entry at once. There is no expiry index:
+//! in sled its entries cost about as much disk as the user index's, and
+//! every create paid for one more B-tree insert. Data directories written
+//! before carry a `sessions_by_expiry` tree, which the first open drops,
+//! and a `sessions_by_user` tree keyed by the user id itself, which it
+//! copies into the hashed index before dropping it.
 //!
 //! No sled transaction is used: sled 0.34 writes and syncs an I/O buffer for
 //! every transaction, which capped durable writes at the disk's sync rate.
@@ -49,6 +61,14 @@ use super::{
 /// How often sled is flushed and the log behind the flush dropped.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
+/// The expiry index of earlier versions, dropped on open.
+const OLD_EXPIRY_TREE: &str = "sessions_by_expiry";
+/// The user index of earlier versions (length-prefixed user, length-prefixed
+/// tenant, handle → filed expiry), moved to [`USER_TREE`] on open.
+const OLD_USER_TREE: &str = "sessions_by_user";
+/// The user index.
+const USER_TREE: &str = "sessions_by_user_hash";
+
 /// Key in `meta` of the session count saved by a clean close.
 const SESSION_COUNT: &str = "session_count";
 
@@ -73,6 +93,8 @@ pub struct SledStore {
     flush_requests: mpsc::Sender<Waiter>,
     /// Dropped with the store, which stops the checkpoint thread.
     _checkpoints: mpsc::Sender<()>,
+    /// The user index key where the last sweep call stopped at its limit.
+    sweep_from: Mutex<Option<sled::IVec>>,
 }
 
 impl SledStore {
@@ -102,12 +124,14 @@ impl SledStore {
         let tree = |name: &str| db.open_tree(name).map_err(backend);
         let sessions = SessionTrees {
             records: tree("sessions")?,
-            by_user: tree("sessions_by_user")?,
-            by_expiry: tree("sessions_by_expiry")?,
+            by_user: tree(USER_TREE)?,
             live: AtomicI64::new(0),
         };
         let (keys, secrets, users) = (tree("keys")?, tree("secrets")?, tree("user_data")?);
         let meta = tree("meta")?;
+        // Before the log is replayed, so that its writes find the index in
+        // the current layout.
+        upgrade_indexes(&db, &sessions.by_user)?;
         // The session count a clean close saved is good for this start only:
         // it is removed (durably) before anything can change the count.
         let saved_count = meta.remove(SESSION_COUNT).map_err(backend)?;
@@ -121,7 +145,7 @@ impl SledStore {
                         .map_err(|_| StoreError::Corrupt("logged session handle".into()))?;
                     let change = match entry.value {
                         Some(bytes) => Change::Put(Box::new(
-                            record::decode_session(&bytes).map_err(StoreError::Corrupt)?,
+                            record::decode_session(handle, &bytes).map_err(StoreError::Corrupt)?,
                         )),
                         None => Change::Delete,
                     };
@@ -160,6 +184,7 @@ impl SledStore {
             retired: Mutex::new(Vec::new()),
             flush_requests,
             _checkpoints: checkpoints,
+            sweep_from: Mutex::new(None),
             db,
         });
         let weak = Arc::downgrade(&store);
@@ -340,26 +365,67 @@ fn push_lp(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-fn user_prefix(user_id: &str, tenant_id: Option<&str>) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8 + user_id.len() + tenant_id.map_or(0, str::len));
-    push_lp(&mut k, user_id);
-    if let Some(t) = tenant_id {
-        push_lp(&mut k, t);
-    }
-    k
+/// Where a user's sessions are in the user index.
+fn user_prefix(user_id: &str) -> [u8; 8] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, user_id.as_bytes());
+    digest.as_ref()[..8]
+        .try_into()
+        .expect("a SHA-256 has 8 bytes")
 }
 
 fn user_key(r: &SessionRecord) -> Vec<u8> {
-    let mut k = user_prefix(&r.user_id, Some(&r.tenant_id));
-    k.extend_from_slice(r.handle.as_bytes());
+    user_key_of(&r.user_id, &r.handle)
+}
+
+fn user_key_of(user_id: &str, handle: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + handle.len());
+    k.extend_from_slice(&user_prefix(user_id));
+    k.extend_from_slice(handle.as_bytes());
     k
 }
 
-fn expiry_key(expires_at_ms: u64, handle: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8 + handle.len());
-    k.extend_from_slice(&expires_at_ms.to_be_bytes());
-    k.extend_from_slice(handle.as_bytes());
-    k
+/// The handle in a user index key.
+fn handle_of_user_key(key: &[u8]) -> Option<&str> {
+    std::str::from_utf8(key.get(8..)?).ok()
+}
+
+/// Brings the indexes of a data directory written by an earlier version to
+/// the current layout: the expiry index is dropped, and the user index is
+/// copied into the hashed one and then dropped. A copy cut short by a crash
+/// is made again at the next open, as the old index goes only after it.
+fn upgrade_indexes(db: &sled::Db, by_user: &Tree) -> Result<(), StoreError> {
+    let names = db.tree_names();
+    let has = |name: &str| names.iter().any(|n| n == name.as_bytes());
+    if has(OLD_USER_TREE) {
+        let old = db.open_tree(OLD_USER_TREE).map_err(backend)?;
+        for item in old.iter() {
+            let (key, filed) = item.map_err(backend)?;
+            // A key that does not parse names no session anyone can find.
+            if let Some((user_id, handle)) = split_old_user_key(&key) {
+                by_user
+                    .insert(user_key_of(user_id, handle), filed)
+                    .map_err(backend)?;
+            }
+        }
+        db.flush().map_err(backend)?;
+        drop(old);
+        db.drop_tree(OLD_USER_TREE).map_err(backend)?;
+    }
+    if has(OLD_EXPIRY_TREE) {
+        db.drop_tree(OLD_EXPIRY_TREE).map_err(backend)?;
+    }
+    db.flush().map_err(backend)?;
+    Ok(())
+}
+
+/// Splits a key of the earlier user index into user and handle.
+fn split_old_user_key(key: &[u8]) -> Option<(&str, &str)> {
+    let ulen = u32::from_be_bytes(key.get(..4)?.try_into().ok()?) as usize;
+    let user = std::str::from_utf8(key.get(4..4 + ulen)?).ok()?;
+    let rest = key.get(4 + ulen..)?;
+    let tlen = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let handle = std::str::from_utf8(rest.get(4 + tlen..)?).ok()?;
+    Some((user, handle))
 }
 
 fn user_data_key(tenant_id: &str, user_id: &str) -> Vec<u8> {
@@ -379,35 +445,29 @@ fn split_user_data_key(key: &[u8]) -> Option<(String, String)> {
     Some((tenant.to_owned(), user.to_owned()))
 }
 
-/// Splits a `sessions_by_user` key after the user prefix into tenant and handle.
-fn split_user_key(key: &[u8]) -> Option<(String, String)> {
-    let ulen = u32::from_be_bytes(key.get(..4)?.try_into().ok()?) as usize;
-    let rest = key.get(4 + ulen..)?;
-    let tlen = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-    let tenant = std::str::from_utf8(rest.get(4..4 + tlen)?).ok()?;
-    let handle = std::str::from_utf8(rest.get(4 + tlen..)?).ok()?;
-    Some((tenant.to_owned(), handle.to_owned()))
-}
-
-/// The session records and their two indexes.
+/// The session records and their user index.
 struct SessionTrees {
     records: Tree,
     by_user: Tree,
-    by_expiry: Tree,
     /// How many records there are, kept as records come and go.
     live: AtomicI64,
 }
 
 impl SessionTrees {
     fn read(&self, handle: &str) -> Result<Option<SessionRecord>, StoreError> {
-        self.read_with(handle, record::decode_session)
+        self.read_with(handle, |bytes| record::decode_session(handle, bytes))
+    }
+
+    /// Reads only what checking a token against the store needs.
+    fn lineage(&self, handle: &str) -> Result<Option<Lineage>, StoreError> {
+        self.read_with(handle, record::decode_lineage)
     }
 
     /// Reads a session's record and decodes it with `decode`.
     fn read_with<T>(
         &self,
         handle: &str,
-        decode: fn(&[u8]) -> Result<T, String>,
+        decode: impl FnOnce(&[u8]) -> Result<T, String>,
     ) -> Result<Option<T>, StoreError> {
         self.records
             .get(handle)
@@ -417,8 +477,8 @@ impl SessionTrees {
     }
 
     /// Stores `new` (with its encoding) in place of `old`, or removes `old`
-    /// when `new` is `None`. Index entries a record needs are written before
-    /// it, and entries it no longer needs are removed after it.
+    /// when `new` is `None`. The index entry a record needs is written
+    /// before it, and an entry it no longer needs is removed after it.
     fn write(
         &self,
         handle: &str,
@@ -430,14 +490,16 @@ impl SessionTrees {
                 self.live.fetch_sub(1, Ordering::Relaxed);
             }
             if let Some(old) = old {
-                self.remove_entries(old, None)?;
+                self.remove_entry(old, None)?;
             }
             return Ok(());
         };
-        // Most edits (data, payload, claims, a refresh) leave the index
-        // entries as they are: only the record is rewritten.
+        // Most edits (data, payload, claims, a refresh) leave the user
+        // entry as it is: only the record is rewritten.
         let moved = !old.is_some_and(|old| still_filed(old, new));
-        let before = if moved { self.add_entries(new)? } else { None };
+        if moved {
+            self.add_entry(new)?;
+        }
         if self
             .records
             .insert(handle, bytes)
@@ -447,87 +509,69 @@ impl SessionTrees {
             self.live.fetch_add(1, Ordering::Relaxed);
         }
         if let (true, Some(old)) = (moved, old) {
-            self.remove_entries(old, Some((new, before)))?;
+            self.remove_entry(old, Some(new))?;
         }
         Ok(())
     }
 
     /// Stores a session under a fresh handle: no read first. Should the
     /// handle exist after all (an import over a live store), the record it
-    /// replaced comes back from the insert and its index entries are fixed.
+    /// replaced comes back from the insert and its user entry is fixed.
     fn create(&self, new: &SessionRecord, bytes: &[u8]) -> Result<(), StoreError> {
-        let before = self.add_entries(new)?;
+        self.add_entry(new)?;
         let replaced = self.records.insert(&new.handle, bytes).map_err(backend)?;
         if replaced.is_none() {
             self.live.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(old) = replaced {
-            let old = record::decode_session(&old).map_err(StoreError::Corrupt)?;
-            self.remove_entries(&old, Some((new, before)))?;
+            let old = record::decode_session(&new.handle, &old).map_err(StoreError::Corrupt)?;
+            self.remove_entry(&old, Some(new))?;
         }
         Ok(())
     }
 
-    /// Files `new` under its expiry. Returns the time its user entry had
-    /// filed it under before, if it had one.
-    fn add_entries(&self, new: &SessionRecord) -> Result<Option<u64>, StoreError> {
-        self.by_expiry
-            .insert(expiry_key(new.expires_at_ms, &new.handle), &[])
-            .map_err(backend)?;
-        let before = self
-            .by_user
+    /// Files `new` in the user index under its expiry.
+    fn add_entry(&self, new: &SessionRecord) -> Result<(), StoreError> {
+        self.by_user
             .insert(user_key(new), &new.expires_at_ms.to_be_bytes())
             .map_err(backend)?;
-        Ok(before.and_then(|v| filed_at(&v)))
+        Ok(())
     }
 
-    /// Removes `old`'s index entries, except those `new` (with the time its
-    /// user entry filed it under before it was re-filed) shares.
-    fn remove_entries(
+    /// Removes `old`'s user entry, unless `new` has the same one.
+    fn remove_entry(
         &self,
         old: &SessionRecord,
-        new: Option<(&SessionRecord, Option<u64>)>,
+        new: Option<&SessionRecord>,
     ) -> Result<(), StoreError> {
-        let user = user_key(old);
-        let filed = match new {
-            Some((n, before)) if user_key(n) == user => before,
-            _ => self
-                .by_user
-                .remove(&user)
-                .map_err(backend)?
-                .and_then(|v| filed_at(&v)),
-        };
-        // Without a user entry to say where the session was filed, its
-        // expiry is the best guess; an entry left behind names no session
-        // and the sweep drops it.
-        let filed = filed.unwrap_or(old.expires_at_ms);
-        if new.is_none_or(|(n, _)| n.expires_at_ms != filed || n.handle != old.handle) {
-            self.by_expiry
-                .remove(expiry_key(filed, &old.handle))
-                .map_err(backend)?;
+        let key = user_key(old);
+        if new.is_none_or(|n| user_key(n) != key) {
+            self.by_user.remove(&key).map_err(backend)?;
         }
         Ok(())
     }
 
-    /// Takes the expiry entry `key` of session `handle` out of the due
-    /// range: the session is removed if it expired by `now_ms`, filed again
+    /// Deals with the user entry `key` (of session `handle`), which has come
+    /// due by `now_ms`: the session is removed if it expired, filed again
     /// under its expiry if it was filed early, and the entry dropped if it
-    /// names no session. The caller holds the session's lock stripe and
-    /// logs a removal: returns true when the session was removed.
+    /// names no session of its user (a crash between an entry's write and
+    /// its record's, or an import that moved the handle). The caller holds
+    /// the session's lock stripe and logs a removal: returns true when the
+    /// session was removed.
     fn sweep_entry(&self, key: &[u8], handle: &str, now_ms: u64) -> Result<bool, StoreError> {
-        let removed = match self.read(handle)? {
-            Some(r) if r.expires_at_ms <= now_ms => {
-                self.write(handle, Some(&r), None)?;
-                true
+        match self.read(handle)? {
+            Some(r) if user_key(&r) == key => {
+                if r.expires_at_ms <= now_ms {
+                    self.write(handle, Some(&r), None)?;
+                    return Ok(true);
+                }
+                self.add_entry(&r)?;
             }
-            Some(r) => {
-                self.add_entries(&r)?;
-                false
+            _ => {
+                self.by_user.remove(key).map_err(backend)?;
             }
-            None => false,
-        };
-        self.by_expiry.remove(key).map_err(backend)?;
-        Ok(removed)
+        }
+        Ok(false)
     }
 
     /// Reads a session and applies `decide`'s change to it. The caller holds
@@ -587,7 +631,7 @@ impl SessionStore for SledStore {
     }
 
     fn session_lineage(&self, handle: &str) -> Result<Option<Lineage>, StoreError> {
-        self.sessions.read_with(handle, record::decode_lineage)
+        self.sessions.lineage(handle)
     }
 
     fn update_session(
@@ -642,24 +686,25 @@ impl SessionStore for SledStore {
         for key in self
             .sessions
             .by_user
-            .scan_prefix(user_prefix(user_id, tenant_id))
+            .scan_prefix(user_prefix(user_id))
             .keys()
         {
             let key = key.map_err(backend)?;
-            let (tenant_id, handle) =
-                split_user_key(&key).ok_or_else(|| StoreError::Corrupt("user index key".into()))?;
+            let handle = handle_of_user_key(&key)
+                .ok_or_else(|| StoreError::Corrupt("user index key".into()))?;
             // The record decides: an entry left by a crash in the middle of
             // a write may name no session, or (after an import moved a
-            // handle to another user) somebody else's session.
-            let Some(lineage) = self.sessions.read_with(&handle, record::decode_lineage)? else {
+            // handle to another user, or when two user ids share a hash)
+            // somebody else's session.
+            let Some(lineage) = self.sessions.lineage(handle)? else {
                 continue;
             };
-            if lineage.user_id != user_id || lineage.tenant_id != tenant_id {
+            if lineage.user_id != user_id || tenant_id.is_some_and(|t| t != lineage.tenant_id) {
                 continue;
             }
             out.push(UserSession {
-                handle,
-                tenant_id,
+                handle: handle.to_owned(),
+                tenant_id: lineage.tenant_id,
                 expires_at_ms: lineage.expires_at_ms,
             });
         }
@@ -667,26 +712,29 @@ impl SessionStore for SledStore {
     }
 
     fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
-        let end = (now_ms.saturating_add(1)).to_be_bytes();
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        // One pass over the user index, from where a call that met its limit
+        // stopped, round to where it started. Entries not yet due cost a
+        // read of the index alone; sessions filed again do not count
+        // against `limit`.
+        let mut from = self.sweep_from.lock().unwrap_or_else(|e| e.into_inner());
+        let legs = match from.take() {
+            None => vec![(Unbounded, Unbounded)],
+            Some(k) => vec![(Included(k.clone()), Unbounded), (Unbounded, Excluded(k))],
+        };
         let mut removed = 0;
-        // Every entry handled leaves the due range (removed, or filed again
-        // later than `now_ms`), so each round makes progress; sessions filed
-        // early do not count against `limit`.
-        while removed < limit {
-            let due: Vec<sled::IVec> = self
-                .sessions
-                .by_expiry
-                .range(..end.as_slice())
-                .keys()
-                .take(limit - removed)
-                .collect::<Result<_, _>>()
-                .map_err(backend)?;
-            if due.is_empty() {
-                break;
-            }
-            for key in due {
-                let Some(handle) = key.get(8..).and_then(|h| std::str::from_utf8(h).ok()) else {
-                    self.sessions.by_expiry.remove(&key).map_err(backend)?;
+        for range in legs {
+            for entry in self.sessions.by_user.range::<sled::IVec, _>(range) {
+                let (key, value) = entry.map_err(backend)?;
+                if filed_at(&value).is_some_and(|filed| filed > now_ms) {
+                    continue;
+                }
+                if removed == limit {
+                    *from = Some(key);
+                    return Ok(removed);
+                }
+                let Some(handle) = handle_of_user_key(&key) else {
+                    self.sessions.by_user.remove(&key).map_err(backend)?;
                     continue;
                 };
                 let _order = self.stripe(TreeId::Sessions, handle.as_bytes());
@@ -745,9 +793,11 @@ impl SessionStore for SledStore {
         visit: &mut dyn FnMut(Exported) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         for item in self.sessions.records.iter() {
-            let (_, value) = item.map_err(backend)?;
+            let (key, value) = item.map_err(backend)?;
+            let handle = std::str::from_utf8(&key)
+                .map_err(|_| StoreError::Corrupt("session handle".into()))?;
             visit(Exported::Session(
-                record::decode_session(&value).map_err(StoreError::Corrupt)?,
+                record::decode_session(handle, &value).map_err(StoreError::Corrupt)?,
             ))?;
         }
         for item in self.users.iter() {
@@ -967,19 +1017,13 @@ mod tests {
             .by_user
             .insert(user_key(&ghost), &40u64.to_be_bytes())
             .unwrap();
-        trees
-            .by_expiry
-            .insert(expiry_key(40, "ghost"), &[])
-            .unwrap();
 
         // An entry naming another user's session (an import that moved the
         // handle, cut short by a crash) does not list it either.
+        let stolen = record("live", "mallory", 60);
         trees
             .by_user
-            .insert(
-                user_key(&record("live", "mallory", 100)),
-                &100u64.to_be_bytes(),
-            )
+            .insert(user_key(&stolen), &60u64.to_be_bytes())
             .unwrap();
         assert!(store.user_sessions("mallory", None).unwrap().is_empty());
 
@@ -991,23 +1035,12 @@ mod tests {
             0,
             "nothing real was due"
         );
-        assert!(
-            trees
-                .by_expiry
-                .get(expiry_key(40, "ghost"))
-                .unwrap()
-                .is_none()
-        );
-    }
-
-    fn expiry_entries(store: &SledStore) -> Vec<Vec<u8>> {
-        store
-            .sessions
-            .by_expiry
-            .iter()
-            .keys()
-            .map(|k| k.unwrap().to_vec())
-            .collect()
+        assert!(trees.by_user.get(user_key(&ghost)).unwrap().is_none());
+        assert!(trees.by_user.get(user_key(&stolen)).unwrap().is_some());
+        assert_eq!(store.sweep_expired(60, 10).unwrap(), 0);
+        assert!(trees.by_user.get(user_key(&stolen)).unwrap().is_none());
+        assert!(store.session("live").unwrap().is_some());
+        assert_eq!(store.user_sessions("alice", None).unwrap().len(), 1);
     }
 
     fn filed_under(store: &SledStore, r: &SessionRecord) -> Option<u64> {
@@ -1037,16 +1070,13 @@ mod tests {
         let first = record("s", "alice", 100);
         store.create_session(&first).unwrap();
         set_expiry(&store, "s", 500);
-        assert_eq!(expiry_entries(&store), [expiry_key(100, "s")]);
         assert_eq!(filed_under(&store, &first), Some(100));
 
         assert_eq!(store.sweep_expired(200, 10).unwrap(), 0);
-        assert_eq!(expiry_entries(&store), [expiry_key(500, "s")]);
         assert_eq!(filed_under(&store, &first), Some(500));
         assert!(store.session("s").unwrap().is_some());
 
         assert_eq!(store.sweep_expired(500, 10).unwrap(), 1);
-        assert!(expiry_entries(&store).is_empty());
         assert!(store.sessions.by_user.is_empty());
     }
 
@@ -1059,10 +1089,10 @@ mod tests {
         let first = record("s", "alice", 500);
         store.create_session(&first).unwrap();
         set_expiry(&store, "s", 100);
-        assert_eq!(expiry_entries(&store), [expiry_key(100, "s")]);
         assert_eq!(filed_under(&store, &first), Some(100));
+        assert_eq!(store.sweep_expired(99, 10).unwrap(), 0);
         assert_eq!(store.sweep_expired(100, 10).unwrap(), 1);
-        assert!(expiry_entries(&store).is_empty());
+        assert!(store.sessions.by_user.is_empty());
     }
 
     /// Sessions filed early do not use up the sweep's limit.
@@ -1080,6 +1110,106 @@ mod tests {
         assert_eq!(store.sweep_expired(50, 2).unwrap(), 1);
         assert!(store.session("z").unwrap().is_none());
         assert_eq!(store.count_sessions().unwrap(), 5);
+    }
+
+    /// A sweep call that stops at its limit leaves the rest of the pass to
+    /// the next call, which goes on round to where the pass began.
+    #[tokio::test]
+    async fn a_sweep_pass_continues_where_the_limit_stopped_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8 << 20, None).unwrap();
+        for user in ["b", "c", "d"] {
+            store.create_session(&record(user, user, 10)).unwrap();
+        }
+        store.create_session(&record("live", "c", 100)).unwrap();
+        assert_eq!(store.sweep_expired(50, 1).unwrap(), 1);
+        // Due before the point where the pass stands now.
+        store.create_session(&record("a", "a", 20)).unwrap();
+        let mut calls = 1;
+        while store.sweep_expired(50, 1).unwrap() == 1 {
+            calls += 1;
+            assert!(calls <= 4, "each call makes progress");
+        }
+        assert_eq!(calls, 4);
+        assert_eq!(store.count_sessions().unwrap(), 1);
+        assert!(store.session("live").unwrap().is_some());
+        // A pass that ran to its end begins at the start again.
+        store.create_session(&record("e", "e", 60)).unwrap();
+        assert_eq!(store.sweep_expired(70, 10).unwrap(), 1);
+        assert_eq!(store.count_sessions().unwrap(), 1);
+    }
+
+    /// A data directory of an earlier version (an expiry index, a user index
+    /// keyed by the user id itself) opens with its indexes upgraded.
+    #[tokio::test]
+    async fn an_older_data_directory_is_upgraded_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8 << 20, None).unwrap();
+        let mut other_tenant = record("t", "alice", 300);
+        other_tenant.tenant_id = "acme".into();
+        for r in [
+            record("s", "alice", 100),
+            record("b", "bob", 200),
+            other_tenant,
+        ] {
+            store.create_session(&r).unwrap();
+        }
+        store.durable().await.unwrap();
+        // Rewrite the index as earlier versions kept it.
+        let old = store.db.open_tree(OLD_USER_TREE).unwrap();
+        for item in store.sessions.by_user.iter() {
+            let (key, filed) = item.unwrap();
+            let handle = handle_of_user_key(&key).unwrap();
+            let r = store.session(handle).unwrap().unwrap();
+            let mut old_key = Vec::new();
+            push_lp(&mut old_key, &r.user_id);
+            push_lp(&mut old_key, &r.tenant_id);
+            old_key.extend_from_slice(handle.as_bytes());
+            old.insert(old_key, filed).unwrap();
+        }
+        old.insert(b"not a key", &[]).unwrap();
+        store.sessions.by_user.clear().unwrap();
+        let expiry = store.db.open_tree(OLD_EXPIRY_TREE).unwrap();
+        expiry.insert(100u64.to_be_bytes(), &[]).unwrap();
+        store.db.flush().unwrap();
+        drop((old, expiry, store));
+
+        let store = reopen(dir.path());
+        let names = store.db.tree_names();
+        assert!(!names.iter().any(|n| n == OLD_EXPIRY_TREE.as_bytes()));
+        assert!(!names.iter().any(|n| n == OLD_USER_TREE.as_bytes()));
+        assert_eq!(store.sessions.by_user.len(), 3);
+        let mut alice: Vec<_> = store
+            .user_sessions("alice", None)
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.handle, s.tenant_id))
+            .collect();
+        alice.sort();
+        assert_eq!(
+            alice,
+            [("s".into(), "public".into()), ("t".into(), "acme".into())]
+        );
+        let acme = store.user_sessions("alice", Some("acme")).unwrap();
+        assert_eq!(acme.len(), 1);
+        assert_eq!(store.sweep_expired(100, 10).unwrap(), 1);
+        assert!(store.session("s").unwrap().is_none());
+        assert_eq!(store.user_sessions("bob", None).unwrap()[0].handle, "b");
+    }
+
+    /// Opens the store again; sled's I/O threads may hold the directory's
+    /// lock for a moment after its last handle is dropped.
+    fn reopen(dir: &Path) -> Arc<SledStore> {
+        let mut attempts = 0;
+        loop {
+            match SledStore::open(dir, 8 << 20, None) {
+                Err(StoreError::Locked(_)) if attempts < 100 => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                opened => break opened.unwrap(),
+            }
+        }
     }
 
     /// A clean close saves the session count, so the next start need not
@@ -1112,18 +1242,7 @@ mod tests {
         db.flush().unwrap();
         drop((meta, db));
 
-        // sled's I/O threads may hold the directory's lock for a moment
-        // after its last handle is dropped.
-        let mut attempts = 0;
-        let store = loop {
-            match SledStore::open(dir.path(), 8 << 20, None) {
-                Err(StoreError::Locked(_)) if attempts < 100 => {
-                    attempts += 1;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                opened => break opened.unwrap(),
-            }
-        };
+        let store = reopen(dir.path());
         assert_eq!(store.count_sessions().unwrap(), 7);
         assert!(store.meta.get(SESSION_COUNT).unwrap().is_none());
     }
