@@ -301,7 +301,7 @@ pub struct ServeArgs {
     /// Largest public or private bucket, in bytes of JSON [default: 64KiB].
     #[arg(long, env = "SESSIOND_MAX_BUCKET_SIZE", value_name = "BYTES")]
     pub max_bucket_size: Option<String>,
-    /// Memory for the embedded store's page cache [default: 64MiB].
+    /// Memory for the embedded store's page cache [default: 40MiB].
     #[arg(long, env = "SESSIOND_STORE_CACHE_SIZE", value_name = "BYTES")]
     pub store_cache_size: Option<String>,
     /// Largest gRPC request message, decoded [default: 4MiB].
@@ -497,7 +497,7 @@ fn bad(setting: &'static str, message: impl Into<String>) -> ConfigError {
 }
 
 /// Default bytes of the embedded store's page cache.
-pub const DEFAULT_STORE_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_STORE_CACHE_BYTES: u64 = 40 * 1024 * 1024;
 
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone)]
