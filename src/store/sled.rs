@@ -535,13 +535,7 @@ impl SessionTrees {
         new: Option<(&SessionRecord, &[u8])>,
     ) -> Result<(), StoreError> {
         let Some((new, bytes)) = new else {
-            if self.records.remove(handle).map_err(backend)?.is_some() {
-                self.live.fetch_sub(1, Ordering::Relaxed);
-            }
-            if let Some(old) = old {
-                self.remove_entry(old, None)?;
-            }
-            return Ok(());
+            return self.remove(handle, old.map(user_key).as_deref());
         };
         // Most edits (data, payload, claims, a refresh) leave the user
         // entry as it is: only the record is rewritten.
@@ -593,6 +587,17 @@ impl SessionTrees {
         Ok(())
     }
 
+    /// Removes a session's record, then its user entry `key` if given.
+    fn remove(&self, handle: &str, key: Option<&[u8]>) -> Result<(), StoreError> {
+        if self.records.remove(handle).map_err(backend)?.is_some() {
+            self.live.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(key) = key {
+            self.by_user.remove(key).map_err(backend)?;
+        }
+        Ok(())
+    }
+
     /// Files `new` in the user index under its expiry.
     fn add_entry(&self, new: &SessionRecord) -> Result<(), StoreError> {
         self.by_user
@@ -622,13 +627,16 @@ impl SessionTrees {
     /// the session's lock stripe and logs a removal: returns true when the
     /// session was removed.
     fn sweep_entry(&self, key: &[u8], handle: &str, now_ms: u64) -> Result<bool, StoreError> {
-        match self.read(handle)? {
-            Some(r) if user_key(&r) == key => {
-                if r.expires_at_ms <= now_ms {
-                    self.write(handle, Some(&r), None)?;
+        // The record's fixed part says all the sweep needs: no JSON is parsed.
+        match self.lineage(handle)? {
+            Some(l) if user_key_of(&l.user_id, handle) == key => {
+                if l.expires_at_ms <= now_ms {
+                    self.remove(handle, Some(key))?;
                     return Ok(true);
                 }
-                self.add_entry(&r)?;
+                self.by_user
+                    .insert(key, &l.expires_at_ms.to_be_bytes())
+                    .map_err(backend)?;
             }
             _ => {
                 self.by_user.remove(key).map_err(backend)?;
@@ -1245,6 +1253,24 @@ mod tests {
         store.create_session(&record("late", &u[1], 20)).unwrap();
         assert_eq!(store.sweep_expired(50, 10).unwrap(), 1);
         assert!(store.session("late").unwrap().is_none());
+    }
+
+    /// The sweep reads a due session's fixed fields only: an expired
+    /// session whose data no longer parses is still removed.
+    #[tokio::test]
+    async fn an_expired_session_with_damaged_data_is_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8 << 20, None).unwrap();
+        let r = record("s", "alice", 10);
+        store.create_session(&r).unwrap();
+        let mut bytes = record::encode_session(&r);
+        *bytes.last_mut().unwrap() = b'!';
+        store.sessions.records.insert("s", bytes).unwrap();
+        assert!(matches!(store.session("s"), Err(StoreError::Corrupt(_))));
+        assert_eq!(store.sweep_expired(50, 10).unwrap(), 1);
+        assert_eq!(store.session("s").unwrap(), None);
+        assert_eq!(store.count_sessions().unwrap(), 0);
+        assert!(store.sessions.by_user.is_empty());
     }
 
     /// Creating a session over a handle that exists (an import) keeps the
