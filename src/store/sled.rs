@@ -1318,7 +1318,8 @@ mod tests {
     }
 
     /// A data directory of an earlier version (an expiry index, a user index
-    /// keyed by the user id itself) opens with its indexes upgraded.
+    /// keyed by the user id itself, perhaps a copy cut short) opens with its
+    /// indexes upgraded.
     #[tokio::test]
     async fn an_older_data_directory_is_upgraded_on_open() {
         let dir = tempfile::tempdir().unwrap();
@@ -1347,6 +1348,13 @@ mod tests {
         }
         old.insert(b"not a key", &[]).unwrap();
         store.sessions.by_user.clear().unwrap();
+        // As a copy cut short by a crash leaves it: one entry made it over.
+        let copied = record("b", "bob", 200);
+        store
+            .sessions
+            .by_user
+            .insert(user_key(&copied), &200u64.to_be_bytes())
+            .unwrap();
         let expiry = store.db.open_tree(OLD_EXPIRY_TREE).unwrap();
         expiry.insert(100u64.to_be_bytes(), &[]).unwrap();
         store.db.flush().unwrap();
