@@ -12,6 +12,7 @@ use sessiond::pb;
 use sessiond::pb::jwt_service_client::JwtServiceClient;
 use sessiond::pb::session_service_client::SessionServiceClient;
 use sessiond::pb::user_session_service_client::UserSessionServiceClient;
+use sessiond::store::StoreError;
 use sessiond::{ManualClock, ServeError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -53,33 +54,50 @@ impl TestServer {
     }
 
     async fn launch(dir: Arc<tempfile::TempDir>, clock: Arc<ManualClock>, config: Config) -> Self {
-        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(sessiond::serve(
-            listener,
-            config.clone(),
-            clock.clone(),
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        let server = Self {
-            addr,
-            clock,
-            config,
-            dir,
-            stop: Some(stop),
-            task: Some(task),
-        };
-        server.wait_ready().await;
-        server
+        // An in-process restart can find the data directory still locked for
+        // a moment: sled lets go of its lock when its last handle is dropped,
+        // which can trail `serve`'s return. (A process that exits has no
+        // such window.) Any other failure to start fails the test, with the
+        // reason `serve` gave.
+        let mut attempts = 0;
+        loop {
+            let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(sessiond::serve(
+                listener,
+                config.clone(),
+                clock.clone(),
+                async {
+                    let _ = stopped.await;
+                },
+            ));
+            let mut server = Self {
+                addr,
+                clock: clock.clone(),
+                config: config.clone(),
+                dir: dir.clone(),
+                stop: Some(stop),
+                task: Some(task),
+            };
+            let Err(status) = server.wait_ready().await else {
+                return server;
+            };
+            let task = server.task.take().expect("the task is there");
+            match tokio::time::timeout(Duration::from_secs(5), task).await {
+                Ok(Ok(Err(ServeError::Store(StoreError::Locked(_))))) if attempts < 100 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                outcome => panic!("the server failed to start: {status:?}; serve: {outcome:?}"),
+            }
+        }
     }
 
     /// Waits until the server answers health checks with SERVING. The
     /// listener is bound before `serve` starts, so the first call simply
     /// waits in the accept queue; no polling, no sleeps.
-    async fn wait_ready(&self) {
+    async fn wait_ready(&self) -> Result<(), Status> {
         use tonic_health::pb::HealthCheckRequest;
         use tonic_health::pb::health_client::HealthClient;
         let channel = Channel::from_shared(self.url()).unwrap().connect_lazy();
@@ -90,9 +108,9 @@ impl TestServer {
             }),
         )
         .await
-        .expect("the server did not answer within 60 s")
-        .expect("the server failed to start");
+        .expect("the server did not answer within 60 s")?;
         assert_eq!(reply.into_inner().status, 1, "SERVING");
+        Ok(())
     }
 
     pub fn url(&self) -> String {
