@@ -106,6 +106,32 @@ pub async fn serve_with_reload(
     shutdown: impl Future<Output = ()> + Send + 'static,
     reloads: Option<mpsc::UnboundedReceiver<Config>>,
 ) -> Result<(), ServeError> {
+    let (closed, store_closed) = std::sync::mpsc::channel::<()>();
+    let result = run(listener, config, clock, shutdown, reloads, closed).await;
+    // Everything `run` held is gone, but a background thread of the store
+    // (a checkpoint in progress) may still hold it: wait for its final
+    // flush, so that a process exiting next leaves a cleanly closed store.
+    let waited = tokio::task::spawn_blocking(move || {
+        store_closed.recv_timeout(std::time::Duration::from_secs(30))
+    })
+    .await;
+    if matches!(waited, Ok(Err(std::sync::mpsc::RecvTimeoutError::Timeout))) {
+        tracing::warn!("the store did not close within 30 s; the next start replays its log");
+    }
+    if result.is_ok() {
+        tracing::info!(target: LIFECYCLE_TARGET, "sessiond stopped");
+    }
+    result
+}
+
+async fn run(
+    listener: TcpListener,
+    config: Config,
+    clock: SharedClock,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reloads: Option<mpsc::UnboundedReceiver<Config>>,
+    closed: std::sync::mpsc::Sender<()>,
+) -> Result<(), ServeError> {
     let addr = listener.local_addr()?;
     if config.api_keys.is_empty() && !addr.ip().is_loopback() {
         return Err(ServeError::Unprotected(addr));
@@ -125,8 +151,9 @@ pub async fn serve_with_reload(
         let metrics = metrics.clone();
         Arc::new(move |elapsed| metrics.flushed(elapsed))
     };
-    let store: Arc<dyn SessionStore> =
-        SledStore::open(&config.data_dir, config.store_cache_bytes, Some(on_flush))?;
+    let sled = SledStore::open(&config.data_dir, config.store_cache_bytes, Some(on_flush))?;
+    sled.on_close(closed);
+    let store: Arc<dyn SessionStore> = sled;
     metrics.set_store(Arc::downgrade(&store));
     let kek = match &config.key_encryption_key {
         Some(text) => Some(Arc::new(Kek::from_text(text.expose()).map_err(|m| {
@@ -340,7 +367,6 @@ pub async fn serve_with_reload(
         let _ = task.await;
     }
     store.durable().await?;
-    tracing::info!(target: LIFECYCLE_TARGET, "sessiond stopped");
     Ok(())
 }
 

@@ -96,6 +96,8 @@ pub struct SledStore {
     _checkpoints: mpsc::Sender<()>,
     /// The user index key where the last sweep call stopped at its limit.
     sweep_from: Mutex<Option<sled::IVec>>,
+    /// Dropped last, once the store is closed (see [`SledStore::on_close`]).
+    closed: Mutex<Option<mpsc::Sender<()>>>,
 }
 
 impl SledStore {
@@ -186,6 +188,7 @@ impl SledStore {
             flush_requests,
             _checkpoints: checkpoints,
             sweep_from: Mutex::new(None),
+            closed: Mutex::new(None),
             db,
         });
         let weak = Arc::downgrade(&store);
@@ -193,6 +196,14 @@ impl SledStore {
         let weak = Arc::downgrade(&store);
         spawn_thread("sessiond-checkpoint", move || checkpointer(weak, stop))?;
         Ok(store)
+    }
+
+    /// Hands over a sender that is dropped when the store has closed: after
+    /// its last handle went, its final flush and the saved session count.
+    /// The last handle may be the checkpoint thread's, mid-flush, so a
+    /// process should wait for this before it exits.
+    pub fn on_close(&self, closed: mpsc::Sender<()>) {
+        *self.closed.lock().unwrap_or_else(|e| e.into_inner()) = Some(closed);
     }
 
     /// The lock stripe of one key of one tree.
@@ -1431,6 +1442,32 @@ mod tests {
         let store = reopen(dir.path());
         assert_eq!(store.count_sessions().unwrap(), 7);
         assert!(store.meta.get(SESSION_COUNT).unwrap().is_none());
+    }
+
+    /// The close signal goes only once the last handle (here a stand-in for
+    /// the checkpoint thread's) is dropped and the store has closed cleanly.
+    #[tokio::test]
+    async fn the_close_signal_waits_for_the_last_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8 << 20, None).unwrap();
+        store.create_session(&record("a", "alice", 100)).unwrap();
+        let (closed, store_closed) = mpsc::channel::<()>();
+        store.on_close(closed);
+        let checkpoint = store.clone();
+        drop(store);
+        assert_eq!(store_closed.try_recv(), Err(mpsc::TryRecvError::Empty));
+        drop(checkpoint);
+        assert_eq!(
+            store_closed.try_recv(),
+            Err(mpsc::TryRecvError::Disconnected)
+        );
+        // Closed cleanly: no log to replay, the count saved.
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("wal")).unwrap().count(),
+            0
+        );
+        let store = reopen(dir.path());
+        assert_eq!(store.count_sessions().unwrap(), 1);
     }
 
     #[tokio::test]
