@@ -61,6 +61,19 @@ impl Lineage {
     }
 }
 
+impl From<SessionRecord> for Lineage {
+    /// The lineage of a record no longer needed: its strings move.
+    fn from(r: SessionRecord) -> Self {
+        Self {
+            user_id: r.user_id,
+            tenant_id: r.tenant_id,
+            expires_at_ms: r.expires_at_ms,
+            current_refresh_hash: r.current.refresh_hash,
+            previous_refresh_hash: r.previous.map(|p| p.refresh_hash),
+        }
+    }
+}
+
 /// Encodes a session in the current layout.
 pub(super) fn encode_session(r: &SessionRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(160 + r.user_id.len() + r.tenant_id.len() + 2 * 64);
@@ -90,20 +103,31 @@ pub(super) fn encode_session(r: &SessionRecord) -> Vec<u8> {
     out
 }
 
-/// Decodes the session stored under `handle` in any layout.
-pub(super) fn decode_session(handle: &str, bytes: &[u8]) -> Result<SessionRecord, String> {
-    let (mut r, handle) = match bytes.split_first() {
-        Some((&V3, rest)) => (Reader(rest), handle.to_owned()),
+/// A binary record (version 2 or 3): a reader at its fixed fields, and the
+/// handle version 2 stores. `None` for other versions.
+fn binary(bytes: &[u8]) -> Option<Result<(Reader<'_>, Option<String>), String>> {
+    match bytes.split_first() {
+        Some((&V3, rest)) => Some(Ok((Reader(rest), None))),
         Some((&V2, rest)) => {
             let mut r = Reader(rest);
-            let stored = r.str()?;
-            (r, stored)
+            let stored = r.str();
+            Some(stored.map(|h| (r, Some(h))))
         }
-        Some((&V1, rest)) => return serde_json::from_slice(rest).map_err(|e| e.to_string()),
-        Some((v, _)) => return Err(format!("unknown record version {v}")),
-        None => return Err("empty record".to_owned()),
+        _ => None,
+    }
+}
+
+/// Decodes the session stored under `handle` in any layout.
+pub(super) fn decode_session(handle: &str, bytes: &[u8]) -> Result<SessionRecord, String> {
+    let Some(binary) = binary(bytes) else {
+        return match bytes.split_first() {
+            Some((&V1, rest)) => serde_json::from_slice(rest).map_err(|e| e.to_string()),
+            Some((v, _)) => Err(format!("unknown record version {v}")),
+            None => Err("empty record".to_owned()),
+        };
     };
-    let mut record = r.fixed_part(handle)?;
+    let (mut r, stored) = binary?;
+    let mut record = r.fixed_part(stored.unwrap_or_else(|| handle.to_owned()))?;
     record.access_payload = r.json()?;
     record.data = r.json()?;
     if !r.0.is_empty() {
@@ -114,16 +138,10 @@ pub(super) fn decode_session(handle: &str, bytes: &[u8]) -> Result<SessionRecord
 
 /// Decodes only a session's lineage (no JSON is parsed for versions 2 and 3).
 pub(super) fn decode_lineage(bytes: &[u8]) -> Result<Lineage, String> {
-    let mut r = match bytes.split_first() {
-        Some((&V3, rest)) => Reader(rest),
-        Some((&V2, rest)) => {
-            let mut r = Reader(rest);
-            r.str()?;
-            r
-        }
-        _ => return decode_session("", bytes).map(|r| Lineage::of(&r)),
-    };
-    r.fixed_part(String::new()).map(|r| Lineage::of(&r))
+    match binary(bytes) {
+        Some(binary) => binary?.0.fixed_part(String::new()).map(Lineage::from),
+        None => decode_session("", bytes).map(Lineage::from),
+    }
 }
 
 fn push_str(out: &mut Vec<u8>, s: &str) {

@@ -439,6 +439,7 @@ fn handle_of_user_key(key: &[u8]) -> Option<&str> {
 fn upgrade_indexes(db: &sled::Db, by_user: &Tree) -> Result<(), StoreError> {
     let names = db.tree_names();
     let has = |name: &str| names.iter().any(|n| n == name.as_bytes());
+    let mut rebuilt = None;
     if has(OLD_USER_TREE) {
         let old = db.open_tree(OLD_USER_TREE).map_err(backend)?;
         let began = std::time::Instant::now();
@@ -460,20 +461,20 @@ fn upgrade_indexes(db: &sled::Db, by_user: &Tree) -> Result<(), StoreError> {
         db.flush().map_err(backend)?;
         drop(old);
         db.drop_tree(OLD_USER_TREE).map_err(backend)?;
-        if has(OLD_EXPIRY_TREE) {
-            db.drop_tree(OLD_EXPIRY_TREE).map_err(backend)?;
-        }
+        rebuilt = Some((copied, began));
+    }
+    if has(OLD_EXPIRY_TREE) {
+        db.drop_tree(OLD_EXPIRY_TREE).map_err(backend)?;
+    }
+    if has(OLD_USER_TREE) || has(OLD_EXPIRY_TREE) {
         db.flush().map_err(backend)?;
+    }
+    if let Some((copied, began)) = rebuilt {
         tracing::info!(
             entries = copied,
             seconds = began.elapsed().as_secs_f64(),
             "the session index is rebuilt"
         );
-        return Ok(());
-    }
-    if has(OLD_EXPIRY_TREE) {
-        db.drop_tree(OLD_EXPIRY_TREE).map_err(backend)?;
-        db.flush().map_err(backend)?;
     }
     Ok(())
 }
@@ -563,7 +564,7 @@ impl SessionTrees {
             self.live.fetch_add(1, Ordering::Relaxed);
         }
         if let (true, Some(old)) = (moved, old) {
-            self.remove_entry(old, Some(new))?;
+            self.remove_entry(old, new)?;
         }
         Ok(())
     }
@@ -584,7 +585,7 @@ impl SessionTrees {
         if let Err(present) = added {
             let earlier = present.current.as_deref().and_then(filed_at);
             if earlier.is_none_or(|t| t > new.expires_at_ms) {
-                self.add_entry(new)?;
+                self.file(&key, new.expires_at_ms)?;
             }
         }
         let replaced = self.records.insert(&new.handle, bytes).map_err(backend)?;
@@ -593,7 +594,7 @@ impl SessionTrees {
         }
         if let Some(old) = replaced {
             let old = record::decode_session(&new.handle, &old).map_err(StoreError::Corrupt)?;
-            self.remove_entry(&old, Some(new))?;
+            self.remove_entry(&old, new)?;
         }
         Ok(())
     }
@@ -611,20 +612,21 @@ impl SessionTrees {
 
     /// Files `new` in the user index under its expiry.
     fn add_entry(&self, new: &SessionRecord) -> Result<(), StoreError> {
+        self.file(&user_key(new), new.expires_at_ms)
+    }
+
+    /// Sets the user entry `key`'s filed expiry.
+    fn file(&self, key: &[u8], expires_at_ms: u64) -> Result<(), StoreError> {
         self.by_user
-            .insert(user_key(new), &new.expires_at_ms.to_be_bytes())
+            .insert(key, &expires_at_ms.to_be_bytes())
             .map_err(backend)?;
         Ok(())
     }
 
     /// Removes `old`'s user entry, unless `new` has the same one.
-    fn remove_entry(
-        &self,
-        old: &SessionRecord,
-        new: Option<&SessionRecord>,
-    ) -> Result<(), StoreError> {
+    fn remove_entry(&self, old: &SessionRecord, new: &SessionRecord) -> Result<(), StoreError> {
         let key = user_key(old);
-        if new.is_none_or(|n| user_key(n) != key) {
+        if user_key(new) != key {
             self.by_user.remove(&key).map_err(backend)?;
         }
         Ok(())
@@ -645,9 +647,7 @@ impl SessionTrees {
                     self.remove(handle, Some(key))?;
                     return Ok(true);
                 }
-                self.by_user
-                    .insert(key, &l.expires_at_ms.to_be_bytes())
-                    .map_err(backend)?;
+                self.file(key, l.expires_at_ms)?;
             }
             _ => {
                 self.by_user.remove(key).map_err(backend)?;
