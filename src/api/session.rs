@@ -130,9 +130,15 @@ impl SessionService for SessionApi {
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
         let verify = Verify::try_from(req.into_inner())?;
         let verified = self.manager.verify(verify).await?;
-        super::record_tenant(&verified.session.tenant_id);
+        let claims = &verified.claims;
+        super::record_tenant(&claims.tenant_id);
         Ok(Response::new(pb::GetSessionResponse {
-            session: Some(session(verified.session)),
+            session: Some(pb::Session {
+                session_handle: claims.session_handle.clone(),
+                user_id: claims.user_id.clone(),
+                tenant_id: claims.tenant_id.clone(),
+                access_token_payload: Some(json_to_struct(verified.payload())),
+            }),
             access_token: verified.new_access.map(token),
         }))
     }

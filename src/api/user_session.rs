@@ -190,7 +190,7 @@ impl UserSessionApi {
                     ..Default::default()
                 })
                 .await?;
-            let session = verified.session;
+            let session = &verified.claims;
             if (!user_id.is_empty() && user_id != session.user_id)
                 || (!tenant_id.is_empty() && tenant_id != session.tenant_id)
             {
@@ -208,8 +208,8 @@ impl UserSessionApi {
                 }
             };
             return Ok(Caller {
-                user_id: session.user_id,
-                tenant_id: session.tenant_id,
+                user_id: session.user_id.clone(),
+                tenant_id: session.tenant_id.clone(),
                 private,
                 server: false,
             });

@@ -129,13 +129,23 @@ pub struct Verify {
     pub check_database: bool,
 }
 
-/// The answer to [`SessionManager::verify`].
+/// The answer to [`SessionManager::verify`]: the token's verified claims,
+/// shared with the cache of verified tokens rather than copied out of it.
 #[derive(Debug, Clone)]
 pub struct Verified {
-    /// The session.
-    pub session: SessionView,
+    /// The access token's claims.
+    pub claims: Arc<AccessClaims>,
+    /// The payload with refetched claims merged in, when any were refetched.
+    refetched: Option<Map<String, Value>>,
     /// A new access token, when claims were refetched into the payload.
     pub new_access: Option<IssuedToken>,
+}
+
+impl Verified {
+    /// The user part of the access token payload (with refetched claims).
+    pub fn payload(&self) -> &Map<String, Value> {
+        self.refetched.as_ref().unwrap_or(&self.claims.payload)
+    }
 }
 
 /// Input of [`SessionManager::refresh`].
@@ -389,17 +399,12 @@ impl SessionManager {
         }
         if req.validators.is_empty() {
             return Ok(Verified {
-                session: SessionView {
-                    handle: claims.session_handle.clone(),
-                    user_id: claims.user_id.clone(),
-                    tenant_id: claims.tenant_id.clone(),
-                    access_payload: claims.payload.clone(),
-                },
+                claims,
+                refetched: None,
                 new_access: None,
             });
         }
-        self.verify_claims((*claims).clone(), &req.validators, now)
-            .await
+        self.verify_claims(claims, &req.validators, now).await
     }
 
     /// Verifies an access token, through the cache of verified tokens; the
@@ -425,7 +430,7 @@ impl SessionManager {
     /// by a new access token (same expiry and lineage).
     async fn verify_claims(
         &self,
-        claims: AccessClaims,
+        claims: Arc<AccessClaims>,
         validators: &[Validator],
         now: u64,
     ) -> Result<Verified> {
@@ -437,9 +442,9 @@ impl SessionManager {
         let updates = self
             .refetch(validators, &claims.payload, &subject, now)
             .await?;
-        let mut payload = claims.payload.clone();
-        let mut new_access = None;
-        if !updates.is_empty() {
+        let (refetched, new_access) = if updates.is_empty() {
+            (None, None)
+        } else {
             let key = self.signer().await?;
             self.store_claims(&claims.session_handle, &updates)
                 .await
@@ -447,20 +452,19 @@ impl SessionManager {
                     Error::SessionNotFound => session_gone(),
                     other => other,
                 })?;
+            let mut payload = claims.payload.clone();
             payload.extend(updates);
-            new_access = Some(self.reissue(&key, &claims, payload.clone(), now)?);
-        }
-        let failed = crate::claims::validate_all(validators, &payload, now);
+            let token = self.reissue(&key, &claims, payload.clone(), now)?;
+            (Some(payload), Some(token))
+        };
+        let payload = refetched.as_ref().unwrap_or(&claims.payload);
+        let failed = crate::claims::validate_all(validators, payload, now);
         if !failed.is_empty() {
             return Err(Error::InvalidClaims(failed));
         }
         Ok(Verified {
-            session: SessionView {
-                handle: claims.session_handle,
-                user_id: claims.user_id,
-                tenant_id: claims.tenant_id,
-                access_payload: payload,
-            },
+            claims,
+            refetched,
             new_access,
         })
     }

@@ -123,10 +123,10 @@ proptest! {
                 })
                 .await
                 .unwrap();
-            prop_assert_eq!(&verified.session.user_id, &user);
-            prop_assert_eq!(&verified.session.handle, &created.session.handle);
+            prop_assert_eq!(&verified.claims.user_id, &user);
+            prop_assert_eq!(&verified.claims.session_handle, &created.session.handle);
             // Integral numbers keep their value; JSON equality holds.
-            prop_assert_eq!(Value::Object(verified.session.access_payload), Value::Object(payload));
+            prop_assert_eq!(Value::Object(verified.payload().clone()), Value::Object(payload));
             Ok(())
         })?;
     }

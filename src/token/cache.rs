@@ -2,9 +2,11 @@
 //!
 //! Verifying an access token means decoding it and checking a signature;
 //! a caller (a sidecar, a gateway) verifies the same token many times during
-//! its life. The cache maps the SHA-256 of the exact token bytes to its
-//! verified claims, so only a token byte-for-byte identical to one already
-//! verified can hit. What it cannot change:
+//! its life. The cache maps the exact token bytes to their verified claims,
+//! so only a token byte-for-byte identical to one already verified can hit
+//! (keys are compared whole; the hash, foldhash with a per-process seed, only
+//! picks the bucket, and only tokens this service signed are ever inserted,
+//! so callers cannot choose colliding keys). What it cannot change:
 //! - expiry is checked on every hit, against the clock, as on a miss;
 //! - a revoked session is still refused with `check_database`, which reads
 //!   the store after the cache (the stateless path never could tell);
@@ -20,17 +22,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::access::AccessClaims;
-use aws_lc_rs::digest;
 
-type Key = [u8; 32];
+type Entries = HashMap<Box<str>, Arc<AccessClaims>, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 struct Generations {
-    current: HashMap<Key, Arc<AccessClaims>>,
-    previous: HashMap<Key, Arc<AccessClaims>>,
+    current: Entries,
+    previous: Entries,
 }
 
-/// Verified access tokens by the hash of their bytes.
+/// Verified access tokens by their bytes.
 pub struct TokenCache {
     generations: Mutex<Generations>,
     /// Entries per generation; 0 disables the cache.
@@ -43,13 +44,6 @@ impl std::fmt::Debug for TokenCache {
             .field("capacity", &(self.half * 2))
             .finish()
     }
-}
-
-fn key(token: &str) -> Key {
-    digest::digest(&digest::SHA256, token.as_bytes())
-        .as_ref()
-        .try_into()
-        .expect("SHA-256 is 32 bytes")
 }
 
 impl TokenCache {
@@ -70,12 +64,11 @@ impl TokenCache {
         if self.half == 0 {
             return None;
         }
-        let key = key(token);
         let mut g = self.lock();
-        if let Some(found) = g.current.get(&key) {
+        if let Some(found) = g.current.get(token) {
             return Some(found.clone());
         }
-        let found = g.previous.remove(&key)?;
+        let (key, found) = g.previous.remove_entry(token)?;
         Self::put(&mut g, self.half, key, found.clone());
         Some(found)
     }
@@ -85,12 +78,11 @@ impl TokenCache {
         if self.half == 0 {
             return;
         }
-        let key = key(token);
         let mut g = self.lock();
-        Self::put(&mut g, self.half, key, claims);
+        Self::put(&mut g, self.half, token.into(), claims);
     }
 
-    fn put(g: &mut Generations, half: usize, key: Key, claims: Arc<AccessClaims>) {
+    fn put(g: &mut Generations, half: usize, key: Box<str>, claims: Arc<AccessClaims>) {
         if g.current.len() >= half {
             g.previous = std::mem::take(&mut g.current);
         }
