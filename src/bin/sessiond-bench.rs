@@ -4,6 +4,10 @@
 //! for a fixed duration after a warm-up, and reports throughput, latency
 //! percentiles and errors by gRPC code, with each scenario's throughput as a
 //! ratio to `health` (the transport's own ceiling) measured in the same run.
+//! With `--rounds N` the whole list runs N times over, and each scenario's
+//! ratio is the median of its ratios to the `health` run of the same round:
+//! on a shared machine the neighbours move between two scenarios run one
+//! after the other, and interleaving spreads that over every scenario.
 //! Without `--addr` it starts the `sessiond` binary found beside it on a
 //! temporary data directory.
 //!
@@ -102,6 +106,11 @@ struct Args {
         default_value = "health,get,get-db,create,refresh,bucket-get,bucket-update,mixed"
     )]
     scenarios: Vec<Scenario>,
+    /// Run the scenario list this many times, interleaved; ratios to
+    /// `health` are the median over the rounds (each against the same
+    /// round's `health`), totals and latencies cover every round.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
     /// Sessions created before the scenarios that read them.
     #[arg(long, default_value_t = 1000)]
     population: usize,
@@ -124,7 +133,10 @@ struct Outcome {
     calls: u64,
     seconds: f64,
     throughput: f64,
+    /// The median of `ratios_by_round`.
     ratio_to_health: Option<f64>,
+    /// Throughput over the same round's `health` throughput, per round.
+    ratios_by_round: Vec<f64>,
     p50_us: u64,
     p90_us: u64,
     p99_us: u64,
@@ -586,7 +598,7 @@ async fn run(
     args: &Args,
     warmup: Duration,
     duration: Duration,
-) -> Outcome {
+) -> Tally {
     let start = Instant::now();
     let (measure_from, end) = (start + warmup, start + warmup + duration);
     let mut workers = Vec::new();
@@ -628,14 +640,32 @@ async fn run(
     for w in workers {
         total.merge(w.await.expect("a worker panicked"));
     }
-    let seconds = duration.as_secs_f64();
+    total
+}
+
+/// The median of some numbers (the mean of the middle two for an even
+/// count); `None` for none.
+fn median(values: &[f64]) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[mid]),
+        _ => Some((v[mid - 1] + v[mid]) / 2.0),
+    }
+}
+
+/// One scenario's results over every round it ran in.
+fn outcome(scenario: Scenario, total: Tally, seconds: f64, ratios_by_round: Vec<f64>) -> Outcome {
     let l = &total.latency;
     Outcome {
         scenario: scenario.name(),
         calls: total.calls,
         seconds,
         throughput: total.calls as f64 / seconds,
-        ratio_to_health: None,
+        ratio_to_health: median(&ratios_by_round),
+        ratios_by_round,
         p50_us: l.value_at_quantile(0.50),
         p90_us: l.value_at_quantile(0.90),
         p99_us: l.value_at_quantile(0.99),
@@ -775,34 +805,57 @@ async fn bench(args: &Args, addr: &str) -> Result<(), String> {
     }
     let population = Arc::new(population);
 
-    let mut outcomes: Vec<Outcome> = Vec::new();
-    for scenario in &args.scenarios {
-        let outcome = run(
-            *scenario,
-            &clients,
-            population.clone(),
-            args,
-            warmup,
-            duration,
-        )
-        .await;
-        eprintln!(
-            "{:<14} {:>10.0} calls/s",
-            outcome.scenario, outcome.throughput
-        );
-        outcomes.push(outcome);
-    }
-    if let Some(health) = outcomes
-        .iter()
-        .find(|o| o.scenario == "health")
-        .map(|o| o.throughput)
-    {
-        for o in &mut outcomes {
-            o.ratio_to_health = Some(o.throughput / health);
+    // Per position in the scenario list: every round's tally, and its
+    // throughput over the same round's health throughput.
+    let mut totals: Vec<Tally> = args.scenarios.iter().map(|_| Tally::new()).collect();
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); args.scenarios.len()];
+    for round in 1..=args.rounds {
+        let mut throughputs = Vec::with_capacity(args.scenarios.len());
+        for (i, scenario) in args.scenarios.iter().enumerate() {
+            let tally = run(
+                *scenario,
+                &clients,
+                population.clone(),
+                args,
+                warmup,
+                duration,
+            )
+            .await;
+            let throughput = tally.calls as f64 / duration.as_secs_f64();
+            let of = if args.rounds > 1 {
+                format!(" (round {round} of {})", args.rounds)
+            } else {
+                String::new()
+            };
+            eprintln!("{:<14} {throughput:>10.0} calls/s{of}", scenario.name());
+            throughputs.push(throughput);
+            totals[i].merge(tally);
+        }
+        let health = args
+            .scenarios
+            .iter()
+            .position(|s| *s == Scenario::Health)
+            .map(|i| throughputs[i]);
+        if let Some(health) = health {
+            for (r, t) in ratios.iter_mut().zip(&throughputs) {
+                r.push(t / health);
+            }
         }
     }
+    let rounds = u32::try_from(args.rounds).unwrap_or(u32::MAX);
+    let seconds = duration.saturating_mul(rounds).as_secs_f64();
+    let outcomes: Vec<Outcome> = args
+        .scenarios
+        .iter()
+        .zip(totals)
+        .zip(ratios)
+        .map(|((scenario, total), ratios)| outcome(*scenario, total, seconds, ratios))
+        .collect();
+    let range = args.rounds > 1;
     println!(
-        "| scenario | calls/s | × health | p50 | p90 | p99 | max | errors |\n|---|---:|---:|---:|---:|---:|---:|---|"
+        "| scenario | calls/s | × health |{} p50 | p90 | p99 | max | errors |\n|---|---:|---:|{}---:|---:|---:|---:|---|",
+        if range { " range |" } else { "" },
+        if range { "---:|" } else { "" },
     );
     for o in &outcomes {
         let errors = if o.errors.is_empty() {
@@ -814,8 +867,16 @@ async fn bench(args: &Args, addr: &str) -> Result<(), String> {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let spread = match (
+            o.ratios_by_round.iter().copied().reduce(f64::min),
+            o.ratios_by_round.iter().copied().reduce(f64::max),
+        ) {
+            (Some(lo), Some(hi)) if range => format!(" {lo:.2}–{hi:.2} |"),
+            _ if range => " - |".to_owned(),
+            _ => String::new(),
+        };
         println!(
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {} |{spread} {} | {} | {} | {} | {} |",
             o.scenario,
             o.throughput,
             o.ratio_to_health
@@ -833,6 +894,7 @@ async fn bench(args: &Args, addr: &str) -> Result<(), String> {
             "concurrency_per_connection": args.concurrency,
             "warmup_seconds": warmup.as_secs_f64(),
             "duration_seconds": duration.as_secs_f64(),
+            "rounds": args.rounds,
             "population": args.population,
             "payload_bytes": args.payload_bytes,
             "results": outcomes,

@@ -120,3 +120,81 @@ async fn a_refused_call_is_a_clear_error_not_a_panic() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[tokio::test]
+async fn rounds_interleave_the_scenarios_and_report_the_median_ratio() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let (addr, path) = (server.addr.to_string(), json.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_sessiond-bench"))
+            .args(["--addr", &addr, "--scenarios", "health,get,create"])
+            .args(["--rounds", "3", "--connections", "1", "--concurrency", "2"])
+            .args(["--duration", "200ms", "--warmup", "0s", "--population", "4"])
+            .arg("--json")
+            .arg(&path)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("| scenario | calls/s | × health | range |"),
+        "{stdout}"
+    );
+    let order: Vec<String> = stderr
+        .lines()
+        .filter(|l| l.contains(" calls/s (round "))
+        .map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            format!("{} {}", words[0], words[4])
+        })
+        .collect();
+    let expected: Vec<String> = (1..=3)
+        .flat_map(|round| ["health", "get", "create"].map(|s| format!("{s} {round}")))
+        .collect();
+    assert_eq!(order, expected, "the list runs whole, round after round");
+
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["rounds"], 3);
+    for r in report["results"].as_array().unwrap() {
+        let name = &r["scenario"];
+        let mut ratios: Vec<f64> = r["ratios_by_round"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(ratios.len(), 3, "{name}: one ratio per round");
+        assert!(ratios.iter().all(|&x| x > 0.0), "{name}: {ratios:?}");
+        ratios.sort_by(f64::total_cmp);
+        assert_eq!(
+            r["ratio_to_health"].as_f64().unwrap(),
+            ratios[1],
+            "{name}: the median"
+        );
+        assert_eq!(
+            r["seconds"].as_f64().unwrap(),
+            0.6,
+            "{name}: three rounds of 200 ms"
+        );
+        assert_eq!(r["errors"], serde_json::json!({}), "{name}: errors");
+        let (lo, hi) = (ratios[0], ratios[2]);
+        if name != "health" {
+            assert!(
+                stdout.contains(&format!("{lo:.2}–{hi:.2}")),
+                "{name}: its range in the table: {stdout}"
+            );
+        }
+    }
+    assert_eq!(
+        report["results"][0]["ratios_by_round"],
+        serde_json::json!([1.0, 1.0, 1.0])
+    );
+}
