@@ -578,15 +578,18 @@ async fn one(
         Scenario::Mixed => match w.rng.below(100) {
             0..90 => client.get(&member.access, false).await,
             90..95 => Box::pin(one(Scenario::Refresh, client, population, w)).await,
-            95..98 => {
-                let m = client.create(format!("bench-mixed-{id}-{n}")).await?;
-                w.created.push(m.handle);
-                Ok(())
-            }
-            _ => {
-                let handle = w.created.pop().unwrap_or_else(|| member.handle.clone());
-                client.revoke(handle).await
-            }
+            // 3% create, 2% revoke. Only sessions this worker created are
+            // revoked, so the population stays whole for the scenarios (and
+            // rounds) after this one; with none left, a revoke is a create.
+            roll => match w.created.pop() {
+                Some(handle) if roll >= 98 => client.revoke(handle).await,
+                popped => {
+                    w.created.extend(popped);
+                    let m = client.create(format!("bench-mixed-{id}-{n}")).await?;
+                    w.created.push(m.handle);
+                    Ok(())
+                }
+            },
         },
     }
 }

@@ -198,3 +198,30 @@ async fn rounds_interleave_the_scenarios_and_report_the_median_ratio() {
         serde_json::json!([1.0, 1.0, 1.0])
     );
 }
+
+#[tokio::test]
+async fn mixed_revokes_only_its_own_sessions_so_later_scenarios_find_the_population() {
+    let server = TestServer::start().await;
+    let addr = server.addr.to_string();
+    // Eight workers: each would otherwise revoke a population member with
+    // a chance of 2 in 5 before its first create.
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_sessiond-bench"))
+            .args(["--addr", &addr, "--scenarios", "mixed,get-db,bucket-get"])
+            .args(["--connections", "1", "--concurrency", "8"])
+            .args(["--duration", "300ms", "--warmup", "0s", "--population", "4"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    for scenario in ["mixed", "get-db", "bucket-get"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {scenario} |")))
+            .unwrap_or_else(|| panic!("no {scenario} row: {stdout}"));
+        assert!(row.ends_with("| 0 |"), "{scenario} had errors: {row}");
+    }
+}
