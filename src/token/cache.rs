@@ -3,10 +3,12 @@
 //! Verifying an access token means decoding it and checking a signature;
 //! a caller (a sidecar, a gateway) verifies the same token many times during
 //! its life. The cache maps the exact token bytes to their verified claims,
-//! so only a token byte-for-byte identical to one already verified can hit
-//! (keys are compared whole; the hash, foldhash with a per-process seed, only
-//! picks the bucket, and only tokens this service signed are ever inserted,
-//! so callers cannot choose colliding keys). What it cannot change:
+//! so only a token byte-for-byte identical to one already verified can hit.
+//! The hash (foldhash, seeded per process) only picks where to look; keys
+//! are compared whole and in constant time, so how long a lookup takes does
+//! not tell a caller how much of its token matches a cached one, and only
+//! tokens this service signed are ever inserted, so callers cannot choose
+//! colliding keys. What it cannot change:
 //! - expiry is checked on every hit, against the clock, as on a miss;
 //! - a revoked session is still refused with `check_database`, which reads
 //!   the store after the cache (the stateless path never could tell);
@@ -14,26 +16,30 @@
 //!   with refusals, and a key retires only after every token it signed has
 //!   expired, so a cached token never outlives its key.
 //!
-//! Eviction is by generation: entries go into the current map; when it is
+//! Eviction is by generation: entries go into the current table; when it is
 //! half the capacity it becomes the previous one (and the old previous is
-//! dropped). A hit in the previous map moves the entry forward.
+//! dropped). A hit in the previous table moves the entry forward.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
+
+use aws_lc_rs::constant_time::verify_slices_are_equal;
+use hashbrown::HashTable;
 
 use super::access::AccessClaims;
 
-type Entries = HashMap<Box<str>, Arc<AccessClaims>, foldhash::fast::RandomState>;
+type Entry = (Box<str>, Arc<AccessClaims>);
 
 #[derive(Default)]
 struct Generations {
-    current: Entries,
-    previous: Entries,
+    current: HashTable<Entry>,
+    previous: HashTable<Entry>,
 }
 
 /// Verified access tokens by their bytes.
 pub struct TokenCache {
     generations: Mutex<Generations>,
+    hasher: foldhash::fast::RandomState,
     /// Entries per generation; 0 disables the cache.
     half: usize,
 }
@@ -46,11 +52,17 @@ impl std::fmt::Debug for TokenCache {
     }
 }
 
+/// Whether an entry is this token's, compared in constant time.
+fn is(token: &str) -> impl Fn(&Entry) -> bool + '_ {
+    move |(key, _)| verify_slices_are_equal(key.as_bytes(), token.as_bytes()).is_ok()
+}
+
 impl TokenCache {
     /// A cache of at most `capacity` tokens (0: no caching).
     pub fn new(capacity: usize) -> Self {
         Self {
             generations: Mutex::new(Generations::default()),
+            hasher: foldhash::fast::RandomState::default(),
             half: capacity / 2,
         }
     }
@@ -64,12 +76,14 @@ impl TokenCache {
         if self.half == 0 {
             return None;
         }
+        let hash = self.hasher.hash_one(token);
         let mut g = self.lock();
-        if let Some(found) = g.current.get(token) {
+        if let Some((_, found)) = g.current.find(hash, is(token)) {
             return Some(found.clone());
         }
-        let (key, found) = g.previous.remove_entry(token)?;
-        Self::put(&mut g, self.half, key, found.clone());
+        let (entry, _) = g.previous.find_entry(hash, is(token)).ok()?.remove();
+        let found = entry.1.clone();
+        self.put(&mut g, hash, entry);
         Some(found)
     }
 
@@ -78,15 +92,22 @@ impl TokenCache {
         if self.half == 0 {
             return;
         }
+        let hash = self.hasher.hash_one(token);
         let mut g = self.lock();
-        Self::put(&mut g, self.half, token.into(), claims);
+        self.put(&mut g, hash, (token.into(), claims));
     }
 
-    fn put(g: &mut Generations, half: usize, key: Box<str>, claims: Arc<AccessClaims>) {
-        if g.current.len() >= half {
+    fn put(&self, g: &mut Generations, hash: u64, entry: Entry) {
+        if g.current.len() >= self.half {
             g.previous = std::mem::take(&mut g.current);
         }
-        g.current.insert(key, claims);
+        let rehash = |(key, _): &Entry| self.hasher.hash_one(&**key);
+        match g.current.entry(hash, is(&entry.0), rehash) {
+            hashbrown::hash_table::Entry::Occupied(mut found) => *found.get_mut() = entry,
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                slot.insert(entry);
+            }
+        }
     }
 
     /// Tokens cached now.
@@ -135,5 +156,24 @@ mod tests {
         let off = TokenCache::new(0);
         off.insert("a", claims(1));
         assert!(off.get("a").is_none());
+    }
+
+    #[test]
+    fn a_token_cached_again_replaces_its_entry_and_a_hit_keeps_it() {
+        let cache = TokenCache::new(4);
+        cache.insert("a", claims(1));
+        cache.insert("a", claims(2));
+        assert_eq!(cache.len(), 1, "one entry per token");
+        assert_eq!(cache.get("a").unwrap().exp, 2, "the later claims");
+        cache.insert("b", claims(3));
+        // "c" fills the current generation: "a" and "b" become the previous.
+        cache.insert("c", claims(4));
+        assert_eq!(cache.get("a").unwrap().exp, 2, "found in the previous");
+        // "a" moved forward, so the next turn of generations keeps it.
+        cache.insert("d", claims(5));
+        cache.insert("e", claims(6));
+        assert!(cache.get("a").is_some(), "a hit moved it forward");
+        assert!(cache.get("b").is_none(), "not hit, so dropped");
+        assert!(cache.len() <= 4);
     }
 }
