@@ -13,8 +13,12 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 bin="${CARGO_TARGET_DIR:-$root/target}/release"
 . "$root/bench/lib.sh"
 scenario=${1:?usage: bench/profile.sh SCENARIO [ROWS] [sessiond flags...]}
-rows=${2:-40}
-shift $(($# < 2 ? $# : 2))
+shift
+rows=40
+if [[ ${1-} =~ ^[0-9]+$ ]]; then
+  rows=$1
+  shift
+fi
 command -v perf >/dev/null || { echo "perf is not installed" >&2; exit 1; }
 work=$(mktemp -d)
 pid=""
@@ -30,8 +34,8 @@ sleep 2.5
 hz=2000
 seconds=3
 perf record -F "$hz" -e cpu-clock -p "$pid" -o "$work/perf.data" -- sleep "$seconds" \
-  >/dev/null 2>&1
-wait "$bench"
+  >"$work/perf.log" 2>&1 || { cat "$work/perf.log" >&2; exit 1; }
+wait "$bench" || { cat "$work/bench.log" >&2; exit 1; }
 rate=$(awk -F'|' -v s=" $scenario " '$2 == s {gsub(/ /, "", $3); print $3}' "$work/bench.txt")
 [ -n "$rate" ] || { cat "$work/bench.txt" "$work/bench.log"; exit 1; }
 
@@ -50,4 +54,4 @@ echo "$scenario: $rate calls/s; server CPU per call (perf samples): $(echo "$tot
 echo "--- by thread (µs per call)"
 report comm | per_call
 echo "--- by symbol, self time (µs per call; [k] is the kernel)"
-report sym | head -n "$rows" | cut -c1-160 | per_call
+report sym | awk -v n="$rows" 'NR <= n' | cut -c1-160 | per_call

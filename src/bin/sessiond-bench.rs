@@ -838,7 +838,10 @@ async fn bench(args: &Args, addr: &str) -> Result<(), String> {
             .scenarios
             .iter()
             .position(|s| *s == Scenario::Health)
-            .map(|i| throughputs[i]);
+            .map(|i| throughputs[i])
+            // A round whose health check made no calls has nothing to
+            // divide by; it counts in the totals, not in the ratios.
+            .filter(|h| *h > 0.0);
         if let Some(health) = health {
             for (r, t) in ratios.iter_mut().zip(&throughputs) {
                 r.push(t / health);

@@ -131,7 +131,7 @@ async fn rounds_interleave_the_scenarios_and_report_the_median_ratio() {
         Command::new(env!("CARGO_BIN_EXE_sessiond-bench"))
             .args(["--addr", &addr, "--scenarios", "health,get,create"])
             .args(["--rounds", "3", "--connections", "1", "--concurrency", "2"])
-            .args(["--duration", "200ms", "--warmup", "0s", "--population", "4"])
+            .args(["--duration", "500ms", "--warmup", "0s", "--population", "4"])
             .arg("--json")
             .arg(&path)
             .output()
@@ -181,8 +181,8 @@ async fn rounds_interleave_the_scenarios_and_report_the_median_ratio() {
         );
         assert_eq!(
             r["seconds"].as_f64().unwrap(),
-            0.6,
-            "{name}: three rounds of 200 ms"
+            1.5,
+            "{name}: three rounds of 500 ms"
         );
         assert_eq!(r["errors"], serde_json::json!({}), "{name}: errors");
         let (lo, hi) = (ratios[0], ratios[2]);
