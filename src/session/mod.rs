@@ -29,9 +29,10 @@ use crate::metrics::Metrics;
 use crate::store::{self, Change, Generation, SessionRecord, SessionStore};
 use crate::token::access::{self, AccessClaims};
 use crate::token::cache::TokenCache;
+use crate::token::kek::{self, Kek};
 use crate::token::keys::{KeyRing, SigningKey};
 use crate::token::refresh::{self, RefreshTokens};
-use crate::token::{TokenError, ct_eq, random_bytes, random_token, sha256_hex};
+use crate::token::{KeyError, TokenError, ct_eq, random_bytes, random_token, sha256_hex};
 
 /// Settings of the session rules.
 #[derive(Debug, Clone)]
@@ -198,6 +199,56 @@ impl std::fmt::Debug for SessionManager {
     }
 }
 
+/// The refresh-token MAC secret: made on a new store, and kept sealed by the
+/// key-encryption key when there is one (a secret stored in plaintext before
+/// the KEK was configured is sealed now). A sealed secret without the KEK
+/// that sealed it is an error, never replaced: a new secret would make every
+/// refresh token issued so far fail.
+fn mac_secret(store: &dyn SessionStore, kek: Option<&Kek>) -> Result<Vec<u8>> {
+    let name = RefreshTokens::SECRET_NAME;
+    let aad = name.as_bytes();
+    // Bounded: only a concurrent writer of the same secret can make a
+    // replacement miss, and one data directory has one server.
+    for _ in 0..3 {
+        let stored = store.secret(name, &mut || {
+            let fresh = random_bytes::<32>().to_vec();
+            match kek {
+                Some(kek) => kek.seal_value(aad, &fresh),
+                None => fresh,
+            }
+        })?;
+        if kek::is_sealed_value(&stored) {
+            let kek = kek.ok_or_else(|| {
+                KeyError::Sealed(
+                    "the refresh-token MAC secret in the store is encrypted, and no \
+                     key-encryption key is configured (--key-encryption-key-file or \
+                     SESSIOND_KEY_ENCRYPTION_KEY)"
+                        .into(),
+                )
+            })?;
+            return kek.open_value(aad, &stored).ok_or_else(|| {
+                KeyError::Sealed(
+                    "the configured key-encryption key does not open the refresh-token MAC \
+                     secret; it is not the key the store was sealed with"
+                        .into(),
+                )
+                .into()
+            });
+        }
+        let Some(kek) = kek else {
+            return Ok(stored);
+        };
+        if store.replace_secret(name, &stored, &kek.seal_value(aad, &stored))? {
+            tracing::info!("sealed the refresh-token MAC secret with the key-encryption key");
+            return Ok(stored);
+        }
+    }
+    Err(store::StoreError::Corrupt(
+        "the refresh-token MAC secret kept changing while it was being sealed".into(),
+    )
+    .into())
+}
+
 fn unauthorised(e: TokenError) -> Error {
     match e {
         TokenError::Expired => Error::TryRefreshToken("the access token has expired".into()),
@@ -219,9 +270,7 @@ impl SessionManager {
         config: SessionConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self> {
-        let secret = store.secret(RefreshTokens::SECRET_NAME, &mut || {
-            random_bytes::<32>().to_vec()
-        })?;
+        let secret = mac_secret(store.as_ref(), keys.kek().map(Arc::as_ref))?;
         store.durable().await?;
         Ok(Self {
             store,
@@ -807,5 +856,55 @@ fn view(r: &SessionRecord) -> SessionView {
         user_id: r.user_id.clone(),
         tenant_id: r.tenant_id.clone(),
         access_payload: r.access_payload.clone(),
+    }
+}
+
+#[cfg(test)]
+mod mac_secret_tests {
+    use super::*;
+    use crate::store::SledStore;
+
+    fn kek(byte: u8) -> Kek {
+        Kek::from_text(&format!("{byte:02x}").repeat(32)).unwrap()
+    }
+
+    fn stored(store: &dyn SessionStore) -> Vec<u8> {
+        store
+            .secret(RefreshTokens::SECRET_NAME, &mut || panic!("made already"))
+            .unwrap()
+    }
+
+    #[test]
+    fn the_secret_is_sealed_with_a_kek_and_refused_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 4 << 20, None).unwrap();
+
+        // Made on a new store: plaintext without a KEK, then sealed once
+        // one is configured, and the same secret either way.
+        let plain = mac_secret(store.as_ref(), None).unwrap();
+        assert_eq!(stored(store.as_ref()), plain);
+        assert_eq!(mac_secret(store.as_ref(), Some(&kek(1))).unwrap(), plain);
+        let sealed = stored(store.as_ref());
+        assert!(kek::is_sealed_value(&sealed), "sealed in the store");
+        assert_eq!(mac_secret(store.as_ref(), Some(&kek(1))).unwrap(), plain);
+        assert_eq!(stored(store.as_ref()), sealed, "sealed once");
+
+        // Without the KEK, or with another, the start stops; nothing changes.
+        for (other, says) in [
+            (None, "no key-encryption key"),
+            (Some(kek(2)), "does not open"),
+        ] {
+            let err = mac_secret(store.as_ref(), other.as_ref()).unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
+            assert_eq!(stored(store.as_ref()), sealed, "never replaced");
+        }
+
+        // A new store with a KEK never holds the secret in plaintext.
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 4 << 20, None).unwrap();
+        let secret = mac_secret(store.as_ref(), Some(&kek(1))).unwrap();
+        assert_eq!(secret.len(), 32);
+        let value = stored(store.as_ref());
+        assert!(kek::is_sealed_value(&value) && !value.windows(32).any(|w| w == secret));
     }
 }

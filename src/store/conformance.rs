@@ -169,6 +169,18 @@ pub async fn keys_and_secrets(store: Arc<dyn SessionStore>) {
     let again = store.secret("s", &mut || vec![7; 4]).unwrap();
     assert_eq!(first, vec![9; 4]);
     assert_eq!(again, first, "a secret is made once");
+    assert!(
+        !store.replace_secret("s", &[7; 4], &[1; 4]).unwrap(),
+        "only the current value is replaced"
+    );
+    assert!(!store.replace_secret("none", &[9; 4], &[1; 4]).unwrap());
+    assert!(store.replace_secret("s", &first, &[1; 4]).unwrap());
+    assert_eq!(store.secret("s", &mut || vec![7; 4]).unwrap(), vec![1; 4]);
+    assert_eq!(
+        store.secret("none", &mut || vec![5; 4]).unwrap(),
+        vec![5; 4],
+        "a refused replacement creates nothing"
+    );
     store.durable().await.unwrap();
 }
 

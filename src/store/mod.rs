@@ -312,6 +312,10 @@ pub trait SessionStore: Send + Sync + 'static {
     /// first time (atomically: concurrent first calls agree on one value).
     fn secret(&self, name: &str, make: &mut dyn FnMut() -> Vec<u8>) -> Result<Vec<u8>, StoreError>;
 
+    /// Replaces the secret called `name` with `new` if it is still
+    /// `current`; false (and nothing written) when it is not.
+    fn replace_secret(&self, name: &str, current: &[u8], new: &[u8]) -> Result<bool, StoreError>;
+
     /// Resolves once every write that returned before this call is durable.
     /// Concurrent callers share one flush.
     fn durable(&self) -> BoxFuture<Result<(), StoreError>>;

@@ -994,6 +994,18 @@ impl SessionStore for SledStore {
         }
     }
 
+    fn replace_secret(&self, name: &str, current: &[u8], new: &[u8]) -> Result<bool, StoreError> {
+        let _order = self.stripe(TreeId::Secrets, name.as_bytes());
+        let swapped = self
+            .secrets
+            .compare_and_swap(name, Some(current), Some(new))
+            .map_err(backend)?;
+        if swapped.is_ok() {
+            self.wal.append(TreeId::Secrets, name.as_bytes(), Some(new));
+        }
+        Ok(swapped.is_ok())
+    }
+
     fn durable(&self) -> BoxFuture<Result<(), StoreError>> {
         let (tx, rx) = oneshot::channel();
         let sent = self.flush_requests.send(tx);

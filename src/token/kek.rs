@@ -1,7 +1,9 @@
-//! The key-encryption key: seals signing keys before they reach the store.
+//! The key-encryption key: seals signing keys and the refresh-token MAC
+//! secret before they reach the store.
 //!
-//! AES-256-GCM with a random nonce per seal and the key id as associated
-//! data, so a sealed key cannot be moved to another id. The KEK itself comes
+//! AES-256-GCM with a random nonce per seal and the key id (the secret's
+//! name) as associated data, so a sealed value cannot be moved to another
+//! id. The KEK itself comes
 //! from a file or an environment variable and is never stored or logged.
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, Nonce, RandomizedNonceKey};
@@ -60,6 +62,33 @@ impl Kek {
     }
 }
 
+/// What a secret sealed whole into one value starts with (see
+/// [`Kek::seal_value`]); the nonce and the ciphertext follow.
+const SEALED_VALUE: &[u8] = b"sealed:aes-256-gcm:";
+const NONCE_LEN: usize = 12;
+
+/// Whether a stored value is one [`Kek::seal_value`] made.
+pub fn is_sealed_value(value: &[u8]) -> bool {
+    value.starts_with(SEALED_VALUE)
+}
+
+impl Kek {
+    /// Seals `plaintext` bound to `aad` into one storable value: a marker,
+    /// the nonce, then the ciphertext with its tag.
+    pub fn seal_value(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        let (nonce, ciphertext) = self.seal(aad, plaintext);
+        [SEALED_VALUE, &nonce, &ciphertext].concat()
+    }
+
+    /// Opens what [`Kek::seal_value`] made; `None` when it was not made so,
+    /// or not with this KEK and `aad`.
+    pub fn open_value(&self, aad: &[u8], value: &[u8]) -> Option<Vec<u8>> {
+        let rest = value.strip_prefix(SEALED_VALUE)?;
+        let (nonce, ciphertext) = rest.split_at_checked(NONCE_LEN)?;
+        self.open(aad, nonce, ciphertext)
+    }
+}
+
 fn hex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
@@ -88,5 +117,30 @@ mod tests {
         assert!(other.open(b"d-1", &nonce, &sealed).is_none());
         assert!(Kek::from_text("short").is_err());
         assert!(Kek::from_text(&STANDARD.encode([1u8; 16])).is_err());
+    }
+
+    #[test]
+    fn a_sealed_value_is_marked_and_opens_only_with_its_key_and_name() {
+        let kek = Kek::from_text(&STANDARD.encode([7u8; 32])).unwrap();
+        let secret = [3u8; 32];
+        let value = kek.seal_value(b"mac", &secret);
+        assert!(is_sealed_value(&value));
+        assert!(!is_sealed_value(&secret), "a plaintext secret is not");
+        assert!(
+            !value.windows(32).any(|w| w == secret),
+            "no plaintext inside"
+        );
+        assert_eq!(kek.open_value(b"mac", &value).unwrap(), secret);
+        assert!(
+            kek.open_value(b"other", &value).is_none(),
+            "bound to the name"
+        );
+        let other = Kek::from_text(&"08".repeat(32)).unwrap();
+        assert!(other.open_value(b"mac", &value).is_none());
+        assert!(
+            kek.open_value(b"mac", &secret).is_none(),
+            "not a sealed value"
+        );
+        assert!(kek.open_value(b"mac", SEALED_VALUE).is_none(), "cut short");
     }
 }

@@ -492,6 +492,11 @@ impl std::fmt::Debug for KeyRing {
 }
 
 impl KeyRing {
+    /// The key-encryption key the ring keeps its private keys sealed with.
+    pub fn kek(&self) -> Option<&Arc<Kek>> {
+        self.vault.kek.as_ref()
+    }
+
     /// Loads the keys from the store, generating the first ones on a new store.
     pub async fn open(
         store: Arc<dyn SessionStore>,

@@ -279,7 +279,7 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
 }
 
 #[tokio::test]
-async fn signing_keys_can_be_sealed_and_a_wrong_kek_refuses_to_start() {
+async fn keys_and_the_mac_secret_are_sealed_and_a_wrong_kek_refuses_to_start() {
     use base64::Engine;
     use sessiond::config::Secret;
     use sessiond::store::{SessionStore, SledStore};
@@ -294,11 +294,22 @@ async fn signing_keys_can_be_sealed_and_a_wrong_kek_refuses_to_start() {
     config.key_encryption_key = Some(kek(1));
     let dir = Arc::try_unwrap(dir).expect("the test holds the only handle");
     let data = dir.path().to_owned();
+    let mac = |data: &std::path::Path| {
+        let store = SledStore::open(data, 8 << 20, None).unwrap();
+        store
+            .secret("refresh-token-mac", &mut || panic!("the secret exists"))
+            .unwrap()
+    };
+    let plain_mac = mac(&data);
+    assert_eq!(plain_mac.len(), 32, "stored in plaintext without a KEK");
     let server = TestServer::start_in(dir, |c| c.key_encryption_key = Some(kek(1))).await;
     let mut c = server.sessions().await;
     verify(&mut c, &access(&created), true)
         .await
         .expect("old tokens verify with sealed keys");
+    refresh(&mut c, &refresh_token(&created))
+        .await
+        .expect("an old refresh token refreshes once its MAC secret is sealed");
     drop(c);
     let (dir, _, _) = server.stop().await;
 
@@ -312,6 +323,11 @@ async fn signing_keys_can_be_sealed_and_a_wrong_kek_refuses_to_start() {
         );
         keys
     };
+    let sealed_mac = mac(&data);
+    assert!(
+        sealed_mac.starts_with(b"sealed:") && !sealed_mac.windows(32).any(|w| w == plain_mac),
+        "the MAC secret is sealed, not stored beside its sealed form"
+    );
 
     // A wrong KEK, or none, refuses to start, and changes nothing.
     for wrong in [Some(kek(2)), None] {
@@ -336,6 +352,8 @@ async fn signing_keys_can_be_sealed_and_a_wrong_kek_refuses_to_start() {
             sealed,
             "keys untouched, never regenerated"
         );
+        drop(store);
+        assert_eq!(mac(&data), sealed_mac, "the MAC secret untouched");
     }
     drop(dir);
 }
