@@ -229,7 +229,8 @@ fn mac_secret(store: &dyn SessionStore, kek: Option<&Kek>) -> Result<Vec<u8>> {
             return kek.open_value(aad, &stored).ok_or_else(|| {
                 KeyError::Sealed(
                     "the configured key-encryption key does not open the refresh-token MAC \
-                     secret; it is not the key the store was sealed with"
+                     secret; it is not the key the store was sealed with, or the stored \
+                     value is damaged"
                         .into(),
                 )
                 .into()
@@ -243,7 +244,7 @@ fn mac_secret(store: &dyn SessionStore, kek: Option<&Kek>) -> Result<Vec<u8>> {
             return Ok(stored);
         }
     }
-    Err(store::StoreError::Corrupt(
+    Err(store::StoreError::Backend(
         "the refresh-token MAC secret kept changing while it was being sealed".into(),
     )
     .into())

@@ -1043,6 +1043,34 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_replaced_secret_is_in_the_log_once_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8 << 20, None).unwrap();
+        store.secret("s", &mut || b"plain".to_vec()).unwrap();
+        assert!(store.replace_secret("s", b"plain", b"sealed").unwrap());
+        store.durable().await.unwrap();
+        // What a crash now would replay: the log as it stands (a small log
+        // is not rotated away by checkpoints).
+        let copy = tempfile::tempdir().unwrap();
+        for file in std::fs::read_dir(dir.path().join("wal")).unwrap() {
+            let file = file.unwrap();
+            std::fs::copy(file.path(), copy.path().join(file.file_name())).unwrap();
+        }
+        let mut logged = Vec::new();
+        Wal::open(copy.path(), &mut |e| {
+            logged.push(e);
+            Ok(())
+        })
+        .unwrap();
+        let replaced = Entry {
+            tree: TreeId::Secrets,
+            key: b"s".to_vec(),
+            value: Some(b"sealed".to_vec()),
+        };
+        assert_eq!(logged.last(), Some(&replaced), "{logged:?}");
+    }
+
     /// The state a crash leaves when the log was synced but sled was not
     /// flushed: the log is replayed on open, indexes included, and consumed.
     #[tokio::test]

@@ -1,9 +1,9 @@
 //! The key-encryption key: seals signing keys and the refresh-token MAC
 //! secret before they reach the store.
 //!
-//! AES-256-GCM with a random nonce per seal and the key id (the secret's
-//! name) as associated data, so a sealed value cannot be moved to another
-//! id. The KEK itself comes
+//! AES-256-GCM with a random nonce per seal and the key id (for the secret,
+//! its name) as associated data, so a sealed value cannot be moved to
+//! another id. The KEK itself comes
 //! from a file or an environment variable and is never stored or logged.
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, Nonce, RandomizedNonceKey};
