@@ -357,6 +357,15 @@ pub struct ServeArgs {
     /// signing keys in the store; or set SESSIOND_KEY_ENCRYPTION_KEY.
     #[arg(long, env = "SESSIOND_KEY_ENCRYPTION_KEY_FILE", value_name = "FILE")]
     pub key_encryption_key_file: Option<PathBuf>,
+    /// File holding the key-encryption key being replaced: what it sealed is
+    /// sealed again under --key-encryption-key-file at start; or set
+    /// SESSIOND_PREVIOUS_KEY_ENCRYPTION_KEY.
+    #[arg(
+        long,
+        env = "SESSIOND_PREVIOUS_KEY_ENCRYPTION_KEY_FILE",
+        value_name = "FILE"
+    )]
+    pub previous_key_encryption_key_file: Option<PathBuf>,
 }
 
 /// The optional configuration file; keys are the flag names with underscores.
@@ -398,6 +407,7 @@ struct FileConfig {
     request_timeout: Option<String>,
     idle_timeout: Option<String>,
     key_encryption_key_file: Option<PathBuf>,
+    previous_key_encryption_key_file: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
@@ -548,6 +558,9 @@ pub struct Config {
     pub limits: Limits,
     /// The key-encryption key (its text), when signing keys are sealed.
     pub key_encryption_key: Option<Secret>,
+    /// The key-encryption key being replaced (its text): what it sealed is
+    /// sealed again under `key_encryption_key`.
+    pub previous_key_encryption_key: Option<Secret>,
     /// TLS, when configured.
     pub tls: Option<crate::tls::TlsFiles>,
     /// Verified access tokens remembered.
@@ -556,6 +569,8 @@ pub struct Config {
 
 /// The environment variable that may hold the key-encryption key itself.
 pub const KEK_ENV: &str = "SESSIOND_KEY_ENCRYPTION_KEY";
+/// The environment variable that may hold the previous key-encryption key.
+pub const PREVIOUS_KEK_ENV: &str = "SESSIOND_PREVIOUS_KEY_ENCRYPTION_KEY";
 
 /// Bounds on the refresh grace period (SuperTokens allows 0 to 300 s).
 pub const MAX_REFRESH_GRACE: Duration = Duration::from_secs(300);
@@ -587,6 +602,7 @@ impl Config {
             store_cache_bytes: DEFAULT_STORE_CACHE_BYTES,
             limits: Limits::default(),
             key_encryption_key: None,
+            previous_key_encryption_key: None,
             tls: None,
             token_cache_size: 10_000,
         }
@@ -832,19 +848,20 @@ impl Config {
             (Some(_), None) => return Err(bad("tls-key", "--tls-cert needs --tls-key")),
             (None, Some(_)) => return Err(bad("tls-cert", "--tls-key needs --tls-cert")),
         };
-        c.key_encryption_key = match args
-            .key_encryption_key_file
-            .clone()
-            .or(file.key_encryption_key_file)
-        {
-            Some(path) => Some(Secret(std::fs::read_to_string(&path).map_err(|e| {
-                bad(
-                    "key-encryption-key-file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?)),
-            None => std::env::var(KEK_ENV).ok().map(Secret),
-        };
+        c.key_encryption_key = read_kek(
+            "key-encryption-key-file",
+            args.key_encryption_key_file
+                .clone()
+                .or(file.key_encryption_key_file),
+            KEK_ENV,
+        )?;
+        c.previous_key_encryption_key = read_kek(
+            "previous-key-encryption-key-file",
+            args.previous_key_encryption_key_file
+                .clone()
+                .or(file.previous_key_encryption_key_file),
+            PREVIOUS_KEK_ENV,
+        )?;
         c.validate()?;
         Ok(c)
     }
@@ -1053,7 +1070,32 @@ impl Config {
             crate::token::kek::Kek::from_text(kek.expose())
                 .map_err(|m| bad("key-encryption-key", m))?;
         }
+        if let Some(previous) = &self.previous_key_encryption_key {
+            crate::token::kek::Kek::from_text(previous.expose())
+                .map_err(|m| bad("previous-key-encryption-key", m))?;
+            if self.key_encryption_key.is_none() {
+                return Err(bad(
+                    "previous-key-encryption-key",
+                    "needs the key-encryption key that replaces it (--key-encryption-key-file)",
+                ));
+            }
+        }
         Ok(())
+    }
+}
+
+/// A key-encryption key's text: from the file `setting` names, or else the
+/// environment variable `env`.
+fn read_kek(
+    setting: &'static str,
+    file: Option<PathBuf>,
+    env: &str,
+) -> Result<Option<Secret>, ConfigError> {
+    match file {
+        Some(path) => Ok(Some(Secret(std::fs::read_to_string(&path).map_err(
+            |e| bad(setting, format!("cannot read {}: {e}", path.display())),
+        )?))),
+        None => Ok(std::env::var(env).ok().map(Secret)),
     }
 }
 
@@ -1190,6 +1232,32 @@ mod tests {
         assert_eq!(e.setting, "store-cache-size");
         let c = resolve(|a| a.store_cache_size = Some("256MiB".into())).unwrap();
         assert_eq!(c.store_cache_bytes, 256 << 20);
+    }
+
+    #[test]
+    fn a_previous_kek_needs_a_current_one_and_must_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, short) = (dir.path().join("kek"), dir.path().join("short"));
+        std::fs::write(&key, "01".repeat(32)).unwrap();
+        std::fs::write(&short, "0102").unwrap();
+        let e = resolve(|a| a.previous_key_encryption_key_file = Some(key.clone())).unwrap_err();
+        assert_eq!(e.setting, "previous-key-encryption-key");
+        assert!(e.to_string().contains("needs"), "{e}");
+        let both = |previous: &PathBuf| {
+            let previous = previous.clone();
+            let key = key.clone();
+            move |a: &mut ServeArgs| {
+                a.key_encryption_key_file = Some(key);
+                a.previous_key_encryption_key_file = Some(previous);
+            }
+        };
+        let e = resolve(both(&short)).unwrap_err();
+        assert_eq!(e.setting, "previous-key-encryption-key");
+        let c = resolve(both(&key)).unwrap();
+        assert!(c.key_encryption_key.is_some() && c.previous_key_encryption_key.is_some());
+        let e = resolve(|a| a.previous_key_encryption_key_file = Some(dir.path().join("none")))
+            .unwrap_err();
+        assert_eq!(e.setting, "previous-key-encryption-key-file", "unreadable");
     }
 
     #[test]

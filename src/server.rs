@@ -155,12 +155,21 @@ async fn run(
     sled.on_close(closed);
     let store: Arc<dyn SessionStore> = sled;
     metrics.set_store(Arc::downgrade(&store));
+    let parse_kek = |which: &str, text: &crate::config::Secret| {
+        Kek::from_text(text.expose()).map_err(|m| {
+            ServeError::Keys(crate::token::KeyError::Sealed(format!("the {which} {m}")))
+        })
+    };
     let kek = match &config.key_encryption_key {
-        Some(text) => Some(Arc::new(Kek::from_text(text.expose()).map_err(|m| {
-            ServeError::Keys(crate::token::KeyError::Sealed(format!(
-                "the key-encryption key {m}"
-            )))
-        })?)),
+        Some(text) => {
+            let kek = parse_kek("key-encryption key", text)?;
+            Some(Arc::new(match &config.previous_key_encryption_key {
+                Some(previous) => {
+                    kek.with_previous(parse_kek("previous key-encryption key", previous)?)
+                }
+                None => kek,
+            }))
+        }
         None => None,
     };
     let keys = Arc::new(

@@ -201,7 +201,8 @@ impl std::fmt::Debug for SessionManager {
 
 /// The refresh-token MAC secret: made on a new store, and kept sealed by the
 /// key-encryption key when there is one (a secret stored in plaintext before
-/// the KEK was configured is sealed now). A sealed secret without the KEK
+/// the KEK was configured, or sealed under the KEK it replaces, is sealed
+/// under it now). A sealed secret without the KEK
 /// that sealed it is an error, never replaced: a new secret would make every
 /// refresh token issued so far fail.
 fn mac_secret(store: &dyn SessionStore, kek: Option<&Kek>) -> Result<Vec<u8>> {
@@ -226,15 +227,27 @@ fn mac_secret(store: &dyn SessionStore, kek: Option<&Kek>) -> Result<Vec<u8>> {
                         .into(),
                 )
             })?;
-            return kek.open_value(aad, &stored).ok_or_else(|| {
+            let opened = kek.open_value(aad, &stored).ok_or_else(|| {
                 KeyError::Sealed(
                     "the configured key-encryption key does not open the refresh-token MAC \
-                     secret; it is not the key the store was sealed with, or the stored \
+                     secret; it is not the key the store was sealed with (a KEK being \
+                     replaced goes in --previous-key-encryption-key-file), or the stored \
                      value is damaged"
                         .into(),
                 )
-                .into()
-            });
+            })?;
+            if !opened.stale {
+                return Ok(opened.plaintext);
+            }
+            let resealed = kek.seal_value(aad, &opened.plaintext);
+            if store.replace_secret(name, &stored, &resealed)? {
+                tracing::info!(
+                    "sealed the refresh-token MAC secret, sealed under the previous \
+                     key-encryption key, again under the current one"
+                );
+                return Ok(opened.plaintext);
+            }
+            continue;
         }
         let Some(kek) = kek else {
             return Ok(stored);
@@ -899,6 +912,17 @@ mod mac_secret_tests {
             assert!(err.to_string().contains(says), "{err}");
             assert_eq!(stored(store.as_ref()), sealed, "never replaced");
         }
+
+        // A new KEK with the replaced one as its predecessor seals the
+        // secret again under the new one; the old KEK alone no longer opens it.
+        let rotating = kek(3).with_previous(kek(1));
+        assert_eq!(mac_secret(store.as_ref(), Some(&rotating)).unwrap(), plain);
+        let resealed = stored(store.as_ref());
+        assert_ne!(resealed, sealed);
+        assert_eq!(mac_secret(store.as_ref(), Some(&kek(3))).unwrap(), plain);
+        assert_eq!(stored(store.as_ref()), resealed, "sealed again once");
+        let err = mac_secret(store.as_ref(), Some(&kek(1))).unwrap_err();
+        assert!(err.to_string().contains("does not open"), "{err}");
 
         // A new store with a KEK never holds the secret in plaintext.
         let dir = tempfile::tempdir().unwrap();

@@ -10,9 +10,20 @@ use aws_lc_rs::aead::{AES_256_GCM, Aad, Nonce, RandomizedNonceKey};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 
-/// A 256-bit key-encryption key.
+/// A 256-bit key-encryption key, and the one it replaces while values
+/// sealed under that one are sealed again.
 pub struct Kek {
     key: RandomizedNonceKey,
+    previous: Option<RandomizedNonceKey>,
+}
+
+/// What [`Kek::open`] recovered.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// The plaintext.
+    pub plaintext: Vec<u8>,
+    /// Sealed under the previous KEK: to be sealed again under the current.
+    pub stale: bool,
 }
 
 impl std::fmt::Debug for Kek {
@@ -36,7 +47,16 @@ impl Kek {
             )?;
         let key = RandomizedNonceKey::new(&AES_256_GCM, &bytes)
             .map_err(|_| "is not a usable AES-256 key".to_owned())?;
-        Ok(Self { key })
+        Ok(Self {
+            key,
+            previous: None,
+        })
+    }
+
+    /// This KEK, also opening what `previous` sealed (a KEK being replaced).
+    pub fn with_previous(mut self, previous: Kek) -> Self {
+        self.previous = Some(previous.key);
+        self
     }
 
     /// Encrypts `plaintext`, bound to `aad`; returns (nonce, ciphertext with tag).
@@ -49,16 +69,27 @@ impl Kek {
         (nonce.as_ref().to_vec(), in_out)
     }
 
-    /// Decrypts what [`Kek::seal`] produced; `None` when the KEK, the nonce,
-    /// the associated data or the ciphertext is not the one it was sealed with.
-    pub fn open(&self, aad: &[u8], nonce: &[u8], ciphertext: &[u8]) -> Option<Vec<u8>> {
-        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
-        let mut in_out = ciphertext.to_vec();
-        let plain = self
-            .key
-            .open_in_place(nonce, Aad::from(aad), &mut in_out)
-            .ok()?;
-        Some(plain.to_vec())
+    /// Decrypts what [`Kek::seal`] produced, with this KEK or the previous
+    /// one; `None` when neither KEK, or the nonce, the associated data or the
+    /// ciphertext, is the one it was sealed with.
+    pub fn open(&self, aad: &[u8], nonce: &[u8], ciphertext: &[u8]) -> Option<Opened> {
+        let open = |key: &RandomizedNonceKey| {
+            let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+            let mut in_out = ciphertext.to_vec();
+            let plain = key.open_in_place(nonce, Aad::from(aad), &mut in_out).ok()?;
+            Some(plain.to_vec())
+        };
+        if let Some(plaintext) = open(&self.key) {
+            return Some(Opened {
+                plaintext,
+                stale: false,
+            });
+        }
+        let plaintext = open(self.previous.as_ref()?)?;
+        Some(Opened {
+            plaintext,
+            stale: true,
+        })
     }
 }
 
@@ -81,8 +112,8 @@ impl Kek {
     }
 
     /// Opens what [`Kek::seal_value`] made; `None` when it was not made so,
-    /// or not with this KEK and `aad`.
-    pub fn open_value(&self, aad: &[u8], value: &[u8]) -> Option<Vec<u8>> {
+    /// or not with this KEK (or the previous one) and `aad`.
+    pub fn open_value(&self, aad: &[u8], value: &[u8]) -> Option<Opened> {
         let rest = value.strip_prefix(SEALED_VALUE)?;
         let (nonce, ciphertext) = rest.split_at_checked(NONCE_LEN)?;
         self.open(aad, nonce, ciphertext)
@@ -108,7 +139,10 @@ mod tests {
         let kek = Kek::from_text(&STANDARD.encode([7u8; 32])).unwrap();
         let (nonce, sealed) = kek.seal(b"d-1", b"private key");
         assert_ne!(&sealed[..11], b"private key");
-        assert_eq!(kek.open(b"d-1", &nonce, &sealed).unwrap(), b"private key");
+        assert_eq!(
+            kek.open(b"d-1", &nonce, &sealed).unwrap().plaintext,
+            b"private key"
+        );
         assert!(
             kek.open(b"d-2", &nonce, &sealed).is_none(),
             "bound to the key id"
@@ -130,7 +164,7 @@ mod tests {
             !value.windows(32).any(|w| w == secret),
             "no plaintext inside"
         );
-        assert_eq!(kek.open_value(b"mac", &value).unwrap(), secret);
+        assert_eq!(kek.open_value(b"mac", &value).unwrap().plaintext, secret);
         assert!(
             kek.open_value(b"other", &value).is_none(),
             "bound to the name"
@@ -142,5 +176,33 @@ mod tests {
             "not a sealed value"
         );
         assert!(kek.open_value(b"mac", SEALED_VALUE).is_none(), "cut short");
+    }
+
+    #[test]
+    fn a_kek_with_its_predecessor_opens_both_and_says_which_was_stale() {
+        let old = || Kek::from_text(&STANDARD.encode([1u8; 32])).unwrap();
+        let new = || Kek::from_text(&STANDARD.encode([2u8; 32])).unwrap();
+        let rotating = new().with_previous(old());
+
+        let (old_nonce, by_old) = old().seal(b"d-1", b"private key");
+        let opened = rotating.open(b"d-1", &old_nonce, &by_old).unwrap();
+        assert_eq!(opened.plaintext, b"private key");
+        assert!(opened.stale, "sealed under the previous KEK");
+        assert!(
+            rotating.open(b"d-2", &old_nonce, &by_old).is_none(),
+            "still bound to the id"
+        );
+
+        let (new_nonce, by_new) = rotating.seal(b"d-1", b"private key");
+        assert!(!rotating.open(b"d-1", &new_nonce, &by_new).unwrap().stale);
+        assert!(
+            old().open(b"d-1", &new_nonce, &by_new).is_none(),
+            "sealed with the new KEK"
+        );
+        assert!(new().open(b"d-1", &new_nonce, &by_new).is_some());
+
+        let unrelated = Kek::from_text(&STANDARD.encode([3u8; 32])).unwrap();
+        let (nonce, by_other) = unrelated.seal(b"d-1", b"x");
+        assert!(rotating.open(b"d-1", &nonce, &by_other).is_none());
     }
 }

@@ -333,9 +333,11 @@ struct Vault {
 }
 
 impl Vault {
-    /// The stored keys, opened; and how many were stored in plaintext.
-    fn load(&self) -> Result<(Vec<KeyRecord>, usize), KeyError> {
+    /// The stored keys, opened; and how many were stored in plaintext, and
+    /// how many sealed under the previous KEK.
+    fn load(&self) -> Result<(Vec<KeyRecord>, usize, usize), KeyError> {
         let mut plaintext = 0;
+        let mut stale = 0;
         let records = self
             .store
             .keys()?
@@ -351,20 +353,23 @@ impl Vault {
                         ));
                     }
                     (Some(sealed), Some(kek)) => {
-                        r.private_pkcs8 = kek.open(r.kid.as_bytes(), &sealed.nonce, &sealed.ciphertext).ok_or_else(|| {
+                        let opened = kek.open(r.kid.as_bytes(), &sealed.nonce, &sealed.ciphertext).ok_or_else(|| {
                             KeyError::Sealed(format!(
                                 "the configured key-encryption key does not open signing key {}; \
-                                 it is not the key the store was sealed with",
+                                 it is not the key the store was sealed with (a KEK being replaced \
+                                 goes in --previous-key-encryption-key-file)",
                                 r.kid
                             ))
                         })?;
+                        stale += usize::from(opened.stale);
+                        r.private_pkcs8 = opened.plaintext;
                         r.sealed = None;
                     }
                 }
                 Ok(r)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((records, plaintext))
+        Ok((records, plaintext, stale))
     }
 
     /// Stores a key, sealed when there is a KEK.
@@ -523,17 +528,25 @@ impl KeyRing {
             kek,
         };
         let now = clock.now_ms();
-        let (mut records, plaintext) = vault.load()?;
+        let (mut records, plaintext, stale) = vault.load()?;
         let mut changed = false;
-        if vault.kek.is_some() && plaintext > 0 {
+        if vault.kek.is_some() && plaintext + stale > 0 {
             for r in &records {
                 vault.put(r)?;
             }
             changed = true;
-            tracing::info!(
-                keys = plaintext,
-                "sealed the stored signing keys with the key-encryption key"
-            );
+            if plaintext > 0 {
+                tracing::info!(
+                    keys = plaintext,
+                    "sealed the stored signing keys with the key-encryption key"
+                );
+            }
+            if stale > 0 {
+                tracing::info!(
+                    keys = stale,
+                    "sealed the signing keys sealed under the previous key-encryption key again under the current one"
+                );
+            }
         }
         if !records.iter().any(|r| r.is_static) {
             let suffix = super::random_bytes::<8>()

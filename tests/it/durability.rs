@@ -357,3 +357,78 @@ async fn keys_and_the_mac_secret_are_sealed_and_a_wrong_kek_refuses_to_start() {
     }
     drop(dir);
 }
+
+#[tokio::test]
+async fn a_kek_is_replaced_by_starting_with_the_old_one_as_previous() {
+    use base64::Engine;
+    use sessiond::config::Secret;
+    let kek = |byte: u8| Secret::new(base64::engine::general_purpose::STANDARD.encode([byte; 32]));
+    let refused = |config: &sessiond::config::Config, clock: Arc<sessiond::ManualClock>| {
+        let config = config.clone();
+        async move {
+            // sled can hold the directory's lock a moment after a stop.
+            for _ in 0..20 {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let text = sessiond::serve(
+                    listener,
+                    config.clone(),
+                    clock.clone(),
+                    std::future::pending(),
+                )
+                .await
+                .expect_err("the store cannot be opened")
+                .to_string();
+                if !text.contains("in use by another") {
+                    return text;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("the data directory stayed locked");
+        }
+    };
+
+    let server = TestServer::start_with(|c| c.key_encryption_key = Some(kek(1))).await;
+    let mut c = server.sessions().await;
+    let created = create(&mut c, "u", json!({})).await;
+    drop(c);
+    let (dir, clock, mut config) = server.stop().await;
+
+    // The new KEK alone cannot open what the old one sealed, and says where
+    // the old one goes.
+    config.key_encryption_key = Some(kek(2));
+    let text = refused(&config, clock.clone()).await;
+    assert!(
+        text.contains("does not open") && text.contains("--previous-key-encryption-key-file"),
+        "{text}"
+    );
+
+    // With the old one as previous, everything is sealed again under the new.
+    let dir = Arc::try_unwrap(dir).expect("the test holds the only handle");
+    let server = TestServer::start_in(dir, |c| {
+        c.key_encryption_key = Some(kek(2));
+        c.previous_key_encryption_key = Some(kek(1));
+    })
+    .await;
+    let mut c = server.sessions().await;
+    verify(&mut c, &access(&created), true)
+        .await
+        .expect("tokens signed before the change verify");
+    let refreshed = refresh(&mut c, &refresh_token(&created))
+        .await
+        .expect("refresh tokens issued before the change refresh");
+    drop(c);
+    let (dir, clock, mut config) = server.stop().await;
+
+    // From now on the new KEK alone starts it, and the old one no longer does.
+    config.previous_key_encryption_key = None;
+    config.key_encryption_key = Some(kek(1));
+    let text = refused(&config, clock.clone()).await;
+    assert!(text.contains("does not open"), "{text}");
+    let dir = Arc::try_unwrap(dir).expect("the test holds the only handle");
+    let server = TestServer::start_in(dir, |c| c.key_encryption_key = Some(kek(2))).await;
+    let mut c = server.sessions().await;
+    let rotated = refreshed.refresh_token.unwrap().token;
+    refresh(&mut c, &rotated)
+        .await
+        .expect("the refresh token from the changeover refreshes under the new KEK alone");
+}
