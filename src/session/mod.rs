@@ -227,15 +227,9 @@ fn mac_secret(store: &dyn SessionStore, kek: Option<&Kek>) -> Result<Vec<u8>> {
                         .into(),
                 )
             })?;
-            let opened = kek.open_value(aad, &stored).ok_or_else(|| {
-                KeyError::Sealed(
-                    "the configured key-encryption key does not open the refresh-token MAC \
-                     secret; it is not the key the store was sealed with (a KEK being \
-                     replaced goes in --previous-key-encryption-key-file), or the stored \
-                     value is damaged"
-                        .into(),
-                )
-            })?;
+            let opened = kek
+                .open_value(aad, &stored)
+                .ok_or_else(|| KeyError::Sealed(kek.refusal("the refresh-token MAC secret")))?;
             if !opened.stale {
                 return Ok(opened.plaintext);
             }

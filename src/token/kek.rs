@@ -17,8 +17,7 @@ pub struct Kek {
     previous: Option<RandomizedNonceKey>,
 }
 
-/// What [`Kek::open`] recovered.
-#[derive(Debug, PartialEq, Eq)]
+/// What [`Kek::open`] recovered (no `Debug`: it holds key material).
 pub struct Opened {
     /// The plaintext.
     pub plaintext: Vec<u8>,
@@ -57,6 +56,28 @@ impl Kek {
     pub fn with_previous(mut self, previous: Kek) -> Self {
         self.previous = Some(previous.key);
         self
+    }
+
+    /// Whether a previous KEK was given.
+    pub fn has_previous(&self) -> bool {
+        self.previous.is_some()
+    }
+
+    /// Why a sealed value named `what` did not open, for the operator.
+    pub fn refusal(&self, what: &str) -> String {
+        if self.has_previous() {
+            format!(
+                "neither the key-encryption key nor the previous one opens {what}; the store \
+                 was sealed with another key, or the stored value is damaged"
+            )
+        } else {
+            format!(
+                "the configured key-encryption key does not open {what}; it is not the key the \
+                 store was sealed with (a KEK being replaced goes in \
+                 --previous-key-encryption-key-file or SESSIOND_PREVIOUS_KEY_ENCRYPTION_KEY), or \
+                 the stored value is damaged"
+            )
+        }
     }
 
     /// Encrypts `plaintext`, bound to `aad`; returns (nonce, ciphertext with tag).

@@ -353,14 +353,11 @@ impl Vault {
                         ));
                     }
                     (Some(sealed), Some(kek)) => {
-                        let opened = kek.open(r.kid.as_bytes(), &sealed.nonce, &sealed.ciphertext).ok_or_else(|| {
-                            KeyError::Sealed(format!(
-                                "the configured key-encryption key does not open signing key {}; \
-                                 it is not the key the store was sealed with (a KEK being replaced \
-                                 goes in --previous-key-encryption-key-file)",
-                                r.kid
-                            ))
-                        })?;
+                        let opened = kek
+                            .open(r.kid.as_bytes(), &sealed.nonce, &sealed.ciphertext)
+                            .ok_or_else(|| {
+                                KeyError::Sealed(kek.refusal(&format!("signing key {}", r.kid)))
+                            })?;
                         stale += usize::from(opened.stale);
                         r.private_pkcs8 = opened.plaintext;
                         r.sealed = None;
@@ -547,6 +544,10 @@ impl KeyRing {
                     "sealed the signing keys sealed under the previous key-encryption key again under the current one"
                 );
             }
+        } else if vault.kek.as_ref().is_some_and(|k| k.has_previous()) {
+            tracing::info!(
+                "a previous key-encryption key is configured, but no signing key was sealed under it"
+            );
         }
         if !records.iter().any(|r| r.is_static) {
             let suffix = super::random_bytes::<8>()
@@ -911,5 +912,65 @@ mod tests {
         ring.maintain().await.unwrap();
         assert!(!ring.jwks().iter().any(|k| k.kid == first.kid()));
         assert!(ring.verifier(second.kid()).is_some());
+    }
+
+    #[tokio::test]
+    async fn keys_left_under_either_kek_are_sealed_again_under_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn SessionStore> = SledStore::open(dir.path(), 16 << 20, None).unwrap();
+        let clock = ManualClock::starting_now();
+        let config = KeyRingConfig {
+            algorithm: SigningAlgorithm::EdDSA,
+            rotation_interval_ms: 24 * HOUR,
+            access_lifetime_ms: HOUR,
+        };
+        let kek = |byte: u8| Arc::new(Kek::from_text(&format!("{byte:02x}").repeat(32)).unwrap());
+        let open = |kek: Arc<Kek>| {
+            KeyRing::open_sealed(
+                store.clone(),
+                clock.clone(),
+                config,
+                Metrics::shared(),
+                Some(kek),
+            )
+        };
+        let kids = |ring: &KeyRing| {
+            let mut kids: Vec<String> = ring.jwks().iter().map(|k| k.kid.clone()).collect();
+            kids.sort();
+            kids
+        };
+        let before = kids(&open(kek(1)).await.unwrap());
+
+        // A change cut short: one key already sealed under the new KEK, the
+        // others still under the old one.
+        let mut records = store.keys().unwrap();
+        assert!(records.len() >= 2);
+        let first = &mut records[0];
+        let sealed = first.sealed.take().unwrap();
+        let plain = kek(1)
+            .open(first.kid.as_bytes(), &sealed.nonce, &sealed.ciphertext)
+            .unwrap()
+            .plaintext;
+        let (nonce, ciphertext) = kek(2).seal(first.kid.as_bytes(), &plain);
+        first.sealed = Some(SealedKey { nonce, ciphertext });
+        store.put_key(first).unwrap();
+
+        for alone in [1, 2] {
+            let err = open(kek(alone)).await.unwrap_err().to_string();
+            assert!(err.contains("does not open"), "KEK {alone} alone: {err}");
+        }
+        let rotating = Arc::new(
+            Kek::from_text(&"02".repeat(32))
+                .unwrap()
+                .with_previous(Kek::from_text(&"01".repeat(32)).unwrap()),
+        );
+        assert_eq!(kids(&open(rotating).await.unwrap()), before);
+        assert_eq!(
+            kids(&open(kek(2)).await.unwrap()),
+            before,
+            "the new KEK alone now"
+        );
+        let err = open(kek(1)).await.unwrap_err().to_string();
+        assert!(err.contains("does not open"), "{err}");
     }
 }
