@@ -35,6 +35,8 @@ use tokio::time::{Duration, Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::reload::Live;
+
 /// Hands out cuttable connections.
 #[derive(Debug)]
 pub struct Connections {
@@ -262,7 +264,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// up the others; a failed handshake is logged at DEBUG and dropped.
 pub async fn accept(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Live<TlsAcceptor>>,
     connections: std::sync::Arc<Connections>,
     idle: Duration,
     tx: mpsc::Sender<Conn>,
@@ -294,8 +296,9 @@ pub async fn accept(
                 }
             }
             Some(acceptor) => {
-                let (acceptor, tx, connections) =
-                    (acceptor.clone(), tx.clone(), connections.clone());
+                // The certificate in force now (a reload may have replaced it).
+                let acceptor = TlsAcceptor::clone(&acceptor.get());
+                let (tx, connections) = (tx.clone(), connections.clone());
                 tokio::spawn(async move {
                     let remote = tcp.peer_addr().ok();
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

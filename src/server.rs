@@ -291,11 +291,19 @@ async fn run(
     let cors_origins = Live::new(config.cors_origins.clone());
     let router = router.layer(crate::http::cors(cors_origins.clone()));
 
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|files| crate::tls::server_config(files).map(tokio_rustls::TlsAcceptor::from))
+        .transpose()
+        .map_err(|e| ServeError::Tls(e.to_string()))?
+        .map(Live::new);
     let reloadable = Reloadable {
         addr,
         api_keys,
         client_secrets,
         cors_origins,
+        tls: tls.clone(),
     };
     let background = [
         tokio::spawn(sweeper(manager.clone(), config.sweep_interval)),
@@ -305,12 +313,6 @@ async fn run(
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let connections = Arc::new(Connections::new(limits.max_connections));
-    let tls = config
-        .tls
-        .as_ref()
-        .map(|files| crate::tls::server_config(files).map(tokio_rustls::TlsAcceptor::from))
-        .transpose()
-        .map_err(|e| ServeError::Tls(e.to_string()))?;
     let (accepted, incoming) = mpsc::channel(128);
     let acceptor = tokio::spawn(crate::connections::accept(
         listener,
@@ -385,6 +387,8 @@ struct Reloadable {
     api_keys: ApiKeys,
     client_secrets: ClientSecrets,
     cors_origins: Live<Vec<String>>,
+    /// The TLS certificate new connections get, when serving TLS.
+    tls: Option<Live<tokio_rustls::TlsAcceptor>>,
 }
 
 async fn apply_reloads(live: Reloadable, reloads: Option<mpsc::UnboundedReceiver<Config>>) {
@@ -402,11 +406,33 @@ async fn apply_reloads(live: Reloadable, reloads: Option<mpsc::UnboundedReceiver
         live.api_keys.replace(&config.api_keys);
         live.client_secrets.replace(&config.client_secrets);
         live.cors_origins.set(config.cors_origins.clone());
+        let tls = match (&live.tls, &config.tls) {
+            (Some(current), Some(files)) => match crate::tls::server_config(files) {
+                Ok(server) => {
+                    current.set(tokio_rustls::TlsAcceptor::from(server));
+                    "reloaded"
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "TLS files not reloaded, the certificate in use stays: {}: {}",
+                        e.setting,
+                        e.message
+                    );
+                    "kept"
+                }
+            },
+            (None, None) => "off",
+            (Some(_), None) | (None, Some(_)) => {
+                tracing::warn!("turning TLS on or off takes a restart; it stays as it started");
+                "unchanged"
+            }
+        };
         tracing::info!(
             target: LIFECYCLE_TARGET,
             api_keys = config.api_keys.len(),
             client_secrets = config.client_secrets.len(),
             cors_origins = config.cors_origins.len(),
+            tls,
             "configuration reloaded"
         );
     }

@@ -279,3 +279,45 @@ async fn the_health_command_speaks_mutual_tls() {
     let (code, _, _) = crate::cli::sessiond(base(&[])).await;
     assert_ne!(code, 0, "plaintext");
 }
+
+#[tokio::test]
+async fn a_reload_gives_new_connections_the_new_certificate() {
+    let (first, second) = (Pki::new(), Pki::new());
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config::with_data_dir(data.path());
+    config.tls = Some(first.files(false));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (reload, reloads) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(sessiond::serve_with_reload(
+        listener,
+        config.clone(),
+        sessiond::ManualClock::starting_now(),
+        std::future::pending(),
+        Some(reloads),
+    ));
+    call(addr, Some(first.client(None)))
+        .await
+        .expect("the certificate it started with");
+    assert!(
+        call(addr, Some(second.client(None))).await.is_err(),
+        "a client trusting only the second CA is refused before the reload"
+    );
+
+    // As SIGHUP does after reading the configuration again.
+    config.tls = Some(second.files(false));
+    reload.send(config).unwrap();
+    let mut served = Err(String::new());
+    for _ in 0..50 {
+        served = call(addr, Some(second.client(None))).await;
+        if served.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    served.expect("the new certificate after the reload");
+    assert!(
+        call(addr, Some(first.client(None))).await.is_err(),
+        "new connections no longer get the old certificate"
+    );
+}
