@@ -148,9 +148,9 @@ async fn run(args: ServeArgs) -> ExitCode {
 }
 
 /// On SIGHUP, reads the configuration again (the file may have changed) and
-/// applies the log filter here and the API keys, client secrets and CORS
-/// origins in the server. A configuration that does not validate is refused
-/// and the running one kept.
+/// applies the log filter here and the API keys, client secrets, CORS
+/// origins and TLS files in the server. A configuration that does not
+/// validate is refused and the running one kept.
 async fn reload_on_sighup(
     args: ServeArgs,
     log_filter: FilterHandle,

@@ -97,8 +97,10 @@ pub async fn serve(
 
 /// [`serve`], also applying each configuration received on `reloads`: the
 /// API keys, client secrets and CORS origins change for calls that arrive
-/// after it, and open connections stay open. A configuration that would
-/// leave a non-loopback listener without API keys is refused.
+/// after it, the TLS certificate, key and client CA (when serving TLS) for
+/// connections made after it, and open connections stay open. A
+/// configuration that would leave a non-loopback listener without API keys,
+/// or whose TLS files do not load, is refused whole.
 pub async fn serve_with_reload(
     listener: TcpListener,
     config: Config,
@@ -403,29 +405,37 @@ async fn apply_reloads(live: Reloadable, reloads: Option<mpsc::UnboundedReceiver
             );
             continue;
         }
-        live.api_keys.replace(&config.api_keys);
-        live.client_secrets.replace(&config.client_secrets);
-        live.cors_origins.set(config.cors_origins.clone());
-        let tls = match (&live.tls, &config.tls) {
-            (Some(current), Some(files)) => match crate::tls::server_config(files) {
-                Ok(server) => {
-                    current.set(tokio_rustls::TlsAcceptor::from(server));
-                    "reloaded"
-                }
+        // The TLS files are read first (again: they may have changed since
+        // the configuration was validated, a renewal half-written), so that a
+        // reload is applied whole or not at all.
+        let acceptor = match (&live.tls, &config.tls) {
+            (Some(_), Some(files)) => match crate::tls::server_config(files) {
+                Ok(server) => Some(tokio_rustls::TlsAcceptor::from(server)),
                 Err(e) => {
                     tracing::error!(
-                        "TLS files not reloaded, the certificate in use stays: {}: {}",
+                        "configuration reload refused: {}: {}; the running configuration stays",
                         e.setting,
                         e.message
                     );
-                    "kept"
+                    continue;
                 }
             },
-            (None, None) => "off",
+            (None, None) => None,
             (Some(_), None) | (None, Some(_)) => {
                 tracing::warn!("turning TLS on or off takes a restart; it stays as it started");
-                "unchanged"
+                None
             }
+        };
+        live.api_keys.replace(&config.api_keys);
+        live.client_secrets.replace(&config.client_secrets);
+        live.cors_origins.set(config.cors_origins.clone());
+        let tls = match (&live.tls, acceptor) {
+            (Some(current), Some(acceptor)) => {
+                current.set(acceptor);
+                "reloaded"
+            }
+            (Some(_), None) => "unchanged",
+            (None, _) => "off",
         };
         tracing::info!(
             target: LIFECYCLE_TARGET,

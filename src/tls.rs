@@ -6,7 +6,8 @@
 //! client must present a certificate issued by it: the handshake fails
 //! otherwise, before any request is read. Certificates and keys are read
 //! from PEM files; a file that cannot be used stops the server before it
-//! listens, with the setting named.
+//! listens, with the setting named, and at a SIGHUP reload refuses the
+//! reload (the certificate in use stays).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

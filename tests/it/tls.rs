@@ -281,11 +281,11 @@ async fn the_health_command_speaks_mutual_tls() {
 }
 
 #[tokio::test]
-async fn a_reload_gives_new_connections_the_new_certificate() {
+async fn a_reload_gives_new_connections_the_new_certificate_and_client_ca() {
     let (first, second) = (Pki::new(), Pki::new());
     let data = tempfile::tempdir().unwrap();
     let mut config = Config::with_data_dir(data.path());
-    config.tls = Some(first.files(false));
+    config.tls = Some(first.files(true));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (reload, reloads) = tokio::sync::mpsc::unbounded_channel();
@@ -296,28 +296,45 @@ async fn a_reload_gives_new_connections_the_new_certificate() {
         std::future::pending(),
         Some(reloads),
     ));
-    call(addr, Some(first.client(None)))
+    call(addr, Some(first.client(Some("client"))))
         .await
-        .expect("the certificate it started with");
+        .expect("the certificate and client CA it started with");
     assert!(
-        call(addr, Some(second.client(None))).await.is_err(),
-        "a client trusting only the second CA is refused before the reload"
+        call(addr, Some(second.client(Some("client"))))
+            .await
+            .is_err(),
+        "a client of the second PKI is refused before the reload"
     );
 
     // As SIGHUP does after reading the configuration again.
-    config.tls = Some(second.files(false));
+    config.tls = Some(second.files(true));
     reload.send(config).unwrap();
     let mut served = Err(String::new());
     for _ in 0..50 {
-        served = call(addr, Some(second.client(None))).await;
+        served = call(addr, Some(second.client(Some("client")))).await;
         if served.is_ok() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    served.expect("the new certificate after the reload");
+    served.expect("the new certificate and client CA after the reload");
     assert!(
-        call(addr, Some(first.client(None))).await.is_err(),
+        call(addr, Some(first.client(Some("client"))))
+            .await
+            .is_err(),
         "new connections no longer get the old certificate"
+    );
+    // Trusting the new server certificate is not enough: the client
+    // certificate must come from the new client CA too.
+    let crossed = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&second.ca))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(
+            first.read("client.pem"),
+            first.read("client.key"),
+        ));
+    assert!(
+        call(addr, Some(crossed)).await.is_err(),
+        "a client certificate from the old CA is refused"
     );
 }
