@@ -24,7 +24,7 @@
 //! last frame are free space, not damage.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -56,6 +56,8 @@ impl TreeId {
 const OP_PUT: u8 = 1;
 const OP_REMOVE: u8 = 2;
 const FRAME_HEADER: usize = 8;
+/// Bytes read at a time when a segment is replayed or checked for zeros.
+const READ_CHUNK: usize = 256 << 10;
 const BODY_HEADER: usize = 6;
 
 /// Space preallocated for the first segment of a run.
@@ -112,28 +114,22 @@ impl Wal {
         fs::create_dir_all(dir).map_err(|e| io_error("cannot create", dir, e))?;
         let found = segments(dir)?;
         let last = found.last().map(|(n, _)| *n);
-        let read = |path: &Path| fs::read(path).map_err(|e| io_error("cannot read", path, e));
         // The segment written last is the newest one holding anything but
         // zeros: a crash can come after the next segment was preallocated
         // and before it took a write, while a write to this one was torn.
-        // Found newest first; its bytes are kept for the replay, and the
-        // segments after it hold nothing to replay.
-        let mut written_last = None;
+        // Found newest first; the segments after it hold nothing to replay.
+        // Segments are read in pieces, never whole: a preallocated one is
+        // mostly zeros, up to MAX_SEGMENT of them.
+        let mut replay_end = 0;
         for (i, (_, path)) in found.iter().enumerate().rev() {
-            let bytes = read(path)?;
-            if bytes.iter().any(|&b| b != 0) {
-                written_last = Some((i, bytes));
+            if !zeros_from(path, 0)? {
+                replay_end = i + 1;
                 break;
             }
         }
-        let replay_end = written_last.as_ref().map_or(0, |(i, _)| i + 1);
         for (i, (_, path)) in found.iter().enumerate().take(replay_end) {
-            let bytes = match &mut written_last {
-                Some((last, bytes)) if *last == i => std::mem::take(bytes),
-                _ => read(path)?,
-            };
-            let intact = read_frames(&bytes, &mut *replay)?;
-            if bytes[intact..].iter().all(|&b| b == 0) {
+            let intact = replay_frames(path, &mut *replay)?;
+            if zeros_from(path, intact)? {
                 // Every frame intact; what follows is preallocated space.
                 continue;
             }
@@ -149,7 +145,7 @@ impl Wal {
                 .write(true)
                 .open(path)
                 .and_then(|f| {
-                    f.set_len(intact as u64)?;
+                    f.set_len(intact)?;
                     f.sync_all()
                 })
                 .map_err(|e| io_error("cannot truncate", path, e))?;
@@ -363,32 +359,63 @@ fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
     Ok(found)
 }
 
-/// Hands each intact frame of `bytes` to `replay`; returns how many bytes
-/// were intact (less than the length when it stopped at a damaged frame).
-fn read_frames(
-    bytes: &[u8],
+/// Hands each intact frame of the segment at `path` to `replay`, in order;
+/// returns how many bytes from the start were intact frames (it stops at
+/// the first frame that is not: a torn write, damage, or the zeros of
+/// preallocated space).
+fn replay_frames(
+    path: &Path,
     replay: &mut dyn FnMut(Entry) -> Result<(), StoreError>,
-) -> Result<usize, StoreError> {
-    let mut at = 0;
-    while at < bytes.len() {
-        let Some(body) = frame(&bytes[at..]) else {
+) -> Result<u64, StoreError> {
+    let io = |e| io_error("cannot read", path, e);
+    let file = File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let mut reader = BufReader::with_capacity(READ_CHUNK, file);
+    let mut at = 0u64;
+    let mut body = Vec::new();
+    while len - at >= FRAME_HEADER as u64 {
+        let mut header = [0u8; FRAME_HEADER];
+        reader.read_exact(&mut header).map_err(io)?;
+        let [l0, l1, l2, l3, c0, c1, c2, c3] = header;
+        let body_len = u64::from(u32::from_le_bytes([l0, l1, l2, l3]));
+        // A length running past the end is a torn or damaged header: stop
+        // before allocating for it.
+        if body_len > len - at - FRAME_HEADER as u64 {
             break;
-        };
-        let Some(entry) = parse_body(body) else {
+        }
+        body.resize(body_len as usize, 0);
+        reader.read_exact(&mut body).map_err(io)?;
+        if crc32fast::hash(&body) != u32::from_le_bytes([c0, c1, c2, c3]) {
+            break;
+        }
+        let Some(entry) = parse_body(&body) else {
             break;
         };
         replay(entry)?;
-        at += FRAME_HEADER + body.len();
+        at += FRAME_HEADER as u64 + body_len;
     }
     Ok(at)
 }
 
-/// The body of the intact frame at the start of `bytes`.
-fn frame(bytes: &[u8]) -> Option<&[u8]> {
-    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(bytes.get(4..FRAME_HEADER)?.try_into().ok()?);
-    let body = bytes.get(FRAME_HEADER..FRAME_HEADER.checked_add(len)?)?;
-    (crc32fast::hash(body) == crc).then_some(body)
+/// Whether the file at `path` holds only zeros from `offset` to its end.
+fn zeros_from(path: &Path, offset: u64) -> Result<bool, StoreError> {
+    let io = |e| io_error("cannot read", path, e);
+    let mut file = File::open(path).map_err(io)?;
+    file.seek(SeekFrom::Start(offset)).map_err(io)?;
+    let mut chunk = vec![0u8; READ_CHUNK];
+    loop {
+        let n = match file.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io(e)),
+        };
+        if n == 0 {
+            return Ok(true);
+        }
+        if chunk[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+    }
 }
 
 fn parse_body(body: &[u8]) -> Option<Entry> {
@@ -513,6 +540,55 @@ mod tests {
                 put(TreeId::Secrets, "a", "kept"),
                 put(TreeId::Secrets, "c", "later")
             ]
+        );
+    }
+
+    #[test]
+    fn values_ending_in_zeros_and_segments_larger_than_a_read_are_replayed_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = collect(dir.path()).0.wal;
+        // Frames spanning several reads, the last value ending in zeros
+        // (as a record's big-endian expiry can), before preallocated zeros.
+        let big = vec![7u8; READ_CHUNK + 100];
+        let zeros_at_the_end = [1u8, 0, 0, 0, 0];
+        wal.append(TreeId::Sessions, b"big", Some(&big));
+        wal.append(TreeId::Sessions, b"z", Some(&zeros_at_the_end));
+        wal.sync().unwrap();
+        drop(wal);
+        let seen = collect(dir.path()).1;
+        assert_eq!(
+            seen,
+            vec![
+                Entry {
+                    tree: TreeId::Sessions,
+                    key: b"big".to_vec(),
+                    value: Some(big),
+                },
+                Entry {
+                    tree: TreeId::Sessions,
+                    key: b"z".to_vec(),
+                    value: Some(zeros_at_the_end.to_vec()),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_torn_header_claiming_a_huge_frame_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = logged(dir.path(), &[(TreeId::Secrets, "a", "kept")]);
+        // A header torn into a length of 4 GiB, in the segment written last.
+        let path = segment_path(dir.path(), 1);
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4], len)
+            .unwrap();
+        drop(file);
+        let seen = collect(dir.path()).1;
+        assert_eq!(seen, vec![put(TreeId::Secrets, "a", "kept")]);
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            len,
+            "cut at the last intact frame"
         );
     }
 
