@@ -555,7 +555,14 @@ mod tests {
         wal.append(TreeId::Sessions, b"z", Some(&zeros_at_the_end));
         wal.sync().unwrap();
         drop(wal);
+        let path = segment_path(dir.path(), 1);
+        let before = fs::metadata(&path).unwrap().len();
         let seen = collect(dir.path()).1;
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            before,
+            "nothing taken for a torn frame"
+        );
         assert_eq!(
             seen,
             vec![
@@ -590,6 +597,45 @@ mod tests {
             len,
             "cut at the last intact frame"
         );
+    }
+
+    /// Writes one non-zero byte into segment `n` at `at`.
+    fn poke(dir: &Path, n: u64, at: u64) {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(segment_path(dir, n))
+            .unwrap();
+        file.write_all_at(&[0x5a], at).unwrap();
+    }
+
+    #[test]
+    fn bytes_past_the_first_read_count_as_written() {
+        // In the segment written last: a torn write, cut off.
+        let dir = tempfile::tempdir().unwrap();
+        let len = logged(dir.path(), &[(TreeId::Secrets, "a", "kept")]);
+        poke(dir.path(), 1, len + READ_CHUNK as u64 + 1);
+        let (opened, seen) = collect(dir.path());
+        assert_eq!(seen, vec![put(TreeId::Secrets, "a", "kept")]);
+        let segment_1 = segment_path(dir.path(), 1);
+        assert_eq!(fs::metadata(&segment_1).unwrap().len(), len, "cut off");
+
+        // A segment whose only written byte lies past the first read is
+        // still the one written last (a torn write whose later sector
+        // landed): segment 2 is cut to nothing, segment 1 replayed whole.
+        drop(opened);
+        poke(dir.path(), 2, READ_CHUNK as u64 + 10);
+        let (opened, seen) = collect(dir.path());
+        assert_eq!(seen, vec![put(TreeId::Secrets, "a", "kept")]);
+        let segment_2 = segment_path(dir.path(), 2);
+        assert_eq!(fs::metadata(&segment_2).unwrap().len(), 0, "cut off");
+
+        // Before the segment written last, the same byte is damage.
+        opened.wal.append(TreeId::Secrets, b"b", Some(b"later"));
+        opened.wal.sync().unwrap();
+        drop(opened);
+        poke(dir.path(), 1, len + READ_CHUNK as u64 + 1);
+        let err = Wal::open(dir.path(), &mut |_| Ok(())).err().unwrap();
+        assert!(matches!(err, StoreError::Corrupt(m) if m.contains("damaged frame")));
     }
 
     #[test]
