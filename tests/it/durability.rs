@@ -282,7 +282,7 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
 async fn keys_and_the_mac_secret_are_sealed_and_a_wrong_kek_refuses_to_start() {
     use base64::Engine;
     use sessiond::config::Secret;
-    use sessiond::store::{SessionStore, SledStore};
+    use sessiond::store::SessionStore;
     let kek = |byte: u8| Secret::new(base64::engine::general_purpose::STANDARD.encode([byte; 32]));
 
     // A store made without a KEK: its keys are sealed at the first start with one.
@@ -295,7 +295,7 @@ async fn keys_and_the_mac_secret_are_sealed_and_a_wrong_kek_refuses_to_start() {
     let dir = Arc::try_unwrap(dir).expect("the test holds the only handle");
     let data = dir.path().to_owned();
     let mac = |data: &std::path::Path| {
-        let store = SledStore::open(data, 8 << 20, None).unwrap();
+        let store = open_store(data);
         store
             .secret("refresh-token-mac", &mut || panic!("the secret exists"))
             .unwrap()
@@ -314,7 +314,7 @@ async fn keys_and_the_mac_secret_are_sealed_and_a_wrong_kek_refuses_to_start() {
     let (dir, _, _) = server.stop().await;
 
     let sealed = {
-        let store = SledStore::open(&data, 8 << 20, None).unwrap();
+        let store = open_store(&data);
         let keys = store.keys().unwrap();
         assert!(
             keys.iter()
@@ -333,11 +333,7 @@ async fn keys_and_the_mac_secret_are_sealed_and_a_wrong_kek_refuses_to_start() {
     for wrong in [Some(kek(2)), None] {
         let mut config = config.clone();
         config.key_encryption_key = wrong.clone();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let err = sessiond::serve(listener, config, clock.clone(), std::future::pending())
-            .await
-            .expect_err("the keys cannot be opened");
-        let text = err.to_string();
+        let text = refused_start(&config, clock.clone()).await;
         assert!(
             text.contains(if wrong.is_some() {
                 "does not open"
@@ -346,7 +342,7 @@ async fn keys_and_the_mac_secret_are_sealed_and_a_wrong_kek_refuses_to_start() {
             }),
             "{text}"
         );
-        let store = SledStore::open(&data, 8 << 20, None).unwrap();
+        let store = open_store(&data);
         assert_eq!(
             store.keys().unwrap(),
             sealed,
@@ -363,29 +359,6 @@ async fn a_kek_is_replaced_by_starting_with_the_old_one_as_previous() {
     use base64::Engine;
     use sessiond::config::Secret;
     let kek = |byte: u8| Secret::new(base64::engine::general_purpose::STANDARD.encode([byte; 32]));
-    let refused = |config: &sessiond::config::Config, clock: Arc<sessiond::ManualClock>| {
-        let config = config.clone();
-        async move {
-            // sled can hold the directory's lock a moment after a stop.
-            for _ in 0..20 {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let text = sessiond::serve(
-                    listener,
-                    config.clone(),
-                    clock.clone(),
-                    std::future::pending(),
-                )
-                .await
-                .expect_err("the store cannot be opened")
-                .to_string();
-                if !text.contains("in use by another") {
-                    return text;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            panic!("the data directory stayed locked");
-        }
-    };
 
     let server = TestServer::start_with(|c| c.key_encryption_key = Some(kek(1))).await;
     let mut c = server.sessions().await;
@@ -396,7 +369,7 @@ async fn a_kek_is_replaced_by_starting_with_the_old_one_as_previous() {
     // The new KEK alone cannot open what the old one sealed, and says where
     // the old one goes.
     config.key_encryption_key = Some(kek(2));
-    let text = refused(&config, clock.clone()).await;
+    let text = refused_start(&config, clock.clone()).await;
     assert!(
         text.contains("does not open") && text.contains("--previous-key-encryption-key-file"),
         "{text}"
@@ -422,7 +395,7 @@ async fn a_kek_is_replaced_by_starting_with_the_old_one_as_previous() {
     // From now on the new KEK alone starts it, and the old one no longer does.
     config.previous_key_encryption_key = None;
     config.key_encryption_key = Some(kek(1));
-    let text = refused(&config, clock.clone()).await;
+    let text = refused_start(&config, clock.clone()).await;
     assert!(text.contains("does not open"), "{text}");
     let dir = Arc::try_unwrap(dir).expect("the test holds the only handle");
     let server = TestServer::start_in(dir, |c| c.key_encryption_key = Some(kek(2))).await;

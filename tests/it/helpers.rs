@@ -407,3 +407,41 @@ pub async fn cors_preflight(addr: SocketAddr, origin: &str) -> (String, String, 
     let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
     (status.to_owned(), headers.to_lowercase(), body.to_owned())
 }
+
+/// Opens a stopped server's store directly. sled lets go of a data
+/// directory's lock when its last handle drops, which can trail the stop by
+/// a moment: a locked directory is retried (bounded).
+pub fn open_store(data: &std::path::Path) -> Arc<sessiond::store::SledStore> {
+    let mut attempts = 0;
+    loop {
+        match sessiond::store::SledStore::open(data, 8 << 20, None) {
+            Err(StoreError::Locked(_)) if attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            opened => return opened.unwrap(),
+        }
+    }
+}
+
+/// Starts `config` on its data directory, expecting the start to fail, and
+/// returns why (a directory still locked by the server stopped before is
+/// retried, bounded).
+pub async fn refused_start(config: &Config, clock: Arc<ManualClock>) -> String {
+    for _ in 0..100 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let err = sessiond::serve(
+            listener,
+            config.clone(),
+            clock.clone(),
+            std::future::pending(),
+        )
+        .await
+        .expect_err("the start fails");
+        if !matches!(err, ServeError::Store(StoreError::Locked(_))) {
+            return err.to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the data directory stayed locked");
+}

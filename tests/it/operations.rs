@@ -442,7 +442,7 @@ async fn no_secret_reaches_the_log_even_at_trace() {
     );
 
     // Private key material, read back from the store.
-    let store = sessiond::store::SledStore::open(&data, 8 << 20, None).unwrap();
+    let store = open_store(&data);
     let mut secrets: Vec<(String, String)> = vec![
         ("API key".into(), KEY.into()),
         ("client secret".into(), CLIENT_SECRET.into()),
