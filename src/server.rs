@@ -296,7 +296,7 @@ async fn run(
     let tls = config
         .tls
         .as_ref()
-        .map(|files| crate::tls::server_config(files).map(tokio_rustls::TlsAcceptor::from))
+        .map(crate::tls::acceptor)
         .transpose()
         .map_err(|e| ServeError::Tls(e.to_string()))?
         .map(Live::new);
@@ -409,8 +409,8 @@ async fn apply_reloads(live: Reloadable, reloads: Option<mpsc::UnboundedReceiver
         // the configuration was validated, a renewal half-written), so that a
         // reload is applied whole or not at all.
         let acceptor = match (&live.tls, &config.tls) {
-            (Some(_), Some(files)) => match crate::tls::server_config(files) {
-                Ok(server) => Some(tokio_rustls::TlsAcceptor::from(server)),
+            (Some(_), Some(files)) => match crate::tls::acceptor(files) {
+                Ok(acceptor) => Some(acceptor),
                 Err(e) => {
                     tracing::error!(
                         "configuration reload refused: {}: {}; the running configuration stays",

@@ -72,6 +72,11 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// The TLS acceptor for the files (see [`server_config`]).
+pub fn acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+    server_config(files).map(tokio_rustls::TlsAcceptor::from)
+}
+
 /// Builds the rustls configuration from the files.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = certificates("tls-cert", &files.cert)?;

@@ -202,9 +202,9 @@ impl std::fmt::Debug for SessionManager {
 /// The refresh-token MAC secret: made on a new store, and kept sealed by the
 /// key-encryption key when there is one (a secret stored in plaintext before
 /// the KEK was configured, or sealed under the KEK it replaces, is sealed
-/// under it now). A sealed secret without the KEK
-/// that sealed it is an error, never replaced: a new secret would make every
-/// refresh token issued so far fail.
+/// under it now). A sealed secret without the KEK that sealed it is an
+/// error, never replaced: a new secret would make every refresh token issued
+/// so far fail.
 fn mac_secret(store: &dyn SessionStore, kek: Option<&Kek>) -> Result<Vec<u8>> {
     let name = RefreshTokens::SECRET_NAME;
     let aad = name.as_bytes();
@@ -218,37 +218,30 @@ fn mac_secret(store: &dyn SessionStore, kek: Option<&Kek>) -> Result<Vec<u8>> {
                 None => fresh,
             }
         })?;
-        if kek::is_sealed_value(&stored) {
-            let kek = kek.ok_or_else(|| {
-                KeyError::Sealed(
-                    "the refresh-token MAC secret in the store is encrypted, and no \
-                     key-encryption key is configured (--key-encryption-key-file or \
-                     SESSIOND_KEY_ENCRYPTION_KEY)"
-                        .into(),
-                )
-            })?;
+        let sealed = kek::is_sealed_value(&stored);
+        let Some(kek) = kek else {
+            if sealed {
+                return Err(KeyError::Sealed(kek::missing("the refresh-token MAC secret")).into());
+            }
+            return Ok(stored);
+        };
+        let (plaintext, was) = if sealed {
             let opened = kek
                 .open_value(aad, &stored)
                 .ok_or_else(|| KeyError::Sealed(kek.refusal("the refresh-token MAC secret")))?;
             if !opened.stale {
                 return Ok(opened.plaintext);
             }
-            let resealed = kek.seal_value(aad, &opened.plaintext);
-            if store.replace_secret(name, &stored, &resealed)? {
-                tracing::info!(
-                    "sealed the refresh-token MAC secret, sealed under the previous \
-                     key-encryption key, again under the current one"
-                );
-                return Ok(opened.plaintext);
-            }
-            continue;
-        }
-        let Some(kek) = kek else {
-            return Ok(stored);
+            (opened.plaintext, "under the previous key-encryption key")
+        } else {
+            (stored.clone(), "in plaintext")
         };
-        if store.replace_secret(name, &stored, &kek.seal_value(aad, &stored))? {
-            tracing::info!("sealed the refresh-token MAC secret with the key-encryption key");
-            return Ok(stored);
+        if store.replace_secret(name, &stored, &kek.seal_value(aad, &plaintext))? {
+            tracing::info!(
+                was,
+                "sealed the refresh-token MAC secret with the key-encryption key"
+            );
+            return Ok(plaintext);
         }
     }
     Err(store::StoreError::Backend(

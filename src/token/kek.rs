@@ -3,12 +3,30 @@
 //!
 //! AES-256-GCM with a random nonce per seal and the key id (for the secret,
 //! its name) as associated data, so a sealed value cannot be moved to
-//! another id. The KEK itself comes
-//! from a file or an environment variable and is never stored or logged.
+//! another id. The KEK itself comes from a file or an environment variable
+//! and is never stored or logged.
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, Nonce, RandomizedNonceKey};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+
+/// What a secret sealed whole into one value starts with (see
+/// [`Kek::seal_value`]); the nonce and the ciphertext follow.
+const SEALED_VALUE: &[u8] = b"sealed:aes-256-gcm:";
+const NONCE_LEN: usize = 12;
+
+/// Whether a stored value is one [`Kek::seal_value`] made.
+pub fn is_sealed_value(value: &[u8]) -> bool {
+    value.starts_with(SEALED_VALUE)
+}
+
+/// Why a store holding `what` sealed cannot start without a KEK.
+pub fn missing(what: &str) -> String {
+    format!(
+        "the store holds {what} encrypted, and no key-encryption key is configured \
+         (--key-encryption-key-file or SESSIOND_KEY_ENCRYPTION_KEY)"
+    )
+}
 
 /// A 256-bit key-encryption key, and the one it replaces while values
 /// sealed under that one are sealed again.
@@ -112,19 +130,7 @@ impl Kek {
             stale: true,
         })
     }
-}
 
-/// What a secret sealed whole into one value starts with (see
-/// [`Kek::seal_value`]); the nonce and the ciphertext follow.
-const SEALED_VALUE: &[u8] = b"sealed:aes-256-gcm:";
-const NONCE_LEN: usize = 12;
-
-/// Whether a stored value is one [`Kek::seal_value`] made.
-pub fn is_sealed_value(value: &[u8]) -> bool {
-    value.starts_with(SEALED_VALUE)
-}
-
-impl Kek {
     /// Seals `plaintext` bound to `aad` into one storable value: a marker,
     /// the nonce, then the ciphertext with its tag.
     pub fn seal_value(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {

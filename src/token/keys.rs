@@ -346,11 +346,7 @@ impl Vault {
                 match (&r.sealed, &self.kek) {
                     (None, _) => plaintext += 1,
                     (Some(_), None) => {
-                        return Err(KeyError::Sealed(
-                            "the signing keys in the store are encrypted, and no key-encryption key is \
-                             configured (--key-encryption-key-file or SESSIOND_KEY_ENCRYPTION_KEY)"
-                                .into(),
-                        ));
+                        return Err(KeyError::Sealed(super::kek::missing("the signing keys")));
                     }
                     (Some(sealed), Some(kek)) => {
                         let opened = kek
