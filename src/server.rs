@@ -138,6 +138,9 @@ async fn run(
     if config.api_keys.is_empty() && !addr.ip().is_loopback() {
         return Err(ServeError::Unprotected(addr));
     }
+    if config.api_keys.is_empty() {
+        warn_keyless(addr);
+    }
     let scheme = if config.tls.is_some() {
         "https"
     } else {
@@ -383,6 +386,16 @@ async fn run(
     Ok(())
 }
 
+/// Says, whatever the log filter, what running without API keys means.
+fn warn_keyless(addr: std::net::SocketAddr) {
+    tracing::warn!(
+        target: LIFECYCLE_TARGET,
+        "no API key is configured: every caller that can reach {addr} (loopback only) is treated \
+         as an admin backend, may call every RPC and read and write every user's private bucket \
+         without a client secret; configure --api-key before anything untrusted runs on this host"
+    );
+}
+
 /// The settings a reload replaces.
 struct Reloadable {
     addr: std::net::SocketAddr,
@@ -426,6 +439,9 @@ async fn apply_reloads(live: Reloadable, reloads: Option<mpsc::UnboundedReceiver
                 None
             }
         };
+        if config.api_keys.is_empty() {
+            warn_keyless(live.addr);
+        }
         live.api_keys.replace(&config.api_keys);
         live.client_secrets.replace(&config.client_secrets);
         live.cors_origins.set(config.cors_origins.clone());

@@ -1,8 +1,9 @@
 //! `sessiond.v1.UserSessionService`: who the caller is, and which buckets
 //! that lets them reach.
 //!
-//! - `x-api-key` (or any call without a token when no API key is configured,
-//!   which means loopback-only): a backend; names any user; private allowed.
+//! - `x-api-key` (or, when no API key is configured, which means
+//!   loopback-only, any call with neither a token nor a client secret): a
+//!   backend; names any user; private allowed.
 //! - `authorization: Bearer <access token>`: an end user; the token is
 //!   verified against the store and reaches its own user's buckets only;
 //!   private only with the tenant's `x-client-secret`.
@@ -119,6 +120,15 @@ fn bucket(value: i32) -> Result<Bucket, Status> {
     }
 }
 
+/// The bucket a read names, if any: a read without one returns every
+/// bucket the caller may see.
+fn read_bucket(value: i32) -> Result<Option<Bucket>, Status> {
+    match pb::Bucket::try_from(value) {
+        Ok(pb::Bucket::Unspecified) => Ok(None),
+        _ => bucket(value).map(Some),
+    }
+}
+
 impl UserSessionApi {
     /// Serves the buckets; tokens are verified through `sessions`.
     pub fn new(
@@ -178,7 +188,9 @@ impl UserSessionApi {
         if metadata.contains_key(super::API_KEY_HEADER) {
             return Err(super::missing_key("the x-api-key is not a valid API key"));
         }
-        if self.api_keys.is_open() && token.is_none() {
+        // A client secret that is sent is checked, key-less or not: a wrong
+        // one is refused rather than ignored.
+        if self.api_keys.is_open() && token.is_none() && secret.is_none() {
             return named(true);
         }
         if let Some(token) = token {
@@ -231,9 +243,11 @@ impl UserSessionApi {
         ))
     }
 
-    fn allow(caller: &Caller, bucket: Bucket) -> Result<(), Status> {
+    /// Whether the caller may reach `bucket` (a read naming none reaches
+    /// what the caller may see).
+    fn allow(caller: &Caller, bucket: Option<Bucket>) -> Result<(), Status> {
         super::record_tenant(&caller.tenant_id);
-        if bucket == Bucket::Private && !caller.private {
+        if bucket == Some(Bucket::Private) && !caller.private {
             return Err(denied(
                 "the private bucket needs the tenant's x-client-secret or a backend API key",
             ));
@@ -273,7 +287,7 @@ impl UserSessionService for UserSessionApi {
         let caller = self
             .caller(&req, &req.get_ref().user_id, &req.get_ref().tenant_id)
             .await?;
-        Self::allow(&caller, bucket(req.get_ref().bucket)?)?;
+        Self::allow(&caller, read_bucket(req.get_ref().bucket)?)?;
         let found = self
             .buckets
             .get(&caller.tenant_id, &caller.user_id, caller.private)?;
@@ -289,7 +303,7 @@ impl UserSessionService for UserSessionApi {
             .await?;
         let r = req.into_inner();
         let which = bucket(r.bucket)?;
-        Self::allow(&caller, which)?;
+        Self::allow(&caller, Some(which))?;
         if r.user_identifier.is_some() && !caller.server {
             return Err(denied("only servers may set the user identifier"));
         }
@@ -319,7 +333,7 @@ impl UserSessionService for UserSessionApi {
             .caller(&req, &req.get_ref().user_id, &req.get_ref().tenant_id)
             .await?;
         let which = bucket(req.get_ref().bucket)?;
-        Self::allow(&caller, which)?;
+        Self::allow(&caller, Some(which))?;
         let cleared = self
             .buckets
             .clear(&caller.tenant_id, &caller.user_id, which, caller.private)

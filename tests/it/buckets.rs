@@ -358,9 +358,20 @@ async fn updates_are_json_merge_patches_and_clear_empties() {
         .into_inner();
     assert_eq!(json(cleared.public.as_ref().unwrap()), json!({}));
 
+    // A read may leave the bucket out; a write must name one.
     let s = assert_status(
-        b.get_user_session(with_metadata(
-            get(Bucket::Unspecified),
+        b.update_user_session(with_metadata(
+            update(Bucket::Unspecified, json!({"a": 1})),
+            &[("authorization", &auth)],
+        ))
+        .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(bad_field(&s), "bucket");
+    let s = assert_status(
+        b.clear_user_session(with_metadata(
+            pb::ClearUserSessionRequest::default(),
             &[("authorization", &auth)],
         ))
         .await,
@@ -558,4 +569,109 @@ async fn browsers_reach_the_buckets_over_grpc_web_with_cors() {
     // Plain HTTP routes keep working beside gRPC-Web.
     let (status, _, _) = http_get(server.addr, "/.well-known/jwks.json").await;
     assert!(status.contains("200"));
+}
+
+#[tokio::test]
+async fn without_api_keys_a_wrong_client_secret_is_still_refused() {
+    // No API key configured: a loopback caller with neither token nor secret
+    // is a backend, but a client secret that is sent must be the tenant's.
+    let server = server().await;
+    let mut b = server.buckets().await;
+    let private = |data| pb::UpdateUserSessionRequest {
+        bucket: Bucket::Private as i32,
+        user_id: "ann".into(),
+        data: Some(obj(data)),
+        ..Default::default()
+    };
+    for wrong in ["not-the-tenant-secret-0123456789", ""] {
+        assert_status(
+            b.update_user_session(with_metadata(
+                private(json!({"stolen": true})),
+                &[("x-client-secret", wrong)],
+            ))
+            .await,
+            Code::PermissionDenied,
+            "PERMISSION_DENIED",
+        );
+    }
+    // The right secret, and no credentials at all, are both allowed; the
+    // refused writes left nothing behind.
+    b.update_user_session(with_metadata(
+        private(json!({"plan": "pro"})),
+        &[("x-client-secret", SECRET)],
+    ))
+    .await
+    .unwrap();
+    let r = b
+        .update_user_session(private(json!({"seats": 3})))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        json(r.private.as_ref().unwrap()),
+        json!({"plan": "pro", "seats": 3.0})
+    );
+}
+
+#[tokio::test]
+async fn a_read_without_a_bucket_returns_what_the_caller_may_see() {
+    let server = server().await;
+    let mut b = server.buckets().await;
+    let s = user_session(&server, "ann", "").await;
+    let auth = bearer(&access(&s));
+    b.update_user_session(with_metadata(
+        update(Bucket::Public, json!({"theme": "dark"})),
+        &[("authorization", &auth)],
+    ))
+    .await
+    .unwrap();
+    b.update_user_session(with_metadata(
+        update(Bucket::Private, json!({"plan": "pro"})),
+        &[("authorization", &auth), ("x-client-secret", SECRET)],
+    ))
+    .await
+    .unwrap();
+
+    // The user's token alone: public, and no private.
+    let r = b
+        .get_user_session(with_metadata(
+            pb::GetUserSessionRequest::default(),
+            &[("authorization", &auth)],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(json(r.public.as_ref().unwrap()), json!({"theme": "dark"}));
+    assert!(r.private.is_none());
+    // With the tenant's secret, or as a backend: both.
+    let r = b
+        .get_user_session(with_metadata(
+            pb::GetUserSessionRequest::default(),
+            &[("authorization", &auth), ("x-client-secret", SECRET)],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(json(r.private.as_ref().unwrap()), json!({"plan": "pro"}));
+    let r = b
+        .get_user_session(pb::GetUserSessionRequest {
+            user_id: "ann".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(json(r.public.as_ref().unwrap()), json!({"theme": "dark"}));
+    assert_eq!(json(r.private.as_ref().unwrap()), json!({"plan": "pro"}));
+    // A bucket number that does not exist is bad input.
+    let bad = b
+        .get_user_session(with_metadata(
+            pb::GetUserSessionRequest {
+                bucket: 7,
+                ..Default::default()
+            },
+            &[("authorization", &auth)],
+        ))
+        .await;
+    assert_eq!(bad_field(&bad.unwrap_err()), "bucket");
 }
