@@ -56,6 +56,13 @@ const SERVICES: [&str; 4] = [
     "sessiond.v1.AdminService",
 ];
 
+/// The standard services served beside [`SERVICES`].
+const PROTOCOL_SERVICES: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -235,11 +242,17 @@ async fn run(
             .await;
     }
 
+    // Reflection lists only what this port serves. The descriptors of
+    // sessiond.v1.ClaimProvider (which sessiond calls, not serves) stay
+    // resolvable by symbol for implementers, as do the google.rpc types.
     let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        SERVICES.into_iter().chain(PROTOCOL_SERVICES).fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+            |builder, name| builder.with_service_name(name),
+        )
     };
     let api_keys = ApiKeys::new(&config.api_keys);
     let limits = config.limits.clone();

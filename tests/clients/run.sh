@@ -43,6 +43,9 @@ for s in sessiond.v1.SessionService sessiond.v1.JwtService grpc.health.v1.Health
   grep -qx "$s" <<<"$services" || fail "$s not listed: $services"
 done
 grpcurl -plaintext "$addr" describe sessiond.v1.SessionService.RefreshSession >/dev/null || fail "describe"
+# ClaimProvider is called by sessiond, not served: not listed, still described.
+! grep -q ClaimProvider <<<"$services" || fail "reflection lists a service it does not serve: $services"
+grpcurl -plaintext "$addr" describe sessiond.v1.ClaimProvider >/dev/null || fail "describe ClaimProvider"
 
 echo "== grpcurl: create -> get -> refresh -> revoke"
 created=$(call CreateNewSession '{"userId": "grpcurl-user", "accessTokenPayload": {"role": "admin"}}')

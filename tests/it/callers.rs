@@ -102,17 +102,46 @@ async fn reflection_lists_the_services() {
     let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
         panic!("unexpected reflection reply")
     };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for expected in [
-        "sessiond.v1.SessionService",
-        "sessiond.v1.JwtService",
-        "grpc.health.v1.Health",
-    ] {
-        assert!(
-            names.iter().any(|n| n == expected),
-            "{expected} missing from {names:?}"
-        );
-    }
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    // Exactly what the port serves: not sessiond.v1.ClaimProvider, which
+    // sessiond calls and applications implement.
+    assert_eq!(
+        names,
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "sessiond.v1.AdminService",
+            "sessiond.v1.JwtService",
+            "sessiond.v1.SessionService",
+            "sessiond.v1.UserSessionService",
+        ]
+    );
+
+    // Its descriptor is still there for implementers to fetch.
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(
+            "sessiond.v1.ClaimProvider".into(),
+        )),
+    };
+    let reply = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(
+            reply.message_response,
+            Some(MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()
+        ),
+        "{reply:?}"
+    );
 }
 
 #[tokio::test]
