@@ -39,6 +39,14 @@ pub enum Reason {
     Overloaded,
     /// The call ran past its deadline.
     Timeout,
+    /// The request message is larger than `--max-message-size`.
+    MessageTooLarge,
+    /// The method (or its request's compression) is not served here.
+    Unimplemented,
+    /// Health was asked about a service this server does not have.
+    UnknownService,
+    /// The client cancelled the call, or the connection went away.
+    Cancelled,
     /// A failure inside sessiond; never caused by input.
     Internal,
 }
@@ -60,6 +68,10 @@ impl Reason {
             Self::NoClaimProvider => "NO_CLAIM_PROVIDER",
             Self::Overloaded => "OVERLOADED",
             Self::Timeout => "TIMEOUT",
+            Self::MessageTooLarge => "MESSAGE_TOO_LARGE",
+            Self::Unimplemented => "UNIMPLEMENTED",
+            Self::UnknownService => "UNKNOWN_SERVICE",
+            Self::Cancelled => "CANCELLED",
             Self::Internal => "INTERNAL",
         }
     }
@@ -79,6 +91,10 @@ impl Reason {
             Self::NoClaimProvider => Code::FailedPrecondition,
             Self::Overloaded => Code::ResourceExhausted,
             Self::Timeout => Code::DeadlineExceeded,
+            Self::MessageTooLarge => Code::OutOfRange,
+            Self::Unimplemented => Code::Unimplemented,
+            Self::UnknownService => Code::NotFound,
+            Self::Cancelled => Code::Cancelled,
             Self::Internal => Code::Internal,
         }
     }

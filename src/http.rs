@@ -90,14 +90,14 @@ async fn discovery(State(Shared { issuer, .. }): State<Shared>) -> impl IntoResp
 }
 
 /// Unknown paths: gRPC callers get UNIMPLEMENTED, everyone else a 404.
-pub async fn not_found(headers: HeaderMap) -> axum::response::Response {
+pub async fn not_found(uri: http::Uri, headers: HeaderMap) -> axum::response::Response {
     let grpc = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"));
     if grpc {
         // The gRPC answer for a method this server does not have.
-        tonic::Status::new(tonic::Code::Unimplemented, "no such service or method").into_http()
+        crate::api::details::unimplemented(uri.path()).into_http()
     } else {
         (StatusCode::NOT_FOUND, "not found\n").into_response()
     }

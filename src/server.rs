@@ -17,6 +17,7 @@ use tonic_health::ServingStatus;
 use crate::api::ApiKeys;
 use crate::api::admin::AdminApi;
 use crate::api::auth::AuthLayer;
+use crate::api::details::DetailsLayer;
 use crate::api::guard::GuardLayer;
 use crate::api::jwt::JwtApi;
 use crate::api::observe::ObserveLayer;
@@ -302,6 +303,9 @@ async fn run(
             limits.request_timeout,
         ))
         .layer(AuthLayer::new(api_keys.clone()))
+        // Statuses made by tonic itself get their ErrorInfo here, before
+        // they are counted.
+        .layer(DetailsLayer)
         .layer(ObserveLayer::new(metrics.clone()))
         .layer(tonic_web::GrpcWebLayer::new())
         .merge(crate::http::router(jwt, metrics.clone()))

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod claims;
 pub mod codec;
 pub mod convert;
+pub mod details;
 pub mod error;
 pub mod guard;
 pub mod jwt;

@@ -150,17 +150,41 @@ async fn unknown_paths_are_404_for_http_and_unimplemented_for_grpc() {
     let (status, _, _) = http_get(server.addr, "/no/such/page").await;
     assert!(status.contains("404"), "{status}");
 
-    let mut grpc = tonic::client::Grpc::new(server.channel().await);
-    grpc.ready().await.unwrap();
-    let path = http::uri::PathAndQuery::from_static("/sessiond.v1.SessionService/NoSuchMethod");
-    let reply: Result<tonic::Response<pb::GetJwksResponse>, _> = grpc
-        .unary(
-            tonic::Request::new(pb::GetJwksRequest {}),
-            path,
-            tonic_prost::ProstCodec::default(),
-        )
+    // An unknown method of a served service, and an unknown service: both
+    // UNIMPLEMENTED with ErrorInfo and a message naming the path.
+    for path in [
+        "/sessiond.v1.SessionService/NoSuchMethod",
+        "/sessiond.v1.ClaimProvider/FetchClaim",
+    ] {
+        let mut grpc = tonic::client::Grpc::new(server.channel().await);
+        grpc.ready().await.unwrap();
+        let reply: Result<tonic::Response<pb::GetJwksResponse>, _> = grpc
+            .unary(
+                tonic::Request::new(pb::GetJwksRequest {}),
+                http::uri::PathAndQuery::from_static(path),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await;
+        let s = assert_status(reply, Code::Unimplemented, "UNIMPLEMENTED");
+        assert_eq!(
+            s.message(),
+            format!("sessiond does not serve the method `{path}`")
+        );
+    }
+}
+
+#[tokio::test]
+async fn health_of_an_unknown_service_is_not_found_with_a_reason() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let server = TestServer::start().await;
+    let reply = HealthClient::new(server.channel().await)
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
         .await;
-    assert_eq!(reply.unwrap_err().code(), Code::Unimplemented);
+    assert_status(reply, Code::NotFound, "UNKNOWN_SERVICE");
 }
 
 #[tokio::test]
