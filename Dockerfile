@@ -12,7 +12,14 @@ COPY src ./src
 # Cargo.toml names the criterion benches; cargo refuses a manifest whose
 # targets are missing, even to build one binary.
 COPY benches ./benches
-RUN cargo build --release --locked --bin sessiond \
+# BuildKit cache mounts keep the crate registry and the compiled
+# dependencies between builds, so a change to sessiond's own source rebuilds
+# sessiond alone. The binary is copied out of the cached target directory in
+# the same step, as the mount is not part of the image.
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
+    --mount=type=cache,target=/src/target,sharing=locked \
+    cargo build --release --locked --bin sessiond \
     && install -m 0755 target/release/sessiond /usr/local/bin/sessiond
 
 FROM debian:bookworm-slim

@@ -20,6 +20,12 @@ grep -E '^COPY ' "$root/Dockerfile" | grep -v -- '--from' | while read -r _ args
     fi
   done
 done
+# The build step keeps the registry and compiled dependencies in cache
+# mounts, so that a source change does not rebuild every dependency.
+for cache in /usr/local/cargo/registry /src/target; do
+  grep -q -- "--mount=type=cache,target=$cache" "$root/Dockerfile" ||
+    { echo "the Dockerfile's build step has no cache mount for $cache"; exit 1; }
+done
 echo "Docker build context: $(cd "$context" && ls | tr '\n' ' ')"
 (cd "$context" && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}" cargo check --locked --quiet --bin sessiond)
 echo "Docker build context: ok"
