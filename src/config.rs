@@ -243,7 +243,7 @@ pub struct ServeArgs {
     /// How long a rotated-out refresh token may rotate again [default: 30s, at most 300s].
     #[arg(long, env = "SESSIOND_REFRESH_GRACE_PERIOD", value_name = "DUR")]
     pub refresh_grace_period: Option<String>,
-    /// RS256, ES256 or EdDSA [default: EdDSA].
+    /// RS256, ES256 or EdDSA [default: ES256].
     #[arg(long, env = "SESSIOND_SIGNING_ALGORITHM", value_name = "ALG")]
     pub signing_algorithm: Option<String>,
     /// How often the rotating signing key is replaced [default: 168h].
@@ -585,7 +585,7 @@ impl Config {
             access_token_lifetime: Duration::from_secs(3600),
             refresh_token_lifetime: Duration::from_secs(100 * 86_400),
             refresh_grace_period: Duration::from_secs(30),
-            signing_algorithm: SigningAlgorithm::EdDSA,
+            signing_algorithm: SigningAlgorithm::ES256,
             key_rotation_interval: Duration::from_secs(168 * 3600),
             issuer: None,
             max_payload_bytes: 16 * 1024,
