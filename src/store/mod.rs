@@ -16,6 +16,7 @@
 
 mod record;
 mod sled;
+mod sled_dir;
 mod wal;
 
 #[cfg(test)]

@@ -53,6 +53,7 @@ use sled::Tree;
 use tokio::sync::oneshot;
 
 use super::record::{self, Lineage};
+use super::sled_dir;
 use super::wal::{self, Entry, TreeId, Wal};
 use super::{
     BoxFuture, Change, Exported, FlushObserver, KeyRecord, SessionRecord, SessionStore, StoreError,
@@ -98,6 +99,8 @@ pub struct SledStore {
     sweep_from: Mutex<Option<sled::IVec>>,
     /// Dropped last, once the store is closed (see [`SledStore::on_close`]).
     closed: Mutex<Option<mpsc::Sender<()>>>,
+    /// sessiond's lock on the data directory, released after everything else.
+    _lock: std::fs::File,
 }
 
 impl SledStore {
@@ -119,11 +122,8 @@ impl SledStore {
                 StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_capacity_bytes)
-            .open()
-            .map_err(|e| open_error(dir, e))?;
+        let lock = sled_dir::lock(dir)?;
+        let db = open_sled(dir, cache_capacity_bytes)?;
         let tree = |name: &str| db.open_tree(name).map_err(backend);
         let sessions = SessionTrees {
             records: tree("sessions")?,
@@ -189,6 +189,7 @@ impl SledStore {
             _checkpoints: checkpoints,
             sweep_from: Mutex::new(None),
             closed: Mutex::new(None),
+            _lock: lock,
             db,
         });
         let weak = Arc::downgrade(&store);
@@ -373,6 +374,59 @@ fn checkpointer(store: Weak<SledStore>, stop: mpsc::Receiver<()>) {
             }
         }
     }
+}
+
+/// Opens sled in `dir` (locked by [`sled_dir::lock`]), first removing the
+/// partial snapshots a crash left, and, if sled still finds corruption,
+/// once more with its snapshots moved aside (see `store::sled_dir`).
+fn open_sled(dir: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreError> {
+    for name in sled_dir::remove_partial_snapshots(dir)? {
+        tracing::warn!(
+            "removed {name} from {}: a snapshot a crash left half-written",
+            dir.display()
+        );
+    }
+    let open = || {
+        sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_capacity_bytes)
+            .open()
+    };
+    match open() {
+        Err(sled::Error::Corruption { .. }) => {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
+            let Some(moved) = sled_dir::quarantine_snapshots(dir, now_ms)? else {
+                return Err(damaged(dir, None));
+            };
+            tracing::warn!(
+                "the store in {} found corruption; its snapshots were moved to {} and it is \
+                 opened again from its log",
+                dir.display(),
+                moved.display()
+            );
+            open().map_err(|e| match e {
+                sled::Error::Corruption { .. } => damaged(dir, Some(&moved)),
+                e => open_error(dir, e),
+            })
+        }
+        other => other.map_err(|e| open_error(dir, e)),
+    }
+}
+
+/// The store does not open even from its log: what to do about it.
+fn damaged(dir: &Path, moved: Option<&Path>) -> StoreError {
+    let moved = moved
+        .map(|m| format!(" (its snapshots are in {})", m.display()))
+        .unwrap_or_default();
+    StoreError::Backend(format!(
+        "cannot open {dir}: sled's log is damaged{moved}. Keep this directory as it is, \
+         and restore your last backup into an empty one: \
+         `sessiond restore BACKUP --data-dir NEW_DIR` (README, \"Backup and restore\")",
+        dir = dir.display()
+    ))
 }
 
 fn open_error(dir: &Path, e: sled::Error) -> StoreError {

@@ -150,7 +150,14 @@ impl TestServer {
 
     /// Stops the server and starts a new one on the same data directory and clock.
     pub async fn restart(self) -> Self {
+        self.restart_after(|_| {}).await
+    }
+
+    /// [`Self::restart`], doing `between` to the data directory while no
+    /// server has it open (what a crash leaves behind, say).
+    pub async fn restart_after(self, between: impl FnOnce(&std::path::Path)) -> Self {
         let (dir, clock, config) = self.stop().await;
+        between(dir.path());
         Self::launch(dir, clock, config).await
     }
 }
