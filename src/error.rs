@@ -47,6 +47,10 @@ pub enum Reason {
     UnknownService,
     /// The client cancelled the call, or the connection went away.
     Cancelled,
+    /// The store cannot serve the call now (disk full, I/O failure); retry.
+    StoreUnavailable,
+    /// A stored record cannot be read back.
+    StoreCorrupt,
     /// A failure inside sessiond; never caused by input.
     Internal,
 }
@@ -72,6 +76,8 @@ impl Reason {
             Self::Unimplemented => "UNIMPLEMENTED",
             Self::UnknownService => "UNKNOWN_SERVICE",
             Self::Cancelled => "CANCELLED",
+            Self::StoreUnavailable => "STORE_UNAVAILABLE",
+            Self::StoreCorrupt => "STORE_CORRUPT",
             Self::Internal => "INTERNAL",
         }
     }
@@ -95,6 +101,8 @@ impl Reason {
             Self::Unimplemented => Code::Unimplemented,
             Self::UnknownService => Code::NotFound,
             Self::Cancelled => Code::Cancelled,
+            Self::StoreUnavailable => Code::Unavailable,
+            Self::StoreCorrupt => Code::DataLoss,
             Self::Internal => Code::Internal,
         }
     }

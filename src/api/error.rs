@@ -11,6 +11,8 @@ use tonic::Status;
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::error::{Error, Reason};
+use crate::store::StoreError;
+use crate::token::KeyError;
 
 /// The ErrorInfo domain.
 pub const DOMAIN: &str = "sessiond";
@@ -105,13 +107,76 @@ impl From<Error> for Status {
                 HashMap::from([("claim_key".to_owned(), claim_key)]),
                 None,
             ),
-            Error::Store(inner) => internal(&inner),
+            Error::Store(inner) | Error::Key(KeyError::Store(inner)) => store_failure(&inner),
             Error::Key(inner) => internal(&inner),
         }
     }
 }
 
+/// A store failure: retryable UNAVAILABLE, or DATA_LOSS for a record that
+/// cannot be read back; the log has the store's own message.
+pub fn store_failure(e: &StoreError) -> Status {
+    tracing::error!(error = %e, "store failure");
+    let (reason, message) = match e {
+        StoreError::Corrupt(_) => (
+            Reason::StoreCorrupt,
+            "a record in the session store cannot be read back; see the server log",
+        ),
+        e if e.is_disk_full() => (
+            Reason::StoreUnavailable,
+            "the session store's disk is full: writes are refused until space is freed",
+        ),
+        StoreError::Locked(_) | StoreError::Backend(_) => (
+            Reason::StoreUnavailable,
+            "the session store cannot serve this call now; retry later",
+        ),
+    };
+    status(reason, message, HashMap::new(), None)
+}
+
 fn internal(e: &dyn std::error::Error) -> Status {
     tracing::error!(error = %e, "internal failure");
     status(Reason::Internal, "internal error", HashMap::new(), None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn reason(status: &Status) -> String {
+        status.get_details_error_info().unwrap().reason
+    }
+
+    #[test]
+    fn store_failures_are_retryable_or_data_loss_never_internal() {
+        let full = Status::from(Error::Store(StoreError::Backend(
+            "create_session: No space left on device (os error 28)".into(),
+        )));
+        assert_eq!(full.code(), Code::Unavailable);
+        assert_eq!(reason(&full), "STORE_UNAVAILABLE");
+        assert!(
+            full.message().contains("disk is full"),
+            "{}",
+            full.message()
+        );
+
+        let io = Status::from(Error::Key(KeyError::Store(StoreError::Backend(
+            "Input/output error (os error 5)".into(),
+        ))));
+        assert_eq!(
+            (io.code(), reason(&io).as_str()),
+            (Code::Unavailable, "STORE_UNAVAILABLE")
+        );
+        assert!(
+            !io.message().contains("os error"),
+            "the store's text stays in the log"
+        );
+
+        let corrupt = Status::from(Error::Store(StoreError::Corrupt("record h".into())));
+        assert_eq!(
+            (corrupt.code(), reason(&corrupt).as_str()),
+            (Code::DataLoss, "STORE_CORRUPT")
+        );
+    }
 }

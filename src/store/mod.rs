@@ -232,6 +232,22 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether the failure is a full disk (or a quota), as far as the
+    /// backend's message tells.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Self::Backend(message) => {
+                message.contains("No space left on device")
+                    || message.contains("os error 28")
+                    || message.contains("Disk quota exceeded")
+                    || message.contains("os error 122")
+            }
+            Self::Locked(_) | Self::Corrupt(_) => false,
+        }
+    }
+}
+
 /// The storage interface of sessiond.
 pub trait SessionStore: Send + Sync + 'static {
     /// Inserts a new session and indexes it by user and by expiry.
