@@ -12,13 +12,24 @@ use crate::helpers::*;
 
 /// Runs `sessiond ARGS` and returns (exit code, stdout, stderr).
 pub async fn sessiond(args: Vec<String>) -> (i32, String, String) {
+    sessiond_with_env(args, &[]).await
+}
+
+/// Runs `sessiond ARGS` with environment variables `env` set.
+pub async fn sessiond_with_env(args: Vec<String>, env: &[(&str, &str)]) -> (i32, String, String) {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     tokio::task::spawn_blocking(move || {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_sessiond"))
             .args(&args)
             .env_remove("SESSIOND_API_KEY")
+            .env_remove("SESSIOND_API_KEYS")
             .env_remove("SESSIOND_ADDR")
             .env_remove("SESSIOND_LISTEN")
             .env_remove("SESSIOND_DATA_DIR")
+            .envs(env)
             .output()
             .unwrap();
         (
@@ -346,5 +357,37 @@ async fn a_backup_under_write_load_restores_every_session_acknowledged_before_it
     assert!(
         !empty.path().join("d").exists(),
         "nothing restored from a damaged file"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_setting_is_named_as_the_user_set_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    for serve in [&[][..], &["serve"][..]] {
+        let mut argv: Vec<String> = serve.iter().map(|w| w.to_string()).collect();
+        argv.extend(["--data-dir".into(), data.into()]);
+        let (code, _, err) =
+            sessiond_with_env(argv.clone(), &[("SESSIOND_ACCESS_TOKEN_LIFETIME", "15")]).await;
+        assert_eq!(code, 2, "{serve:?}: {err}");
+        assert_eq!(
+            err.trim(),
+            "sessiond: invalid setting SESSIOND_ACCESS_TOKEN_LIFETIME: \
+             `15` is not a duration like 30s, 15m, 1h or 100d",
+            "{serve:?}"
+        );
+
+        argv.extend(["--access-token-lifetime".into(), "15".into()]);
+        let (code, _, err) = sessiond(argv).await;
+        assert_eq!(code, 2, "{serve:?}: {err}");
+        assert!(
+            err.contains("invalid setting --access-token-lifetime: `15`"),
+            "{serve:?}: {err}"
+        );
+    }
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing is created before the settings are valid"
     );
 }
