@@ -147,8 +147,9 @@ async fn run(args: ServeArgs) -> ExitCode {
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("sessiond: {e}");
+            // Logging writes to stderr already: one line, in the configured
+            // format, and on the target no log filter silences.
+            tracing::error!(target: sessiond::server::LIFECYCLE_TARGET, "{e}");
             ExitCode::FAILURE
         }
     }

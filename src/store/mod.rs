@@ -221,7 +221,10 @@ pub struct UserSession {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Another process holds the data directory.
-    #[error("the data directory {0} is in use by another sessiond process")]
+    #[error(
+        "the data directory {0} is in use by another sessiond process: \
+         stop that process, or give this one another --data-dir"
+    )]
     Locked(String),
     /// The backend failed (disk, I/O).
     #[error("storage failure: {0}")]

@@ -391,3 +391,29 @@ async fn a_bad_setting_is_named_as_the_user_set_it() {
         "nothing is created before the settings are valid"
     );
 }
+
+#[tokio::test]
+async fn a_data_directory_in_use_is_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut first, _, _lines) = crate::durability::spawn_binary_with(dir.path(), &[]);
+    let (code, _, err) = sessiond(vec![
+        "serve".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        dir.path().to_str().unwrap().into(),
+    ])
+    .await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        err.matches("is in use by another sessiond process").count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains("stop that process, or give this one another --data-dir"),
+        "{err}"
+    );
+}
