@@ -421,7 +421,10 @@ async fn run_sessions(command: SessionsCommand, conn: &Connection) -> Outcome {
             for handle in &revoked {
                 println!("{handle}");
             }
-            eprintln!("revoked {} session(s)", revoked.len());
+            eprintln!(
+                "revoked {}",
+                crate::text::count(revoked.len() as u64, "session", "sessions")
+            );
             Ok(())
         }
     }

@@ -636,8 +636,12 @@ impl SessionManager {
             return Err(Error::invalid(
                 "session_handles",
                 format!(
-                    "at most {} handles per call",
-                    self.config.max_handles_per_call
+                    "at most {} per call",
+                    crate::text::count(
+                        self.config.max_handles_per_call as u64,
+                        "handle",
+                        "handles"
+                    )
                 ),
             ));
         }

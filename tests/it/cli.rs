@@ -115,6 +115,7 @@ async fn sessions_list_and_revoke() {
     .await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), handle(&a));
+    assert_eq!(err.trim(), "revoked 1 session");
     let (_, out, _) = sessiond(args(
         &["sessions", "list", "--user", "cli-user"],
         &server,
@@ -283,6 +284,10 @@ async fn a_backup_under_write_load_restores_every_session_acknowledged_before_it
     .await;
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("backup written"), "{err}");
+    assert!(
+        err.contains("2 signing keys, 1 server secret"),
+        "a rotating and the static key, and the refresh MAC secret: {err}"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
