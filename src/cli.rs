@@ -245,7 +245,7 @@ impl Client {
         let channel = endpoint.connect().await.map_err(|e| {
             fail(
                 EXIT_UNREACHABLE,
-                format!("cannot reach sessiond at {addr}: {e}"),
+                format!("cannot reach sessiond at {addr}: {}", with_causes(&e)),
             )
         })?;
         Ok(Self {
@@ -270,6 +270,34 @@ impl Client {
     }
 }
 
+/// An error followed by its causes (`source()`, outermost first), each after
+/// `: `, so that "transport error" goes on to say what failed: connection
+/// refused, a TLS handshake, a name lookup, a timeout. A cause whose text the
+/// line already holds is not repeated.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    append_causes(&mut text, error.source());
+    text
+}
+
+/// A status's message followed by the causes of its transport error, if any.
+fn status_with_causes(status: &Status) -> String {
+    let mut text = status.message().to_owned();
+    append_causes(&mut text, std::error::Error::source(status));
+    text
+}
+
+fn append_causes(text: &mut String, mut next: Option<&(dyn std::error::Error + 'static)>) {
+    while let Some(cause) = next {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        next = cause.source();
+    }
+}
+
 /// What a status means for the operator.
 fn from_status(status: Status) -> Failure {
     let details = status.get_error_details();
@@ -284,7 +312,7 @@ fn from_status(status: Status) -> Failure {
         ),
         (Code::Unavailable, None) => fail(
             EXIT_UNREACHABLE,
-            format!("cannot reach sessiond: {}", status.message()),
+            format!("cannot reach sessiond: {}", status_with_causes(&status)),
         ),
         (code, reason) => fail(
             EXIT_FAILED,
@@ -668,16 +696,23 @@ pub async fn health(conn: &Connection) -> ExitCode {
         Err(f) => return exit(Err(f)),
     };
     let check = async {
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| fail(EXIT_UNREACHABLE, format!("cannot reach {addr}: {e}")))?;
+        let channel = endpoint.connect().await.map_err(|e| {
+            fail(
+                EXIT_UNREACHABLE,
+                format!("cannot reach {addr}: {}", with_causes(&e)),
+            )
+        })?;
         let reply = HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: String::new(),
             })
             .await
-            .map_err(|s| fail(EXIT_FAILED, format!("health check failed: {}", s.message())))?;
+            .map_err(|s| {
+                fail(
+                    EXIT_FAILED,
+                    format!("health check failed: {}", status_with_causes(&s)),
+                )
+            })?;
         Ok::<_, Failure>(reply.into_inner().status())
     };
     let outcome = match tokio::time::timeout(timeout, check).await {

@@ -247,6 +247,10 @@ async fn every_client_subcommand_reports_an_unreachable_server() {
         let (code, _, err) = sessiond(a).await;
         assert_eq!(code, 3, "{words:?}: {err}");
         assert!(err.contains(&nobody), "{words:?} names the address: {err}");
+        assert!(
+            err.contains("Connection refused"),
+            "{words:?} says why, beyond \"transport error\": {err}"
+        );
     }
     assert!(!out.exists(), "no backup file from a failed backup");
 }
