@@ -321,12 +321,21 @@ fn from_status(status: Status) -> Failure {
     }
 }
 
-/// RFC 3339 (UTC, seconds) from a protobuf timestamp.
+/// RFC 3339 (UTC, seconds) from a protobuf timestamp, `-` when it is unset
+/// (for tables).
 pub fn rfc3339(ts: Option<&prost_types::Timestamp>) -> String {
-    let Some(ts) = ts else {
-        return "-".to_owned();
-    };
-    let secs = ts.seconds;
+    ts.map_or_else(|| "-".to_owned(), |ts| rfc3339_secs(ts.seconds))
+}
+
+/// RFC 3339 from a protobuf timestamp for JSON output: `null` when unset.
+fn json_time(ts: Option<&prost_types::Timestamp>) -> serde_json::Value {
+    ts.map_or(serde_json::Value::Null, |ts| {
+        rfc3339_secs(ts.seconds).into()
+    })
+}
+
+/// RFC 3339 (UTC, seconds) from seconds since the epoch.
+fn rfc3339_secs(secs: i64) -> String {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -391,19 +400,19 @@ async fn run_sessions(command: SessionsCommand, conn: &Connection) -> Outcome {
                     Err(s) if s.code() == Code::NotFound => continue,
                     Err(s) => return Err(from_status(s)),
                 };
-                let (created, expires) = (
-                    rfc3339(info.time_created.as_ref()),
-                    rfc3339(info.expiry.as_ref()),
-                );
                 if json {
                     let line = serde_json::json!({
                         "session_handle": info.session_handle,
                         "tenant_id": info.tenant_id,
-                        "created": created,
-                        "expires": expires,
+                        "created": json_time(info.time_created.as_ref()),
+                        "expires": json_time(info.expiry.as_ref()),
                     });
                     println!("{line}");
                 } else {
+                    let (created, expires) = (
+                        rfc3339(info.time_created.as_ref()),
+                        rfc3339(info.expiry.as_ref()),
+                    );
                     println!(
                         "{:<36}  {:<16}  {created:<20}  {expires:<20}",
                         info.session_handle, info.tenant_id
@@ -480,17 +489,20 @@ async fn run_keys(command: KeysCommand, conn: &Connection) -> Outcome {
                 );
             }
             for k in keys {
-                let (from, retires) = (
-                    rfc3339(k.signs_from.as_ref()),
-                    rfc3339(k.retires_at.as_ref()),
-                );
                 if json {
+                    // An unset time is null, never the table's `-`.
                     let line = serde_json::json!({
                         "kid": k.kid, "alg": k.alg, "state": k.state,
-                        "created": rfc3339(k.created.as_ref()), "signs_from": from, "retires_at": retires,
+                        "created": json_time(k.created.as_ref()),
+                        "signs_from": json_time(k.signs_from.as_ref()),
+                        "retires_at": json_time(k.retires_at.as_ref()),
                     });
                     println!("{line}");
                 } else {
+                    let (from, retires) = (
+                        rfc3339(k.signs_from.as_ref()),
+                        rfc3339(k.retires_at.as_ref()),
+                    );
                     println!(
                         "{:<22}  {:<5}  {:<9}  {from:<20}  {retires:<20}",
                         k.kid, k.alg, k.state
@@ -747,5 +759,13 @@ mod tests {
         assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(at(1_795_377_429), "2026-11-22T19:57:09Z");
         assert_eq!(rfc3339(None), "-");
+        assert_eq!(json_time(None), serde_json::Value::Null);
+        assert_eq!(
+            json_time(Some(&prost_types::Timestamp {
+                seconds: 0,
+                nanos: 0
+            })),
+            "1970-01-01T00:00:00Z"
+        );
     }
 }

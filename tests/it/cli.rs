@@ -167,6 +167,16 @@ async fn keys_list_and_rotate() {
         .collect();
     let states: Vec<&str> = keys.iter().map(|k| k["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["signing", "static"]);
+    for key in &keys {
+        assert!(
+            key["retires_at"].is_null(),
+            "no retirement time yet is null, not a placeholder: {key}"
+        );
+        assert!(key["signs_from"].as_str().unwrap().ends_with('Z'), "{key}");
+        for (field, value) in key.as_object().unwrap() {
+            assert_ne!(value, "-", "{field} of {key}");
+        }
+    }
 
     let (code, out, err) = sessiond(args(&["keys", "rotate"], &server, Some(API_KEY))).await;
     assert_eq!(code, 0, "{err}");
