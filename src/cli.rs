@@ -532,6 +532,35 @@ fn decode_part(part: &str) -> Option<serde_json::Value> {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).ok()?).ok()
 }
 
+/// JWT claims that hold a time in seconds since the epoch.
+const TIME_CLAIMS: [&str; 4] = ["iat", "exp", "nbf", "auth_time"];
+
+/// Readable twins of the claims that hold times, for people reading
+/// `token inspect`: RFC 3339 (UTC) for each of [`TIME_CLAIMS`], and for the
+/// `t` (ms) of each claim set through the claim RPCs (`{"v": .., "t": ..}`),
+/// keyed `<claim>.t`. A value that is no time between 1970 and 9999 has none.
+fn claim_times(claims: &serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    const LAST: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    let readable = |secs: Option<i64>| secs.filter(|s| (0..=LAST).contains(s)).map(rfc3339_secs);
+    let mut out = serde_json::Map::new();
+    let Some(claims) = claims.as_object() else {
+        return out;
+    };
+    for (key, value) in claims {
+        if TIME_CLAIMS.contains(&key.as_str()) {
+            if let Some(time) = readable(value.as_i64()) {
+                out.insert(key.clone(), time.into());
+            }
+        } else if let Some(set) = value.as_object().filter(|o| o.contains_key("v")) {
+            let secs = set.get("t").and_then(serde_json::Value::as_i64);
+            if let Some(time) = readable(secs.map(|ms| ms.div_euclid(1000))) {
+                out.insert(format!("{key}.t"), time.into());
+            }
+        }
+    }
+    out
+}
+
 /// `sessiond token inspect TOKEN`
 pub async fn token(command: TokenCommand, conn: &Connection) -> ExitCode {
     exit(run_token(command, conn).await)
@@ -568,9 +597,12 @@ async fn run_token(command: TokenCommand, conn: &Connection) -> Outcome {
             (false, reason, Some(s.message().to_owned()))
         }
     };
+    // The claims stay as the token holds them (times in epoch numbers);
+    // their readable twins sit beside them in `claim_times`.
     let report = serde_json::json!({
         "header": header,
         "claims": claims,
+        "claim_times": claims.as_ref().map(claim_times),
         "accepted": accepted,
         "reason": reason,
         "message": message,
@@ -753,6 +785,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn claim_times_are_readable_twins_of_the_time_claims() {
+        let claims = serde_json::json!({
+            "sub": "alice",
+            "iat": 1_795_377_429,
+            "exp": 1_795_381_029,
+            "st-role": {"v": ["admin"], "t": 1_795_377_429_500_i64},
+            "count": 3,
+            "nbf": "soon",
+            "auth_time": -1,
+            "big": {"v": 1, "t": 1e300},
+        });
+        assert_eq!(
+            serde_json::Value::Object(claim_times(&claims)),
+            serde_json::json!({
+                "iat": "2026-11-22T19:57:09Z",
+                "exp": "2026-11-22T20:57:09Z",
+                "st-role.t": "2026-11-22T19:57:09Z",
+            })
+        );
+        assert!(claim_times(&serde_json::json!("not claims")).is_empty());
+    }
+
+    #[test]
     fn rfc3339_dates() {
         let at = |seconds| rfc3339(Some(&prost_types::Timestamp { seconds, nanos: 0 }));
         assert_eq!(at(0), "1970-01-01T00:00:00Z");
@@ -760,6 +815,7 @@ mod tests {
         assert_eq!(at(1_795_377_429), "2026-11-22T19:57:09Z");
         assert_eq!(rfc3339(None), "-");
         assert_eq!(json_time(None), serde_json::Value::Null);
+        assert_eq!(rfc3339_secs(253_402_300_799), "9999-12-31T23:59:59Z");
         assert_eq!(
             json_time(Some(&prost_types::Timestamp {
                 seconds: 0,

@@ -205,6 +205,15 @@ async fn token_inspect_says_whether_the_server_accepts_it() {
     assert_eq!(report["accepted"], true);
     assert_eq!(report["claims"]["sub"], "inspect-me");
     assert_eq!(report["header"]["version"], "5");
+    // Times stay numbers in the claims, with readable twins beside them.
+    for claim in ["iat", "exp"] {
+        let secs = report["claims"][claim].as_i64().unwrap();
+        let readable = sessiond::cli::rfc3339(Some(&prost_types::Timestamp {
+            seconds: secs,
+            nanos: 0,
+        }));
+        assert_eq!(report["claim_times"][claim], readable.as_str(), "{claim}");
+    }
 
     server
         .sessions()
