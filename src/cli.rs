@@ -39,7 +39,8 @@ pub struct Connection {
     /// Server address [default: SESSIOND_LISTEN with a wildcard IP made loopback, else 127.0.0.1:50051].
     #[arg(long, env = "SESSIOND_ADDR", value_name = "ADDR", global = true)]
     pub addr: Option<String>,
-    /// API key sent as x-api-key.
+    /// API key sent as x-api-key [default: from the server's SESSIOND_API_KEYS,
+    /// the first key given in full with the widest scope].
     #[arg(
         long,
         env = "SESSIOND_API_KEY",
@@ -198,6 +199,31 @@ fn exit(outcome: Outcome) -> ExitCode {
     }
 }
 
+/// The server's list of API keys, which a client in its environment (such as
+/// `docker exec` into its container) may take a key from.
+pub const SERVER_KEYS_ENV: &str = "SESSIOND_API_KEYS";
+
+/// The key a client can send, taken from a server's key list (`KEY` or
+/// `NAME:SCOPE:KEY` entries, comma-separated): the first entry that holds the
+/// key itself (a `sha256:` entry holds only its hash) among those of the
+/// widest scope, since the operator subcommands include admin calls.
+/// Entries the server would refuse are skipped.
+pub fn key_from_server_list(list: &str) -> Option<String> {
+    let mut best: Option<(crate::config::Scope, String)> = None;
+    for (i, entry) in list.split(',').map(str::trim).enumerate() {
+        let Ok(key) = crate::config::ApiKey::parse(entry, i) else {
+            continue;
+        };
+        let crate::config::KeySecret::Plain(secret) = key.secret else {
+            continue;
+        };
+        if best.as_ref().is_none_or(|(scope, _)| key.scope > *scope) {
+            best = Some((key.scope, secret.expose().to_owned()));
+        }
+    }
+    best.map(|(_, key)| key)
+}
+
 /// The address from `SESSIOND_LISTEN`, with a wildcard IP made loopback.
 pub fn default_addr() -> String {
     match std::env::var("SESSIOND_LISTEN")
@@ -230,9 +256,17 @@ impl Client {
         let timeout = parse_duration(&conn.timeout)
             .map_err(|e| fail(EXIT_USAGE, format!("--timeout: {e}")))?;
         let (addr, endpoint) = conn.endpoint(timeout)?;
+        // --api-key or SESSIOND_API_KEY first; else a key of the server's own
+        // list, when the client runs in the server's environment.
+        let from_server = || {
+            std::env::var(SERVER_KEYS_ENV)
+                .ok()
+                .and_then(|list| key_from_server_list(&list))
+        };
         let api_key = conn
             .api_key
-            .as_deref()
+            .clone()
+            .or_else(from_server)
             .map(|k| {
                 k.parse().map_err(|_| {
                     fail(
@@ -306,7 +340,8 @@ fn from_status(status: Status) -> Failure {
         (Code::Unauthenticated, Some("MISSING_CREDENTIALS")) | (Code::PermissionDenied, _) => fail(
             EXIT_REFUSED,
             format!(
-                "the server refused the API key ({}); pass --api-key or set SESSIOND_API_KEY",
+                "the server refused the API key ({}); pass --api-key or set SESSIOND_API_KEY \
+                 (or SESSIOND_API_KEYS)",
                 status.message()
             ),
         ),
@@ -783,6 +818,30 @@ pub async fn health(conn: &Connection) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_takes_a_full_key_of_the_widest_scope_from_the_server_list() {
+        let (a, b, c) = ("aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", "cccccccccccccccc");
+        let hashed = format!("sha256:{}", "ab".repeat(32));
+        let pick = |list: &str| key_from_server_list(list);
+        assert_eq!(pick(a).as_deref(), Some(a), "a bare key is an admin key");
+        assert_eq!(
+            pick(&format!(
+                "gw:verify:{a}, ops:admin:{hashed} ,be:backend:{b}"
+            ))
+            .as_deref(),
+            Some(b),
+            "hashed entries cannot be sent"
+        );
+        assert_eq!(
+            pick(&format!("gw:verify:{a},ops:admin:{b},ci:admin:{c}")).as_deref(),
+            Some(b),
+            "the first of the widest scope"
+        );
+        assert_eq!(pick(&format!("ops:admin:{hashed}")), None);
+        assert_eq!(pick("short,,"), None, "keys the server would refuse");
+        assert_eq!(pick(""), None);
+    }
 
     #[test]
     fn claim_times_are_readable_twins_of_the_time_claims() {

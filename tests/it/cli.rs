@@ -445,3 +445,47 @@ async fn a_data_directory_in_use_is_reported_once() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_in_the_server_environment_uses_its_api_keys() {
+    const VERIFY: &str = "verify-key-0123456789";
+    const ADMIN: &str = "admin-key-0123456789";
+    let server = TestServer::start_with(|c| {
+        c.api_keys = vec![
+            sessiond::config::ApiKey::parse(&format!("gw:verify:{VERIFY}"), 0).unwrap(),
+            sessiond::config::ApiKey::admin("ops", ADMIN),
+        ]
+    })
+    .await;
+    let keys_list = || args(&["keys", "list"], &server, None);
+    let hashed = format!("sha256:{}", "ab".repeat(32));
+    let server_env = format!("gw:verify:{VERIFY},cold:admin:{hashed},ops:admin:{ADMIN}");
+
+    let (code, out, err) =
+        sessiond_with_env(keys_list(), &[("SESSIOND_API_KEYS", &server_env)]).await;
+    assert_eq!(
+        code, 0,
+        "the admin key, not the verify key listed first: {err}"
+    );
+    assert!(out.starts_with("KID"), "{out}");
+    let (code, _, err) = sessiond_with_env(keys_list(), &[("SESSIOND_API_KEYS", ADMIN)]).await;
+    assert_eq!(code, 0, "a bare key: {err}");
+
+    // SESSIOND_API_KEY (like --api-key) comes first.
+    let (code, _, err) = sessiond_with_env(
+        keys_list(),
+        &[
+            ("SESSIOND_API_KEYS", &server_env),
+            ("SESSIOND_API_KEY", "wrong-key-0123456789"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 4, "{err}");
+    // Only hashed keys: nothing to send.
+    let (code, _, err) = sessiond_with_env(
+        keys_list(),
+        &[("SESSIOND_API_KEYS", &format!("cold:admin:{hashed}"))],
+    )
+    .await;
+    assert_eq!(code, 4, "{err}");
+}
