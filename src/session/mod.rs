@@ -719,6 +719,27 @@ impl SessionManager {
             .collect())
     }
 
+    /// ListAllSessions: the live sessions of every user (of one tenant when
+    /// `tenant_id` is given), in handle order, from just after `after`, at
+    /// most `limit` of them.
+    pub fn list_all(
+        &self,
+        tenant_id: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<store::SessionsPage> {
+        let tenant = tenant_id
+            .map(|t| payload::tenant_id("tenant_id", t))
+            .transpose()?;
+        let query = store::SessionQuery {
+            after,
+            tenant_id: tenant.as_deref(),
+            live_at_ms: self.now(),
+            limit,
+        };
+        Ok(store::blocking(|| self.store.list_sessions(&query))?)
+    }
+
     /// GetSessionInformation.
     pub fn info(&self, handle: &str) -> Result<SessionInfo> {
         let handle = payload::handle("session_handle", handle)?;
