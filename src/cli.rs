@@ -117,17 +117,22 @@ impl Connection {
 /// `sessiond sessions ...`
 #[derive(Debug, Subcommand)]
 pub enum SessionsCommand {
-    /// List a user's sessions with their creation and expiry times.
+    /// List sessions with their creation and expiry times: a user's, or
+    /// without --user every user's (an admin key's call).
     List {
-        /// The user.
+        /// Only this user's sessions.
         #[arg(long)]
-        user: String,
-        /// The tenant [default: public].
-        #[arg(long, default_value = "")]
-        tenant: String,
-        /// Every tenant.
+        user: Option<String>,
+        /// Only sessions of this tenant (with --user, public unless given;
+        /// without, every tenant unless given).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Every tenant (what listing without --user does anyway).
         #[arg(long)]
         all_tenants: bool,
+        /// Show at most N sessions, and say when there are more (0: show all).
+        #[arg(long, default_value_t = 100, value_name = "N")]
+        limit: usize,
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
@@ -140,8 +145,8 @@ pub enum SessionsCommand {
         /// Revoke every session of this user instead.
         #[arg(long, conflicts_with = "handles")]
         user: Option<String>,
-        /// The user's tenant [default: public].
-        #[arg(long, default_value = "")]
+        /// The user's tenant.
+        #[arg(long, default_value = "public")]
         tenant: String,
         /// In every tenant.
         #[arg(long)]
@@ -403,57 +408,20 @@ async fn run_sessions(command: SessionsCommand, conn: &Connection) -> Outcome {
             user,
             tenant,
             all_tenants,
+            limit,
             json,
         } => {
-            let handles = sessions
-                .get_all_session_handles_for_user(client.request(
-                    pb::GetAllSessionHandlesForUserRequest {
-                        user_id: user,
-                        tenant_id: tenant,
-                        fetch_across_all_tenants: all_tenants,
-                    },
-                ))
-                .await
-                .map_err(from_status)?
-                .into_inner()
-                .session_handles;
-            if !json {
-                println!(
-                    "{:<36}  {:<16}  {:<20}  {:<20}",
-                    "HANDLE", "TENANT", "CREATED", "EXPIRES"
-                );
-            }
-            for handle in handles {
-                let info = match sessions
-                    .get_session_information(client.request(pb::GetSessionInformationRequest {
-                        session_handle: handle,
-                    }))
-                    .await
-                {
-                    Ok(info) => info.into_inner(),
-                    // Revoked or expired between the two calls.
-                    Err(s) if s.code() == Code::NotFound => continue,
-                    Err(s) => return Err(from_status(s)),
-                };
-                if json {
-                    let line = serde_json::json!({
-                        "session_handle": info.session_handle,
-                        "tenant_id": info.tenant_id,
-                        "created": json_time(info.time_created.as_ref()),
-                        "expires": json_time(info.expiry.as_ref()),
-                    });
-                    println!("{line}");
-                } else {
-                    let (created, expires) = (
-                        rfc3339(info.time_created.as_ref()),
-                        rfc3339(info.expiry.as_ref()),
-                    );
-                    println!(
-                        "{:<36}  {:<16}  {created:<20}  {expires:<20}",
-                        info.session_handle, info.tenant_id
-                    );
+            let mut out = SessionTable::new(json, limit);
+            match user {
+                Some(user) => {
+                    list_user_sessions(&client, user, tenant, all_tenants, &mut out).await?
+                }
+                None => {
+                    let tenant = if all_tenants { None } else { tenant };
+                    list_all_sessions(&client, tenant, &mut out).await?
                 }
             }
+            out.finish();
             Ok(())
         }
         SessionsCommand::Revoke {
@@ -499,6 +467,171 @@ async fn run_sessions(command: SessionsCommand, conn: &Connection) -> Outcome {
             );
             Ok(())
         }
+    }
+}
+
+/// The rows `sessions list` prints: a table or JSON lines, up to a limit.
+struct SessionTable {
+    json: bool,
+    /// Most rows to print; 0 for no limit.
+    limit: usize,
+    shown: usize,
+    /// True once a session past the limit is known to exist.
+    more: bool,
+}
+
+impl SessionTable {
+    fn new(json: bool, limit: usize) -> Self {
+        if !json {
+            println!(
+                "{:<36}  {:<20}  {:<16}  {:<20}  {:<20}",
+                "HANDLE", "USER", "TENANT", "CREATED", "EXPIRES"
+            );
+        }
+        Self {
+            json,
+            limit,
+            shown: 0,
+            more: false,
+        }
+    }
+
+    /// Rows still to print before the limit (`usize::MAX` without one).
+    fn room(&self) -> usize {
+        match self.limit {
+            0 => usize::MAX,
+            limit => limit.saturating_sub(self.shown),
+        }
+    }
+
+    fn row(
+        &mut self,
+        handle: &str,
+        user_id: &str,
+        tenant_id: &str,
+        created: Option<&prost_types::Timestamp>,
+        expiry: Option<&prost_types::Timestamp>,
+    ) {
+        if self.room() == 0 {
+            self.more = true;
+            return;
+        }
+        self.shown += 1;
+        if self.json {
+            let line = serde_json::json!({
+                "session_handle": handle,
+                "user_id": user_id,
+                "tenant_id": tenant_id,
+                "created": json_time(created),
+                "expires": json_time(expiry),
+            });
+            println!("{line}");
+        } else {
+            println!(
+                "{handle:<36}  {user_id:<20}  {tenant_id:<16}  {:<20}  {:<20}",
+                rfc3339(created),
+                rfc3339(expiry)
+            );
+        }
+    }
+
+    /// Says on stderr when sessions were left out.
+    fn finish(self) {
+        if self.more {
+            eprintln!(
+                "showing {}; more exist (raise --limit, or --limit 0 for all)",
+                crate::text::count(self.shown as u64, "session", "sessions")
+            );
+        }
+    }
+}
+
+/// A user's sessions: their handles, then each one's information.
+async fn list_user_sessions(
+    client: &Client,
+    user_id: String,
+    tenant: Option<String>,
+    all_tenants: bool,
+    out: &mut SessionTable,
+) -> Outcome {
+    let mut sessions = client.sessions();
+    let handles = sessions
+        .get_all_session_handles_for_user(client.request(pb::GetAllSessionHandlesForUserRequest {
+            user_id,
+            tenant_id: tenant.unwrap_or_default(),
+            fetch_across_all_tenants: all_tenants,
+        }))
+        .await
+        .map_err(from_status)?
+        .into_inner()
+        .session_handles;
+    for handle in handles {
+        if out.room() == 0 {
+            // Known to exist a moment ago; not worth a call to confirm.
+            out.more = true;
+            break;
+        }
+        let info = match sessions
+            .get_session_information(client.request(pb::GetSessionInformationRequest {
+                session_handle: handle,
+            }))
+            .await
+        {
+            Ok(info) => info.into_inner(),
+            // Revoked or expired between the two calls.
+            Err(s) if s.code() == Code::NotFound => continue,
+            Err(s) => return Err(from_status(s)),
+        };
+        out.row(
+            &info.session_handle,
+            &info.user_id,
+            &info.tenant_id,
+            info.time_created.as_ref(),
+            info.expiry.as_ref(),
+        );
+    }
+    Ok(())
+}
+
+/// Every user's sessions (of one tenant when given), page by page.
+async fn list_all_sessions(
+    client: &Client,
+    tenant_id: Option<String>,
+    out: &mut SessionTable,
+) -> Outcome {
+    const MOST_PER_PAGE: usize = crate::api::admin::MAX_PAGE_SIZE;
+    let mut admin = AdminServiceClient::new(client.channel.clone());
+    let mut page_token = String::new();
+    loop {
+        // At least 1: the loop stops once the limit is reached.
+        let page_size = out.room().min(MOST_PER_PAGE);
+        let page = admin
+            .list_all_sessions(client.request(pb::ListAllSessionsRequest {
+                tenant_id: tenant_id.clone(),
+                page_size: page_size as i32,
+                page_token,
+            }))
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        for s in &page.sessions {
+            out.row(
+                &s.session_handle,
+                &s.user_id,
+                &s.tenant_id,
+                s.time_created.as_ref(),
+                s.expiry.as_ref(),
+            );
+        }
+        // The server sets a token only when more sessions follow.
+        if page.next_page_token.is_empty() {
+            return Ok(());
+        }
+        if out.room() == 0 {
+            out.more = true;
+            return Ok(());
+        }
+        page_token = page.next_page_token;
     }
 }
 

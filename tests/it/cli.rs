@@ -489,3 +489,99 @@ async fn a_client_in_the_server_environment_uses_its_api_keys() {
     .await;
     assert_eq!(code, 4, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_list_without_a_user_lists_every_users_sessions() {
+    let server = keyed_server().await;
+    let mut created = Vec::new();
+    for user in ["list-a", "list-b", "list-c"] {
+        created.push((handle(&keyed_session(&server, user).await), user));
+    }
+    let list = |extra: &[&str]| {
+        let mut words = vec!["sessions", "list"];
+        words.extend_from_slice(extra);
+        args(&words, &server, Some(API_KEY))
+    };
+
+    let (code, out, err) = sessiond(list(&[])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("HANDLE"), "{out}");
+    for (handle, user) in &created {
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(handle.as_str()))
+            .unwrap_or_else(|| panic!("{handle} in {out}"));
+        assert!(row.contains(user) && row.contains("public"), "{row}");
+    }
+    assert!(err.is_empty(), "nothing left out: {err}");
+
+    let (code, out, err) = sessiond(list(&["--limit", "2", "--json"])).await;
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    let mut handles: Vec<&str> = created.iter().map(|(h, _)| h.as_str()).collect();
+    handles.sort();
+    assert_eq!(rows[0]["session_handle"], handles[0]);
+    assert!(rows[0]["user_id"].as_str().unwrap().starts_with("list-"));
+    assert!(rows[0]["expires"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(
+        err.trim(),
+        "showing 2 sessions; more exist (raise --limit, or --limit 0 for all)"
+    );
+
+    let (code, out, err) = sessiond(list(&["--limit", "0", "--json"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(err.is_empty(), "{err}");
+    let (code, out, _) = sessiond(list(&["--limit", "3", "--json"])).await;
+    assert_eq!((code, out.lines().count()), (0, 3), "exactly the limit");
+
+    let (code, out, _) = sessiond(list(&["--tenant", "elsewhere"])).await;
+    assert_eq!(
+        (code, out.lines().count()),
+        (0, 1),
+        "only the header: {out}"
+    );
+
+    // With --user the limit holds too.
+    let (code, out, err) = sessiond(list(&["--user", "list-a", "--limit", "1"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 2, "header and one row: {out}");
+    assert!(err.is_empty(), "list-a has one session: {err}");
+    keyed_session(&server, "list-a").await;
+    let (_, out, err) = sessiond(list(&["--user", "list-a", "--limit", "1"])).await;
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(err.contains("showing 1 session; more exist"), "{err}");
+}
+
+#[tokio::test]
+async fn a_flag_shows_one_default_or_none() {
+    for words in [
+        &["sessions", "list"][..],
+        &["sessions", "revoke"],
+        &["keys", "list"],
+        &["keys", "rotate"],
+        &["token", "inspect"],
+        &["backup"],
+        &["restore"],
+        &["health"],
+        &["serve"],
+    ] {
+        let mut argv: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+        argv.push("--help".into());
+        let (code, out, err) = sessiond(argv).await;
+        assert_eq!(code, 0, "{words:?}: {err}");
+        for line in out.lines() {
+            assert!(
+                line.matches("[default:").count() <= 1 && !line.contains("[default: \"\"]"),
+                "{words:?}: {line}"
+            );
+        }
+    }
+    let (_, out, _) = sessiond(vec!["sessions".into(), "revoke".into(), "--help".into()]).await;
+    let tenant = out.lines().find(|l| l.contains("--tenant")).unwrap();
+    assert!(tenant.ends_with("[default: public]"), "{tenant}");
+}
