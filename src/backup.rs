@@ -44,10 +44,14 @@ pub struct Summary {
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::text::count;
         write!(
             f,
-            "{} sessions, {} users' buckets, {} signing keys, {} server secrets",
-            self.sessions, self.user_data, self.keys, self.secrets
+            "{}, {}, {}, {}",
+            count(self.sessions, "session", "sessions"),
+            count(self.user_data, "user's buckets", "users' buckets"),
+            count(self.keys, "signing key", "signing keys"),
+            count(self.secrets, "server secret", "server secrets"),
         )
     }
 }
@@ -299,6 +303,28 @@ mod tests {
             .unwrap();
         items.sort();
         items
+    }
+
+    #[test]
+    fn the_summary_counts_in_the_right_number() {
+        let summary = |n| Summary {
+            sessions: n,
+            user_data: n,
+            keys: n,
+            secrets: n,
+        };
+        assert_eq!(
+            summary(0).to_string(),
+            "0 sessions, 0 users' buckets, 0 signing keys, 0 server secrets"
+        );
+        assert_eq!(
+            summary(1).to_string(),
+            "1 session, 1 user's buckets, 1 signing key, 1 server secret"
+        );
+        assert_eq!(
+            summary(2).to_string(),
+            "2 sessions, 2 users' buckets, 2 signing keys, 2 server secrets"
+        );
     }
 
     #[tokio::test]

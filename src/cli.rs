@@ -39,7 +39,8 @@ pub struct Connection {
     /// Server address [default: SESSIOND_LISTEN with a wildcard IP made loopback, else 127.0.0.1:50051].
     #[arg(long, env = "SESSIOND_ADDR", value_name = "ADDR", global = true)]
     pub addr: Option<String>,
-    /// API key sent as x-api-key.
+    /// API key sent as x-api-key [default: from the server's SESSIOND_API_KEYS,
+    /// the first key given in full with the widest scope].
     #[arg(
         long,
         env = "SESSIOND_API_KEY",
@@ -116,17 +117,22 @@ impl Connection {
 /// `sessiond sessions ...`
 #[derive(Debug, Subcommand)]
 pub enum SessionsCommand {
-    /// List a user's sessions with their creation and expiry times.
+    /// List sessions with their creation and expiry times: a user's, or
+    /// without --user every user's (an admin key's call).
     List {
-        /// The user.
+        /// Only this user's sessions.
         #[arg(long)]
-        user: String,
-        /// The tenant [default: public].
-        #[arg(long, default_value = "")]
-        tenant: String,
-        /// Every tenant.
+        user: Option<String>,
+        /// Only sessions of this tenant (with --user, public unless given;
+        /// without, every tenant unless given).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Every tenant (what listing without --user does anyway).
         #[arg(long)]
         all_tenants: bool,
+        /// Show at most N sessions, and say when there are more (0: show all).
+        #[arg(long, default_value_t = 100, value_name = "N")]
+        limit: usize,
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
@@ -139,8 +145,8 @@ pub enum SessionsCommand {
         /// Revoke every session of this user instead.
         #[arg(long, conflicts_with = "handles")]
         user: Option<String>,
-        /// The user's tenant [default: public].
-        #[arg(long, default_value = "")]
+        /// The user's tenant.
+        #[arg(long, default_value = "public")]
         tenant: String,
         /// In every tenant.
         #[arg(long)]
@@ -198,6 +204,31 @@ fn exit(outcome: Outcome) -> ExitCode {
     }
 }
 
+/// The server's list of API keys, which a client in its environment (such as
+/// `docker exec` into its container) may take a key from.
+pub const SERVER_KEYS_ENV: &str = "SESSIOND_API_KEYS";
+
+/// The key a client can send, taken from a server's key list (`KEY` or
+/// `NAME:SCOPE:KEY` entries, comma-separated): the first entry that holds the
+/// key itself (a `sha256:` entry holds only its hash) among those of the
+/// widest scope, since the operator subcommands include admin calls.
+/// Entries the server would refuse are skipped.
+pub fn key_from_server_list(list: &str) -> Option<String> {
+    let mut best: Option<(crate::config::Scope, String)> = None;
+    for (i, entry) in list.split(',').map(str::trim).enumerate() {
+        let Ok(key) = crate::config::ApiKey::parse(entry, i) else {
+            continue;
+        };
+        let crate::config::KeySecret::Plain(secret) = key.secret else {
+            continue;
+        };
+        if best.as_ref().is_none_or(|(scope, _)| key.scope > *scope) {
+            best = Some((key.scope, secret.expose().to_owned()));
+        }
+    }
+    best.map(|(_, key)| key)
+}
+
 /// The address from `SESSIOND_LISTEN`, with a wildcard IP made loopback.
 pub fn default_addr() -> String {
     match std::env::var("SESSIOND_LISTEN")
@@ -230,9 +261,17 @@ impl Client {
         let timeout = parse_duration(&conn.timeout)
             .map_err(|e| fail(EXIT_USAGE, format!("--timeout: {e}")))?;
         let (addr, endpoint) = conn.endpoint(timeout)?;
+        // --api-key or SESSIOND_API_KEY first; else a key of the server's own
+        // list, when the client runs in the server's environment.
+        let from_server = || {
+            std::env::var(SERVER_KEYS_ENV)
+                .ok()
+                .and_then(|list| key_from_server_list(&list))
+        };
         let api_key = conn
             .api_key
-            .as_deref()
+            .clone()
+            .or_else(from_server)
             .map(|k| {
                 k.parse().map_err(|_| {
                     fail(
@@ -245,7 +284,7 @@ impl Client {
         let channel = endpoint.connect().await.map_err(|e| {
             fail(
                 EXIT_UNREACHABLE,
-                format!("cannot reach sessiond at {addr}: {e}"),
+                format!("cannot reach sessiond at {addr}: {}", with_causes(&e)),
             )
         })?;
         Ok(Self {
@@ -270,6 +309,34 @@ impl Client {
     }
 }
 
+/// An error followed by its causes (`source()`, outermost first), each after
+/// `: `, so that "transport error" goes on to say what failed: connection
+/// refused, a TLS handshake, a name lookup, a timeout. A cause whose text the
+/// line already holds is not repeated.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    append_causes(&mut text, error.source());
+    text
+}
+
+/// A status's message followed by the causes of its transport error, if any.
+fn status_with_causes(status: &Status) -> String {
+    let mut text = status.message().to_owned();
+    append_causes(&mut text, std::error::Error::source(status));
+    text
+}
+
+fn append_causes(text: &mut String, mut next: Option<&(dyn std::error::Error + 'static)>) {
+    while let Some(cause) = next {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        next = cause.source();
+    }
+}
+
 /// What a status means for the operator.
 fn from_status(status: Status) -> Failure {
     let details = status.get_error_details();
@@ -278,13 +345,14 @@ fn from_status(status: Status) -> Failure {
         (Code::Unauthenticated, Some("MISSING_CREDENTIALS")) | (Code::PermissionDenied, _) => fail(
             EXIT_REFUSED,
             format!(
-                "the server refused the API key ({}); pass --api-key or set SESSIOND_API_KEY",
+                "the server refused the API key ({}); pass --api-key or set SESSIOND_API_KEY \
+                 (or SESSIOND_API_KEYS)",
                 status.message()
             ),
         ),
         (Code::Unavailable, None) => fail(
             EXIT_UNREACHABLE,
-            format!("cannot reach sessiond: {}", status.message()),
+            format!("cannot reach sessiond: {}", status_with_causes(&status)),
         ),
         (code, reason) => fail(
             EXIT_FAILED,
@@ -293,12 +361,21 @@ fn from_status(status: Status) -> Failure {
     }
 }
 
-/// RFC 3339 (UTC, seconds) from a protobuf timestamp.
+/// RFC 3339 (UTC, seconds) from a protobuf timestamp, `-` when it is unset
+/// (for tables).
 pub fn rfc3339(ts: Option<&prost_types::Timestamp>) -> String {
-    let Some(ts) = ts else {
-        return "-".to_owned();
-    };
-    let secs = ts.seconds;
+    ts.map_or_else(|| "-".to_owned(), |ts| rfc3339_secs(ts.seconds))
+}
+
+/// RFC 3339 from a protobuf timestamp for JSON output: `null` when unset.
+fn json_time(ts: Option<&prost_types::Timestamp>) -> serde_json::Value {
+    ts.map_or(serde_json::Value::Null, |ts| {
+        rfc3339_secs(ts.seconds).into()
+    })
+}
+
+/// RFC 3339 (UTC, seconds) from seconds since the epoch.
+fn rfc3339_secs(secs: i64) -> String {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -331,57 +408,20 @@ async fn run_sessions(command: SessionsCommand, conn: &Connection) -> Outcome {
             user,
             tenant,
             all_tenants,
+            limit,
             json,
         } => {
-            let handles = sessions
-                .get_all_session_handles_for_user(client.request(
-                    pb::GetAllSessionHandlesForUserRequest {
-                        user_id: user,
-                        tenant_id: tenant,
-                        fetch_across_all_tenants: all_tenants,
-                    },
-                ))
-                .await
-                .map_err(from_status)?
-                .into_inner()
-                .session_handles;
-            if !json {
-                println!(
-                    "{:<36}  {:<16}  {:<20}  {:<20}",
-                    "HANDLE", "TENANT", "CREATED", "EXPIRES"
-                );
-            }
-            for handle in handles {
-                let info = match sessions
-                    .get_session_information(client.request(pb::GetSessionInformationRequest {
-                        session_handle: handle,
-                    }))
-                    .await
-                {
-                    Ok(info) => info.into_inner(),
-                    // Revoked or expired between the two calls.
-                    Err(s) if s.code() == Code::NotFound => continue,
-                    Err(s) => return Err(from_status(s)),
-                };
-                let (created, expires) = (
-                    rfc3339(info.time_created.as_ref()),
-                    rfc3339(info.expiry.as_ref()),
-                );
-                if json {
-                    let line = serde_json::json!({
-                        "session_handle": info.session_handle,
-                        "tenant_id": info.tenant_id,
-                        "created": created,
-                        "expires": expires,
-                    });
-                    println!("{line}");
-                } else {
-                    println!(
-                        "{:<36}  {:<16}  {created:<20}  {expires:<20}",
-                        info.session_handle, info.tenant_id
-                    );
+            let mut out = SessionTable::new(json, limit);
+            match user {
+                Some(user) => {
+                    list_user_sessions(&client, user, tenant, all_tenants, &mut out).await?
+                }
+                None => {
+                    let tenant = if all_tenants { None } else { tenant };
+                    list_all_sessions(&client, tenant, &mut out).await?
                 }
             }
+            out.finish();
             Ok(())
         }
         SessionsCommand::Revoke {
@@ -421,9 +461,177 @@ async fn run_sessions(command: SessionsCommand, conn: &Connection) -> Outcome {
             for handle in &revoked {
                 println!("{handle}");
             }
-            eprintln!("revoked {} session(s)", revoked.len());
+            eprintln!(
+                "revoked {}",
+                crate::text::count(revoked.len() as u64, "session", "sessions")
+            );
             Ok(())
         }
+    }
+}
+
+/// The rows `sessions list` prints: a table or JSON lines, up to a limit.
+struct SessionTable {
+    json: bool,
+    /// Most rows to print; 0 for no limit.
+    limit: usize,
+    shown: usize,
+    /// True once a session past the limit is known to exist.
+    more: bool,
+}
+
+impl SessionTable {
+    fn new(json: bool, limit: usize) -> Self {
+        if !json {
+            println!(
+                "{:<36}  {:<20}  {:<16}  {:<20}  {:<20}",
+                "HANDLE", "USER", "TENANT", "CREATED", "EXPIRES"
+            );
+        }
+        Self {
+            json,
+            limit,
+            shown: 0,
+            more: false,
+        }
+    }
+
+    /// Rows still to print before the limit (`usize::MAX` without one).
+    fn room(&self) -> usize {
+        match self.limit {
+            0 => usize::MAX,
+            limit => limit.saturating_sub(self.shown),
+        }
+    }
+
+    fn row(
+        &mut self,
+        handle: &str,
+        user_id: &str,
+        tenant_id: &str,
+        created: Option<&prost_types::Timestamp>,
+        expiry: Option<&prost_types::Timestamp>,
+    ) {
+        if self.room() == 0 {
+            self.more = true;
+            return;
+        }
+        self.shown += 1;
+        if self.json {
+            let line = serde_json::json!({
+                "session_handle": handle,
+                "user_id": user_id,
+                "tenant_id": tenant_id,
+                "created": json_time(created),
+                "expires": json_time(expiry),
+            });
+            println!("{line}");
+        } else {
+            println!(
+                "{handle:<36}  {user_id:<20}  {tenant_id:<16}  {:<20}  {:<20}",
+                rfc3339(created),
+                rfc3339(expiry)
+            );
+        }
+    }
+
+    /// Says on stderr when sessions were left out.
+    fn finish(self) {
+        if self.more {
+            eprintln!(
+                "showing {}; more exist (raise --limit, or --limit 0 for all)",
+                crate::text::count(self.shown as u64, "session", "sessions")
+            );
+        }
+    }
+}
+
+/// A user's sessions: their handles, then each one's information.
+async fn list_user_sessions(
+    client: &Client,
+    user_id: String,
+    tenant: Option<String>,
+    all_tenants: bool,
+    out: &mut SessionTable,
+) -> Outcome {
+    let mut sessions = client.sessions();
+    let handles = sessions
+        .get_all_session_handles_for_user(client.request(pb::GetAllSessionHandlesForUserRequest {
+            user_id,
+            tenant_id: tenant.unwrap_or_default(),
+            fetch_across_all_tenants: all_tenants,
+        }))
+        .await
+        .map_err(from_status)?
+        .into_inner()
+        .session_handles;
+    for handle in handles {
+        if out.room() == 0 {
+            // Known to exist a moment ago; not worth a call to confirm.
+            out.more = true;
+            break;
+        }
+        let info = match sessions
+            .get_session_information(client.request(pb::GetSessionInformationRequest {
+                session_handle: handle,
+            }))
+            .await
+        {
+            Ok(info) => info.into_inner(),
+            // Revoked or expired between the two calls.
+            Err(s) if s.code() == Code::NotFound => continue,
+            Err(s) => return Err(from_status(s)),
+        };
+        out.row(
+            &info.session_handle,
+            &info.user_id,
+            &info.tenant_id,
+            info.time_created.as_ref(),
+            info.expiry.as_ref(),
+        );
+    }
+    Ok(())
+}
+
+/// Every user's sessions (of one tenant when given), page by page.
+async fn list_all_sessions(
+    client: &Client,
+    tenant_id: Option<String>,
+    out: &mut SessionTable,
+) -> Outcome {
+    const MOST_PER_PAGE: usize = crate::api::admin::MAX_PAGE_SIZE;
+    let mut admin = AdminServiceClient::new(client.channel.clone());
+    let mut page_token = String::new();
+    loop {
+        // At least 1: the loop stops once the limit is reached.
+        let page_size = out.room().min(MOST_PER_PAGE);
+        let page = admin
+            .list_all_sessions(client.request(pb::ListAllSessionsRequest {
+                tenant_id: tenant_id.clone(),
+                page_size: page_size as i32,
+                page_token,
+            }))
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        for s in &page.sessions {
+            out.row(
+                &s.session_handle,
+                &s.user_id,
+                &s.tenant_id,
+                s.time_created.as_ref(),
+                s.expiry.as_ref(),
+            );
+        }
+        // The server sets a token only when more sessions follow.
+        if page.next_page_token.is_empty() {
+            return Ok(());
+        }
+        if out.room() == 0 {
+            out.more = true;
+            return Ok(());
+        }
+        page_token = page.next_page_token;
     }
 }
 
@@ -449,17 +657,20 @@ async fn run_keys(command: KeysCommand, conn: &Connection) -> Outcome {
                 );
             }
             for k in keys {
-                let (from, retires) = (
-                    rfc3339(k.signs_from.as_ref()),
-                    rfc3339(k.retires_at.as_ref()),
-                );
                 if json {
+                    // An unset time is null, never the table's `-`.
                     let line = serde_json::json!({
                         "kid": k.kid, "alg": k.alg, "state": k.state,
-                        "created": rfc3339(k.created.as_ref()), "signs_from": from, "retires_at": retires,
+                        "created": json_time(k.created.as_ref()),
+                        "signs_from": json_time(k.signs_from.as_ref()),
+                        "retires_at": json_time(k.retires_at.as_ref()),
                     });
                     println!("{line}");
                 } else {
+                    let (from, retires) = (
+                        rfc3339(k.signs_from.as_ref()),
+                        rfc3339(k.retires_at.as_ref()),
+                    );
                     println!(
                         "{:<22}  {:<5}  {:<9}  {from:<20}  {retires:<20}",
                         k.kid, k.alg, k.state
@@ -487,6 +698,35 @@ async fn run_keys(command: KeysCommand, conn: &Connection) -> Outcome {
 
 fn decode_part(part: &str) -> Option<serde_json::Value> {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).ok()?).ok()
+}
+
+/// JWT claims that hold a time in seconds since the epoch.
+const TIME_CLAIMS: [&str; 4] = ["iat", "exp", "nbf", "auth_time"];
+
+/// Readable twins of the claims that hold times, for people reading
+/// `token inspect`: RFC 3339 (UTC) for each of [`TIME_CLAIMS`], and for the
+/// `t` (ms) of each claim set through the claim RPCs (`{"v": .., "t": ..}`),
+/// keyed `<claim>.t`. A value that is no time between 1970 and 9999 has none.
+fn claim_times(claims: &serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    const LAST: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    let readable = |secs: Option<i64>| secs.filter(|s| (0..=LAST).contains(s)).map(rfc3339_secs);
+    let mut out = serde_json::Map::new();
+    let Some(claims) = claims.as_object() else {
+        return out;
+    };
+    for (key, value) in claims {
+        if TIME_CLAIMS.contains(&key.as_str()) {
+            if let Some(time) = readable(value.as_i64()) {
+                out.insert(key.clone(), time.into());
+            }
+        } else if let Some(set) = value.as_object().filter(|o| o.contains_key("v")) {
+            let secs = set.get("t").and_then(serde_json::Value::as_i64);
+            if let Some(time) = readable(secs.map(|ms| ms.div_euclid(1000))) {
+                out.insert(format!("{key}.t"), time.into());
+            }
+        }
+    }
+    out
 }
 
 /// `sessiond token inspect TOKEN`
@@ -525,9 +765,12 @@ async fn run_token(command: TokenCommand, conn: &Connection) -> Outcome {
             (false, reason, Some(s.message().to_owned()))
         }
     };
+    // The claims stay as the token holds them (times in epoch numbers);
+    // their readable twins sit beside them in `claim_times`.
     let report = serde_json::json!({
         "header": header,
         "claims": claims,
+        "claim_times": claims.as_ref().map(claim_times),
         "accepted": accepted,
         "reason": reason,
         "message": message,
@@ -665,16 +908,23 @@ pub async fn health(conn: &Connection) -> ExitCode {
         Err(f) => return exit(Err(f)),
     };
     let check = async {
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| fail(EXIT_UNREACHABLE, format!("cannot reach {addr}: {e}")))?;
+        let channel = endpoint.connect().await.map_err(|e| {
+            fail(
+                EXIT_UNREACHABLE,
+                format!("cannot reach {addr}: {}", with_causes(&e)),
+            )
+        })?;
         let reply = HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: String::new(),
             })
             .await
-            .map_err(|s| fail(EXIT_FAILED, format!("health check failed: {}", s.message())))?;
+            .map_err(|s| {
+                fail(
+                    EXIT_FAILED,
+                    format!("health check failed: {}", status_with_causes(&s)),
+                )
+            })?;
         Ok::<_, Failure>(reply.into_inner().status())
     };
     let outcome = match tokio::time::timeout(timeout, check).await {
@@ -703,11 +953,67 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_client_takes_a_full_key_of_the_widest_scope_from_the_server_list() {
+        let (a, b, c) = ("aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", "cccccccccccccccc");
+        let hashed = format!("sha256:{}", "ab".repeat(32));
+        let pick = |list: &str| key_from_server_list(list);
+        assert_eq!(pick(a).as_deref(), Some(a), "a bare key is an admin key");
+        assert_eq!(
+            pick(&format!(
+                "gw:verify:{a}, ops:admin:{hashed} ,be:backend:{b}"
+            ))
+            .as_deref(),
+            Some(b),
+            "hashed entries cannot be sent"
+        );
+        assert_eq!(
+            pick(&format!("gw:verify:{a},ops:admin:{b},ci:admin:{c}")).as_deref(),
+            Some(b),
+            "the first of the widest scope"
+        );
+        assert_eq!(pick(&format!("ops:admin:{hashed}")), None);
+        assert_eq!(pick("short,,"), None, "keys the server would refuse");
+        assert_eq!(pick(""), None);
+    }
+
+    #[test]
+    fn claim_times_are_readable_twins_of_the_time_claims() {
+        let claims = serde_json::json!({
+            "sub": "alice",
+            "iat": 1_795_377_429,
+            "exp": 1_795_381_029,
+            "st-role": {"v": ["admin"], "t": 1_795_377_429_500_i64},
+            "count": 3,
+            "nbf": "soon",
+            "auth_time": -1,
+            "big": {"v": 1, "t": 1e300},
+        });
+        assert_eq!(
+            serde_json::Value::Object(claim_times(&claims)),
+            serde_json::json!({
+                "iat": "2026-11-22T19:57:09Z",
+                "exp": "2026-11-22T20:57:09Z",
+                "st-role.t": "2026-11-22T19:57:09Z",
+            })
+        );
+        assert!(claim_times(&serde_json::json!("not claims")).is_empty());
+    }
+
+    #[test]
     fn rfc3339_dates() {
         let at = |seconds| rfc3339(Some(&prost_types::Timestamp { seconds, nanos: 0 }));
         assert_eq!(at(0), "1970-01-01T00:00:00Z");
         assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(at(1_795_377_429), "2026-11-22T19:57:09Z");
         assert_eq!(rfc3339(None), "-");
+        assert_eq!(json_time(None), serde_json::Value::Null);
+        assert_eq!(rfc3339_secs(253_402_300_799), "9999-12-31T23:59:59Z");
+        assert_eq!(
+            json_time(Some(&prost_types::Timestamp {
+                seconds: 0,
+                nanos: 0
+            })),
+            "1970-01-01T00:00:00Z"
+        );
     }
 }

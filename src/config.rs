@@ -2,7 +2,8 @@
 //! and an optional TOML file, validated into one resolved [`Config`].
 //!
 //! Precedence is flag or environment variable, then the file, then the
-//! default. Every error names the setting it is about, and nothing listens
+//! default. Every error names the setting it is about as the user gave it
+//! (flag, environment variable or file key), and nothing listens
 //! before the whole configuration is valid. Secrets are held in [`Secret`],
 //! whose `Debug` never prints them.
 
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
+use clap::parser::ValueSource;
 use serde::Deserialize;
 
 /// Signing algorithms for access tokens and JWTs.
@@ -366,6 +368,50 @@ pub struct ServeArgs {
         value_name = "FILE"
     )]
     pub previous_key_encryption_key_file: Option<PathBuf>,
+    /// Which settings came from a flag and which from an environment
+    /// variable, so that an error names what the user actually set.
+    #[arg(skip)]
+    pub sources: Sources,
+}
+
+impl ServeArgs {
+    /// Records where each setting in `matches` (the matches these arguments
+    /// were parsed from) came from.
+    pub fn with_sources(mut self, matches: &clap::ArgMatches) -> Self {
+        self.sources = Sources::from_matches(matches);
+        self
+    }
+}
+
+/// Where the settings of a [`ServeArgs`] came from: for each one given, a
+/// flag or an environment variable, as clap saw it. Arguments built in code
+/// have no record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sources {
+    /// By clap id (the field name); `None` when nothing was recorded.
+    given: Option<std::collections::BTreeMap<String, ValueSource>>,
+}
+
+impl Sources {
+    /// The sources of the settings present in `matches`.
+    pub fn from_matches(matches: &clap::ArgMatches) -> Self {
+        let given = matches
+            .ids()
+            .filter_map(|id| {
+                let id = id.as_str();
+                Some((id.to_owned(), matches.value_source(id)?))
+            })
+            .collect();
+        Self { given: Some(given) }
+    }
+
+    /// Sources as given, by clap id (for tests).
+    #[cfg(test)]
+    fn of(given: &[(&str, ValueSource)]) -> Self {
+        Self {
+            given: Some(given.iter().map(|(k, v)| (k.to_string(), *v)).collect()),
+        }
+    }
 }
 
 /// The optional configuration file; keys are the flag names with underscores.
@@ -489,20 +535,126 @@ enum FileSize {
     Text(String),
 }
 
-/// A configuration error naming the setting at fault.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid setting `{setting}`: {message}")]
+/// A configuration error naming the setting at fault, as the user set it:
+/// its flag, its environment variable or its key in the configuration file.
+#[derive(Debug)]
 pub struct ConfigError {
-    /// The flag name of the setting.
+    /// The flag name of the setting (without `--`).
     pub setting: &'static str,
     /// What is wrong with it.
     pub message: String,
+    /// Where the value at fault came from.
+    pub origin: Origin,
 }
+
+/// Where the value of a setting came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Not worked out (the error was made outside [`Config::resolve`]).
+    Unknown,
+    /// A flag on the command line, such as `--access-token-lifetime`.
+    Flag(String),
+    /// An environment variable, such as `SESSIOND_ACCESS_TOKEN_LIFETIME`.
+    Env(String),
+    /// A key of the configuration file.
+    File {
+        /// The key, such as `access_token_lifetime`.
+        key: String,
+        /// The file.
+        path: PathBuf,
+    },
+    /// Nowhere: the setting is at its default (or was set in code), and is
+    /// named by its flag and environment variable.
+    Unset {
+        /// The flag.
+        flag: String,
+        /// Its environment twin.
+        env: Option<String>,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid setting ")?;
+        match &self.origin {
+            Origin::Unknown => write!(f, "`{}`", self.setting)?,
+            Origin::Flag(name) | Origin::Env(name) => f.write_str(name)?,
+            Origin::File { key, path } => write!(f, "{key} in {}", path.display())?,
+            Origin::Unset { flag, env: None } => f.write_str(flag)?,
+            Origin::Unset {
+                flag,
+                env: Some(env),
+            } => write!(f, "{flag} ({env})")?,
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 fn bad(setting: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         setting,
         message: message.into(),
+        origin: Origin::Unknown,
+    }
+}
+
+/// Settings whose value may also be given directly in an environment
+/// variable instead of through the file their flag names: (setting, flag
+/// of the file, variable).
+const TEXT_IN_ENV: [(&str, &str, &str); 2] = [
+    ("key-encryption-key", "key-encryption-key-file", KEK_ENV),
+    (
+        "previous-key-encryption-key",
+        "previous-key-encryption-key-file",
+        PREVIOUS_KEK_ENV,
+    ),
+];
+
+/// The configuration file as read: its path and the keys it sets.
+struct FileKeys<'a> {
+    path: &'a Path,
+    keys: std::collections::BTreeSet<String>,
+}
+
+impl ConfigError {
+    /// Works out where the value at fault came from: the command line or
+    /// the environment (as `sources` recorded them), else the file, else
+    /// nowhere. A setting is found by its flag; its file key is its clap
+    /// id, which [`FileConfig`] shares.
+    fn locate(mut self, sources: &Sources, file: Option<&FileKeys<'_>>) -> Self {
+        let alias = TEXT_IN_ENV.iter().find(|(s, _, _)| *s == self.setting);
+        let flag = alias.map_or(self.setting, |(_, flag, _)| flag);
+        let command = ServeArgs::augment_args(clap::Command::new("sessiond"));
+        let Some(arg) = command.get_arguments().find(|a| a.get_long() == Some(flag)) else {
+            return self;
+        };
+        let id = arg.get_id().as_str();
+        let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+        let in_file = file.filter(|f| f.keys.contains(id));
+        self.origin = match (sources.given.as_ref().map(|g| g.get(id)), in_file) {
+            (Some(Some(ValueSource::CommandLine)), _) => Origin::Flag(format!("--{flag}")),
+            (Some(Some(ValueSource::EnvVariable)), _) if env.is_some() => {
+                Origin::Env(env.expect("checked"))
+            }
+            // Not given on the command line (or built in code): the file's
+            // value is the one in force, if it has one.
+            (_, Some(file)) => Origin::File {
+                key: id.to_owned(),
+                path: file.path.to_owned(),
+            },
+            _ => match alias {
+                Some((_, _, variable)) if std::env::var_os(variable).is_some() => {
+                    Origin::Env((*variable).to_owned())
+                }
+                _ => Origin::Unset {
+                    flag: format!("--{flag}"),
+                    env,
+                },
+            },
+        };
+        self
     }
 }
 
@@ -609,12 +761,20 @@ impl Config {
     }
 
     /// Resolves flags and environment (in `args`) over the file named by
-    /// `args.config`, over the defaults, and validates the result.
+    /// `args.config`, over the defaults, and validates the result. An error
+    /// names the setting as the user set it (see [`Origin`]).
     pub fn resolve(args: &ServeArgs) -> Result<Self, ConfigError> {
-        let file = match &args.config {
-            Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+        let (file, keys) = match &args.config {
+            Some(path) => {
+                let (file, keys) = read_file(path).map_err(|e| e.locate(&args.sources, None))?;
+                (file, Some(FileKeys { path, keys }))
+            }
+            None => (FileConfig::default(), None),
         };
+        Self::resolve_values(args, file).map_err(|e| e.locate(&args.sources, keys.as_ref()))
+    }
+
+    fn resolve_values(args: &ServeArgs, file: FileConfig) -> Result<Self, ConfigError> {
         let mut c = Self::with_data_dir(
             args.data_dir
                 .clone()
@@ -1112,10 +1272,15 @@ fn check_provider_url(setting: &'static str, url: &str) -> Result<(), ConfigErro
     Ok(())
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+/// The configuration file's settings, and the keys it sets.
+fn read_file(path: &Path) -> Result<(FileConfig, std::collections::BTreeSet<String>), ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| bad("config", format!("cannot read {}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| bad("config", format!("{}: {}", path.display(), e.message())))
+    let invalid =
+        |e: toml::de::Error| bad("config", format!("{}: {}", path.display(), e.message()));
+    let file = toml::from_str(&text).map_err(invalid)?;
+    let keys = text.parse::<toml::Table>().map_err(invalid)?.into_iter();
+    Ok((file, keys.map(|(key, _)| key).collect()))
 }
 
 /// Parses durations written like `2s`, `15m`, `1h`, `100d`, `500ms` or `1h30m`.
@@ -1232,6 +1397,113 @@ mod tests {
         assert_eq!(e.setting, "store-cache-size");
         let c = resolve(|a| a.store_cache_size = Some("256MiB".into())).unwrap();
         assert_eq!(c.store_cache_bytes, 256 << 20);
+    }
+
+    /// Arguments parsed as the binary parses them, with their sources.
+    fn parsed(argv: &[&str]) -> ServeArgs {
+        use clap::{CommandFactory, FromArgMatches};
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let argv = std::iter::once("sessiond").chain(argv.iter().copied());
+        let matches = Cli::command().try_get_matches_from(argv).unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        cli.serve.with_sources(&matches)
+    }
+
+    #[test]
+    fn errors_name_the_flag_the_variable_or_the_file_key_that_was_set() {
+        let e = Config::resolve(&parsed(&["--access-token-lifetime", "15"])).unwrap_err();
+        assert_eq!(e.origin, Origin::Flag("--access-token-lifetime".into()));
+        assert_eq!(
+            e.to_string(),
+            "invalid setting --access-token-lifetime: `15` is not a duration like 30s, 15m, 1h or 100d"
+        );
+
+        let from_env = ServeArgs {
+            access_token_lifetime: Some("15".into()),
+            sources: Sources::of(&[("access_token_lifetime", ValueSource::EnvVariable)]),
+            ..Default::default()
+        };
+        let e = Config::resolve(&from_env).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("invalid setting SESSIOND_ACCESS_TOKEN_LIFETIME: `15`"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("access-token-lifetime"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessiond.toml");
+        std::fs::write(&path, "access_token_lifetime = \"15\"\n").unwrap();
+        let config = path.to_str().unwrap();
+        let e = Config::resolve(&parsed(&["--config", config])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "invalid setting access_token_lifetime in {config}: `15` is not a duration like 30s, 15m, 1h or 100d"
+            )
+        );
+        // A flag wins over the file, and is what a bad value is blamed on.
+        let e = Config::resolve(&parsed(&[
+            "--config",
+            config,
+            "--access-token-lifetime",
+            "0s",
+        ]))
+        .unwrap_err();
+        assert_eq!(e.origin, Origin::Flag("--access-token-lifetime".into()));
+
+        // Settings with another name on the command line than their field,
+        // and lists from a variable.
+        let e = Config::resolve(&parsed(&["--api-key", "short"])).unwrap_err();
+        assert_eq!(e.origin, Origin::Flag("--api-key".into()));
+        let keys_from_env = ServeArgs {
+            api_keys: vec!["short".into()],
+            sources: Sources::of(&[("api_keys", ValueSource::EnvVariable)]),
+            ..Default::default()
+        };
+        let e = Config::resolve(&keys_from_env).unwrap_err();
+        assert_eq!(e.origin, Origin::Env("SESSIOND_API_KEYS".into()));
+        std::fs::write(&path, "[client_secrets]\nacme = \"short\"\n").unwrap();
+        let e = Config::resolve(&parsed(&["--config", config])).unwrap_err();
+        assert_eq!(e.setting, "client-secret");
+        assert_eq!(
+            e.origin,
+            Origin::File {
+                key: "client_secrets".into(),
+                path: path.clone()
+            }
+        );
+
+        // A setting nobody set, blamed for a conflict with one that was set:
+        // named by its flag and its variable.
+        std::fs::write(&path, "refresh_token_lifetime = \"30m\"\n").unwrap();
+        let e = Config::resolve(&parsed(&["--config", config])).unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "invalid setting --access-token-lifetime (SESSIOND_ACCESS_TOKEN_LIFETIME): "
+            ),
+            "{e}"
+        );
+
+        // The file itself: named as --config was given.
+        let missing = dir.path().join("none.toml");
+        let e = Config::resolve(&parsed(&["--config", missing.to_str().unwrap()])).unwrap_err();
+        assert_eq!(e.origin, Origin::Flag("--config".into()));
+
+        // A key-encryption key read from the file a flag names.
+        let kek = dir.path().join("kek");
+        std::fs::write(&kek, "0102").unwrap();
+        let e = Config::resolve(&parsed(&[
+            "--key-encryption-key-file",
+            kek.to_str().unwrap(),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.setting, "key-encryption-key");
+        assert_eq!(e.origin, Origin::Flag("--key-encryption-key-file".into()));
     }
 
     #[test]

@@ -137,7 +137,11 @@ pub enum Error {
         claim: String,
     },
     /// Claim validators failed.
-    #[error("{} claim validator(s) failed: {}", .0.len(), claim_list(.0))]
+    #[error(
+        "{} failed: {}",
+        crate::text::count(.0.len() as u64, "claim validator", "claim validators"),
+        claim_list(.0)
+    )]
     InvalidClaims(Vec<InvalidClaim>),
     /// The claim provider for a key failed or did not answer in time.
     #[error("the claim provider for `{claim_key}` is unavailable ({detail})")]
@@ -189,3 +193,29 @@ fn claim_list(claims: &[InvalidClaim]) -> String {
 
 /// Result alias for domain operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_validators_are_counted_in_the_right_number() {
+        let failed = |id: &str| InvalidClaim {
+            id: id.into(),
+            claim_key: id.into(),
+            message: crate::claims::MISSING,
+            expected: None,
+            actual: None,
+            age_ms: None,
+            max_age_ms: None,
+            reason: Default::default(),
+        };
+        let one = Error::InvalidClaims(vec![failed("st-role")]).to_string();
+        assert!(
+            one.starts_with("1 claim validator failed: st-role"),
+            "{one}"
+        );
+        let two = Error::InvalidClaims(vec![failed("a"), failed("b")]).to_string();
+        assert!(two.starts_with("2 claim validators failed: a"), "{two}");
+    }
+}

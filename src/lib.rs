@@ -15,6 +15,7 @@
 //! - [`cli`]: the operator subcommands, clients of a running server.
 //! - [`error`]: the domain error and the table of error reasons.
 //! - [`api`]: gRPC services, caller authentication, protobuf conversions.
+//! - [`text`]: wording shared by messages (counts in the right number).
 //! - [`tls`]: TLS and mutual TLS on the port.
 //! - [`http`]: plain HTTP routes on the same port (JWKS, discovery, metrics).
 //! - [`metrics`]: Prometheus metrics; [`logging`]: the log subscriber and its cap.
@@ -39,6 +40,7 @@ pub mod reload;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod text;
 pub mod tls;
 pub mod token;
 

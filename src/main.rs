@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sessiond::SystemClock;
 use sessiond::cli::{self, Connection, KeysCommand, SessionsCommand, TokenCommand};
 use sessiond::config::{Config, ServeArgs};
@@ -89,7 +89,11 @@ enum Command {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Parsed through the matches, which also say where each server setting
+    // came from (flag or environment), for errors that name it.
+    let matches = Cli::command().get_matches();
+    let cli =
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut Cli::command()).exit());
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -99,8 +103,11 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            None => run(cli.serve).await,
-            Some(Command::Serve(args)) => run(args).await,
+            None => run(cli.serve.with_sources(&matches)).await,
+            Some(Command::Serve(args)) => {
+                let serve = matches.subcommand_matches("serve").unwrap_or(&matches);
+                run(args.with_sources(serve)).await
+            }
             Some(Command::Health { conn }) => cli::health(&conn).await,
             Some(Command::Sessions { command, conn }) => cli::sessions(command, &conn).await,
             Some(Command::Keys { command, conn }) => cli::keys(command, &conn).await,
@@ -140,8 +147,9 @@ async fn run(args: ServeArgs) -> ExitCode {
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("sessiond: {e}");
+            // Logging writes to stderr already: one line, in the configured
+            // format, and on the target no log filter silences.
+            tracing::error!(target: sessiond::server::LIFECYCLE_TARGET, "{e}");
             ExitCode::FAILURE
         }
     }

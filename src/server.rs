@@ -271,7 +271,7 @@ async fn run(
             JwtServiceServer::new(JwtApi::new(jwt.clone())).max_decoding_message_size(max_message),
         )
         .add_service(
-            AdminServiceServer::new(AdminApi::new(keys.clone(), store.clone()))
+            AdminServiceServer::new(AdminApi::new(keys.clone(), store.clone(), manager.clone()))
                 .max_decoding_message_size(max_message),
         );
     let buckets = Arc::new(Buckets::new(

@@ -177,6 +177,11 @@ mod tests {
             Need::Key(Scope::Admin)
         );
         assert_eq!(
+            key("/sessiond.v1.AdminService/ListAllSessions"),
+            Need::Key(Scope::Admin),
+            "it lists every user's sessions"
+        );
+        assert_eq!(
             key("/sessiond.v1.UserSessionService/GetUserSession"),
             Need::Handler
         );

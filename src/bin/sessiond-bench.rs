@@ -37,6 +37,7 @@ use prost_types::Struct;
 use prost_types::value::Kind;
 use sessiond::config::parse_duration;
 use sessiond::pb;
+use sessiond::text::count;
 use tonic::{Code, Status};
 use tonic_health::pb::HealthCheckRequest;
 
@@ -778,12 +779,12 @@ async fn bench(args: &Args, addr: &str) -> Result<(), String> {
         });
     }
     eprintln!(
-        "{} connections x {} in flight, {:?} warm-up + {:?} per scenario; creating {} sessions",
-        clients.len(),
+        "{} x {} in flight, {:?} warm-up + {:?} per scenario; creating {}",
+        count(clients.len() as u64, "connection", "connections"),
         args.concurrency,
         warmup,
         duration,
-        args.population
+        count(args.population as u64, "session", "sessions"),
     );
     let mut population = Vec::with_capacity(args.population);
     for chunk in (0..args.population.max(1)).collect::<Vec<_>>().chunks(64) {

@@ -636,8 +636,12 @@ impl SessionManager {
             return Err(Error::invalid(
                 "session_handles",
                 format!(
-                    "at most {} handles per call",
-                    self.config.max_handles_per_call
+                    "at most {} per call",
+                    crate::text::count(
+                        self.config.max_handles_per_call as u64,
+                        "handle",
+                        "handles"
+                    )
                 ),
             ));
         }
@@ -713,6 +717,27 @@ impl SessionManager {
             .filter(|s| s.expires_at_ms > now)
             .map(|s| s.handle)
             .collect())
+    }
+
+    /// ListAllSessions: the live sessions of every user (of one tenant when
+    /// `tenant_id` is given), in handle order, from just after `after`, at
+    /// most `limit` of them.
+    pub fn list_all(
+        &self,
+        tenant_id: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<store::SessionsPage> {
+        let tenant = tenant_id
+            .map(|t| payload::tenant_id("tenant_id", t))
+            .transpose()?;
+        let query = store::SessionQuery {
+            after,
+            tenant_id: tenant.as_deref(),
+            live_at_ms: self.now(),
+            limit,
+        };
+        Ok(store::blocking(|| self.store.list_sessions(&query))?)
     }
 
     /// GetSessionInformation.

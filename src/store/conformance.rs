@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, json};
 
-use super::{Change, Generation, KeyRecord, SessionRecord, SessionStore};
+use super::{Change, Generation, KeyRecord, SessionQuery, SessionRecord, SessionStore};
 
 fn record(handle: &str, user: &str, tenant: &str, expires_at_ms: u64) -> SessionRecord {
     SessionRecord {
@@ -67,6 +67,77 @@ pub async fn create_read_list_delete(store: Arc<dyn SessionStore>) {
     assert!(store.session("a").unwrap().is_none());
     assert_eq!(handles(store.user_sessions("alice", None).unwrap()), ["b"]);
     assert_eq!(store.count_sessions().unwrap(), 2);
+}
+
+pub async fn sessions_are_listed_in_pages_across_users(store: Arc<dyn SessionStore>) {
+    for (handle, user, tenant, expires) in [
+        ("h5", "bob", "public", 100),
+        ("h1", "alice", "public", 100),
+        ("h3", "carol", "t2", 100),
+        ("h2", "alice", "t2", 100),
+        ("h4", "dave", "public", 50),
+        ("h6", "erin", "public", 100),
+    ] {
+        store
+            .create_session(&record(handle, user, tenant, expires))
+            .unwrap();
+    }
+    let list = |after: Option<&str>, tenant_id: Option<&str>, limit: usize| {
+        let query = SessionQuery {
+            after,
+            tenant_id,
+            live_at_ms: 60,
+            limit,
+        };
+        let page = store.list_sessions(&query).unwrap();
+        assert_eq!(
+            page,
+            super::list_sessions_by_export(store.as_ref(), &query).unwrap(),
+            "the backend's scan and the trait's default agree on {query:?}"
+        );
+        let handles: Vec<String> = page.sessions.iter().map(|s| s.handle.clone()).collect();
+        (handles, page.more)
+    };
+
+    // Every user, in handle order, without the session expired at 60 ms.
+    assert_eq!(list(None, None, 2), (vec!["h1".into(), "h2".into()], true));
+    assert_eq!(
+        list(Some("h2"), None, 2),
+        (vec!["h3".into(), "h5".into()], true)
+    );
+    assert_eq!(list(Some("h5"), None, 2), (vec!["h6".into()], false));
+    assert_eq!(
+        list(Some("h3"), None, 3),
+        (vec!["h5".into(), "h6".into()], false),
+        "no more when only the expired session is left out"
+    );
+    assert_eq!(list(Some("h6"), None, 2), (vec![], false));
+    // The cursor need not exist any more (revoked between two pages).
+    assert_eq!(list(Some("h2x"), None, 1), (vec!["h3".into()], true));
+    // A tenant filter: `more` counts only matching sessions.
+    assert_eq!(list(None, Some("t2"), 1), (vec!["h2".into()], true));
+    assert_eq!(list(Some("h2"), Some("t2"), 1), (vec!["h3".into()], false));
+    assert_eq!(list(None, Some("none"), 10), (vec![], false));
+
+    let listed = store
+        .list_sessions(&SessionQuery {
+            after: None,
+            tenant_id: Some("t2"),
+            live_at_ms: 0,
+            limit: 1,
+        })
+        .unwrap()
+        .sessions;
+    assert_eq!(
+        listed[0],
+        super::ListedSession {
+            handle: "h2".into(),
+            user_id: "alice".into(),
+            tenant_id: "t2".into(),
+            created_at_ms: 1,
+            expires_at_ms: 100,
+        }
+    );
 }
 
 pub async fn concurrent_updates_lose_nothing(store: Arc<dyn SessionStore>) {
@@ -234,6 +305,7 @@ macro_rules! conformance_suite {
                 };
             }
             case!(create_read_list_delete);
+            case!(sessions_are_listed_in_pages_across_users);
             case!(concurrent_updates_lose_nothing);
             case!(update_moves_indexes_and_sweep_follows);
             case!(keys_and_secrets);

@@ -218,11 +218,84 @@ pub struct UserSession {
     pub expires_at_ms: u64,
 }
 
+/// A session as listed across users: who and when, without payload or data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedSession {
+    /// The session handle.
+    pub handle: String,
+    /// The session's user.
+    pub user_id: String,
+    /// The session's tenant.
+    pub tenant_id: String,
+    /// Creation, ms.
+    pub created_at_ms: u64,
+    /// Refresh expiry, ms.
+    pub expires_at_ms: u64,
+}
+
+impl ListedSession {
+    fn of(r: &SessionRecord) -> Self {
+        Self {
+            handle: r.handle.clone(),
+            user_id: r.user_id.clone(),
+            tenant_id: r.tenant_id.clone(),
+            created_at_ms: r.created_at_ms,
+            expires_at_ms: r.expires_at_ms,
+        }
+    }
+}
+
+/// Which sessions [`SessionStore::list_sessions`] lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionQuery<'a> {
+    /// Only handles after this one (`None`: from the first). It need not
+    /// name a session that still exists.
+    pub after: Option<&'a str>,
+    /// Only sessions of this tenant (`None`: every tenant).
+    pub tenant_id: Option<&'a str>,
+    /// Only sessions whose refresh expiry is after this time, ms.
+    pub live_at_ms: u64,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl SessionQuery<'_> {
+    fn matches(&self, s: &ListedSession) -> bool {
+        s.expires_at_ms > self.live_at_ms && self.tenant_id.is_none_or(|t| t == s.tenant_id)
+    }
+}
+
+/// One page of [`SessionStore::list_sessions`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionsPage {
+    /// The sessions, in handle order (byte order).
+    pub sessions: Vec<ListedSession>,
+    /// True when a session the query matches follows the last one listed:
+    /// the next page starts after that last handle.
+    pub more: bool,
+}
+
+impl SessionsPage {
+    /// Adds `session` if the page has room, else marks that more follow.
+    /// Returns false once the page is full and the scan can stop.
+    fn offer(&mut self, session: ListedSession, limit: usize) -> bool {
+        if self.sessions.len() >= limit {
+            self.more = true;
+            return false;
+        }
+        self.sessions.push(session);
+        true
+    }
+}
+
 /// Storage failures. None of them is caused by a caller's input.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Another process holds the data directory.
-    #[error("the data directory {0} is in use by another sessiond process")]
+    #[error(
+        "the data directory {0} is in use by another sessiond process: \
+         stop that process, or give this one another --data-dir"
+    )]
     Locked(String),
     /// The backend failed (disk, I/O).
     #[error("storage failure: {0}")]
@@ -283,6 +356,15 @@ pub trait SessionStore: Send + Sync + 'static {
         tenant_id: Option<&str>,
     ) -> Result<Vec<UserSession>, StoreError>;
 
+    /// Lists the sessions `query` matches, across users, in handle order.
+    ///
+    /// This default reads every stored record through [`Self::export`]; a
+    /// backend that keeps sessions in handle order overrides it with a scan
+    /// that starts at `query.after` and stops after the page.
+    fn list_sessions(&self, query: &SessionQuery<'_>) -> Result<SessionsPage, StoreError> {
+        list_sessions_by_export(self, query)
+    }
+
     /// Removes up to `limit` sessions whose refresh expiry is at or before
     /// `now_ms`; returns how many were removed.
     fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError>;
@@ -336,6 +418,31 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Resolves once every write that returned before this call is durable.
     /// Concurrent callers share one flush.
     fn durable(&self) -> BoxFuture<Result<(), StoreError>>;
+}
+
+/// [`SessionStore::list_sessions`] for any backend: reads every record.
+pub(crate) fn list_sessions_by_export(
+    store: &(impl SessionStore + ?Sized),
+    query: &SessionQuery<'_>,
+) -> Result<SessionsPage, StoreError> {
+    let mut found = Vec::new();
+    store.export(&mut |item| {
+        if let Exported::Session(r) = item {
+            let listed = ListedSession::of(&r);
+            if query.after.is_none_or(|a| listed.handle.as_str() > a) && query.matches(&listed) {
+                found.push(listed);
+            }
+        }
+        Ok(())
+    })?;
+    found.sort_by(|a, b| a.handle.cmp(&b.handle));
+    let mut page = SessionsPage::default();
+    for session in found {
+        if !page.offer(session, query.limit) {
+            break;
+        }
+    }
+    Ok(page)
 }
 
 /// Runs a store call that touches many records (a revocation of hundreds of

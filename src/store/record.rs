@@ -136,6 +136,22 @@ pub(super) fn decode_session(handle: &str, bytes: &[u8]) -> Result<SessionRecord
     Ok(record)
 }
 
+/// Decodes a session without its payload and data, which are left empty (no
+/// JSON is parsed for versions 2 and 3).
+pub(super) fn decode_head(handle: &str, bytes: &[u8]) -> Result<SessionRecord, String> {
+    match binary(bytes) {
+        Some(binary) => {
+            let (mut r, stored) = binary?;
+            r.fixed_part(stored.unwrap_or_else(|| handle.to_owned()))
+        }
+        None => decode_session(handle, bytes).map(|mut record| {
+            record.access_payload = Map::new();
+            record.data = Map::new();
+            record
+        }),
+    }
+}
+
 /// Decodes only a session's lineage (no JSON is parsed for versions 2 and 3).
 pub(super) fn decode_lineage(bytes: &[u8]) -> Result<Lineage, String> {
     match binary(bytes) {

@@ -56,8 +56,8 @@ use super::record::{self, Lineage};
 use super::sled_dir;
 use super::wal::{self, Entry, TreeId, Wal};
 use super::{
-    BoxFuture, Change, Exported, FlushObserver, KeyRecord, SessionRecord, SessionStore, StoreError,
-    UserData, UserSession,
+    BoxFuture, Change, Exported, FlushObserver, KeyRecord, ListedSession, SessionQuery,
+    SessionRecord, SessionStore, SessionsPage, StoreError, UserData, UserSession,
 };
 
 /// How often sled is flushed and the log behind the flush dropped.
@@ -843,6 +843,25 @@ impl SessionStore for SledStore {
             });
         }
         Ok(out)
+    }
+
+    fn list_sessions(&self, query: &SessionQuery<'_>) -> Result<SessionsPage, StoreError> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        // The records tree is keyed by handle: the page is one range scan
+        // from just after the cursor, reading each record's fixed part only.
+        let start = query.after.map_or(Unbounded, |h| Excluded(h.as_bytes()));
+        let mut page = SessionsPage::default();
+        for item in self.sessions.records.range::<&[u8], _>((start, Unbounded)) {
+            let (key, value) = item.map_err(backend)?;
+            let handle = std::str::from_utf8(&key)
+                .map_err(|_| StoreError::Corrupt("session handle".into()))?;
+            let head = record::decode_head(handle, &value).map_err(StoreError::Corrupt)?;
+            let listed = ListedSession::of(&head);
+            if query.matches(&listed) && !page.offer(listed, query.limit) {
+                break;
+            }
+        }
+        Ok(page)
     }
 
     fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {

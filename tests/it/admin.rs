@@ -396,3 +396,139 @@ async fn regenerate_keeps_exp_and_lineage() {
         "UNAUTHORISED",
     );
 }
+
+/// Every session ListAllSessions gives, page by page, and the pages' sizes.
+async fn list_all(
+    admin: &mut sessiond::pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+    tenant_id: Option<&str>,
+    page_size: i32,
+) -> (Vec<pb::ListedSession>, Vec<usize>) {
+    let (mut all, mut sizes, mut page_token) = (Vec::new(), Vec::new(), String::new());
+    loop {
+        let page = admin
+            .list_all_sessions(pb::ListAllSessionsRequest {
+                tenant_id: tenant_id.map(str::to_owned),
+                page_size,
+                page_token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        sizes.push(page.sessions.len());
+        all.extend(page.sessions);
+        if page.next_page_token.is_empty() {
+            return (all, sizes);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+#[tokio::test]
+async fn every_live_session_is_listed_in_pages() {
+    let server = TestServer::start().await;
+    let mut c = server.sessions().await;
+    let old = create(&mut c, "old", json!({})).await;
+    server.clock.advance(Duration::from_secs(50 * 86400));
+    let mut live = Vec::new();
+    for (user, tenant) in [
+        ("ann", ""),
+        ("bob", ""),
+        ("ann", "t2"),
+        ("cy", "t2"),
+        ("dee", ""),
+    ] {
+        let created = c
+            .create_new_session(pb::CreateNewSessionRequest {
+                user_id: user.into(),
+                tenant_id: tenant.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        live.push((handle(&created), user, tenant));
+    }
+    let mut admin =
+        sessiond::pb::admin_service_client::AdminServiceClient::new(server.channel().await);
+
+    let (all, sizes) = list_all(&mut admin, None, 2).await;
+    let handles: Vec<String> = all.iter().map(|s| s.session_handle.clone()).collect();
+    let mut expected: Vec<String> = live.iter().map(|(h, _, _)| h.clone()).collect();
+    expected.push(handle(&old));
+    expected.sort();
+    assert_eq!(handles, expected, "every session once, in handle order");
+    assert_eq!(sizes, [2, 2, 2], "no empty page after the last");
+    let bob = all.iter().find(|s| s.user_id == "bob").unwrap();
+    assert_eq!(bob.tenant_id, "public");
+    assert!(bob.time_created.is_some() && bob.expiry.is_some());
+
+    // One tenant; the default page holds them all.
+    let (t2, sizes) = list_all(&mut admin, Some("t2"), 0).await;
+    let mut users: Vec<&str> = t2.iter().map(|s| s.user_id.as_str()).collect();
+    users.sort();
+    assert_eq!(users, ["ann", "cy"]);
+    assert_eq!(sizes, [2]);
+
+    // Expired sessions are not listed.
+    server.clock.advance(Duration::from_secs(51 * 86400));
+    let (all, _) = list_all(&mut admin, None, 1000).await;
+    assert_eq!(all.len(), live.len());
+    assert!(all.iter().all(|s| s.session_handle != handle(&old)));
+
+    // Bad input names its field.
+    let bad =
+        |tenant_id: Option<&str>, page_size: i32, page_token: &str| pb::ListAllSessionsRequest {
+            tenant_id: tenant_id.map(str::to_owned),
+            page_size,
+            page_token: page_token.into(),
+        };
+    for (request, field) in [
+        (bad(None, -1, ""), "page_size"),
+        (bad(None, 1001, ""), "page_size"),
+        (bad(None, 10, "not a token"), "page_token"),
+        (bad(None, 10, "_w"), "page_token"),
+        (bad(Some("no spaces"), 10, ""), "tenant_id"),
+    ] {
+        let status = assert_status(
+            admin.list_all_sessions(request).await,
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+        );
+        assert_eq!(bad_field(&status), field);
+    }
+}
+
+#[tokio::test]
+async fn listing_every_session_needs_an_admin_key() {
+    const BACKEND: &str = "backend-key-0123456789";
+    let server = TestServer::start_with(|c| {
+        c.api_keys = vec![
+            sessiond::config::ApiKey::parse(&format!("app:backend:{BACKEND}"), 0).unwrap(),
+            sessiond::config::ApiKey::admin("ops", API_KEY),
+        ]
+    })
+    .await;
+    let mut admin =
+        sessiond::pb::admin_service_client::AdminServiceClient::new(server.channel().await);
+    let request = |key: Option<&str>| {
+        let message = pb::ListAllSessionsRequest::default();
+        match key {
+            Some(key) => with_metadata(message, &[("x-api-key", key)]),
+            None => tonic::Request::new(message),
+        }
+    };
+    assert_status(
+        admin.list_all_sessions(request(None)).await,
+        Code::Unauthenticated,
+        "MISSING_CREDENTIALS",
+    );
+    assert_status(
+        admin.list_all_sessions(request(Some(BACKEND))).await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    admin
+        .list_all_sessions(request(Some(API_KEY)))
+        .await
+        .expect("an admin key lists");
+}

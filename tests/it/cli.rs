@@ -12,13 +12,24 @@ use crate::helpers::*;
 
 /// Runs `sessiond ARGS` and returns (exit code, stdout, stderr).
 pub async fn sessiond(args: Vec<String>) -> (i32, String, String) {
+    sessiond_with_env(args, &[]).await
+}
+
+/// Runs `sessiond ARGS` with environment variables `env` set.
+pub async fn sessiond_with_env(args: Vec<String>, env: &[(&str, &str)]) -> (i32, String, String) {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     tokio::task::spawn_blocking(move || {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_sessiond"))
             .args(&args)
             .env_remove("SESSIOND_API_KEY")
+            .env_remove("SESSIOND_API_KEYS")
             .env_remove("SESSIOND_ADDR")
             .env_remove("SESSIOND_LISTEN")
             .env_remove("SESSIOND_DATA_DIR")
+            .envs(env)
             .output()
             .unwrap();
         (
@@ -104,6 +115,7 @@ async fn sessions_list_and_revoke() {
     .await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), handle(&a));
+    assert_eq!(err.trim(), "revoked 1 session");
     let (_, out, _) = sessiond(args(
         &["sessions", "list", "--user", "cli-user"],
         &server,
@@ -155,6 +167,16 @@ async fn keys_list_and_rotate() {
         .collect();
     let states: Vec<&str> = keys.iter().map(|k| k["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["signing", "static"]);
+    for key in &keys {
+        assert!(
+            key["retires_at"].is_null(),
+            "no retirement time yet is null, not a placeholder: {key}"
+        );
+        assert!(key["signs_from"].as_str().unwrap().ends_with('Z'), "{key}");
+        for (field, value) in key.as_object().unwrap() {
+            assert_ne!(value, "-", "{field} of {key}");
+        }
+    }
 
     let (code, out, err) = sessiond(args(&["keys", "rotate"], &server, Some(API_KEY))).await;
     assert_eq!(code, 0, "{err}");
@@ -183,6 +205,15 @@ async fn token_inspect_says_whether_the_server_accepts_it() {
     assert_eq!(report["accepted"], true);
     assert_eq!(report["claims"]["sub"], "inspect-me");
     assert_eq!(report["header"]["version"], "5");
+    // Times stay numbers in the claims, with readable twins beside them.
+    for claim in ["iat", "exp"] {
+        let secs = report["claims"][claim].as_i64().unwrap();
+        let readable = sessiond::cli::rfc3339(Some(&prost_types::Timestamp {
+            seconds: secs,
+            nanos: 0,
+        }));
+        assert_eq!(report["claim_times"][claim], readable.as_str(), "{claim}");
+    }
 
     server
         .sessions()
@@ -235,6 +266,10 @@ async fn every_client_subcommand_reports_an_unreachable_server() {
         let (code, _, err) = sessiond(a).await;
         assert_eq!(code, 3, "{words:?}: {err}");
         assert!(err.contains(&nobody), "{words:?} names the address: {err}");
+        assert!(
+            err.contains("Connection refused"),
+            "{words:?} says why, beyond \"transport error\": {err}"
+        );
     }
     assert!(!out.exists(), "no backup file from a failed backup");
 }
@@ -272,6 +307,10 @@ async fn a_backup_under_write_load_restores_every_session_acknowledged_before_it
     .await;
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("backup written"), "{err}");
+    assert!(
+        err.contains("2 signing keys, 1 server secret"),
+        "a rotating and the static key, and the refresh MAC secret: {err}"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -347,4 +386,202 @@ async fn a_backup_under_write_load_restores_every_session_acknowledged_before_it
         !empty.path().join("d").exists(),
         "nothing restored from a damaged file"
     );
+}
+
+#[tokio::test]
+async fn a_bad_setting_is_named_as_the_user_set_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    for serve in [&[][..], &["serve"][..]] {
+        let mut argv: Vec<String> = serve.iter().map(|w| w.to_string()).collect();
+        argv.extend(["--data-dir".into(), data.into()]);
+        let (code, _, err) =
+            sessiond_with_env(argv.clone(), &[("SESSIOND_ACCESS_TOKEN_LIFETIME", "15")]).await;
+        assert_eq!(code, 2, "{serve:?}: {err}");
+        assert_eq!(
+            err.trim(),
+            "sessiond: invalid setting SESSIOND_ACCESS_TOKEN_LIFETIME: \
+             `15` is not a duration like 30s, 15m, 1h or 100d",
+            "{serve:?}"
+        );
+
+        argv.extend(["--access-token-lifetime".into(), "15".into()]);
+        let (code, _, err) = sessiond(argv).await;
+        assert_eq!(code, 2, "{serve:?}: {err}");
+        assert!(
+            err.contains("invalid setting --access-token-lifetime: `15`"),
+            "{serve:?}: {err}"
+        );
+    }
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing is created before the settings are valid"
+    );
+}
+
+#[tokio::test]
+async fn a_data_directory_in_use_is_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut first, _, _lines) = crate::durability::spawn_binary_with(dir.path(), &[]);
+    let (code, _, err) = sessiond(vec![
+        "serve".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        dir.path().to_str().unwrap().into(),
+    ])
+    .await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        err.matches("is in use by another sessiond process").count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains("stop that process, or give this one another --data-dir"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_in_the_server_environment_uses_its_api_keys() {
+    const VERIFY: &str = "verify-key-0123456789";
+    const ADMIN: &str = "admin-key-0123456789";
+    let server = TestServer::start_with(|c| {
+        c.api_keys = vec![
+            sessiond::config::ApiKey::parse(&format!("gw:verify:{VERIFY}"), 0).unwrap(),
+            sessiond::config::ApiKey::admin("ops", ADMIN),
+        ]
+    })
+    .await;
+    let keys_list = || args(&["keys", "list"], &server, None);
+    let hashed = format!("sha256:{}", "ab".repeat(32));
+    let server_env = format!("gw:verify:{VERIFY},cold:admin:{hashed},ops:admin:{ADMIN}");
+
+    let (code, out, err) =
+        sessiond_with_env(keys_list(), &[("SESSIOND_API_KEYS", &server_env)]).await;
+    assert_eq!(
+        code, 0,
+        "the admin key, not the verify key listed first: {err}"
+    );
+    assert!(out.starts_with("KID"), "{out}");
+    let (code, _, err) = sessiond_with_env(keys_list(), &[("SESSIOND_API_KEYS", ADMIN)]).await;
+    assert_eq!(code, 0, "a bare key: {err}");
+
+    // SESSIOND_API_KEY (like --api-key) comes first.
+    let (code, _, err) = sessiond_with_env(
+        keys_list(),
+        &[
+            ("SESSIOND_API_KEYS", &server_env),
+            ("SESSIOND_API_KEY", "wrong-key-0123456789"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 4, "{err}");
+    // Only hashed keys: nothing to send.
+    let (code, _, err) = sessiond_with_env(
+        keys_list(),
+        &[("SESSIOND_API_KEYS", &format!("cold:admin:{hashed}"))],
+    )
+    .await;
+    assert_eq!(code, 4, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_list_without_a_user_lists_every_users_sessions() {
+    let server = keyed_server().await;
+    let mut created = Vec::new();
+    for user in ["list-a", "list-b", "list-c"] {
+        created.push((handle(&keyed_session(&server, user).await), user));
+    }
+    let list = |extra: &[&str]| {
+        let mut words = vec!["sessions", "list"];
+        words.extend_from_slice(extra);
+        args(&words, &server, Some(API_KEY))
+    };
+
+    let (code, out, err) = sessiond(list(&[])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("HANDLE"), "{out}");
+    for (handle, user) in &created {
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(handle.as_str()))
+            .unwrap_or_else(|| panic!("{handle} in {out}"));
+        assert!(row.contains(user) && row.contains("public"), "{row}");
+    }
+    assert!(err.is_empty(), "nothing left out: {err}");
+
+    let (code, out, err) = sessiond(list(&["--limit", "2", "--json"])).await;
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    let mut handles: Vec<&str> = created.iter().map(|(h, _)| h.as_str()).collect();
+    handles.sort();
+    assert_eq!(rows[0]["session_handle"], handles[0]);
+    assert!(rows[0]["user_id"].as_str().unwrap().starts_with("list-"));
+    assert!(rows[0]["expires"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(
+        err.trim(),
+        "showing 2 sessions; more exist (raise --limit, or --limit 0 for all)"
+    );
+
+    let (code, out, err) = sessiond(list(&["--limit", "0", "--json"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(err.is_empty(), "{err}");
+    let (code, out, _) = sessiond(list(&["--limit", "3", "--json"])).await;
+    assert_eq!((code, out.lines().count()), (0, 3), "exactly the limit");
+
+    let (code, out, _) = sessiond(list(&["--tenant", "elsewhere"])).await;
+    assert_eq!(
+        (code, out.lines().count()),
+        (0, 1),
+        "only the header: {out}"
+    );
+
+    // With --user the limit holds too.
+    let (code, out, err) = sessiond(list(&["--user", "list-a", "--limit", "1"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 2, "header and one row: {out}");
+    assert!(err.is_empty(), "list-a has one session: {err}");
+    keyed_session(&server, "list-a").await;
+    let (_, out, err) = sessiond(list(&["--user", "list-a", "--limit", "1"])).await;
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(err.contains("showing 1 session; more exist"), "{err}");
+}
+
+#[tokio::test]
+async fn a_flag_shows_one_default_or_none() {
+    for words in [
+        &["sessions", "list"][..],
+        &["sessions", "revoke"],
+        &["keys", "list"],
+        &["keys", "rotate"],
+        &["token", "inspect"],
+        &["backup"],
+        &["restore"],
+        &["health"],
+        &["serve"],
+    ] {
+        let mut argv: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+        argv.push("--help".into());
+        let (code, out, err) = sessiond(argv).await;
+        assert_eq!(code, 0, "{words:?}: {err}");
+        for line in out.lines() {
+            assert!(
+                line.matches("[default:").count() <= 1 && !line.contains("[default: \"\"]"),
+                "{words:?}: {line}"
+            );
+        }
+    }
+    let (_, out, _) = sessiond(vec!["sessions".into(), "revoke".into(), "--help".into()]).await;
+    let tenant = out.lines().find(|l| l.contains("--tenant")).unwrap();
+    assert!(tenant.ends_with("[default: public]"), "{tenant}");
 }

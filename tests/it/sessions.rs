@@ -289,3 +289,27 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
     );
     assert_eq!(bad_field(&s), "refresh_token");
 }
+
+#[tokio::test]
+async fn a_revocation_over_the_handle_limit_names_the_limit_in_the_right_number() {
+    let server = TestServer::start_with(|c| c.limits.max_handles_per_call = 1).await;
+    let mut c = server.sessions().await;
+    let (a, b) = (
+        create(&mut c, "limit", json!({})).await,
+        create(&mut c, "limit", json!({})).await,
+    );
+    let status = assert_status(
+        c.revoke_multiple_sessions(pb::RevokeMultipleSessionsRequest {
+            session_handles: vec![handle(&a), handle(&b)],
+        })
+        .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(bad_field(&status), "session_handles");
+    assert!(
+        status.message().contains("at most 1 handle per call"),
+        "{}",
+        status.message()
+    );
+}

@@ -278,6 +278,14 @@ async fn the_health_command_speaks_mutual_tls() {
     assert_ne!(code, 0, "no client certificate: {err}");
     let (code, _, _) = crate::cli::sessiond(base(&[])).await;
     assert_ne!(code, 0, "plaintext");
+    // A server certificate the given CA did not issue: the handshake's
+    // reason is printed, not only "transport error".
+    let (code, _, err) = crate::cli::sessiond(base(&["--tls-ca", cert.to_str().unwrap()])).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("transport error: invalid peer certificate: UnknownIssuer"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
