@@ -1339,5 +1339,13 @@ mod tests {
         assert!(json_to_proto(&method.input(), b"{} {}").is_err());
         // An empty body is the empty message.
         assert!(json_to_proto(&method.input(), b"").unwrap().is_empty());
+        // Nesting deep enough to exhaust a stack is bad input.
+        let deep = format!(
+            r#"{{"accessTokenPayload": {{"a": {}{}}}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let status = json_to_proto(&method.input(), deep.as_bytes()).unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
     }
 }
