@@ -17,9 +17,9 @@ use crate::jwt::JwtIssuer;
 use crate::metrics::Metrics;
 use crate::reload::Live;
 
-/// Request headers browsers may send: gRPC-Web's own, and the credentials of
-/// UserSessionService.
-const CORS_ALLOWED_HEADERS: [&str; 7] = [
+/// Request headers browsers may send: gRPC-Web's and Connect's own, and the
+/// credentials of UserSessionService.
+const CORS_ALLOWED_HEADERS: [&str; 9] = [
     "content-type",
     "authorization",
     "x-client-secret",
@@ -27,6 +27,8 @@ const CORS_ALLOWED_HEADERS: [&str; 7] = [
     "x-user-agent",
     "grpc-timeout",
     "grpc-accept-encoding",
+    "connect-protocol-version",
+    "connect-timeout-ms",
 ];
 
 /// Response headers browsers may read: the gRPC status and its details.
@@ -89,8 +91,12 @@ async fn discovery(State(Shared { issuer, .. }): State<Shared>) -> impl IntoResp
     Json(issuer.discovery())
 }
 
-/// Unknown paths: gRPC callers get UNIMPLEMENTED, everyone else a 404.
+/// Unknown paths: gRPC and Connect callers get UNIMPLEMENTED, everyone else
+/// a 404.
 pub async fn not_found(uri: http::Uri, headers: HeaderMap) -> axum::response::Response {
+    if let Some(answer) = crate::api::connect::unknown_path(uri.path(), &headers) {
+        return answer;
+    }
     let grpc = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -17,6 +17,7 @@ use tonic_health::ServingStatus;
 use crate::api::ApiKeys;
 use crate::api::admin::AdminApi;
 use crate::api::auth::AuthLayer;
+use crate::api::connect::ConnectLayer;
 use crate::api::details::DetailsLayer;
 use crate::api::guard::GuardLayer;
 use crate::api::jwt::JwtApi;
@@ -88,6 +89,9 @@ pub enum ServeError {
     /// A claim provider address is unusable.
     #[error("claim providers: {0}")]
     ClaimProviders(String),
+    /// The descriptors Connect's JSON is transcoded with are broken.
+    #[error("Connect descriptors: {0}")]
+    Connect(String),
     /// The listener has no local address.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -308,6 +312,12 @@ async fn run(
         .layer(DetailsLayer)
         .layer(ObserveLayer::new(metrics.clone()))
         .layer(tonic_web::GrpcWebLayer::new())
+        // Outermost: Connect calls become gRPC ones before anything else
+        // sees them (gRPC-Web's layer would refuse them over HTTP/1.1).
+        .layer(ConnectLayer::new(
+            crate::api::connect::descriptors().map_err(ServeError::Connect)?,
+            max_message,
+        ))
         .merge(crate::http::router(jwt, metrics.clone()))
         .fallback(crate::http::not_found);
     let cors_origins = Live::new(config.cors_origins.clone());

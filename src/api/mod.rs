@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod claims;
 pub mod codec;
+pub mod connect;
 pub mod convert;
 pub mod details;
 pub mod error;

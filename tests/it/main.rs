@@ -8,6 +8,7 @@ mod buckets;
 mod callers;
 mod claims;
 mod cli;
+mod connect;
 mod durability;
 mod helpers;
 mod keys;

@@ -4,7 +4,7 @@
 # 50051, ./data), waits for SERVING through `sessiond health`, pastes the
 # walkthrough (the shell blocks between the walkthrough markers) into bash,
 # checks what it printed, then stops the server with SIGTERM.
-# Needs grpcurl, jq and curl. Usage: tests/quickstart/run.sh
+# Needs grpcurl, jq, curl and npm (it installs buf). Usage: tests/quickstart/run.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -40,6 +40,12 @@ done
 "$bin" health --addr 127.0.0.1:50051 | grep -qx SERVING || fail "never SERVING"
 grep -q "treated as an admin backend" "$work/server.log" || fail "no key-less warning at start"
 
+echo "== buf (the walkthrough's buf curl examples)"
+buf_version=1.75.0
+npm install --prefix "$work/buf" --no-audit --no-fund --loglevel=error "@bufbuild/buf@$buf_version" >/dev/null
+export PATH="$work/buf/node_modules/.bin:$PATH"
+[ "$(buf --version)" = "$buf_version" ] || fail "buf $buf_version not installed"
+
 echo "== the walkthrough, pasted"
 awk '/<!-- walkthrough:begin -->/{on=1} /<!-- walkthrough:end -->/{on=0}
      on && /^```/{code=!code; next} on && code' README.md >"$work/walkthrough.sh"
@@ -60,6 +66,8 @@ expect '"reason": ?"TOKEN_THEFT_DETECTED"'
 expect '"reason": ?"UNAUTHORISED"'
 expect '"revoked": true'
 expect '"kty": "EC"'
+# It ends with plain curl creating a session over Connect's JSON.
+tail -n 3 "$work/out.txt" | grep -q '"tenantId": "public"' || fail "curl over Connect printed no session"
 # The private bucket is printed once, by the backend's update; the user's
 # own read after it must not show it.
 [ "$(grep -c '"plan": "pro"' "$work/out.txt")" -eq 1 ] || fail "the user's read showed the private bucket"
