@@ -312,7 +312,9 @@ struct CallStatus {
 }
 
 impl From<&Status> for CallStatus {
+    /// Every error carries ErrorInfo, those made here included.
     fn from(status: &Status) -> Self {
+        let status = super::details::described(status.clone(), "");
         Self {
             code: status.code(),
             message: status.message().to_owned(),
@@ -323,11 +325,7 @@ impl From<&Status> for CallStatus {
 
 impl CallStatus {
     fn new(code: Code, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            details: Vec::new(),
-        }
+        Self::from(&Status::new(code, message))
     }
 
     /// The status in `grpc-status`, `grpc-message` and
@@ -825,7 +823,7 @@ where
         (Codec::Proto, _) => body.to_vec(),
         // Without the method's types there is nothing to transcode with:
         // the answer gRPC would give.
-        (Codec::Json, None) => return refuse(Status::unimplemented("no such service or method")),
+        (Codec::Json, None) => return refuse(super::details::unimplemented(parts.uri.path())),
         (Codec::Json, Some(m)) => match json_to_proto(&m.input(), &body) {
             Ok(message) => message,
             Err(status) => return refuse(status),
@@ -918,7 +916,7 @@ where
     let types = match (codec, &method) {
         (Codec::Proto, _) => None,
         (Codec::Json, Some(m)) => Some((m.input(), m.output())),
-        (Codec::Json, None) => return refuse(Status::unimplemented("no such service or method")),
+        (Codec::Json, None) => return refuse(super::details::unimplemented(parts.uri.path())),
     };
     let (input, output) = types.unzip();
     let request_failed = Arc::new(OnceLock::new());
@@ -1292,10 +1290,10 @@ mod tests {
         let failed = CallStatus::new(Code::Unavailable, "later");
         let frame = end_stream(None, Some(&failed), &HeaderMap::new());
         let json: serde_json::Value = serde_json::from_slice(&frame[5..]).unwrap();
-        assert_eq!(
-            json,
-            serde_json::json!({"error": {"code": "unavailable", "message": "later"}})
-        );
+        assert_eq!(json["error"]["code"], "unavailable");
+        assert_eq!(json["error"]["message"], "later");
+        // Made here without details, it still carries ErrorInfo.
+        assert_eq!(json["error"]["details"][0]["type"], "google.rpc.ErrorInfo");
     }
 
     #[test]

@@ -172,6 +172,17 @@ fn explain(status: &Status, path: &str) -> Status {
     }
 }
 
+/// `status` with ErrorInfo: as it is when it has details (or is OK),
+/// otherwise rewritten as the layer rewrites statuses in responses. For
+/// statuses made outside the gRPC routes (the Connect translation).
+pub fn described(status: Status, path: &str) -> Status {
+    if status.code() == Code::Ok || !status.details().is_empty() {
+        status
+    } else {
+        explain(&status, path)
+    }
+}
+
 /// UNIMPLEMENTED for a gRPC call to `path`, which this server does not serve.
 pub fn unimplemented(path: &str) -> Status {
     let mut shown: String = path.chars().take(MAX_PATH_ECHO).collect();

@@ -476,7 +476,11 @@ async fn unknown_methods_and_services_are_unimplemented() {
         assert_eq!(reply.status, 501, "{path} {content_type}: {}", reply.head);
         let error = reply.json();
         assert_eq!(error["code"], "unimplemented", "{path}");
-        assert_eq!(error["message"], "no such service or method");
+        assert_eq!(
+            error["message"],
+            format!("sessiond does not serve the method `{path}`")
+        );
+        assert_eq!(error_info(&error).reason, "UNIMPLEMENTED");
     }
     // A stream to a path nothing serves ends with the same error.
     let reply = post(
@@ -492,6 +496,7 @@ async fn unknown_methods_and_services_are_unimplemented() {
     assert_eq!(frames[0].0, 2);
     let end: Value = serde_json::from_slice(&frames[0].1).unwrap();
     assert_eq!(end["error"]["code"], "unimplemented");
+    assert_eq!(error_info(&end["error"]).reason, "UNIMPLEMENTED");
     // A JSON post that does not say it is Connect, to a path nothing
     // serves, is still a plain 404.
     let reply = post(
@@ -578,6 +583,7 @@ async fn what_is_not_served_is_refused_clearly() {
     assert_eq!(frames[0].0, 2);
     let end: Value = serde_json::from_slice(&frames[0].1).unwrap();
     assert_eq!(end["error"]["code"], "unimplemented");
+    assert_eq!(error_info(&end["error"]).reason, "UNIMPLEMENTED");
     // A malformed timeout or protocol version names the header.
     for (name, value) in [
         ("Connect-Timeout-Ms", "soon"),
