@@ -782,7 +782,7 @@ class Campaign:
         self.args = args
         self.rng = random.Random(args.seed)
         self.stats = Stats()
-        self.work = tempfile.mkdtemp(prefix="sessiond-crash-")
+        self.work = tempfile.mkdtemp(prefix="crash-campaign-")
         self.data_dir = os.path.join(self.work, "data")
         self.logs_dir = os.path.join(self.work, "logs")
         os.makedirs(self.logs_dir)
@@ -1096,7 +1096,7 @@ class Campaign:
     def keep_evidence(self, report: dict) -> None:
         """Copies the data directory, the last servers' logs and the report
         (with the seed) aside, and prints the newest log."""
-        target = self.args.evidence or tempfile.mkdtemp(prefix="sessiond-crash-evidence-")
+        target = self.args.evidence or tempfile.mkdtemp(prefix="crash-campaign-evidence-")
         os.makedirs(target, exist_ok=True)
         if os.path.isdir(self.data_dir):
             shutil.copytree(self.data_dir, os.path.join(target, "data"), dirs_exist_ok=True)
