@@ -82,6 +82,11 @@ struct Segment {
     len: u64,
     /// Bytes of zeros the segment was created with.
     allocated: u64,
+    /// A write or sync of this segment failed. After a failed `fdatasync`
+    /// the kernel may have dropped the pages it could not write and a later
+    /// sync can still succeed, so nothing more is written behind a failure:
+    /// the log takes no writes until it is opened again.
+    broken: bool,
 }
 
 /// The log. `append` may be called from any thread; `sync` and `rotate`
@@ -190,14 +195,26 @@ impl Wal {
     pub fn sync(&self) -> std::io::Result<()> {
         let mut segment = self.segment.lock().unwrap_or_else(|e| e.into_inner());
         let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        if segment.broken {
+            return Err(std::io::Error::other(
+                "an earlier write or sync of the write-ahead log failed; \
+                 it takes no more writes until the store is opened again",
+            ));
+        }
         if batch.is_empty() {
             return Ok(());
         }
         // Into the preallocated space; past it the file grows, which is
         // slower but just as durable.
-        segment.file.write_all_at(&batch, segment.len)?;
+        let written = segment
+            .file
+            .write_all_at(&batch, segment.len)
+            .and_then(|()| segment.file.sync_data());
+        if let Err(e) = written {
+            segment.broken = true;
+            return Err(e);
+        }
         segment.len += batch.len() as u64;
-        segment.file.sync_data()?;
         // Hand the buffer back so appends reuse its capacity.
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if pending.is_empty() {
@@ -234,8 +251,11 @@ impl Wal {
         // Zero-filled and synced while writers go on syncing the current
         // segment; the swap below is all they wait for.
         let size = used.saturating_mul(2).clamp(MIN_SEGMENT, MAX_SEGMENT);
-        let next = create_segment(&self.dir, number + 1, size)?;
+        let mut next = create_segment(&self.dir, number + 1, size)?;
         let mut segment = self.segment.lock().unwrap_or_else(|e| e.into_inner());
+        // A broken log stays broken: frames behind a failed write would
+        // make its torn end look like damage to the next open.
+        next.broken = segment.broken;
         let old = std::mem::replace(&mut *segment, next);
         Ok(segment_path(&self.dir, old.number))
     }
@@ -323,6 +343,7 @@ fn create_segment_with(
         file,
         len: 0,
         allocated,
+        broken: false,
     })
 }
 
@@ -435,7 +456,7 @@ fn parse_body(body: &[u8]) -> Option<Entry> {
 }
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
-    StoreError::Backend(format!("{what} {}: {e}", path.display()))
+    StoreError::io(format_args!("{what} {}", path.display()), &e)
 }
 
 #[cfg(test)]
@@ -702,6 +723,39 @@ mod tests {
         assert!(wal.wants_rotation());
         drop(wal);
         assert_eq!(collect(dir.path()).1, vec![put(TreeId::Keys, "k", "v")]);
+    }
+
+    #[test]
+    fn a_failed_write_breaks_the_log_until_it_is_opened_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = collect(dir.path()).0.wal;
+        wal.append(TreeId::Keys, b"before", Some(b"1"));
+        wal.sync().unwrap();
+        // The segment's file handle now refuses writes, as a full disk or a
+        // failing device would.
+        let path = segment_path(dir.path(), 1);
+        let writable = std::mem::replace(
+            &mut wal.segment.lock().unwrap().file,
+            File::open(&path).unwrap(),
+        );
+        wal.append(TreeId::Keys, b"refused", Some(b"2"));
+        assert!(wal.sync().is_err());
+        // Writable again, it still takes nothing, rotation included: a sync
+        // after a failed one proves nothing about the pages before it.
+        wal.segment.lock().unwrap().file = writable;
+        wal.append(TreeId::Keys, b"after", Some(b"3"));
+        let refused = wal.sync().unwrap_err().to_string();
+        assert!(refused.contains("opened again"), "{refused}");
+        wal.rotate().unwrap();
+        wal.append(TreeId::Keys, b"rotated", Some(b"4"));
+        assert!(wal.sync().is_err());
+        drop(wal);
+        // Opened again: what was synced before the failure, nothing after,
+        // and a log that takes writes.
+        let (opened, replayed) = collect(dir.path());
+        assert_eq!(replayed, [put(TreeId::Keys, "before", "1")]);
+        opened.wal.append(TreeId::Keys, b"next", Some(b"5"));
+        opened.wal.sync().unwrap();
     }
 
     #[test]
