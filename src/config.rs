@@ -306,6 +306,9 @@ pub struct ServeArgs {
     /// Memory for the embedded store's page cache [default: 40MiB].
     #[arg(long, env = "SESSIOND_STORE_CACHE_SIZE", value_name = "BYTES")]
     pub store_cache_size: Option<String>,
+    /// Free disk space under which the embedded store refuses writes (0 disables) [default: 64MiB].
+    #[arg(long, env = "SESSIOND_STORE_RESERVED_SPACE", value_name = "BYTES")]
+    pub store_reserved_space: Option<String>,
     /// Largest gRPC request message, decoded [default: 4MiB].
     #[arg(long, env = "SESSIOND_MAX_MESSAGE_SIZE", value_name = "BYTES")]
     pub max_message_size: Option<String>,
@@ -443,6 +446,7 @@ struct FileConfig {
     cors_origins: Vec<String>,
     max_bucket_size: Option<FileSize>,
     store_cache_size: Option<FileSize>,
+    store_reserved_space: Option<FileSize>,
     max_message_size: Option<FileSize>,
     max_json_depth: Option<u64>,
     max_handles_per_call: Option<u64>,
@@ -706,6 +710,8 @@ pub struct Config {
     pub max_bucket_bytes: usize,
     /// Bytes of the embedded store's page cache.
     pub store_cache_bytes: u64,
+    /// Free bytes of the store's disk under which writes are refused.
+    pub store_reserved_bytes: u64,
     /// Limits on calls and connections.
     pub limits: Limits,
     /// The key-encryption key (its text), when signing keys are sealed.
@@ -752,6 +758,7 @@ impl Config {
             cors_origins: Vec::new(),
             max_bucket_bytes: 64 * 1024,
             store_cache_bytes: DEFAULT_STORE_CACHE_BYTES,
+            store_reserved_bytes: 64 << 20,
             limits: Limits::default(),
             key_encryption_key: None,
             previous_key_encryption_key: None,
@@ -927,6 +934,13 @@ impl Config {
             file.store_cache_size,
         )? {
             c.store_cache_bytes = n;
+        }
+        if let Some(n) = size_setting(
+            "store-reserved-space",
+            &args.store_reserved_space,
+            file.store_reserved_space,
+        )? {
+            c.store_reserved_bytes = n;
         }
         let l = &mut c.limits;
         if let Some(n) = size_setting(
@@ -1182,6 +1196,12 @@ impl Config {
         if !(1 << 20..=1 << 40).contains(&self.store_cache_bytes) {
             return Err(bad("store-cache-size", "must be between 1MiB and 1TiB"));
         }
+        if self.store_reserved_bytes > 1 << 40 {
+            return Err(bad(
+                "store-reserved-space",
+                "must be at most 1TiB (0 disables it)",
+            ));
+        }
         let l = &self.limits;
         let largest_json = self.max_bucket_bytes.max(self.max_payload_bytes);
         if l.max_message_bytes < largest_json + 4096 || l.max_message_bytes > 64 * 1024 * 1024 {
@@ -1397,6 +1417,11 @@ mod tests {
         assert_eq!(e.setting, "store-cache-size");
         let c = resolve(|a| a.store_cache_size = Some("256MiB".into())).unwrap();
         assert_eq!(c.store_cache_bytes, 256 << 20);
+        assert_eq!(c.store_reserved_bytes, 64 << 20, "the default reserve");
+        let c = resolve(|a| a.store_reserved_space = Some("0".into())).unwrap();
+        assert_eq!(c.store_reserved_bytes, 0);
+        let e = resolve(|a| a.store_reserved_space = Some("2TiB".into())).unwrap_err();
+        assert_eq!(e.setting, "store-reserved-space");
     }
 
     /// Arguments parsed as the binary parses them, with their sources.

@@ -55,6 +55,7 @@ pub struct Metrics {
     key_rotations: Counter,
     flushes: Histogram,
     store_bytes: Gauge,
+    store_writable: Gauge,
     claim_provider_calls: Family<OutcomeLabels, Counter>,
     store: OnceLock<Weak<dyn SessionStore>>,
 }
@@ -136,6 +137,13 @@ impl Metrics {
             "Size of the store on disk",
             store_bytes.clone(),
         );
+        let store_writable = Gauge::default();
+        registry.register(
+            "sessiond_store_writable",
+            "1 while the store takes writes; 0 while its disk refuses them (a full disk, an I/O \
+             error), when writes answer UNAVAILABLE and health is NOT_SERVING",
+            store_writable.clone(),
+        );
         let claim_provider_calls = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "sessiond_claim_provider_calls",
@@ -154,6 +162,7 @@ impl Metrics {
             key_rotations,
             flushes,
             store_bytes,
+            store_writable,
             claim_provider_calls,
             store: OnceLock::new(),
         }
@@ -225,6 +234,8 @@ impl Metrics {
             if let Ok(size) = store.size_on_disk() {
                 self.store_bytes.set(gauge(size));
             }
+            let writable = store.writable().is_none_or(|w| *w.borrow());
+            self.store_writable.set(i64::from(writable));
         }
         let mut out = String::new();
         // Writing into a String cannot fail.

@@ -170,6 +170,7 @@ async fn run(
     };
     let sled = SledStore::open(&config.data_dir, config.store_cache_bytes, Some(on_flush))?;
     sled.on_close(closed);
+    sled.set_reserved_space(config.store_reserved_bytes);
     let store: Arc<dyn SessionStore> = sled;
     metrics.set_store(Arc::downgrade(&store));
     let parse_kek = |which: &str, text: &crate::config::Secret| {
@@ -337,6 +338,9 @@ async fn run(
         cors_origins,
         tls: tls.clone(),
     };
+    // Before the other background tasks: at shutdown it is stopped first,
+    // so that nothing turns health back to SERVING.
+    let store_health = tokio::spawn(report_store_health(store.writable(), health.clone()));
     let background = [
         tokio::spawn(sweeper(manager.clone(), config.sweep_interval)),
         tokio::spawn(key_maintenance(keys.clone())),
@@ -371,6 +375,7 @@ async fn run(
         () = shutdown => {}
         result = &mut server => {
             acceptor.abort();
+            store_health.abort();
             for task in &background {
                 task.abort();
             }
@@ -382,6 +387,8 @@ async fn run(
     }
 
     tracing::info!("shutting down: health is NOT_SERVING, draining in-flight calls");
+    store_health.abort();
+    let _ = store_health.await;
     for name in std::iter::once("").chain(SERVICES) {
         health
             .set_service_status(name, ServingStatus::NotServing)
@@ -488,6 +495,25 @@ async fn apply_reloads(live: Reloadable, reloads: Option<mpsc::UnboundedReceiver
             tls,
             "configuration reloaded"
         );
+    }
+}
+
+/// Health follows the store: NOT_SERVING while it refuses writes (its disk
+/// is full or failing), SERVING again once it takes them.
+async fn report_store_health(
+    writable: Option<tokio::sync::watch::Receiver<bool>>,
+    health: tonic_health::server::HealthReporter,
+) {
+    let Some(mut writable) = writable else { return };
+    while writable.changed().await.is_ok() {
+        let status = if *writable.borrow_and_update() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for name in std::iter::once("").chain(SERVICES) {
+            health.set_service_status(name, status).await;
+        }
     }
 }
 

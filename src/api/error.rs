@@ -122,11 +122,9 @@ pub fn store_failure(e: &StoreError) -> Status {
             Reason::StoreCorrupt,
             "a record in the session store cannot be read back; see the server log",
         ),
-        e if e.is_disk_full() => (
-            Reason::StoreUnavailable,
-            "the session store's disk is full: writes are refused until space is freed",
-        ),
-        StoreError::Locked(_) | StoreError::Backend(_) => (
+        StoreError::Unavailable(why) => (Reason::StoreUnavailable, why.as_str()),
+        e if e.is_disk_full() => (Reason::StoreUnavailable, crate::store::DISK_FULL),
+        StoreError::Locked(_) | StoreError::Backend(_) | StoreError::Io(_) => (
             Reason::StoreUnavailable,
             "the session store cannot serve this call now; retry later",
         ),

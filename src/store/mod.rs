@@ -17,6 +17,7 @@
 mod record;
 mod sled;
 mod sled_dir;
+mod sled_store;
 mod wal;
 
 #[cfg(test)]
@@ -31,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use self::record::Lineage;
-pub use self::sled::SledStore;
+pub use self::sled_store::SledStore;
 
 /// Called with the duration of every flush.
 pub type FlushObserver = Arc<dyn Fn(std::time::Duration) + Send + Sync>;
@@ -288,6 +289,10 @@ impl SessionsPage {
     }
 }
 
+/// What callers are told while the store's disk is full.
+pub const DISK_FULL: &str =
+    "the session store's disk is full: writes are refused until space is freed";
+
 /// Storage failures. None of them is caused by a caller's input.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -297,26 +302,38 @@ pub enum StoreError {
          stop that process, or give this one another --data-dir"
     )]
     Locked(String),
-    /// The backend failed (disk, I/O).
+    /// The backend failed, other than by an I/O error.
     #[error("storage failure: {0}")]
     Backend(String),
+    /// Reading or writing the disk failed (a full disk, an I/O error).
+    #[error("storage I/O failure: {0}")]
+    Io(String),
+    /// The store takes no writes until its disk can take them again; the
+    /// message says why, for callers.
+    #[error("{0}")]
+    Unavailable(String),
     /// A stored record could not be decoded.
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
 }
 
 impl StoreError {
+    /// An [`StoreError::Io`] from an I/O error, with what was being done.
+    pub fn io(what: impl fmt::Display, e: &std::io::Error) -> Self {
+        Self::Io(format!("{what}: {e}"))
+    }
+
     /// Whether the failure is a full disk (or a quota), as far as the
-    /// backend's message tells.
+    /// message tells (an I/O error's text carries its OS error code).
     pub fn is_disk_full(&self) -> bool {
         match self {
-            Self::Backend(message) => {
+            Self::Io(message) | Self::Backend(message) => {
                 message.contains("No space left on device")
                     || message.contains("os error 28")
                     || message.contains("Disk quota exceeded")
                     || message.contains("os error 122")
             }
-            Self::Locked(_) | Self::Corrupt(_) => false,
+            Self::Locked(_) | Self::Unavailable(_) | Self::Corrupt(_) => false,
         }
     }
 }
@@ -418,6 +435,12 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Resolves once every write that returned before this call is durable.
     /// Concurrent callers share one flush.
     fn durable(&self) -> BoxFuture<Result<(), StoreError>>;
+
+    /// Whether the store takes writes now, and its changes; `None` for a
+    /// store that never stops taking them (or cannot tell).
+    fn writable(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
 }
 
 /// [`SessionStore::list_sessions`] for any backend: reads every record.

@@ -1,4 +1,5 @@
-//! [`SledStore`]: the embedded default backend, on sled 0.34.
+//! [`SledInstance`]: one opening of the embedded default backend, on sled
+//! 0.34 (`store::sled_store` holds one at a time as the `SledStore`).
 //!
 //! Trees: `sessions` (handle → record), `sessions_by_user_hash` (the first
 //! 8 bytes of the SHA-256 of the user id, handle → filed expiry), `keys`
@@ -45,7 +46,7 @@
 //! log segments that flush covered; on open, what is left is replayed.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak, mpsc};
 use std::time::Duration;
 
@@ -80,7 +81,7 @@ const STRIPES: usize = 64;
 type Waiter = oneshot::Sender<Result<(), String>>;
 
 /// The sled-backed store.
-pub struct SledStore {
+pub(super) struct SledInstance {
     db: sled::Db,
     sessions: SessionTrees,
     /// `session_count`, present only between a clean close and the next open.
@@ -97,32 +98,29 @@ pub struct SledStore {
     _checkpoints: mpsc::Sender<()>,
     /// The user index key where the last sweep call stopped at its limit.
     sweep_from: Mutex<Option<sled::IVec>>,
-    /// Dropped last, once the store is closed (see [`SledStore::on_close`]).
+    /// Dropped last, once the store is closed (see [`SledInstance::on_close`]).
     closed: Mutex<Option<mpsc::Sender<()>>>,
-    /// sessiond's lock on the data directory, released after everything else.
-    _lock: std::fs::File,
+    /// Told of every I/O failure of the log's syncs and of checkpoints.
+    on_failure: FailureHook,
+    /// Set when this instance is given up after an I/O failure: closing it
+    /// then flushes nothing, so that the next open starts from what reached
+    /// the disk and the log, never from a refused write left in memory.
+    abandoned: AtomicBool,
 }
 
-impl SledStore {
-    /// Opens (or creates) the store in `dir`, replaying the write-ahead log a
-    /// crash left behind, and starts the log's sync and checkpoint threads.
-    pub fn open(
+/// Called with an I/O failure found outside a caller's request.
+pub(super) type FailureHook = Arc<dyn Fn(&StoreError) + Send + Sync>;
+
+impl SledInstance {
+    /// Opens the store in `dir` (which exists and which the caller has
+    /// locked), replaying the write-ahead log a crash left behind, and
+    /// starts the log's sync and checkpoint threads.
+    pub(super) fn open(
         dir: &Path,
         cache_capacity_bytes: u64,
         on_flush: Option<FlushObserver>,
+        on_failure: FailureHook,
     ) -> Result<Arc<Self>, StoreError> {
-        // A new data directory is readable by its owner only: it holds
-        // signing keys and the refresh MAC secret.
-        if !dir.exists() {
-            let mut builder = std::fs::DirBuilder::new();
-            builder.recursive(true);
-            #[cfg(unix)]
-            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-            builder.create(dir).map_err(|e| {
-                StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
-            })?;
-        }
-        let lock = sled_dir::lock(dir)?;
         let db = open_sled(dir, cache_capacity_bytes)?;
         let tree = |name: &str| db.open_tree(name).map_err(backend);
         let sessions = SessionTrees {
@@ -189,7 +187,8 @@ impl SledStore {
             _checkpoints: checkpoints,
             sweep_from: Mutex::new(None),
             closed: Mutex::new(None),
-            _lock: lock,
+            on_failure,
+            abandoned: AtomicBool::new(false),
             db,
         });
         let weak = Arc::downgrade(&store);
@@ -203,8 +202,23 @@ impl SledStore {
     /// its last handle went, its final flush and the saved session count.
     /// The last handle may be the checkpoint thread's, mid-flush, so a
     /// process should wait for this before it exits.
-    pub fn on_close(&self, closed: mpsc::Sender<()>) {
-        *self.closed.lock().unwrap_or_else(|e| e.into_inner()) = Some(closed);
+    pub(super) fn on_close(&self, closed: mpsc::Sender<()>) -> Option<mpsc::Sender<()>> {
+        self.closed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(closed)
+    }
+
+    /// Gives this instance up after an I/O failure (see `abandoned`).
+    pub(super) fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Relaxed);
+    }
+
+    /// Writes and syncs what the log holds, outside the flusher.
+    pub(super) fn sync_log(&self) -> Result<(), StoreError> {
+        self.wal
+            .sync()
+            .map_err(|e| StoreError::io("write-ahead log", &e))
     }
 
     /// The lock stripe of one key of one tree.
@@ -278,8 +292,12 @@ impl SledStore {
     }
 }
 
-impl Drop for SledStore {
+impl Drop for SledInstance {
     fn drop(&mut self) {
+        if self.abandoned.load(Ordering::Relaxed) {
+            tracing::info!("closed the store without flushing it; its log is replayed next");
+            return;
+        }
         // A clean close leaves no log to replay: everything it holds is in
         // the trees, which this flush makes durable.
         let closed = self
@@ -333,7 +351,7 @@ fn spawn_thread(name: &str, run: impl FnOnce() + Send + 'static) -> Result<(), S
 /// while syncing, so that dropping the last handle closes the database (and
 /// releases its lock); then the channel closes and the loop ends.
 fn flusher(
-    store: Weak<SledStore>,
+    store: Weak<SledInstance>,
     requests: mpsc::Receiver<Waiter>,
     on_flush: Option<FlushObserver>,
 ) {
@@ -342,10 +360,11 @@ fn flusher(
         waiters.extend(requests.try_iter());
         let started = std::time::Instant::now();
         let result = match store.upgrade() {
-            Some(store) => store
-                .wal
-                .sync()
-                .map_err(|e| format!("write-ahead log: {e}")),
+            Some(store) => store.wal.sync().map_err(|e| {
+                let message = format!("write-ahead log: {e}");
+                (store.on_failure)(&StoreError::Io(message.clone()));
+                message
+            }),
             None => Err("the store is closed".to_owned()),
         };
         if let Some(observe) = &on_flush {
@@ -359,7 +378,7 @@ fn flusher(
 
 /// Flushes sled behind the log every [`CHECKPOINT_EVERY`] while writes come
 /// in, until the store is dropped (which closes `stop`).
-fn checkpointer(store: Weak<SledStore>, stop: mpsc::Receiver<()>) {
+fn checkpointer(store: Weak<SledInstance>, stop: mpsc::Receiver<()>) {
     let mut checkpointed = None;
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
         let Some(store) = store.upgrade() else { return };
@@ -370,7 +389,8 @@ fn checkpointer(store: Weak<SledStore>, stop: mpsc::Receiver<()>) {
         match store.checkpoint() {
             Ok(()) => checkpointed = Some(position),
             Err(e) => {
-                tracing::warn!(error = %e, "checkpoint failed; the write-ahead log is kept")
+                tracing::warn!(error = %e, "checkpoint failed; the write-ahead log is kept");
+                (store.on_failure)(&e);
             }
         }
     }
@@ -439,7 +459,10 @@ fn open_error(dir: &Path, e: sled::Error) -> StoreError {
 }
 
 fn backend(e: sled::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    match e {
+        sled::Error::Io(io) => StoreError::io("sled", &io),
+        e => StoreError::Backend(e.to_string()),
+    }
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
@@ -750,7 +773,7 @@ fn filed_at(value: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(value).ok().map(u64::from_be_bytes)
 }
 
-impl SessionStore for SledStore {
+impl SessionStore for SledInstance {
     fn create_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
         let bytes = record::encode_session(record);
         let key = record.handle.as_bytes();
@@ -1086,7 +1109,7 @@ impl SessionStore for SledStore {
             sent.map_err(|_| StoreError::Backend("the flusher has stopped".into()))?;
             rx.await
                 .map_err(|_| StoreError::Backend("the flusher has stopped".into()))?
-                .map_err(StoreError::Backend)
+                .map_err(StoreError::Io)
         })
     }
 }
@@ -1096,6 +1119,20 @@ mod tests {
     use serde_json::Map;
 
     use super::*;
+
+    /// The instance alone, as the store opens it (the directory lock is
+    /// the caller's, which these tests do without).
+    struct SledStore;
+
+    impl SledStore {
+        fn open(
+            dir: &Path,
+            cache_capacity_bytes: u64,
+            on_flush: Option<FlushObserver>,
+        ) -> Result<Arc<SledInstance>, StoreError> {
+            SledInstance::open(dir, cache_capacity_bytes, on_flush, Arc::new(|_| {}))
+        }
+    }
     use crate::store::Generation;
 
     fn record(handle: &str, user: &str, expires_at_ms: u64) -> SessionRecord {
@@ -1247,14 +1284,14 @@ mod tests {
         assert_eq!(store.user_sessions("alice", None).unwrap().len(), 1);
     }
 
-    fn filed_under(store: &SledStore, r: &SessionRecord) -> Option<u64> {
+    fn filed_under(store: &SledInstance, r: &SessionRecord) -> Option<u64> {
         let value = store.sessions.by_user.get(user_key(r)).unwrap()?;
         filed_at(&value)
     }
 
     /// Sets a stored session's expiry, as a refresh (later) or an edit
     /// (earlier) would.
-    fn set_expiry(store: &SledStore, handle: &str, expires_at_ms: u64) {
+    fn set_expiry(store: &SledInstance, handle: &str, expires_at_ms: u64) {
         let applied = store
             .update_session(handle, &mut |r| {
                 let mut r = r.expect("the session exists").clone();
@@ -1509,7 +1546,7 @@ mod tests {
 
     /// Opens the store again; sled's I/O threads may hold the directory's
     /// lock for a moment after its last handle is dropped.
-    fn reopen(dir: &Path) -> Arc<SledStore> {
+    fn reopen(dir: &Path) -> Arc<SledInstance> {
         let mut attempts = 0;
         loop {
             match SledStore::open(dir, 8 << 20, None) {

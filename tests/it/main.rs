@@ -9,6 +9,7 @@ mod callers;
 mod claims;
 mod cli;
 mod connect;
+mod disk_full;
 mod durability;
 mod helpers;
 mod keys;
