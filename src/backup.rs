@@ -1,11 +1,16 @@
 //! Backups: a store export written as one self-checking file, and its
 //! restore into an empty data directory.
 //!
-//! Format (version 1): the magic line `SESSIOND-BACKUP\n`, a version byte,
+//! Format (version 2): the magic line `SESSIOND-BACKUP\n`, a version byte,
 //! then entries `kind(1) | key length(4, BE) | key | value length(4, BE) |
 //! value`, then an end entry (kind 0xFF) followed by the SHA-256 of every
-//! byte before it. Values are JSON records (sessions, buckets, keys) or raw
-//! bytes (server secrets). Indexes are not backed up: restore rebuilds them.
+//! byte before it. Values are JSON records (sessions, buckets, keys), raw
+//! bytes (server secrets), or, first, the id of the store (its `store-id`)
+//! and its log position when the backup began (8 bytes, BE), from which a
+//! replay of that store's write-ahead log brings the restored store up to
+//! date. Version 1 is version 2 without the
+//! log position; both are read. Indexes are not backed up: restore rebuilds
+//! them.
 //!
 //! A backup is taken online by iterating the store, so every record that
 //! existed when it began (and was not deleted meanwhile) is in it. A file is
@@ -21,16 +26,20 @@ use crate::store::{Exported, KeyRecord, SessionRecord, SessionStore, StoreError,
 /// The first line of every backup.
 pub const MAGIC: &[u8] = b"SESSIOND-BACKUP\n";
 /// The format version written.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
+/// The oldest format version read.
+const OLDEST_VERSION: u8 = 1;
 
 const SESSION: u8 = 1;
 const USER_DATA: u8 = 2;
 const KEY: u8 = 3;
 const SECRET: u8 = 4;
+const LOG_POSITION: u8 = 5;
+const STORE_ID: u8 = 6;
 const END: u8 = 0xFF;
 
 /// What a backup holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
     /// Sessions.
     pub sessions: u64,
@@ -40,6 +49,10 @@ pub struct Summary {
     pub keys: u64,
     /// Server secrets.
     pub secrets: u64,
+    /// The store's log position when the backup began, if it has a log.
+    pub log_position: Option<u64>,
+    /// The id of the store the backup was taken of, if it has one.
+    pub store_id: Option<String>,
 }
 
 impl std::fmt::Display for Summary {
@@ -109,7 +122,17 @@ pub fn write(store: &dyn SessionStore, out: impl Write) -> Result<Summary, Backu
     };
     w.put(MAGIC)?;
     w.put(&[VERSION])?;
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        log_position: store.log_position(),
+        store_id: store.store_id(),
+        ..Summary::default()
+    };
+    if let Some(id) = &summary.store_id {
+        w.entry(STORE_ID, b"store", id.as_bytes())?;
+    }
+    if let Some(position) = summary.log_position {
+        w.entry(LOG_POSITION, b"wal", &position.to_be_bytes())?;
+    }
     let mut io_error = None;
     store.export(&mut |item| {
         let written = match &item {
@@ -237,9 +260,9 @@ fn read(
         return Err(invalid("it does not start with the sessiond backup header"));
     }
     let version = take(&mut input, 1, &mut hash)?[0];
-    if version != VERSION {
+    if !(OLDEST_VERSION..=VERSION).contains(&version) {
         return Err(invalid(format!(
-            "format version {version} is not supported (expected {VERSION})"
+            "format version {version} is not supported (expected {OLDEST_VERSION} to {VERSION})"
         )));
     }
     let mut summary = Summary::default();
@@ -264,6 +287,17 @@ fn read(
         hash.update(&kind);
         let key = part(&mut input, &mut hash)?;
         let value = part(&mut input, &mut hash)?;
+        if kind[0] == LOG_POSITION {
+            let position = <[u8; 8]>::try_from(value.as_slice())
+                .map_err(|_| invalid("the log position is not 8 bytes"))?;
+            summary.log_position = Some(u64::from_be_bytes(position));
+            continue;
+        }
+        if kind[0] == STORE_ID {
+            summary.store_id =
+                Some(String::from_utf8(value).map_err(|_| invalid("the store id is not UTF-8"))?);
+            continue;
+        }
         let item = decode_entry(kind[0], key, &value, &mut summary)?;
         if let Some(visit) = visit.as_mut() {
             visit(item)?;
@@ -312,6 +346,7 @@ mod tests {
             user_data: n,
             keys: n,
             secrets: n,
+            ..Summary::default()
         };
         assert_eq!(
             summary(0).to_string(),
@@ -367,9 +402,12 @@ mod tests {
                 sessions: 3,
                 user_data: 1,
                 keys: 0,
-                secrets: 1
+                secrets: 1,
+                log_position: source.log_position(),
+                store_id: source.store_id(),
             }
         );
+        assert!(written.log_position.is_some() && written.store_id.is_some());
         assert_eq!(verify(&file[..]).unwrap(), written);
 
         let target = SledStore::open(b.path(), 8 << 20, None).unwrap();

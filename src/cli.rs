@@ -185,7 +185,7 @@ struct Failure {
     message: String,
 }
 
-type Outcome = Result<(), Failure>;
+type Outcome<T = ()> = Result<T, Failure>;
 
 fn fail(code: u8, message: impl Into<String>) -> Failure {
     Failure {
@@ -859,18 +859,53 @@ async fn run_backup(out: &Path, conn: &Connection) -> Outcome {
 }
 
 /// `sessiond restore FILE`: restores a backup into an empty data directory
-/// (the server must not be running on it).
-pub async fn restore(file: &Path, data_dir: &Path) -> ExitCode {
-    exit(run_restore(file, data_dir).await)
+/// (the server must not be running on it), and with `--replay-log` brings
+/// it up to the last write acknowledged in the store the backup was taken
+/// of.
+pub async fn restore(file: &Path, data_dir: &Path, replay_log: Option<&Path>) -> ExitCode {
+    exit(run_restore(file, data_dir, replay_log).await)
 }
 
-async fn run_restore(file: &Path, data_dir: &Path) -> Outcome {
+/// Opens the store in `data_dir`, runs `work` on it, and waits until it is
+/// closed (its final flush done and its lock let go).
+async fn with_store<T>(
+    data_dir: &Path,
+    work: impl AsyncFnOnce(&dyn crate::store::SessionStore) -> Outcome<T>,
+) -> Outcome<T> {
+    // sled's threads may hold the directory for a moment after an earlier
+    // handle's close.
+    let mut attempts = 0;
+    let store = loop {
+        match crate::store::SledStore::open(
+            data_dir,
+            crate::config::DEFAULT_STORE_CACHE_BYTES,
+            None,
+        ) {
+            Err(crate::store::StoreError::Locked(_)) if attempts < 250 => {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            opened => break opened.map_err(|e| fail(EXIT_FAILED, e.to_string()))?,
+        }
+    };
+    let (closed_tx, closed) = std::sync::mpsc::channel::<()>();
+    store.on_close(closed_tx);
+    let outcome = work(store.as_ref()).await;
+    drop(store);
+    let _ = tokio::task::spawn_blocking(move || {
+        closed.recv_timeout(std::time::Duration::from_secs(30))
+    })
+    .await;
+    outcome
+}
+
+async fn run_restore(file: &Path, data_dir: &Path, replay_log: Option<&Path>) -> Outcome {
     let open = |path: &Path| {
         std::fs::File::open(path)
             .map(std::io::BufReader::new)
             .map_err(|e| fail(EXIT_FAILED, format!("cannot read {}: {e}", path.display())))
     };
-    crate::backup::verify(open(file)?)
+    let checked = crate::backup::verify(open(file)?)
         .map_err(|e| fail(EXIT_FAILED, format!("{}: {e}", file.display())))?;
     if std::fs::read_dir(data_dir).is_ok_and(|mut entries| entries.next().is_some()) {
         return Err(fail(
@@ -881,16 +916,58 @@ async fn run_restore(file: &Path, data_dir: &Path) -> Outcome {
             ),
         ));
     }
-    let store =
-        crate::store::SledStore::open(data_dir, crate::config::DEFAULT_STORE_CACHE_BYTES, None)
-            .map_err(|e| fail(EXIT_FAILED, e.to_string()))?;
-    let summary = crate::backup::restore(store.as_ref(), open(file)?)
-        .await
-        .map_err(|e| fail(EXIT_FAILED, format!("restore failed: {e}")))?;
-    drop(store);
-    println!("{}", data_dir.display());
+    let replay = match replay_log {
+        Some(from) => Some((from, replay_position(file, &checked, from)?)),
+        None => None,
+    };
+    let summary = with_store(data_dir, async |store| {
+        crate::backup::restore(store, open(file)?)
+            .await
+            .map_err(|e| fail(EXIT_FAILED, format!("restore failed: {e}")))
+    })
+    .await?;
     eprintln!("restored {summary}");
+    if let Some((from, position)) = replay {
+        let copied = crate::store::copy_log_since(from, position, data_dir)
+            .map_err(|e| fail(EXIT_FAILED, format!("--replay-log: {e}")))?;
+        // Opening the store replays the copied log; closing it flushes.
+        with_store(data_dir, async |_| Ok(())).await?;
+        eprintln!(
+            "replayed {} of {} since the backup",
+            crate::text::count(copied as u64, "log segment", "log segments"),
+            from.display()
+        );
+    }
+    println!("{}", data_dir.display());
     Ok(())
+}
+
+/// Where in the log of `from` a replay onto the backup in `file` starts,
+/// after checking that the log is that store's.
+fn replay_position(file: &Path, backup: &crate::backup::Summary, from: &Path) -> Outcome<u64> {
+    let (Some(position), Some(id)) = (backup.log_position, &backup.store_id) else {
+        return Err(fail(
+            EXIT_FAILED,
+            format!(
+                "{} records no log position (it was taken by an earlier version): \
+                 restore it without --replay-log",
+                file.display()
+            ),
+        ));
+    };
+    let theirs = crate::store::read_store_id(from)
+        .map_err(|e| fail(EXIT_FAILED, format!("--replay-log: {e}")))?;
+    if theirs.as_deref() != Some(id.as_str()) {
+        return Err(fail(
+            EXIT_FAILED,
+            format!(
+                "--replay-log: {} is not the data directory {} was taken of",
+                from.display(),
+                file.display()
+            ),
+        ));
+    }
+    Ok(position)
 }
 
 /// `sessiond health`: exit 0 when the server reports SERVING.

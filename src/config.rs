@@ -306,6 +306,9 @@ pub struct ServeArgs {
     /// Memory for the embedded store's page cache [default: 40MiB].
     #[arg(long, env = "SESSIOND_STORE_CACHE_SIZE", value_name = "BYTES")]
     pub store_cache_size: Option<String>,
+    /// Disk kept for flushed write-ahead log segments, replayed by `restore --replay-log` (0 disables) [default: 1GiB].
+    #[arg(long, env = "SESSIOND_LOG_ARCHIVE_SIZE", value_name = "BYTES")]
+    pub log_archive_size: Option<String>,
     /// Free disk space under which the embedded store refuses writes (0 disables) [default: 64MiB].
     #[arg(long, env = "SESSIOND_STORE_RESERVED_SPACE", value_name = "BYTES")]
     pub store_reserved_space: Option<String>,
@@ -447,6 +450,7 @@ struct FileConfig {
     max_bucket_size: Option<FileSize>,
     store_cache_size: Option<FileSize>,
     store_reserved_space: Option<FileSize>,
+    log_archive_size: Option<FileSize>,
     max_message_size: Option<FileSize>,
     max_json_depth: Option<u64>,
     max_handles_per_call: Option<u64>,
@@ -712,6 +716,8 @@ pub struct Config {
     pub store_cache_bytes: u64,
     /// Free bytes of the store's disk under which writes are refused.
     pub store_reserved_bytes: u64,
+    /// Bytes of flushed log segments the store keeps (0: none).
+    pub log_archive_bytes: u64,
     /// Limits on calls and connections.
     pub limits: Limits,
     /// The key-encryption key (its text), when signing keys are sealed.
@@ -759,6 +765,7 @@ impl Config {
             max_bucket_bytes: 64 * 1024,
             store_cache_bytes: DEFAULT_STORE_CACHE_BYTES,
             store_reserved_bytes: 64 << 20,
+            log_archive_bytes: 1 << 30,
             limits: Limits::default(),
             key_encryption_key: None,
             previous_key_encryption_key: None,
@@ -941,6 +948,13 @@ impl Config {
             file.store_reserved_space,
         )? {
             c.store_reserved_bytes = n;
+        }
+        if let Some(n) = size_setting(
+            "log-archive-size",
+            &args.log_archive_size,
+            file.log_archive_size,
+        )? {
+            c.log_archive_bytes = n;
         }
         let l = &mut c.limits;
         if let Some(n) = size_setting(
@@ -1202,6 +1216,12 @@ impl Config {
                 "must be at most 1TiB (0 disables it)",
             ));
         }
+        if self.log_archive_bytes > 1 << 40 {
+            return Err(bad(
+                "log-archive-size",
+                "must be at most 1TiB (0 disables it)",
+            ));
+        }
         let l = &self.limits;
         let largest_json = self.max_bucket_bytes.max(self.max_payload_bytes);
         if l.max_message_bytes < largest_json + 4096 || l.max_message_bytes > 64 * 1024 * 1024 {
@@ -1422,6 +1442,9 @@ mod tests {
         assert_eq!(c.store_reserved_bytes, 0);
         let e = resolve(|a| a.store_reserved_space = Some("2TiB".into())).unwrap_err();
         assert_eq!(e.setting, "store-reserved-space");
+        assert_eq!(c.log_archive_bytes, 1 << 30, "the default archive");
+        let c = resolve(|a| a.log_archive_size = Some("0".into())).unwrap();
+        assert_eq!(c.log_archive_bytes, 0);
     }
 
     /// Arguments parsed as the binary parses them, with their sources.

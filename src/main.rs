@@ -80,6 +80,11 @@ enum Command {
             value_name = "DIR"
         )]
         data_dir: PathBuf,
+        /// The data directory the backup was taken of: its write-ahead log
+        /// (archive included) since the backup is replayed on top, so that
+        /// no write acknowledged there is lost. Its server must be stopped.
+        #[arg(long, value_name = "OLD_DATA_DIR")]
+        replay_log: Option<PathBuf>,
     },
 }
 
@@ -113,7 +118,11 @@ fn main() -> ExitCode {
             Some(Command::Keys { command, conn }) => cli::keys(command, &conn).await,
             Some(Command::Token { command, conn }) => cli::token(command, &conn).await,
             Some(Command::Backup { out, conn }) => cli::backup(&out, &conn).await,
-            Some(Command::Restore { file, data_dir }) => cli::restore(&file, &data_dir).await,
+            Some(Command::Restore {
+                file,
+                data_dir,
+                replay_log,
+            }) => cli::restore(&file, &data_dir, replay_log.as_deref()).await,
         }
     })
 }

@@ -171,6 +171,7 @@ async fn run(
     let sled = SledStore::open(&config.data_dir, config.store_cache_bytes, Some(on_flush))?;
     sled.on_close(closed);
     sled.set_reserved_space(config.store_reserved_bytes);
+    sled.set_log_archive_size(config.log_archive_bytes);
     let store: Arc<dyn SessionStore> = sled;
     metrics.set_store(Arc::downgrade(&store));
     let parse_kek = |which: &str, text: &crate::config::Secret| {

@@ -193,7 +193,16 @@ impl AdminService for AdminApi {
                 tx: tx.clone(),
             };
             match crate::backup::write(store.as_ref(), &mut out) {
-                Ok(summary) => tracing::info!(%summary, "backup streamed"),
+                Ok(summary) => {
+                    tracing::info!(%summary, "backup streamed");
+                    // The log archive now only needs to reach back to this
+                    // backup's start and the one before.
+                    if let Some(position) = summary.log_position
+                        && let Err(e) = store.backup_taken(position)
+                    {
+                        tracing::warn!(error = %e, "the log archive was not trimmed");
+                    }
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "backup failed");
                     let _ = tx.blocking_send(Err(Status::internal(

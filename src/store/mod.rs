@@ -34,6 +34,22 @@ use serde_json::{Map, Value};
 pub use self::record::Lineage;
 pub use self::sled_store::SledStore;
 
+/// Copies the write-ahead log of the data directory `from_dir`, from log
+/// position `position` on (its archive, then its live log), into the data
+/// directory `into_dir`, whose next open replays it: how a restored backup
+/// is brought up to the last write acknowledged in `from_dir`. Refuses when
+/// the archive no longer reaches back to `position`. Returns how many log
+/// segments were copied.
+pub fn copy_log_since(
+    from_dir: &std::path::Path,
+    position: u64,
+    into_dir: &std::path::Path,
+) -> Result<usize, StoreError> {
+    wal::copy_since(from_dir, position, &into_dir.join("wal"))
+}
+
+pub use self::sled_dir::read_store_id;
+
 /// Called with the duration of every flush.
 pub type FlushObserver = Arc<dyn Fn(std::time::Duration) + Send + Sync>;
 
@@ -435,6 +451,26 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Resolves once every write that returned before this call is durable.
     /// Concurrent callers share one flush.
     fn durable(&self) -> BoxFuture<Result<(), StoreError>>;
+
+    /// The store's own id, which its backups carry, so that the log of one
+    /// store is never replayed into a backup of another.
+    fn store_id(&self) -> Option<String> {
+        None
+    }
+
+    /// Where the store's write-ahead log stands: a backup taken now is
+    /// brought up to date by replaying the log from here. `None` for a
+    /// store without such a log.
+    fn log_position(&self) -> Option<u64> {
+        None
+    }
+
+    /// A backup begun at log `position` was written whole: the log before
+    /// the previous backup's position is no longer needed.
+    fn backup_taken(&self, position: u64) -> Result<(), StoreError> {
+        let _ = position;
+        Ok(())
+    }
 
     /// Whether the store takes writes now, and its changes; `None` for a
     /// store that never stops taking them (or cannot tell).

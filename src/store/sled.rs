@@ -72,6 +72,9 @@ const OLD_USER_TREE: &str = "sessions_by_user";
 /// The user index.
 const USER_TREE: &str = "sessions_by_user_hash";
 
+/// Key in `meta` of the log position the last whole backup began at.
+const LAST_BACKUP: &str = "last_backup_log_position";
+
 /// Key in `meta` of the session count saved by a clean close.
 const SESSION_COUNT: &str = "session_count";
 
@@ -102,6 +105,8 @@ pub(super) struct SledInstance {
     closed: Mutex<Option<mpsc::Sender<()>>>,
     /// Told of every I/O failure of the log's syncs and of checkpoints.
     on_failure: FailureHook,
+    /// Where flushed log segments go.
+    archive: wal::Archive,
     /// Set when this instance is given up after an I/O failure: closing it
     /// then flushes nothing, so that the next open starts from what reached
     /// the disk and the log, never from a refused write left in memory.
@@ -120,6 +125,7 @@ impl SledInstance {
         cache_capacity_bytes: u64,
         on_flush: Option<FlushObserver>,
         on_failure: FailureHook,
+        archive: wal::Archive,
     ) -> Result<Arc<Self>, StoreError> {
         let db = open_sled(dir, cache_capacity_bytes)?;
         let tree = |name: &str| db.open_tree(name).map_err(backend);
@@ -163,14 +169,14 @@ impl SledInstance {
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map(i64::from_be_bytes);
         let count = match saved_count {
-            Some(n) if opened.replayed.is_empty() => n,
+            Some(n) if opened.entries == 0 => n,
             // After a crash: count them (a scan of every record).
             _ => sessions.records.len() as i64,
         };
         sessions.live.store(count, Ordering::Relaxed);
         if !opened.replayed.is_empty() {
             db.flush().map_err(backend)?;
-            wal::remove_segments(&opened.replayed)?;
+            archive.retire(&opened.replayed)?;
         }
         let (flush_requests, waiters) = mpsc::channel();
         let (checkpoints, stop) = mpsc::channel();
@@ -188,6 +194,7 @@ impl SledInstance {
             sweep_from: Mutex::new(None),
             closed: Mutex::new(None),
             on_failure,
+            archive,
             abandoned: AtomicBool::new(false),
             db,
         });
@@ -212,6 +219,29 @@ impl SledInstance {
     /// Gives this instance up after an I/O failure (see `abandoned`).
     pub(super) fn abandon(&self) {
         self.abandoned.store(true, Ordering::Relaxed);
+    }
+
+    /// The number of the log segment now taking writes.
+    pub(super) fn log_position(&self) -> u64 {
+        self.wal.position().0
+    }
+
+    /// Records a backup begun at `position` and deletes the archived
+    /// segments that neither it nor the backup before it needs.
+    pub(super) fn backup_taken(&self, position: u64) -> Result<(), StoreError> {
+        let previous = self
+            .meta
+            .get(LAST_BACKUP)
+            .map_err(backend)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes);
+        self.meta
+            .insert(LAST_BACKUP, &position.to_be_bytes())
+            .map_err(backend)?;
+        if let Some(previous) = previous {
+            self.archive.prune_below(previous.min(position))?;
+        }
+        Ok(())
     }
 
     /// Writes and syncs what the log holds, outside the flusher.
@@ -286,7 +316,7 @@ impl SledInstance {
             retired.push(self.wal.rotate()?);
         }
         self.db.flush().map_err(backend)?;
-        wal::remove_segments(&retired)?;
+        self.archive.retire(&retired)?;
         retired.clear();
         Ok(())
     }
@@ -304,7 +334,7 @@ impl Drop for SledInstance {
             .db
             .flush()
             .map_err(backend)
-            .and_then(|_| self.wal.remove_all());
+            .and_then(|_| self.wal.close(&self.archive));
         if let Err(e) = closed {
             tracing::warn!(error = %e, "closing the store left a write-ahead log to replay");
             return;
@@ -397,8 +427,8 @@ fn checkpointer(store: Weak<SledInstance>, stop: mpsc::Receiver<()>) {
 }
 
 /// Opens sled in `dir` (locked by [`sled_dir::lock`]), first removing the
-/// partial snapshots a crash left, and, if sled still finds corruption,
-/// once more with its snapshots moved aside (see `store::sled_dir`).
+/// partial snapshots a crash left and setting aside finished ones that fail
+/// their checksum (see `store::sled_dir`).
 fn open_sled(dir: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreError> {
     for name in sled_dir::remove_partial_snapshots(dir)? {
         tracing::warn!(
@@ -406,45 +436,36 @@ fn open_sled(dir: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreErr
             dir.display()
         );
     }
-    let open = || {
-        sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_capacity_bytes)
-            .open()
-    };
-    match open() {
-        Err(sled::Error::Corruption { .. }) => {
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis();
-            let Some(moved) = sled_dir::quarantine_snapshots(dir, now_ms)? else {
-                return Err(damaged(dir, None));
-            };
-            tracing::warn!(
-                "the store in {} found corruption; its snapshots were moved to {} and it is \
-                 opened again from its log",
-                dir.display(),
-                moved.display()
-            );
-            open().map_err(|e| match e {
-                sled::Error::Corruption { .. } => damaged(dir, Some(&moved)),
-                e => open_error(dir, e),
-            })
-        }
-        other => other.map_err(|e| open_error(dir, e)),
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    if let Some(moved) = sled_dir::quarantine_damaged_snapshots(dir, now_ms)? {
+        tracing::warn!(
+            "a snapshot in {} fails its checksum: it was moved to {}, and the store is \
+             opened from its log",
+            dir.display(),
+            moved.display()
+        );
     }
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(cache_capacity_bytes)
+        .open()
+        .map_err(|e| match e {
+            sled::Error::Corruption { .. } => damaged(dir),
+            e => open_error(dir, e),
+        })
 }
 
-/// The store does not open even from its log: what to do about it.
-fn damaged(dir: &Path, moved: Option<&Path>) -> StoreError {
-    let moved = moved
-        .map(|m| format!(" (its snapshots are in {})", m.display()))
-        .unwrap_or_default();
+/// The store does not open: what to do about it.
+fn damaged(dir: &Path) -> StoreError {
     StoreError::Backend(format!(
-        "cannot open {dir}: sled's log is damaged{moved}. Keep this directory as it is, \
-         and restore your last backup into an empty one: \
-         `sessiond restore BACKUP --data-dir NEW_DIR` (README, \"Backup and restore\")",
+        "cannot open {dir}: sled's files are damaged. Keep this directory as it is, \
+         and restore your last backup into an empty one, replaying this directory's \
+         write-ahead log on top so that no acknowledged write is lost: \
+         `sessiond restore BACKUP --data-dir NEW_DIR --replay-log {dir}` \
+         (README, \"Backup and restore\")",
         dir = dir.display()
     ))
 }
@@ -1040,7 +1061,9 @@ impl SessionStore for SledInstance {
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk().map_err(backend)? + self.wal.size_on_disk())
+        Ok(self.db.size_on_disk().map_err(backend)?
+            + self.wal.size_on_disk()
+            + self.archive.size_on_disk())
     }
 
     fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
@@ -1130,7 +1153,14 @@ mod tests {
             cache_capacity_bytes: u64,
             on_flush: Option<FlushObserver>,
         ) -> Result<Arc<SledInstance>, StoreError> {
-            SledInstance::open(dir, cache_capacity_bytes, on_flush, Arc::new(|_| {}))
+            let archive = wal::Archive::new(dir, Arc::new(std::sync::atomic::AtomicU64::new(0)));
+            SledInstance::open(
+                dir,
+                cache_capacity_bytes,
+                on_flush,
+                Arc::new(|_| {}),
+                archive,
+            )
         }
     }
     use crate::store::Generation;
@@ -1612,10 +1642,7 @@ mod tests {
             Err(mpsc::TryRecvError::Disconnected)
         );
         // Closed cleanly: no log to replay, the count saved.
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("wal")).unwrap().count(),
-            0
-        );
+        assert_eq!(log_bytes(dir.path()), 0);
         let store = reopen(dir.path());
         assert_eq!(store.count_sessions().unwrap(), 1);
     }
@@ -1627,9 +1654,22 @@ mod tests {
         store.create_session(&record("a", "alice", 100)).unwrap();
         store.durable().await.unwrap();
         drop(store);
-        let left = std::fs::read_dir(dir.path().join("wal")).unwrap().count();
-        assert_eq!(left, 0);
+        // Only the emptied last segment is left, carrying the numbering.
+        assert_eq!(log_bytes(dir.path()), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("wal")).unwrap().count(),
+            1
+        );
         let store = SledStore::open(dir.path(), 8 << 20, None).unwrap();
         assert!(store.session("a").unwrap().is_some());
+        assert_eq!(store.log_position(), 2, "numbering goes on");
+    }
+
+    /// Bytes in the data directory's live log.
+    fn log_bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir.join("wal"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
     }
 }

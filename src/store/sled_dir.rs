@@ -13,9 +13,11 @@
 //! - **A damaged snapshot.** A finished snapshot that fails its checksum
 //!   anyway (a disk that tore or lost it) leaves the log it caches intact,
 //!   and sled rebuilds its page table from the log when there is no
-//!   snapshot. So when sled refuses to open with a corruption error, the
-//!   snapshots are moved to `quarantine/<ms since epoch>/` and the open is
-//!   tried once more.
+//!   snapshot. So a snapshot that fails the same check sled makes is moved
+//!   to `quarantine/<ms since epoch>/` before sled opens. A sound one is
+//!   never moved: were sled's log the damaged part, opening without the
+//!   snapshot would succeed with whatever little the log still holds, and
+//!   lose the rest without a word.
 //!
 //! Both repairs need the directory to be this process's alone, and sled
 //! takes its own lock only inside `open`: sessiond's lock
@@ -29,6 +31,9 @@ use super::StoreError;
 
 /// The lock file in the data directory.
 const LOCK_FILE: &str = "sessiond.lock";
+/// The file naming the store, so that its log is never replayed into a
+/// backup of another store.
+const STORE_ID_FILE: &str = "store-id";
 /// Where damaged snapshots are moved.
 const QUARANTINE: &str = "quarantine";
 
@@ -50,6 +55,41 @@ pub(super) fn lock(dir: &Path) -> Result<File, StoreError> {
             "cannot lock {}: {e}",
             path.display()
         ))),
+    }
+}
+
+/// The store's id, from `dir`'s `store-id` file, which is created (from
+/// 16 random bytes) when missing. Call it holding [`lock`].
+pub(super) fn store_id(dir: &Path) -> Result<String, StoreError> {
+    if let Some(id) = read_store_id(dir)? {
+        return Ok(id);
+    }
+    let id: String = crate::token::random_bytes::<16>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let path = dir.join(STORE_ID_FILE);
+    let partial = dir.join(format!("{STORE_ID_FILE}.partial"));
+    std::fs::write(&partial, &id)
+        .and_then(|()| File::open(&partial)?.sync_all())
+        .and_then(|()| std::fs::rename(&partial, &path))
+        .map_err(|e| StoreError::io(format_args!("cannot write {}", path.display()), &e))?;
+    sync_dir(dir)?;
+    Ok(id)
+}
+
+/// The id in `dir`'s `store-id` file, if it has one; readable while
+/// another process holds the directory, or when its store does not open.
+pub fn read_store_id(dir: &Path) -> Result<Option<String>, StoreError> {
+    let path = dir.join(STORE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(Some(id.trim().to_owned())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::io(
+            format_args!("cannot read {}", path.display()),
+            &e,
+        )),
     }
 }
 
@@ -97,14 +137,33 @@ pub(super) fn remove_partial_snapshots(dir: &Path) -> Result<Vec<String>, StoreE
     Ok(partial.iter().map(|p| file_name(p)).collect())
 }
 
-/// Moves every snapshot of `dir` into a new folder under `quarantine/`,
-/// and returns that folder, or `None` when there was no snapshot to move.
-/// Call it holding [`lock`].
-pub(super) fn quarantine_snapshots(
+/// Whether the finished snapshot `bytes` fails sled's own check: its body,
+/// then its length (8 bytes) and the CRC-32 of the body (4 bytes, LE).
+fn snapshot_is_damaged(bytes: &[u8]) -> bool {
+    let Some(body_len) = bytes.len().checked_sub(12).filter(|n| *n > 0) else {
+        return true;
+    };
+    let stored = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().expect("4 bytes"));
+    crc32fast::hash(&bytes[..body_len]) != stored
+}
+
+/// Moves the finished snapshots of `dir` that fail their checksum into a
+/// new folder under `quarantine/`, and returns that folder, or `None` when
+/// every snapshot is sound. sled rebuilds what a snapshot caches from its
+/// log; a sound snapshot is never moved, as without it a damaged log would
+/// open with whatever little it still holds. Call it holding [`lock`].
+pub(super) fn quarantine_damaged_snapshots(
     dir: &Path,
     now_ms: u128,
 ) -> Result<Option<PathBuf>, StoreError> {
-    let found = snapshots(dir, |_| true)?;
+    let mut found = Vec::new();
+    for path in snapshots(dir, |name| !name.ends_with(".generating"))? {
+        let bytes = std::fs::read(&path)
+            .map_err(|e| StoreError::io(format_args!("cannot read {}", path.display()), &e))?;
+        if snapshot_is_damaged(&bytes) {
+            found.push(path);
+        }
+    }
     if found.is_empty() {
         return Ok(None);
     }
@@ -159,16 +218,32 @@ mod tests {
         assert!(remove_partial_snapshots(dir.path()).unwrap().is_empty());
     }
 
+    /// A snapshot as sled writes it: body, length, CRC-32 of the body.
+    fn snapshot(body: &[u8]) -> Vec<u8> {
+        let mut out = body.to_vec();
+        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+        out
+    }
+
     #[test]
-    fn quarantine_moves_every_snapshot_and_nothing_else() {
+    fn only_snapshots_that_fail_their_checksum_are_set_aside() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(quarantine_snapshots(dir.path(), 1).unwrap(), None);
-        std::fs::write(dir.path().join("snap.00000000000000AA"), b"x").unwrap();
+        let sound = snapshot(b"a page table");
+        std::fs::write(dir.path().join("snap.00000000000000AA"), &sound).unwrap();
         std::fs::write(dir.path().join("conf"), b"x").unwrap();
-        let moved = quarantine_snapshots(dir.path(), 7).unwrap().unwrap();
+        assert_eq!(quarantine_damaged_snapshots(dir.path(), 1).unwrap(), None);
+        let mut torn = snapshot(b"another page table");
+        torn[3] ^= 1;
+        std::fs::write(dir.path().join("snap.00000000000000BB"), &torn).unwrap();
+        std::fs::write(dir.path().join("snap.00000000000000CC"), b"").unwrap();
+        let moved = quarantine_damaged_snapshots(dir.path(), 7)
+            .unwrap()
+            .unwrap();
         assert_eq!(moved, dir.path().join("quarantine").join("7"));
-        assert!(moved.join("snap.00000000000000AA").exists());
-        assert!(!dir.path().join("snap.00000000000000AA").exists());
+        assert!(moved.join("snap.00000000000000BB").exists());
+        assert!(moved.join("snap.00000000000000CC").exists());
+        assert!(dir.path().join("snap.00000000000000AA").exists());
         assert!(dir.path().join("conf").exists());
     }
 }

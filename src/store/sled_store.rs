@@ -40,6 +40,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::sled::{FailureHook, SledInstance};
+use super::wal;
 use super::{
     BoxFuture, Change, Exported, FlushObserver, KeyRecord, Lineage, SessionQuery, SessionRecord,
     SessionStore, SessionsPage, StoreError, UserData, UserSession, sled_dir,
@@ -69,6 +70,11 @@ pub struct SledStore {
     /// The open instance; `None` only while it is being opened again.
     current: RwLock<Option<Arc<SledInstance>>>,
     health: Arc<Health>,
+    /// The log archive's size limit (0: no archive), shared with every
+    /// instance.
+    archive_limit: Arc<AtomicU64>,
+    /// The store's id (`store-id` in the data directory).
+    id: String,
     /// sessiond's lock on the data directory, held across reopens and
     /// released last.
     _lock: File,
@@ -215,12 +221,15 @@ impl SledStore {
             })?;
         }
         let lock = sled_dir::lock(dir)?;
+        let id = sled_dir::store_id(dir)?;
         let health = Arc::new(Health::new());
+        let archive_limit = Arc::new(AtomicU64::new(0));
         let instance = SledInstance::open(
             dir,
             cache_capacity_bytes,
             on_flush.clone(),
             failure_hook(&health),
+            wal::Archive::new(dir, archive_limit.clone()),
         )?;
         let store = Arc::new(Self {
             dir: dir.to_owned(),
@@ -228,6 +237,8 @@ impl SledStore {
             on_flush,
             current: RwLock::new(Some(instance)),
             health,
+            archive_limit,
+            id,
             _lock: lock,
         });
         let weak = Arc::downgrade(&store);
@@ -247,6 +258,13 @@ impl SledStore {
         if bytes == 0 {
             self.health.check_space(u64::MAX);
         }
+    }
+
+    /// Keeps flushed log segments, up to `bytes` (0: deletes them), so that
+    /// a backup restored elsewhere can be brought up to the last
+    /// acknowledged write (`sessiond restore --replay-log`).
+    pub fn set_log_archive_size(&self, bytes: u64) {
+        self.archive_limit.store(bytes, Ordering::Relaxed);
     }
 
     /// Hands over a sender that is dropped when the store has closed: after
@@ -345,6 +363,7 @@ impl SledStore {
                 self.cache_capacity_bytes,
                 self.on_flush.clone(),
                 failure_hook(&self.health),
+                wal::Archive::new(&self.dir, self.archive_limit.clone()),
             ) {
                 Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20));
@@ -527,5 +546,17 @@ impl SessionStore for SledStore {
 
     fn writable(&self) -> Option<watch::Receiver<bool>> {
         Some(self.health.writable.subscribe())
+    }
+
+    fn store_id(&self) -> Option<String> {
+        Some(self.id.clone())
+    }
+
+    fn log_position(&self) -> Option<u64> {
+        self.instance().ok().map(|s| s.log_position())
+    }
+
+    fn backup_taken(&self, position: u64) -> Result<(), StoreError> {
+        self.write(|s| s.backup_taken(position))
     }
 }

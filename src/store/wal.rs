@@ -106,6 +106,8 @@ pub(super) struct Wal {
 pub(super) struct Opened {
     pub wal: Wal,
     pub replayed: Vec<PathBuf>,
+    /// How many entries they held.
+    pub entries: usize,
 }
 
 impl Wal {
@@ -126,6 +128,7 @@ impl Wal {
         // Segments are read in pieces, never whole: a preallocated one is
         // mostly zeros, up to MAX_SEGMENT of them.
         let mut replay_end = 0;
+        let mut entries = 0;
         for (i, (_, path)) in found.iter().enumerate().rev() {
             if !zeros_from(path, 0)? {
                 replay_end = i + 1;
@@ -133,7 +136,10 @@ impl Wal {
             }
         }
         for (i, (_, path)) in found.iter().enumerate().take(replay_end) {
-            let intact = replay_frames(path, &mut *replay)?;
+            let intact = replay_frames(path, &mut |entry| {
+                entries += 1;
+                replay(entry)
+            })?;
             if zeros_from(path, intact)? {
                 // Every frame intact; what follows is preallocated space.
                 continue;
@@ -159,7 +165,13 @@ impl Wal {
                 "dropped a torn frame at the end of the write-ahead log (an unacknowledged write)"
             );
         }
-        let number = last.map_or(1, |n| n + 1);
+        // Numbers go on from the newest segment, archived ones included, so
+        // that a backup's position in the log stays meaningful.
+        let archived = match dir.parent().map(archive_dir) {
+            Some(archive) if archive.exists() => segments(&archive)?.last().map(|(n, _)| *n),
+            _ => None,
+        };
+        let number = last.max(archived).map_or(1, |n| n + 1);
         let segment = create_segment(dir, number, FIRST_SEGMENT)?;
         Ok(Opened {
             wal: Wal {
@@ -169,6 +181,7 @@ impl Wal {
                 rotation: Mutex::new(()),
             },
             replayed: found.into_iter().map(|(_, p)| p).collect(),
+            entries,
         })
     }
 
@@ -260,12 +273,25 @@ impl Wal {
         Ok(segment_path(&self.dir, old.number))
     }
 
-    /// Deletes every segment, the current one included: for a clean close,
-    /// after the backend has flushed everything that was appended.
-    pub fn remove_all(&self) -> Result<(), StoreError> {
-        let _segment = self.segment.lock().unwrap_or_else(|e| e.into_inner());
-        let found: Vec<PathBuf> = segments(&self.dir)?.into_iter().map(|(_, p)| p).collect();
-        remove_segments(&found)
+    /// Retires every segment for a clean close, after the backend has
+    /// flushed everything that was appended. The current one stays behind
+    /// emptied (its frames archived first, when archiving): it carries the
+    /// numbering over to the next open, whose new segment follows it.
+    pub fn close(&self, archive: &Archive) -> Result<(), StoreError> {
+        let segment = self.segment.lock().unwrap_or_else(|e| e.into_inner());
+        let older: Vec<PathBuf> = segments(&self.dir)?
+            .into_iter()
+            .filter(|(n, _)| *n != segment.number)
+            .map(|(_, p)| p)
+            .collect();
+        archive.retire(&older)?;
+        let path = segment_path(&self.dir, segment.number);
+        archive.copy_in(&path, segment.number)?;
+        segment
+            .file
+            .set_len(0)
+            .and_then(|()| segment.file.sync_all())
+            .map_err(|e| io_error("cannot empty", &path, e))
     }
 
     /// Bytes the log occupies on disk.
@@ -280,6 +306,260 @@ impl Wal {
             })
             .unwrap_or(0)
     }
+}
+
+/// The log archive, `<data-dir>/wal-archive`: where segments whose entries
+/// the backend has made durable go instead of being deleted, so that a
+/// backup restored elsewhere can be brought up to the last acknowledged
+/// write by replaying them ([`copy_since`]). Each segment is trimmed to its
+/// frames. The archive is kept under `max_bytes` by deleting its oldest
+/// segments, and trimmed to what the last two backups need; the highest
+/// number ever deleted from it is kept in `pruned`, so that a replay can
+/// tell a complete log from one with a hole. With `max_bytes` 0 segments
+/// are deleted, not archived.
+#[derive(Clone)]
+pub(super) struct Archive {
+    dir: PathBuf,
+    max_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The archive's record of the highest segment number it deleted.
+const PRUNED: &str = "pruned";
+
+impl Archive {
+    /// The archive of the data directory `data_dir`, archiving while
+    /// `max_bytes` (shared, changeable) is above 0.
+    pub fn new(data_dir: &Path, max_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        Self {
+            dir: archive_dir(data_dir),
+            max_bytes,
+        }
+    }
+
+    fn limit(&self) -> u64 {
+        self.max_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Archives (or, with archiving off, deletes) segments whose entries
+    /// the backend has made durable. Empty segments are deleted.
+    pub fn retire(&self, paths: &[PathBuf]) -> Result<(), StoreError> {
+        if self.limit() == 0 {
+            return remove_segments(paths);
+        }
+        let mut moved = false;
+        for path in paths {
+            let Some(number) = segment_number(path) else {
+                continue;
+            };
+            let frames = match replay_frames(path, &mut |_| Ok(())) {
+                Ok(n) => n,
+                Err(StoreError::Io(_)) if !path.exists() => continue,
+                Err(e) => return Err(e),
+            };
+            if frames == 0 {
+                remove_segments(std::slice::from_ref(path))?;
+                continue;
+            }
+            self.make_dir()?;
+            OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|f| {
+                    f.set_len(frames)?;
+                    f.sync_all()
+                })
+                .map_err(|e| io_error("cannot trim", path, e))?;
+            let to = segment_path(&self.dir, number);
+            fs::rename(path, &to).map_err(|e| io_error("cannot archive", path, e))?;
+            moved = true;
+        }
+        if moved {
+            sync_dir(&self.dir)?;
+            if let Some(parent) = paths.first().and_then(|p| p.parent()) {
+                sync_dir(parent)?;
+            }
+            self.keep_under_limit()?;
+        }
+        Ok(())
+    }
+
+    /// Copies the frames of the segment at `path` into the archive as
+    /// segment `number` (for the current segment at a clean close).
+    fn copy_in(&self, path: &Path, number: u64) -> Result<(), StoreError> {
+        if self.limit() == 0 {
+            return Ok(());
+        }
+        let frames = replay_frames(path, &mut |_| Ok(()))?;
+        if frames == 0 {
+            return Ok(());
+        }
+        self.make_dir()?;
+        let mut bytes = vec![0; frames as usize];
+        File::open(path)
+            .and_then(|f| f.read_exact_at(&mut bytes, 0))
+            .map_err(|e| io_error("cannot read", path, e))?;
+        let to = segment_path(&self.dir, number);
+        let partial = to.with_extension("partial");
+        File::create(&partial)
+            .and_then(|mut f| {
+                f.write_all(&bytes)?;
+                f.sync_all()
+            })
+            .map_err(|e| io_error("cannot write", &partial, e))?;
+        fs::rename(&partial, &to).map_err(|e| io_error("cannot archive", &to, e))?;
+        sync_dir(&self.dir)?;
+        self.keep_under_limit()
+    }
+
+    fn make_dir(&self) -> Result<(), StoreError> {
+        fs::create_dir_all(&self.dir).map_err(|e| io_error("cannot create", &self.dir, e))
+    }
+
+    /// Deletes the oldest segments until the archive is within its limit.
+    fn keep_under_limit(&self) -> Result<(), StoreError> {
+        let found = segments(&self.dir)?;
+        let sizes: Vec<u64> = found
+            .iter()
+            .map(|(_, p)| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .collect();
+        let mut total: u64 = sizes.iter().sum();
+        let mut cut = 0;
+        while total > self.limit() && cut + 1 < found.len() {
+            total -= sizes[cut];
+            cut += 1;
+        }
+        if cut > 0 {
+            tracing::warn!(
+                removed_through = found[cut - 1].0,
+                "the write-ahead log archive reached --log-archive-size and its oldest segments \
+                 were removed: a backup older than them can no longer be brought up to date \
+                 with --replay-log; take a backup"
+            );
+            self.remove_through(found[cut - 1].0)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the archived segments numbered below `number`: those no
+    /// backup still needs (see the store's backup bookkeeping).
+    pub fn prune_below(&self, number: u64) -> Result<(), StoreError> {
+        if number == 0 || !self.dir.exists() {
+            return Ok(());
+        }
+        self.remove_through(number - 1)
+    }
+
+    fn remove_through(&self, last: u64) -> Result<(), StoreError> {
+        // The record first: a crash between the two leaves it claiming a
+        // hole that is not there yet, never the reverse.
+        if last > pruned(&self.dir)? {
+            let record = self.dir.join(PRUNED);
+            let partial = record.with_extension("partial");
+            fs::write(&partial, last.to_string())
+                .and_then(|()| File::open(&partial)?.sync_all())
+                .and_then(|()| fs::rename(&partial, &record))
+                .map_err(|e| io_error("cannot write", &record, e))?;
+            sync_dir(&self.dir)?;
+        }
+        let doomed: Vec<PathBuf> = segments(&self.dir)?
+            .into_iter()
+            .filter(|(n, _)| *n <= last)
+            .map(|(_, p)| p)
+            .collect();
+        remove_segments(&doomed)
+    }
+
+    /// Bytes the archive occupies.
+    pub fn size_on_disk(&self) -> u64 {
+        if !self.dir.exists() {
+            return 0;
+        }
+        segments(&self.dir)
+            .map(|found| {
+                found
+                    .iter()
+                    .filter_map(|(_, p)| fs::metadata(p).ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// The log archive of the data directory `data_dir`.
+pub fn archive_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("wal-archive")
+}
+
+/// The highest segment number deleted from the archive in `dir` (0: none).
+fn pruned(dir: &Path) -> Result<u64, StoreError> {
+    let record = dir.join(PRUNED);
+    match fs::read_to_string(&record) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("{} is not a number", record.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(io_error("cannot read", &record, e)),
+    }
+}
+
+/// Copies the log of the data directory `data_dir` from segment `from` on
+/// (archived segments, then the live ones) into the log directory `wal_dir`
+/// of another, whose next open replays them. Refuses when segments since
+/// `from` were deleted from the archive. Returns how many were copied.
+pub fn copy_since(data_dir: &Path, from: u64, wal_dir: &Path) -> Result<usize, StoreError> {
+    let archive = archive_dir(data_dir);
+    if archive.exists() {
+        let gone = pruned(&archive)?;
+        if gone >= from {
+            return Err(StoreError::Backend(format!(
+                "the log archive in {} no longer reaches back to this backup: its segments \
+                 up to {gone} were removed, and the backup needs them from {from} on",
+                archive.display()
+            )));
+        }
+    }
+    let mut found = Vec::new();
+    for dir in [archive, data_dir.join("wal")] {
+        if dir.exists() {
+            found.extend(segments(&dir)?.into_iter().filter(|(n, _)| *n >= from));
+        }
+    }
+    found.sort();
+    found.dedup_by_key(|(n, _)| *n);
+    // Segments that never took a write hold nothing to replay.
+    let mut kept = Vec::with_capacity(found.len());
+    for (number, path) in found {
+        if !zeros_from(&path, 0)? {
+            kept.push((number, path));
+        }
+    }
+    let found = kept;
+    fs::create_dir_all(wal_dir).map_err(|e| io_error("cannot create", wal_dir, e))?;
+    for (number, path) in &found {
+        let to = segment_path(wal_dir, *number);
+        fs::copy(path, &to).map_err(|e| io_error("cannot copy", path, e))?;
+        File::open(&to)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io_error("cannot sync", &to, e))?;
+    }
+    sync_dir(wal_dir)?;
+    Ok(found.len())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("cannot sync", dir, e))
+}
+
+fn segment_number(path: &Path) -> Option<u64> {
+    path.file_name()?
+        .to_str()?
+        .strip_suffix(".log")?
+        .parse()
+        .ok()
 }
 
 /// Deletes segments whose entries the backend has made durable.
@@ -756,6 +1036,97 @@ mod tests {
         assert_eq!(replayed, [put(TreeId::Keys, "before", "1")]);
         opened.wal.append(TreeId::Keys, b"next", Some(b"5"));
         opened.wal.sync().unwrap();
+    }
+
+    fn archive_in(data: &Path, limit: u64) -> Archive {
+        Archive::new(
+            data,
+            std::sync::Arc::new(std::sync::atomic::AtomicU64::new(limit)),
+        )
+    }
+
+    #[test]
+    fn flushed_segments_are_archived_trimmed_and_replayed_into_another_log() {
+        let data = tempfile::tempdir().unwrap();
+        let live = data.path().join("wal");
+        let archive = archive_in(data.path(), 1 << 30);
+        let wal = collect(&live).0.wal;
+        wal.append(TreeId::Keys, b"k1", Some(b"1"));
+        wal.sync().unwrap();
+        let first = wal.rotate().unwrap();
+        wal.append(TreeId::Keys, b"k2", Some(b"2"));
+        wal.sync().unwrap();
+        archive.retire(&[first]).unwrap();
+        // Trimmed to its frames: the preallocated zeros are not kept.
+        let archived = segment_path(&archive_dir(data.path()), 1);
+        assert!(fs::metadata(&archived).unwrap().len() < 64);
+        // A clean close archives the current segment too, and leaves it
+        // behind empty, so that numbering goes on past the archive.
+        wal.close(&archive).unwrap();
+        drop(wal);
+        let (opened, replayed) = collect(&live);
+        assert!(replayed.is_empty());
+        assert_eq!(opened.wal.position().0, 3);
+        archive.retire(&opened.replayed).unwrap();
+
+        // Another data directory gets the log from segment 1 on, and its
+        // open replays every entry in order.
+        let other = tempfile::tempdir().unwrap();
+        let copied = copy_since(data.path(), 1, &other.path().join("wal")).unwrap();
+        assert_eq!(copied, 2);
+        let (_, replayed) = collect(&other.path().join("wal"));
+        assert_eq!(
+            replayed,
+            [put(TreeId::Keys, "k1", "1"), put(TreeId::Keys, "k2", "2")]
+        );
+        // From segment 2 on: only what came after.
+        let third = tempfile::tempdir().unwrap();
+        copy_since(data.path(), 2, &third.path().join("wal")).unwrap();
+        assert_eq!(
+            collect(&third.path().join("wal")).1,
+            [put(TreeId::Keys, "k2", "2")]
+        );
+    }
+
+    #[test]
+    fn an_archive_past_its_limit_or_a_backup_drops_its_oldest_and_says_so() {
+        let data = tempfile::tempdir().unwrap();
+        let live = data.path().join("wal");
+        let limit = 3 * 1024;
+        let archive = archive_in(data.path(), limit);
+        let wal = collect(&live).0.wal;
+        for i in 0..6 {
+            wal.append(
+                TreeId::Keys,
+                format!("k{i}").as_bytes(),
+                Some(&[b'v'; 1000]),
+            );
+            wal.sync().unwrap();
+            let retired = wal.rotate().unwrap();
+            archive.retire(&[retired]).unwrap();
+        }
+        assert!(archive.size_on_disk() <= limit);
+        let gone = pruned(&archive_dir(data.path())).unwrap();
+        assert!(gone >= 3, "the oldest segments went: {gone}");
+        // A replay from a position the archive no longer reaches is refused.
+        let other = tempfile::tempdir().unwrap();
+        let refused = copy_since(data.path(), 1, &other.path().join("wal")).unwrap_err();
+        assert!(
+            refused.to_string().contains("no longer reaches back"),
+            "{refused}"
+        );
+        copy_since(data.path(), gone + 1, &other.path().join("wal")).unwrap();
+        // A backup at segment 6 lets segments before 6 go.
+        archive.prune_below(6).unwrap();
+        assert_eq!(pruned(&archive_dir(data.path())).unwrap(), 5);
+        // With archiving off, flushed segments are deleted.
+        let off = archive_in(data.path(), 0);
+        wal.append(TreeId::Keys, b"k", Some(b"v"));
+        wal.sync().unwrap();
+        let retired = wal.rotate().unwrap();
+        off.retire(std::slice::from_ref(&retired)).unwrap();
+        assert!(!retired.exists());
+        assert!(!segment_path(&archive_dir(data.path()), 7).exists());
     }
 
     #[test]

@@ -483,3 +483,166 @@ async fn a_kek_is_replaced_by_starting_with_the_old_one_as_previous() {
         .await
         .expect("the refresh token from the changeover refreshes under the new KEK alone");
 }
+
+/// Stops a spawned server with SIGTERM (a clean close) and waits for it.
+fn terminate(mut child: Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success());
+}
+
+async fn session_data(c: &mut SessionServiceClient<Channel>, handle: &str) -> serde_json::Value {
+    let info = c
+        .get_session_information(pb::GetSessionInformationRequest {
+            session_handle: handle.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    json(info.session_data_in_database.as_ref().unwrap())
+}
+
+async fn set_data(c: &mut SessionServiceClient<Channel>, handle: &str, value: &str) {
+    c.update_session_data_in_database(pb::UpdateSessionDataInDatabaseRequest {
+        session_handle: handle.to_owned(),
+        new_session_data: Some(obj(json!({"v": value}))),
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_store_that_does_not_open_is_rebuilt_from_the_last_backup_and_its_log() {
+    let base = tempfile::tempdir().unwrap();
+    let data = base.path().join("data");
+    let (child, addr) = spawn_binary(&data);
+    let mut c = connect(&addr).await;
+    let mut before = Vec::new();
+    for i in 0..5 {
+        let s = create(&mut c, &format!("before-{i}"), json!({})).await;
+        set_data(&mut c, &handle(&s), "before").await;
+        before.push(s);
+    }
+    let backup = base.path().join("sessiond.backup");
+    let (code, _, err) = crate::cli::sessiond(vec![
+        "backup".into(),
+        "--out".into(),
+        backup.to_str().unwrap().into(),
+        "--addr".into(),
+        addr.clone(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+
+    // Acknowledged after the backup: some before a clean restart (their log
+    // is archived by then), some after it and before a crash (still in the
+    // live log).
+    let mut after = Vec::new();
+    for i in 0..3 {
+        after.push(create(&mut c, &format!("after-{i}"), json!({})).await);
+    }
+    set_data(&mut c, &handle(&before[0]), "changed before the restart").await;
+    c.revoke_session(pb::RevokeSessionRequest {
+        session_handle: handle(&before[1]),
+    })
+    .await
+    .unwrap();
+    drop(c);
+    terminate(child);
+    let (mut child, addr) = spawn_binary(&data);
+    let mut c = connect(&addr).await;
+    for i in 3..6 {
+        after.push(create(&mut c, &format!("after-{i}"), json!({})).await);
+    }
+    set_data(&mut c, &handle(&before[2]), "changed before the crash").await;
+    drop(c);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // The store's own files are damaged (its file cut short): it does not
+    // open, and says what to do.
+    let db = data.join("db");
+    let file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    file.set_len(1000).unwrap();
+    drop(file);
+    let mut refused = Command::new(env!("CARGO_BIN_EXE_sessiond"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while refused.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            refused.kill().unwrap();
+            panic!("a store cut short was opened and served, its lost writes unnoticed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = refused.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("--replay-log"), "{said}");
+
+    // The way back: the last backup, with the damaged store's log replayed
+    // on top.
+    let restored = base.path().join("restored");
+    let (code, _, err) = crate::cli::sessiond(vec![
+        "restore".into(),
+        backup.to_str().unwrap().into(),
+        "--data-dir".into(),
+        restored.to_str().unwrap().into(),
+        "--replay-log".into(),
+        data.to_str().unwrap().into(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("replayed"), "{err}");
+
+    let (mut child, addr) = spawn_binary(&restored);
+    let mut c = connect(&addr).await;
+    for s in before
+        .iter()
+        .chain(&after)
+        .filter(|s| handle(s) != handle(&before[1]))
+    {
+        verify(&mut c, &access(s), true)
+            .await
+            .unwrap_or_else(|e| panic!("session {} lost: {e:?}", handle(s)));
+    }
+    assert!(
+        verify(&mut c, &access(&before[1]), true).await.is_err(),
+        "a session revoked after the backup came back"
+    );
+    assert_eq!(
+        session_data(&mut c, &handle(&before[0])).await,
+        json!({"v": "changed before the restart"})
+    );
+    assert_eq!(
+        session_data(&mut c, &handle(&before[2])).await,
+        json!({"v": "changed before the crash"})
+    );
+    assert_eq!(
+        session_data(&mut c, &handle(&before[3])).await,
+        json!({"v": "before"})
+    );
+    drop(c);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // A log is only replayed onto a backup of its own store.
+    let (code, _, err) = crate::cli::sessiond(vec![
+        "restore".into(),
+        backup.to_str().unwrap().into(),
+        "--data-dir".into(),
+        base.path().join("elsewhere").to_str().unwrap().into(),
+        "--replay-log".into(),
+        restored.to_str().unwrap().into(),
+    ])
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("is not the data directory"), "{err}");
+}
