@@ -171,6 +171,19 @@ mod tests {
             "the store's text stays in the log"
         );
 
+        // The log gets the operation that failed; the caller does not.
+        let failed =
+            StoreError::io("sled", &std::io::Error::from_raw_os_error(28)).during("update_session");
+        assert!(failed.is_disk_full());
+        assert!(
+            failed
+                .to_string()
+                .contains("update_session: sled: No space left on device"),
+            "{failed}"
+        );
+        let status = Status::from(Error::Store(failed));
+        assert!(!status.message().contains("update_session"), "{status:?}");
+
         let corrupt = Status::from(Error::Store(StoreError::Corrupt("record h".into())));
         assert_eq!(
             (corrupt.code(), reason(&corrupt).as_str()),

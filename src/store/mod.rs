@@ -339,6 +339,16 @@ impl StoreError {
         Self::Io(format!("{what}: {e}"))
     }
 
+    /// The same failure, its message saying which store operation met it.
+    pub fn during(self, op: &str) -> Self {
+        match self {
+            Self::Backend(m) => Self::Backend(format!("{op}: {m}")),
+            Self::Io(m) => Self::Io(format!("{op}: {m}")),
+            Self::Corrupt(m) => Self::Corrupt(format!("{op}: {m}")),
+            e @ (Self::Locked(_) | Self::Unavailable(_)) => e,
+        }
+    }
+
     /// Whether the failure is a full disk (or a quota), as far as the
     /// message tells (an I/O error's text carries its OS error code).
     pub fn is_disk_full(&self) -> bool {

@@ -289,24 +289,26 @@ impl SledStore {
             })
     }
 
-    /// A call that only reads.
+    /// A call that only reads; a failure names the operation `op`.
     fn read<T>(
         &self,
+        op: &'static str,
         call: impl FnOnce(&SledInstance) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let instance = self.instance()?;
-        self.health.watch(call(&instance))
+        self.health.watch(call(&instance).map_err(|e| e.during(op)))
     }
 
     /// A call that may write: refused at once while writes are refused.
     fn write<T>(
         &self,
+        op: &'static str,
         call: impl FnOnce(&SledInstance) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         if let Some(refused) = self.health.refusal() {
             return Err(refused);
         }
-        self.read(call)
+        self.read(op, call)
     }
 
     /// Closes the failed instance without flushing it and opens a new one
@@ -447,15 +449,15 @@ fn recovery(store: Weak<SledStore>) {
 
 impl SessionStore for SledStore {
     fn create_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        self.write(|s| s.create_session(record))
+        self.write("create_session", |s| s.create_session(record))
     }
 
     fn session(&self, handle: &str) -> Result<Option<SessionRecord>, StoreError> {
-        self.read(|s| s.session(handle))
+        self.read("session", |s| s.session(handle))
     }
 
     fn session_lineage(&self, handle: &str) -> Result<Option<Lineage>, StoreError> {
-        self.read(|s| s.session_lineage(handle))
+        self.read("session_lineage", |s| s.session_lineage(handle))
     }
 
     fn update_session(
@@ -463,11 +465,11 @@ impl SessionStore for SledStore {
         handle: &str,
         decide: &mut dyn FnMut(Option<&SessionRecord>) -> Change,
     ) -> Result<Change, StoreError> {
-        self.write(|s| s.update_session(handle, decide))
+        self.write("update_session", |s| s.update_session(handle, decide))
     }
 
     fn delete_sessions(&self, handles: &[String]) -> Result<Vec<UserSession>, StoreError> {
-        self.write(|s| s.delete_sessions(handles))
+        self.write("delete_sessions", |s| s.delete_sessions(handles))
     }
 
     fn user_sessions(
@@ -475,19 +477,19 @@ impl SessionStore for SledStore {
         user_id: &str,
         tenant_id: Option<&str>,
     ) -> Result<Vec<UserSession>, StoreError> {
-        self.read(|s| s.user_sessions(user_id, tenant_id))
+        self.read("user_sessions", |s| s.user_sessions(user_id, tenant_id))
     }
 
     fn list_sessions(&self, query: &SessionQuery<'_>) -> Result<SessionsPage, StoreError> {
-        self.read(|s| s.list_sessions(query))
+        self.read("list_sessions", |s| s.list_sessions(query))
     }
 
     fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
-        self.write(|s| s.sweep_expired(now_ms, limit))
+        self.write("sweep_expired", |s| s.sweep_expired(now_ms, limit))
     }
 
     fn user_data(&self, tenant_id: &str, user_id: &str) -> Result<Option<UserData>, StoreError> {
-        self.read(|s| s.user_data(tenant_id, user_id))
+        self.read("user_data", |s| s.user_data(tenant_id, user_id))
     }
 
     fn update_user_data(
@@ -496,52 +498,54 @@ impl SessionStore for SledStore {
         user_id: &str,
         change: &mut dyn FnMut(&UserData) -> Option<UserData>,
     ) -> Result<UserData, StoreError> {
-        self.write(|s| s.update_user_data(tenant_id, user_id, change))
+        self.write("update_user_data", |s| {
+            s.update_user_data(tenant_id, user_id, change)
+        })
     }
 
     fn export(
         &self,
         visit: &mut dyn FnMut(Exported) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        self.read(|s| s.export(visit))
+        self.read("export", |s| s.export(visit))
     }
 
     fn import(&self, item: Exported) -> Result<(), StoreError> {
-        self.write(|s| s.import(item))
+        self.write("import", |s| s.import(item))
     }
 
     fn count_sessions(&self) -> Result<u64, StoreError> {
-        self.read(|s| s.count_sessions())
+        self.read("count_sessions", |s| s.count_sessions())
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.read(|s| s.size_on_disk())
+        self.read("size_on_disk", |s| s.size_on_disk())
     }
 
     fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        self.read(|s| s.keys())
+        self.read("keys", |s| s.keys())
     }
 
     fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        self.write(|s| s.put_key(key))
+        self.write("put_key", |s| s.put_key(key))
     }
 
     fn delete_key(&self, kid: &str) -> Result<(), StoreError> {
-        self.write(|s| s.delete_key(kid))
+        self.write("delete_key", |s| s.delete_key(kid))
     }
 
     fn secret(&self, name: &str, make: &mut dyn FnMut() -> Vec<u8>) -> Result<Vec<u8>, StoreError> {
-        self.write(|s| s.secret(name, make))
+        self.write("secret", |s| s.secret(name, make))
     }
 
     fn replace_secret(&self, name: &str, current: &[u8], new: &[u8]) -> Result<bool, StoreError> {
-        self.write(|s| s.replace_secret(name, current, new))
+        self.write("replace_secret", |s| s.replace_secret(name, current, new))
     }
 
     fn durable(&self) -> BoxFuture<Result<(), StoreError>> {
         let waited = self.instance().map(|s| s.durable());
         let health = self.health.clone();
-        Box::pin(async move { health.watch(waited?.await) })
+        Box::pin(async move { health.watch(waited?.await.map_err(|e| e.during("durable"))) })
     }
 
     fn writable(&self) -> Option<watch::Receiver<bool>> {
@@ -557,6 +561,6 @@ impl SessionStore for SledStore {
     }
 
     fn backup_taken(&self, position: u64) -> Result<(), StoreError> {
-        self.write(|s| s.backup_taken(position))
+        self.write("backup_taken", |s| s.backup_taken(position))
     }
 }
