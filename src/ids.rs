@@ -1,8 +1,19 @@
-//! Session handles: 16 random bytes, written in UUID form.
+//! Session handles (16 random bytes, written in UUID form), and the
+//! system's secure random bytes they and every other secret come from.
 
 use std::fmt;
 
-use crate::token::random_bytes;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+
+/// `N` bytes from the system's secure random generator.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    // The system RNG failing is not recoverable: no token may be minted.
+    SystemRandom::new()
+        .fill(&mut out)
+        .expect("system random generator failed");
+    out
+}
 
 /// A session handle.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]

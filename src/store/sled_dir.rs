@@ -64,7 +64,7 @@ pub(super) fn store_id(dir: &Path) -> Result<String, StoreError> {
     if let Some(id) = read_store_id(dir)? {
         return Ok(id);
     }
-    let id: String = crate::token::random_bytes::<16>()
+    let id: String = crate::ids::random_bytes::<16>()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();

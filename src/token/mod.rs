@@ -17,7 +17,6 @@ pub mod keys;
 pub mod refresh;
 
 use aws_lc_rs::digest;
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use subtle::ConstantTimeEq;
@@ -60,15 +59,7 @@ pub enum KeyError {
     Store(#[from] crate::store::StoreError),
 }
 
-/// `N` bytes from the system's secure random generator.
-pub fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut out = [0u8; N];
-    // The system RNG failing is not recoverable: no token may be minted.
-    SystemRandom::new()
-        .fill(&mut out)
-        .expect("system random generator failed");
-    out
-}
+pub use crate::ids::random_bytes;
 
 /// A random token of 32 bytes, base64url without padding.
 pub fn random_token() -> String {
