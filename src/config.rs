@@ -16,39 +16,7 @@ use clap::Args;
 use clap::parser::ValueSource;
 use serde::Deserialize;
 
-/// Signing algorithms for access tokens and JWTs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub enum SigningAlgorithm {
-    /// RSASSA-PKCS1-v1_5 with SHA-256, 2048-bit keys (SuperTokens' choice).
-    RS256,
-    /// ECDSA on P-256 with SHA-256.
-    ES256,
-    /// Ed25519.
-    EdDSA,
-}
-
-impl SigningAlgorithm {
-    /// The JOSE name of the algorithm.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::RS256 => "RS256",
-            Self::ES256 => "ES256",
-            Self::EdDSA => "EdDSA",
-        }
-    }
-}
-
-impl std::str::FromStr for SigningAlgorithm {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "RS256" => Ok(Self::RS256),
-            "ES256" => Ok(Self::ES256),
-            "EdDSA" => Ok(Self::EdDSA),
-            other => Err(format!("`{other}` is not one of RS256, ES256, EdDSA")),
-        }
-    }
-}
+pub use crate::token::SigningAlgorithm;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,6 +15,11 @@ use tracing_subscriber::{EnvFilter, Layer, Registry, filter, reload};
 
 use crate::config::{Config, LogFormat};
 
+/// Log target of the lines announcing readiness, reloads and the stop; kept
+/// at INFO whatever the configured filter, because deployment scripts and
+/// operators wait for them.
+pub const LIFECYCLE_TARGET: &str = "sessiond::lifecycle";
+
 /// Changes the log filter of a running process.
 pub type FilterHandle = reload::Handle<EnvFilter, Registry>;
 
@@ -30,11 +35,7 @@ pub fn never_leaks(meta: &Metadata<'_>) -> bool {
 
 /// The configured filter, with the lifecycle lines always on.
 pub fn filter(config: &Config) -> EnvFilter {
-    EnvFilter::new(format!(
-        "{},{}=info",
-        config.log,
-        crate::server::LIFECYCLE_TARGET
-    ))
+    EnvFilter::new(format!("{},{}=info", config.log, LIFECYCLE_TARGET))
 }
 
 /// Installs the process-wide subscriber; the handle changes the filter.

@@ -45,10 +45,7 @@ use crate::token::kek::Kek;
 use crate::token::keys::{KeyRing, KeyRingConfig};
 use tokio::sync::mpsc;
 
-/// Log target of the lines announcing readiness, reloads and the stop; kept
-/// at INFO whatever the configured filter, because deployment scripts and
-/// operators wait for them.
-pub const LIFECYCLE_TARGET: &str = "sessiond::lifecycle";
+pub use crate::logging::LIFECYCLE_TARGET;
 
 /// Services whose health is reported (besides the server as a whole, "").
 const SERVICES: [&str; 4] = [

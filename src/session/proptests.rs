@@ -9,9 +9,9 @@ use serde_json::{Map, Value};
 use super::*;
 use crate::claims::NoClaimSource;
 use crate::clock::ManualClock;
-use crate::config::SigningAlgorithm;
 use crate::metrics::Metrics;
 use crate::store::SledStore;
+use crate::token::SigningAlgorithm;
 use crate::token::keys::KeyRingConfig;
 
 /// A session manager on a fresh store, with its clock.

@@ -190,9 +190,9 @@ mod tests {
 
     use super::*;
     use crate::clock::{Clock, ManualClock};
-    use crate::config::SigningAlgorithm;
     use crate::metrics::Metrics;
     use crate::store::SledStore;
+    use crate::token::SigningAlgorithm;
     use crate::token::keys::KeyRingConfig;
 
     #[tokio::test]

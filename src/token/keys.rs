@@ -33,9 +33,9 @@ use serde::Serialize;
 use super::kek::Kek;
 use super::{KeyError, b64url};
 use crate::clock::SharedClock;
-use crate::config::SigningAlgorithm;
 use crate::metrics::Metrics;
 use crate::store::{KeyRecord, SealedKey, SessionStore};
+use crate::token::SigningAlgorithm;
 
 /// How long a new rotating key is published before it signs.
 pub const PUBLISH_DELAY_MS: u64 = 60_000;

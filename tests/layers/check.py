@@ -35,7 +35,8 @@ LAYERS = [
     ["api"],  # gRPC services and conversions
     ["http", "tls", "connections"],  # the port: HTTP routes, TLS, connections
     ["config"],  # settings for every layer, resolved from above
-    ["server", "logging", "cli"],  # wiring, logs, the operator's client
+    ["logging"],  # log set-up, from the configuration
+    ["server", "cli"],  # wiring, the operator's client
 ]
 
 # Files that are not modules of the library.
