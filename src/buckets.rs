@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
-use crate::session::payload;
+use crate::input as payload;
 use crate::store::{SessionStore, UserData};
 
 /// Longest accepted user identifier, in bytes.
@@ -107,7 +107,7 @@ impl Buckets {
 
     fn scope(user_id: &str, tenant_id: &str) -> Result<String> {
         payload::user_id("user_id", user_id)?;
-        payload::tenant_id("tenant_id", tenant_id)
+        Ok(payload::tenant_id("tenant_id", tenant_id)?)
     }
 
     /// GetUserSession.
@@ -159,11 +159,11 @@ impl Buckets {
             })?;
         if let Some(e) = refused {
             return Err(match e {
-                Error::InvalidArgument { field, message } => Error::InvalidArgument {
+                payload::InputError::Invalid { field, message } => Error::InvalidArgument {
                     field,
                     message: format!("the merged bucket {message}; nothing was changed"),
                 },
-                other => other,
+                other => other.into(),
             });
         }
         self.store.durable().await?;

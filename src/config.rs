@@ -1135,7 +1135,7 @@ impl Config {
             ));
         }
         for (tenant, secret) in &self.client_secrets {
-            if tenant.is_empty() || crate::session::payload::tenant_id("tenant", tenant).is_err() {
+            if tenant.is_empty() || crate::input::tenant_id("tenant", tenant).is_err() {
                 return Err(bad(
                     "client-secret",
                     "the tenant before `=` must be letters, digits, '-' or '_'",

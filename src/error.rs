@@ -6,7 +6,7 @@
 //! `tonic::Status` with one exhaustive match. Error messages may be shown to
 //! callers: they name fields and rules, never a token, key or secret.
 
-use crate::claims::InvalidClaim;
+use crate::claims::{ClaimError, InvalidClaim};
 use crate::store::StoreError;
 use crate::token::KeyError;
 
@@ -143,20 +143,9 @@ pub enum Error {
         claim_list(.0)
     )]
     InvalidClaims(Vec<InvalidClaim>),
-    /// The claim provider for a key failed or did not answer in time.
-    #[error("the claim provider for `{claim_key}` is unavailable ({detail})")]
-    ClaimProviderUnavailable {
-        /// The claim being fetched.
-        claim_key: String,
-        /// What went wrong (a gRPC code or a timeout), never provider data.
-        detail: String,
-    },
-    /// No provider is configured for a claim key.
-    #[error("no claim provider is configured for `{claim_key}`")]
-    NoClaimProvider {
-        /// The claim key.
-        claim_key: String,
-    },
+    /// A claim's value could not be fetched.
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
     /// Bad input.
     #[error("{field}: {message}")]
     InvalidArgument {
@@ -171,6 +160,19 @@ pub enum Error {
     /// Key handling failed.
     #[error(transparent)]
     Key(#[from] KeyError),
+}
+
+impl From<crate::input::InputError> for Error {
+    fn from(e: crate::input::InputError) -> Self {
+        match e {
+            crate::input::InputError::Invalid { field, message } => {
+                Self::InvalidArgument { field, message }
+            }
+            crate::input::InputError::ProtectedClaim { field, claim } => {
+                Self::ProtectedClaim { field, claim }
+            }
+        }
+    }
 }
 
 impl Error {

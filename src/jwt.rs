@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::clock::SharedClock;
 use crate::error::{Error, Result};
-use crate::session::payload;
+use crate::input as payload;
 use crate::token::keys::{Jwk, KeyRing};
 
 /// Default JWT validity: 100 years, as in SuperTokens.

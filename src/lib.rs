@@ -5,6 +5,9 @@
 //!
 //! - [`config`]: flags, environment and file settings, validated into [`Config`].
 //! - [`clock`]: time as a parameter ([`Clock`]), so tests move time instead of sleeping.
+//! - [`ids`]: session handles and secure random bytes; [`input`]: checks on
+//!   what callers hand in (identifiers, JSON limits, reserved claims).
+//! - [`reload`]: values a configuration reload replaces while calls read them.
 //! - [`store`]: the [`store::SessionStore`] trait and its sled backend.
 //! - [`token`]: signing keys and their rotation, access and refresh tokens.
 //! - [`session`]: the session recipe rules.
@@ -33,6 +36,7 @@ pub mod connections;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod input;
 pub mod jwt;
 pub mod logging;
 pub mod metrics;

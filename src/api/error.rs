@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use tonic::Status;
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::claims::ClaimError;
 use crate::error::{Error, Reason};
 use crate::store::StoreError;
 use crate::token::KeyError;
@@ -39,6 +40,12 @@ pub fn invalid(field: &str, description: &str) -> Status {
         HashMap::new(),
         Some((field, description)),
     )
+}
+
+impl From<crate::input::InputError> for Status {
+    fn from(e: crate::input::InputError) -> Self {
+        Error::from(e).into()
+    }
 }
 
 impl From<Error> for Status {
@@ -95,13 +102,13 @@ impl From<Error> for Status {
                 }
                 Status::with_error_details(Reason::InvalidClaims.code(), message, details)
             }
-            Error::ClaimProviderUnavailable { claim_key, .. } => status(
+            Error::Claim(ClaimError::ProviderUnavailable { claim_key, .. }) => status(
                 Reason::ClaimProviderUnavailable,
                 message,
                 HashMap::from([("claim_key".to_owned(), claim_key)]),
                 None,
             ),
-            Error::NoClaimProvider { claim_key } => status(
+            Error::Claim(ClaimError::NoProvider { claim_key }) => status(
                 Reason::NoClaimProvider,
                 message,
                 HashMap::from([("claim_key".to_owned(), claim_key)]),

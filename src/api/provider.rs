@@ -13,8 +13,8 @@ use serde_json::Value;
 use tonic::transport::{Channel, Endpoint};
 
 use super::convert::{json_to_struct, value_to_json};
-use crate::claims::{ClaimSource, FetchRequest};
-use crate::error::{Error, Result};
+use crate::claims::{ClaimError, ClaimSource, FetchRequest};
+use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::pb::claim_provider_client::ClaimProviderClient;
@@ -59,7 +59,7 @@ impl GrpcClaimSource {
 }
 
 impl ClaimSource for GrpcClaimSource {
-    fn fetch(&self, request: FetchRequest) -> BoxFuture<Result<Option<Value>>> {
+    fn fetch(&self, request: FetchRequest) -> BoxFuture<Result<Option<Value>, ClaimError>> {
         let channel = self
             .by_key
             .get(&request.claim_key)
@@ -70,9 +70,9 @@ impl ClaimSource for GrpcClaimSource {
         Box::pin(async move {
             let claim_key = request.claim_key.clone();
             let Some(channel) = channel else {
-                return Err(Error::NoClaimProvider { claim_key });
+                return Err(ClaimError::NoProvider { claim_key });
             };
-            let unavailable = |detail: String| Error::ClaimProviderUnavailable {
+            let unavailable = |detail: String| ClaimError::ProviderUnavailable {
                 claim_key: claim_key.clone(),
                 detail,
             };

@@ -24,10 +24,11 @@ use super::error::{invalid, status};
 use crate::buckets::{Bucket, Buckets, UserBuckets};
 use crate::config::{Scope, Secret};
 use crate::error::Reason;
+use crate::input as payload;
 use crate::pb;
 use crate::pb::user_session_service_server::UserSessionService;
 use crate::reload::Live;
-use crate::session::{SessionManager, Verify, payload};
+use crate::session::{SessionManager, Verify};
 use crate::token::{ct_eq, sha256_hex};
 
 /// Metadata key of a tenant's client secret.

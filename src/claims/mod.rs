@@ -10,9 +10,29 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::error::{Error, Result};
+use crate::input::{InputError, is_reserved};
 use crate::store::BoxFuture;
-use crate::token::access::is_reserved;
+
+type Result<T, E = InputError> = std::result::Result<T, E>;
+
+/// Why a claim's value could not be fetched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    /// The claim provider for a key failed or did not answer in time.
+    #[error("the claim provider for `{claim_key}` is unavailable ({detail})")]
+    ProviderUnavailable {
+        /// The claim being fetched.
+        claim_key: String,
+        /// What went wrong (a gRPC code or a timeout), never provider data.
+        detail: String,
+    },
+    /// No provider is configured for a claim key.
+    #[error("no claim provider is configured for `{claim_key}`")]
+    NoProvider {
+        /// The claim key.
+        claim_key: String,
+    },
+}
 
 /// Reason message: the claim is not in the payload.
 pub const MISSING: &str = "value does not exist";
@@ -218,16 +238,16 @@ pub fn validate_all(
 /// Checks a claim key: non-empty, bounded, not a reserved access token claim.
 pub fn check_key(field: &str, key: &str) -> Result<()> {
     if key.is_empty() {
-        return Err(Error::invalid(field, "must not be empty"));
+        return Err(InputError::invalid(field, "must not be empty"));
     }
     if key.len() > MAX_CLAIM_KEY {
-        return Err(Error::invalid(
+        return Err(InputError::invalid(
             field,
             format!("must be at most {MAX_CLAIM_KEY} bytes"),
         ));
     }
     if is_reserved(key) {
-        return Err(Error::ProtectedClaim {
+        return Err(InputError::ProtectedClaim {
             field: field.to_owned(),
             claim: key.to_owned(),
         });
@@ -252,7 +272,7 @@ pub fn check_value(field: &str, key: &str, value: &Value) -> Result<()> {
         } else {
             "an array of strings"
         };
-        Err(Error::invalid(field, format!("`{key}` holds {shape}")))
+        Err(InputError::invalid(field, format!("`{key}` holds {shape}")))
     }
 }
 
@@ -273,9 +293,8 @@ pub struct FetchRequest {
 
 /// Where claim values come from (the application's ClaimProvider).
 pub trait ClaimSource: Send + Sync + 'static {
-    /// The claim's value, `None` when the user has none. Errors are
-    /// [`Error::ClaimProviderUnavailable`] or [`Error::NoClaimProvider`].
-    fn fetch(&self, request: FetchRequest) -> BoxFuture<Result<Option<Value>>>;
+    /// The claim's value, `None` when the user has none.
+    fn fetch(&self, request: FetchRequest) -> BoxFuture<Result<Option<Value>, ClaimError>>;
 }
 
 /// A source with no providers configured.
@@ -283,9 +302,9 @@ pub trait ClaimSource: Send + Sync + 'static {
 pub struct NoClaimSource;
 
 impl ClaimSource for NoClaimSource {
-    fn fetch(&self, request: FetchRequest) -> BoxFuture<Result<Option<Value>>> {
+    fn fetch(&self, request: FetchRequest) -> BoxFuture<Result<Option<Value>, ClaimError>> {
         Box::pin(async move {
-            Err(Error::NoClaimProvider {
+            Err(ClaimError::NoProvider {
                 claim_key: request.claim_key,
             })
         })
@@ -401,7 +420,7 @@ mod tests {
         assert!(check_key("claim_key", "").is_err());
         assert!(matches!(
             check_key("claim_key", "exp"),
-            Err(Error::ProtectedClaim { .. })
+            Err(InputError::ProtectedClaim { .. })
         ));
     }
 }

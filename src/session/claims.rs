@@ -3,9 +3,10 @@
 
 use serde_json::{Map, Value};
 
-use super::{SessionInfo, SessionManager, payload};
+use super::{SessionInfo, SessionManager};
 use crate::claims::{self, FetchRequest, InvalidClaim, Validator};
 use crate::error::{Error, Result};
+use crate::input as payload;
 
 /// Who a claim is fetched for.
 pub(super) struct Subject<'a> {
@@ -81,10 +82,10 @@ impl SessionManager {
         if let Some(v) = &value
             && claims::check_value("value", claim_key, v).is_err()
         {
-            return Err(Error::ClaimProviderUnavailable {
+            return Err(Error::Claim(claims::ClaimError::ProviderUnavailable {
                 claim_key: claim_key.to_owned(),
                 detail: "the provider returned a value of the wrong shape".into(),
-            });
+            }));
         }
         Ok(value)
     }
@@ -100,7 +101,7 @@ impl SessionManager {
             for (k, v) in updates {
                 r.access_payload.insert(k.clone(), v.clone());
             }
-            payload::limit_size("value", &r.access_payload, max)
+            Ok(payload::limit_size("value", &r.access_payload, max)?)
         })
         .await
     }

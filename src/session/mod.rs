@@ -13,7 +13,6 @@
 //!   a token.
 
 mod claims;
-pub mod payload;
 #[cfg(test)]
 mod proptests;
 
@@ -25,6 +24,7 @@ use crate::claims::{ClaimSource, Validator};
 use crate::clock::SharedClock;
 use crate::error::{Error, Result};
 use crate::ids::SessionHandle;
+use crate::input as payload;
 use crate::metrics::Metrics;
 use crate::store::{self, Change, Generation, SessionRecord, SessionStore};
 use crate::token::access::{self, AccessClaims};
@@ -364,7 +364,11 @@ impl SessionManager {
 
     fn check_payload(&self, field: &str, payload: &Map<String, Value>) -> Result<()> {
         payload::refuse_reserved(field, payload)?;
-        payload::limit_size(field, payload, self.config.payload_limits)
+        Ok(payload::limit_size(
+            field,
+            payload,
+            self.config.payload_limits,
+        )?)
     }
 
     /// CreateNewSession.
@@ -651,7 +655,7 @@ impl SessionManager {
             .map(|(i, h)| {
                 payload::handle(&format!("session_handles[{i}]"), h).map(|h| h.to_string())
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>, payload::InputError>>()?;
         self.delete(&parsed).await
     }
 
@@ -665,7 +669,7 @@ impl SessionManager {
         if all_tenants {
             Ok(None)
         } else {
-            payload::tenant_id("tenant_id", tenant_id).map(Some)
+            Ok(Some(payload::tenant_id("tenant_id", tenant_id)?))
         }
     }
 
@@ -810,7 +814,7 @@ impl SessionManager {
                     r.access_payload.insert(k.clone(), v.clone());
                 }
             }
-            payload::limit_size(FIELD, &r.access_payload, max)
+            Ok(payload::limit_size(FIELD, &r.access_payload, max)?)
         })
         .await
     }

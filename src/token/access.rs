@@ -20,25 +20,7 @@ use super::KeyError;
 use super::TokenError;
 use super::keys::{KeyRing, SigningKey};
 
-/// Claims an access token carries besides the user payload.
-pub const RESERVED_CLAIMS: [&str; 11] = [
-    "sub",
-    "iat",
-    "exp",
-    "sessionHandle",
-    "refreshTokenHash1",
-    "parentRefreshTokenHash1",
-    "antiCsrfToken",
-    "tId",
-    "rsub",
-    "stt",
-    "iss",
-];
-
-/// Whether `key` is a reserved access token claim.
-pub fn is_reserved(key: &str) -> bool {
-    RESERVED_CLAIMS.contains(&key)
-}
+pub use crate::input::{RESERVED_CLAIMS, is_reserved};
 
 /// The contents of an access token.
 #[derive(Clone, PartialEq)]

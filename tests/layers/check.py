@@ -26,11 +26,13 @@ SRC = ROOT / "src"
 # Lowest first. A module may depend on modules of lower layers only.
 LAYERS = [
     ["ids", "clock", "text", "reload"],  # ground floor: identifiers, time, small utilities
+    ["input"],  # checks on what callers hand in, shared by every layer
     ["store"],  # storage, behind its trait
     ["metrics"],  # counters every layer above reports to
     ["token", "claims"],  # keys and tokens; claim values and validators
     ["error"],  # the domain error wrapping the layers below
-    ["session", "buckets", "jwt", "backup"],  # the rules
+    ["buckets"],  # per-user buckets, whose records sessions also write
+    ["session", "jwt", "backup"],  # the rules
     ["pb"],  # generated protobuf code: for the edge only
     ["api"],  # gRPC services and conversions
     ["http", "tls", "connections"],  # the port: HTTP routes, TLS, connections

@@ -1,15 +1,71 @@
-//! Checks on JSON handed in by callers: reserved claims, size, identifiers.
+//! Checks on what callers hand in, shared by every layer: identifiers
+//! (user, tenant, session handle), the size and depth of JSON, and the
+//! reserved access token claims no payload may set.
+//!
+//! This is the ground floor: it depends on nothing of sessiond's but
+//! `ids`, and its failures are an [`InputError`] that the layers above wrap.
 
 use serde_json::{Map, Value};
 
-use crate::error::{Error, Result};
 use crate::ids::SessionHandle;
-use crate::token::access::is_reserved;
+
+/// Bad input: the field at fault and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    /// The field's value is not acceptable.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field, as the caller named it.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A payload sets a reserved access token claim.
+    #[error("`{claim}` is a reserved claim and cannot be set")]
+    ProtectedClaim {
+        /// The field holding the claim.
+        field: String,
+        /// The claim.
+        claim: String,
+    },
+}
+
+impl InputError {
+    /// A bad value of `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+type Result<T, E = InputError> = std::result::Result<T, E>;
+
+/// Claims an access token carries besides the user payload.
+pub const RESERVED_CLAIMS: [&str; 11] = [
+    "sub",
+    "iat",
+    "exp",
+    "sessionHandle",
+    "refreshTokenHash1",
+    "parentRefreshTokenHash1",
+    "antiCsrfToken",
+    "tId",
+    "rsub",
+    "stt",
+    "iss",
+];
+
+/// Whether `key` is a reserved access token claim.
+pub fn is_reserved(key: &str) -> bool {
+    RESERVED_CLAIMS.contains(&key)
+}
 
 /// Refuses a payload that sets a reserved access token claim.
 pub fn refuse_reserved(field: &str, payload: &Map<String, Value>) -> Result<()> {
     match payload.keys().find(|k| is_reserved(k)) {
-        Some(claim) => Err(Error::ProtectedClaim {
+        Some(claim) => Err(InputError::ProtectedClaim {
             field: format!("{field}.{claim}"),
             claim: claim.clone(),
         }),
@@ -41,7 +97,7 @@ pub fn limit_size(field: &str, payload: &Map<String, Value>, limits: JsonLimits)
         .map(|v| v.len())
         .unwrap_or(usize::MAX);
     if len > limits.bytes {
-        return Err(Error::invalid(
+        return Err(InputError::invalid(
             field,
             format!(
                 "is {len} bytes of JSON; the limit is {} bytes",
@@ -51,7 +107,7 @@ pub fn limit_size(field: &str, payload: &Map<String, Value>, limits: JsonLimits)
     }
     let deepest = 1 + payload.values().map(depth).max().unwrap_or(0);
     if deepest > limits.depth {
-        return Err(Error::invalid(
+        return Err(InputError::invalid(
             field,
             format!("nests {deepest} levels deep; the limit is {}", limits.depth),
         ));
@@ -69,16 +125,19 @@ pub const DEFAULT_TENANT: &str = "public";
 /// Checks a user id.
 pub fn user_id(field: &str, value: &str) -> Result<()> {
     if value.is_empty() {
-        return Err(Error::invalid(field, "must not be empty"));
+        return Err(InputError::invalid(field, "must not be empty"));
     }
     if value.len() > MAX_USER_ID {
-        return Err(Error::invalid(
+        return Err(InputError::invalid(
             field,
             format!("must be at most {MAX_USER_ID} bytes"),
         ));
     }
     if value.chars().any(char::is_control) {
-        return Err(Error::invalid(field, "must not contain control characters"));
+        return Err(InputError::invalid(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -89,7 +148,7 @@ pub fn tenant_id(field: &str, value: &str) -> Result<String> {
         return Ok(DEFAULT_TENANT.to_owned());
     }
     if value.len() > MAX_TENANT_ID {
-        return Err(Error::invalid(
+        return Err(InputError::invalid(
             field,
             format!("must be at most {MAX_TENANT_ID} bytes"),
         ));
@@ -98,7 +157,7 @@ pub fn tenant_id(field: &str, value: &str) -> Result<String> {
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
-        return Err(Error::invalid(
+        return Err(InputError::invalid(
             field,
             "may hold only letters, digits, '-' and '_'",
         ));
@@ -109,9 +168,9 @@ pub fn tenant_id(field: &str, value: &str) -> Result<String> {
 /// Parses a session handle.
 pub fn handle(field: &str, value: &str) -> Result<SessionHandle> {
     if value.is_empty() {
-        return Err(Error::invalid(field, "must not be empty"));
+        return Err(InputError::invalid(field, "must not be empty"));
     }
-    SessionHandle::parse(value).ok_or_else(|| Error::invalid(field, "is not a session handle"))
+    SessionHandle::parse(value).ok_or_else(|| InputError::invalid(field, "is not a session handle"))
 }
 
 #[cfg(test)]
@@ -128,7 +187,7 @@ mod tests {
         let err = refuse_reserved("access_token_payload", &map(json!({"ok": 1, "sub": "x"})))
             .unwrap_err();
         match err {
-            Error::ProtectedClaim { field, claim } => {
+            InputError::ProtectedClaim { field, claim } => {
                 assert_eq!(field, "access_token_payload.sub");
                 assert_eq!(claim, "sub");
             }
