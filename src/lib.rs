@@ -7,7 +7,8 @@
 //! - [`clock`]: time as a parameter ([`Clock`]), so tests move time instead of sleeping.
 //! - [`ids`]: session handles and secure random bytes; [`input`]: checks on
 //!   what callers hand in (identifiers, JSON limits, reserved claims).
-//! - [`reload`]: values a configuration reload replaces while calls read them.
+//! - [`reload`]: values a configuration reload replaces while calls read them;
+//!   [`secret`]: strings whose `Debug` never shows them.
 //! - [`store`]: the [`store::SessionStore`] trait and its sled backend.
 //! - [`token`]: signing keys and their rotation, access and refresh tokens.
 //! - [`session`]: the session recipe rules.
@@ -41,6 +42,7 @@ pub mod jwt;
 pub mod logging;
 pub mod metrics;
 pub mod reload;
+pub mod secret;
 pub mod server;
 pub mod session;
 pub mod store;

@@ -16,8 +16,8 @@ use std::task::{Context, Poll};
 use axum::body::Body;
 use tower::{Layer, Service};
 
+use super::keys::Scope;
 use super::{ApiKeys, KeyIdentity, missing_key};
-use crate::config::Scope;
 use crate::error::Reason;
 
 /// What a method asks of its caller.

@@ -14,6 +14,7 @@ pub mod details;
 pub mod error;
 pub mod guard;
 pub mod jwt;
+pub mod keys;
 pub mod observe;
 pub mod provider;
 pub mod session;
@@ -23,10 +24,10 @@ pub mod auth;
 
 use tonic::Status;
 
-use crate::config::{ApiKey, KeySecret, Scope};
 use crate::error::Reason;
 use crate::reload::Live;
 use crate::token::ct_eq;
+use keys::{ApiKey, KeySecret, Scope};
 
 /// Adds the tenant to the current request's span (see `observe`).
 pub fn record_tenant(tenant_id: &str) {

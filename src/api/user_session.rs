@@ -21,13 +21,14 @@ use tonic::{Request, Response, Status};
 use super::ApiKeys;
 use super::convert::{json_to_struct, opt_struct};
 use super::error::{invalid, status};
+use super::keys::Scope;
 use crate::buckets::{Bucket, Buckets, UserBuckets};
-use crate::config::{Scope, Secret};
 use crate::error::Reason;
 use crate::input as payload;
 use crate::pb;
 use crate::pb::user_session_service_server::UserSessionService;
 use crate::reload::Live;
+use crate::secret::Secret;
 use crate::session::{SessionManager, Verify};
 use crate::token::{ct_eq, sha256_hex};
 

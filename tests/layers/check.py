@@ -25,7 +25,7 @@ SRC = ROOT / "src"
 
 # Lowest first. A module may depend on modules of lower layers only.
 LAYERS = [
-    ["ids", "clock", "text", "reload"],  # ground floor: identifiers, time, small utilities
+    ["ids", "clock", "text", "reload", "secret"],  # ground floor: identifiers, time, small utilities
     ["input"],  # checks on what callers hand in, shared by every layer
     ["store"],  # storage, behind its trait
     ["metrics"],  # counters every layer above reports to
