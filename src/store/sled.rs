@@ -86,6 +86,8 @@ type Waiter = oneshot::Sender<Result<(), String>>;
 /// The sled-backed store.
 pub(super) struct SledInstance {
     db: sled::Db,
+    /// The data directory.
+    dir: PathBuf,
     sessions: SessionTrees,
     /// `session_count`, present only between a clean close and the next open.
     meta: Tree,
@@ -138,12 +140,12 @@ impl SledInstance {
         let meta = tree("meta")?;
         // Before the log is replayed, so that its writes find the index in
         // the current layout.
-        upgrade_indexes(&db, &sessions.by_user)?;
+        upgrade_indexes(&db, dir, &sessions.by_user)?;
         // The session count a clean close saved is good for this start only:
         // it is removed (durably) before anything can change the count.
         let saved_count = meta.remove(SESSION_COUNT).map_err(backend)?;
         if saved_count.is_some() {
-            db.flush().map_err(backend)?;
+            flush_durably(&db, dir)?;
         }
         let opened = Wal::open(&dir.join("wal"), &mut |entry: Entry| {
             let target = match entry.tree {
@@ -175,7 +177,7 @@ impl SledInstance {
         };
         sessions.live.store(count, Ordering::Relaxed);
         if !opened.replayed.is_empty() {
-            db.flush().map_err(backend)?;
+            flush_durably(&db, dir)?;
             archive.retire(&opened.replayed)?;
         }
         let (flush_requests, waiters) = mpsc::channel();
@@ -196,6 +198,7 @@ impl SledInstance {
             on_failure,
             archive,
             abandoned: AtomicBool::new(false),
+            dir: dir.to_owned(),
             db,
         });
         let weak = Arc::downgrade(&store);
@@ -315,7 +318,7 @@ impl SledInstance {
         if self.wal.wants_rotation() {
             retired.push(self.wal.rotate()?);
         }
-        self.db.flush().map_err(backend)?;
+        flush_durably(&self.db, &self.dir)?;
         self.archive.retire(&retired)?;
         retired.clear();
         Ok(())
@@ -330,11 +333,8 @@ impl Drop for SledInstance {
         }
         // A clean close leaves no log to replay: everything it holds is in
         // the trees, which this flush makes durable.
-        let closed = self
-            .db
-            .flush()
-            .map_err(backend)
-            .and_then(|_| self.wal.close(&self.archive));
+        let closed =
+            flush_durably(&self.db, &self.dir).and_then(|()| self.wal.close(&self.archive));
         if let Err(e) = closed {
             tracing::warn!(error = %e, "closing the store left a write-ahead log to replay");
             return;
@@ -345,7 +345,8 @@ impl Drop for SledInstance {
         let saved = self
             .meta
             .insert(SESSION_COUNT, &count)
-            .and_then(|_| self.db.flush());
+            .map_err(backend)
+            .and_then(|_| flush_durably(&self.db, &self.dir));
         if let Err(e) = saved {
             tracing::warn!(error = %e, "the session count was not saved; the next start counts");
         }
@@ -426,36 +427,60 @@ fn checkpointer(store: Weak<SledInstance>, stop: mpsc::Receiver<()>) {
     }
 }
 
-/// Opens sled in `dir` (locked by [`sled_dir::lock`]), first removing the
-/// partial snapshots a crash left and setting aside finished ones that fail
-/// their checksum (see `store::sled_dir`).
+/// Opens sled in `dir` (locked by [`sled_dir::lock`]), first finishing
+/// or removing the snapshots a crash interrupted and setting aside finished
+/// ones that fail their checksum (see `store::sled_dir`); then syncs the
+/// directory, which sled never does, so that the snapshot it just wrote is
+/// the one the next start finds.
 fn open_sled(dir: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreError> {
-    for name in sled_dir::remove_partial_snapshots(dir)? {
-        tracing::warn!(
-            "removed {name} from {}: a snapshot a crash left half-written",
-            dir.display()
-        );
+    for done in sled_dir::finish_interrupted_snapshots(dir)? {
+        match done {
+            sled_dir::Interrupted::Finished(name) => tracing::warn!(
+                "finished renaming {name} in {}: a crash came after sled wrote it whole",
+                dir.display()
+            ),
+            sled_dir::Interrupted::Removed(name) => tracing::warn!(
+                "removed {name} from {}: a snapshot a crash left half-written",
+                dir.display()
+            ),
+        }
     }
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
-    if let Some(moved) = sled_dir::quarantine_damaged_snapshots(dir, now_ms)? {
-        tracing::warn!(
+    match sled_dir::quarantine_damaged_snapshots(dir, now_ms)? {
+        sled_dir::Snapshots::Sound => {}
+        sled_dir::Snapshots::Quarantined(moved) => tracing::warn!(
             "a snapshot in {} fails its checksum: it was moved to {}, and the store is \
-             opened from its log",
+             opened from the sound one",
             dir.display(),
             moved.display()
-        );
+        ),
+        sled_dir::Snapshots::AllDamaged => return Err(damaged(dir)),
     }
-    sled::Config::new()
+    let db = sled::Config::new()
         .path(dir)
         .cache_capacity(cache_capacity_bytes)
         .open()
         .map_err(|e| match e {
             sled::Error::Corruption { .. } => damaged(dir),
             e => open_error(dir, e),
-        })
+        })?;
+    sled_dir::sync_dir(dir)?;
+    Ok(db)
+}
+
+/// Makes what sled has written durable: its own flush only hands the data
+/// to the kernel (`sync_file_range`), which neither reaches the disk's
+/// cache nor the file's size, so the log segments it covers may not be
+/// deleted on its word alone.
+fn flush_durably(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {
+    db.flush().map_err(backend)?;
+    let file = dir.join("db");
+    std::fs::File::open(&file)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StoreError::io(format_args!("cannot sync {}", file.display()), &e))
 }
 
 /// The store does not open: what to do about it.
@@ -534,7 +559,7 @@ fn handle_of_user_key(key: &[u8]) -> Option<&str> {
 /// the current layout: the expiry index is dropped, and the user index is
 /// copied into the hashed one and then dropped. A copy cut short by a crash
 /// is made again at the next open, as the old index goes only after it.
-fn upgrade_indexes(db: &sled::Db, by_user: &Tree) -> Result<(), StoreError> {
+fn upgrade_indexes(db: &sled::Db, dir: &Path, by_user: &Tree) -> Result<(), StoreError> {
     let names = db.tree_names();
     let has = |name: &str| names.iter().any(|n| n == name.as_bytes());
     let mut rebuilt = None;
@@ -556,7 +581,7 @@ fn upgrade_indexes(db: &sled::Db, by_user: &Tree) -> Result<(), StoreError> {
                 copied += 1;
             }
         }
-        db.flush().map_err(backend)?;
+        flush_durably(db, dir)?;
         drop(old);
         db.drop_tree(OLD_USER_TREE).map_err(backend)?;
         rebuilt = Some((copied, began));
@@ -565,7 +590,7 @@ fn upgrade_indexes(db: &sled::Db, by_user: &Tree) -> Result<(), StoreError> {
         db.drop_tree(OLD_EXPIRY_TREE).map_err(backend)?;
     }
     if has(OLD_USER_TREE) || has(OLD_EXPIRY_TREE) {
-        db.flush().map_err(backend)?;
+        flush_durably(db, dir)?;
     }
     if let Some((copied, began)) = rebuilt {
         tracing::info!(

@@ -1,23 +1,26 @@
 //! The data directory before sled opens it: sessiond's own lock, and the
 //! leftovers of interrupted writes that sled 0.34.7 mishandles.
 //!
-//! - **Partial snapshots.** sled writes a snapshot (its page table, a cache
-//!   of its log) to `snap.<lsn>.generating`, syncs it and renames it to
-//!   `snap.<lsn>`. Its listing of snapshots does not skip the `.generating`
-//!   name, and it reopens such a file without truncating it, so a file that
-//!   a crash left mid-write is taken for the newest snapshot, fails its
-//!   checksum, and the store refuses to open ("corrupt snapshot file found",
-//!   sled #1527 and #1533; the fix proposed upstream, #1389, was never
-//!   merged). Every `.generating` file present before sled opens is such a
-//!   leftover, and is removed.
-//! - **A damaged snapshot.** A finished snapshot that fails its checksum
-//!   anyway (a disk that tore or lost it) leaves the log it caches intact,
-//!   and sled rebuilds its page table from the log when there is no
-//!   snapshot. So a snapshot that fails the same check sled makes is moved
-//!   to `quarantine/<ms since epoch>/` before sled opens. A sound one is
-//!   never moved: were sled's log the damaged part, opening without the
-//!   snapshot would succeed with whatever little the log still holds, and
-//!   lose the rest without a word.
+//! - **Interrupted snapshots.** sled writes a snapshot (its page table) to
+//!   `snap.<lsn>.generating`, syncs it, renames it to `snap.<lsn>` and
+//!   deletes the older ones, without ever syncing the directory. Its
+//!   listing of snapshots does not skip the `.generating` name, and it
+//!   reopens such a file without truncating it, so a file that a crash left
+//!   mid-write is taken for the newest snapshot, fails its checksum, and the
+//!   store refuses to open ("corrupt snapshot file found", sled #1527 and
+//!   #1533; the fix proposed upstream, #1389, was never merged). A
+//!   `.generating` file that fails the checksum is such a leftover and is
+//!   removed. One that passes it was written whole and only its rename was
+//!   lost (power went before the directory reached the disk): the rename is
+//!   finished. Removing it instead would leave sled to rebuild its page
+//!   table from its log alone, which loses data: sled then overwrites the
+//!   log segments the rebuilt table does not reference (found by the
+//!   power-loss campaign, `tests/power`).
+//! - **A damaged snapshot.** For the same reason a finished snapshot that
+//!   fails its checksum (a disk that tore or lost it) is moved aside, to
+//!   `quarantine/<ms since epoch>/`, only when a sound snapshot remains for
+//!   sled to open with. With none, the store is refused, saying how to
+//!   rebuild it from a backup and its write-ahead log.
 //!
 //! Both repairs need the directory to be this process's alone, and sled
 //! takes its own lock only inside `open`: sessiond's lock
@@ -117,24 +120,46 @@ fn snapshots(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<PathBuf>, St
 }
 
 /// Makes the directory's entries durable (a removal or a rename in it).
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::Backend(format!("cannot sync {}: {e}", dir.display())))
 }
 
-/// Removes the partial snapshots a crash left (see the module notes) and
-/// returns their names. Call it holding [`lock`].
-pub(super) fn remove_partial_snapshots(dir: &Path) -> Result<Vec<String>, StoreError> {
-    let partial = snapshots(dir, |name| name.ends_with(".generating"))?;
-    for path in &partial {
-        std::fs::remove_file(path)
-            .map_err(|e| StoreError::Backend(format!("cannot remove {}: {e}", path.display())))?;
+/// What [`finish_interrupted_snapshots`] did with a `.generating` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Interrupted {
+    /// Written whole: renamed to the name sled was giving it.
+    Finished(String),
+    /// Cut short: removed.
+    Removed(String),
+}
+
+/// Finishes or removes the snapshots a crash interrupted (see the module
+/// notes). Call it holding [`lock`].
+pub(super) fn finish_interrupted_snapshots(dir: &Path) -> Result<Vec<Interrupted>, StoreError> {
+    let mut done = Vec::new();
+    for path in snapshots(dir, |name| name.ends_with(".generating"))? {
+        let name = file_name(&path);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| StoreError::io(format_args!("cannot read {}", path.display()), &e))?;
+        let target = path.with_extension("");
+        if snapshot_is_damaged(&bytes) || target.exists() {
+            std::fs::remove_file(&path).map_err(|e| {
+                StoreError::io(format_args!("cannot remove {}", path.display()), &e)
+            })?;
+            done.push(Interrupted::Removed(name));
+        } else {
+            std::fs::rename(&path, &target).map_err(|e| {
+                StoreError::io(format_args!("cannot rename {}", path.display()), &e)
+            })?;
+            done.push(Interrupted::Finished(name));
+        }
     }
-    if !partial.is_empty() {
+    if !done.is_empty() {
         sync_dir(dir)?;
     }
-    Ok(partial.iter().map(|p| file_name(p)).collect())
+    Ok(done)
 }
 
 /// Whether the finished snapshot `bytes` fails sled's own check: its body,
@@ -147,25 +172,41 @@ fn snapshot_is_damaged(bytes: &[u8]) -> bool {
     crc32fast::hash(&bytes[..body_len]) != stored
 }
 
+/// What [`quarantine_damaged_snapshots`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Snapshots {
+    /// Every snapshot is sound (or there is none).
+    Sound,
+    /// The damaged ones were moved to this folder; a sound one remains.
+    Quarantined(PathBuf),
+    /// Every snapshot is damaged: nothing was moved, and the store must
+    /// not be opened (sled would rebuild from its log alone).
+    AllDamaged,
+}
+
 /// Moves the finished snapshots of `dir` that fail their checksum into a
-/// new folder under `quarantine/`, and returns that folder, or `None` when
-/// every snapshot is sound. sled rebuilds what a snapshot caches from its
-/// log; a sound snapshot is never moved, as without it a damaged log would
-/// open with whatever little it still holds. Call it holding [`lock`].
+/// new folder under `quarantine/`, when a sound one remains (see the module
+/// notes). Call it holding [`lock`].
 pub(super) fn quarantine_damaged_snapshots(
     dir: &Path,
     now_ms: u128,
-) -> Result<Option<PathBuf>, StoreError> {
+) -> Result<Snapshots, StoreError> {
     let mut found = Vec::new();
+    let mut sound = 0;
     for path in snapshots(dir, |name| !name.ends_with(".generating"))? {
         let bytes = std::fs::read(&path)
             .map_err(|e| StoreError::io(format_args!("cannot read {}", path.display()), &e))?;
         if snapshot_is_damaged(&bytes) {
             found.push(path);
+        } else {
+            sound += 1;
         }
     }
     if found.is_empty() {
-        return Ok(None);
+        return Ok(Snapshots::Sound);
+    }
+    if sound == 0 {
+        return Ok(Snapshots::AllDamaged);
     }
     let target = dir.join(QUARANTINE).join(now_ms.to_string());
     std::fs::create_dir_all(&target)
@@ -182,7 +223,7 @@ pub(super) fn quarantine_damaged_snapshots(
     }
     sync_dir(&target)?;
     sync_dir(dir)?;
-    Ok(Some(target))
+    Ok(Snapshots::Quarantined(target))
 }
 
 fn file_name(path: &Path) -> String {
@@ -205,17 +246,29 @@ mod tests {
     }
 
     #[test]
-    fn partial_snapshots_are_removed_and_finished_ones_kept() {
+    fn interrupted_snapshots_are_finished_when_whole_and_removed_when_not() {
         let dir = tempfile::tempdir().unwrap();
-        let write = |name: &str| std::fs::write(dir.path().join(name), b"x").unwrap();
-        write("snap.0000000000001000");
-        write("snap.0000000000002000.generating");
-        write("db");
-        let removed = remove_partial_snapshots(dir.path()).unwrap();
-        assert_eq!(removed, ["snap.0000000000002000.generating"]);
+        let write =
+            |name: &str, bytes: &[u8]| std::fs::write(dir.path().join(name), bytes).unwrap();
+        write("snap.0000000000001000", &snapshot(b"older"));
+        write("snap.0000000000002000.generating", b"cut short");
+        write("snap.0000000000003000.generating", &snapshot(b"whole"));
+        write("db", b"x");
+        let done = finish_interrupted_snapshots(dir.path()).unwrap();
+        assert_eq!(
+            done,
+            [
+                Interrupted::Removed("snap.0000000000002000.generating".into()),
+                Interrupted::Finished("snap.0000000000003000.generating".into()),
+            ]
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("snap.0000000000003000")).unwrap(),
+            snapshot(b"whole")
+        );
         assert!(dir.path().join("snap.0000000000001000").exists());
         assert!(dir.path().join("db").exists());
-        assert!(remove_partial_snapshots(dir.path()).unwrap().is_empty());
+        assert!(finish_interrupted_snapshots(dir.path()).unwrap().is_empty());
     }
 
     /// A snapshot as sled writes it: body, length, CRC-32 of the body.
@@ -232,18 +285,34 @@ mod tests {
         let sound = snapshot(b"a page table");
         std::fs::write(dir.path().join("snap.00000000000000AA"), &sound).unwrap();
         std::fs::write(dir.path().join("conf"), b"x").unwrap();
-        assert_eq!(quarantine_damaged_snapshots(dir.path(), 1).unwrap(), None);
+        assert_eq!(
+            quarantine_damaged_snapshots(dir.path(), 1).unwrap(),
+            Snapshots::Sound
+        );
         let mut torn = snapshot(b"another page table");
         torn[3] ^= 1;
         std::fs::write(dir.path().join("snap.00000000000000BB"), &torn).unwrap();
         std::fs::write(dir.path().join("snap.00000000000000CC"), b"").unwrap();
-        let moved = quarantine_damaged_snapshots(dir.path(), 7)
-            .unwrap()
-            .unwrap();
+        let Snapshots::Quarantined(moved) = quarantine_damaged_snapshots(dir.path(), 7).unwrap()
+        else {
+            panic!("a sound snapshot remains: the damaged ones go")
+        };
         assert_eq!(moved, dir.path().join("quarantine").join("7"));
         assert!(moved.join("snap.00000000000000BB").exists());
         assert!(moved.join("snap.00000000000000CC").exists());
         assert!(dir.path().join("snap.00000000000000AA").exists());
         assert!(dir.path().join("conf").exists());
+        // With no sound snapshot left, nothing moves and the store is refused.
+        std::fs::rename(
+            dir.path().join("snap.00000000000000AA"),
+            moved.join("snap.00000000000000AA"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("snap.00000000000000DD"), b"torn").unwrap();
+        assert_eq!(
+            quarantine_damaged_snapshots(dir.path(), 8).unwrap(),
+            Snapshots::AllDamaged
+        );
+        assert!(dir.path().join("snap.00000000000000DD").exists());
     }
 }

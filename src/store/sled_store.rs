@@ -219,6 +219,11 @@ impl SledStore {
             builder.create(dir).map_err(|e| {
                 StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
             })?;
+            // Its name is an entry of the parent directory: durable only
+            // once that is synced.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sled_dir::sync_dir(parent)?;
+            }
         }
         let lock = sled_dir::lock(dir)?;
         let id = sled_dir::store_id(dir)?;

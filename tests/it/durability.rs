@@ -117,14 +117,36 @@ async fn a_snapshot_a_crash_left_half_written_does_not_stop_the_store() {
 }
 
 #[tokio::test]
-async fn a_damaged_snapshot_is_set_aside_and_the_store_opens_from_its_log() {
-    // A finished snapshot that fails its checksum (a torn disk write): the
-    // log it caches is intact, so the store opens without it.
-    let (_server, dir) = sessions_survive(
-        |dir| std::fs::write(dir.join("snap.7FFFFFFFFFFFFFFF"), vec![0x5a; 4096]).unwrap(),
-        20,
-    )
-    .await;
+async fn a_damaged_snapshot_is_set_aside_beside_a_sound_one_and_refused_alone() {
+    // sled writes a snapshot when a start finds its log grown.
+    let server = TestServer::start().await;
+    let mut c = server.sessions().await;
+    let mut created = Vec::new();
+    for i in 0..20 {
+        created.push(create(&mut c, &format!("u{i}"), json!({"i": i})).await);
+    }
+    drop(c);
+    let server = server.restart().await;
+    let mut c = server.sessions().await;
+    created.push(create(&mut c, "later", json!({})).await);
+    drop(c);
+    // A newer finished snapshot that fails its checksum (a torn disk
+    // write), beside the sound one: set aside, and the store opens with
+    // the sound one.
+    let server = server
+        .restart_after(|dir| {
+            assert!(!snapshots(dir).is_empty(), "a sound snapshot to open with");
+            std::fs::write(dir.join("snap.7FFFFFFFFFFFFFFF"), vec![0x5a; 4096]).unwrap();
+        })
+        .await;
+    let mut c = server.sessions().await;
+    for s in &created {
+        verify(&mut c, &access(s), true)
+            .await
+            .expect("every session is there after the restart");
+    }
+    drop(c);
+    let dir = server.data_dir();
     assert!(!snapshots(&dir).contains(&"snap.7FFFFFFFFFFFFFFF".to_owned()));
     let quarantined: Vec<_> = std::fs::read_dir(dir.join("quarantine"))
         .unwrap()
@@ -135,6 +157,18 @@ async fn a_damaged_snapshot_is_set_aside_and_the_store_opens_from_its_log() {
         quarantined.contains(&"snap.7FFFFFFFFFFFFFFF".to_owned()),
         "{quarantined:?}"
     );
+
+    // The only snapshot damaged: sled would rebuild from its log alone,
+    // which loses data, so the start is refused, saying what to do, and
+    // nothing is moved.
+    let (_dir, clock, config) = server.stop().await;
+    for name in snapshots(&dir) {
+        std::fs::write(dir.join(&name), vec![0x5a; 4096]).unwrap();
+    }
+    let before = snapshots(&dir);
+    let refused = refused_start(&config, clock).await;
+    assert!(refused.contains("--replay-log"), "{refused}");
+    assert_eq!(snapshots(&dir), before);
 }
 
 #[tokio::test]
