@@ -158,7 +158,12 @@ class LossyFS(mfusepy.Operations):
         self.fhs: dict[int, Node] = {}
         self.next_fh = 1
         self.initialized = False
+        self.capture_seq = 0
+        self.slow_locks: dict[int, threading.Lock] = {}
         self.lie: re.Pattern | None = None
+        self.slow: list[tuple[re.Pattern, float]] = []
+        self.hold: re.Pattern | None = None
+        self.holding = threading.Event()
         self.counts = {"fsync": 0, "ignored_fsync": 0, "fdatasync": 0, "fsyncdir": 0, "writes": 0, "bytes_written": 0}
         shutil.rmtree(self.scratch, ignore_errors=True)
         os.makedirs(os.path.join(self.scratch, "live"))
@@ -564,13 +569,66 @@ class LossyFS(mfusepy.Operations):
         with self.mutex:
             self._check()
             n = self._node(path, fh)
-            if self.lie is not None and self.lie.search(self._path_of(n)):
+            where = self._path_of(n)
+            if self.lie is not None and self.lie.search(where):
                 self.counts["ignored_fsync"] += 1
                 return 0  # --lie-about-fsync: answers success, makes nothing durable
-            self._sync_data(n)
-            self._sync_creation(n)
-            self.counts["fdatasync" if datasync else "fsync"] += 1
-            return 0
+            delay = next((ms for pattern, ms in self.slow if pattern.search(where)), 0.0)
+            held = self.hold is not None and self.holding.is_set() and self.hold.search(where)
+            if not delay and not held:
+                self._sync_data(n)
+                self._sync_creation(n)
+                self.counts["fdatasync" if datasync else "fsync"] += 1
+                return 0
+            slow = self.slow_locks.setdefault(n.ino, threading.Lock())
+        # --slow-fsync: a disk that takes `delay` ms to make durable what was
+        # written before the call. What was written is taken at the start and
+        # made durable when the call returns (unless the power is cut first).
+        # One slow sync of a file at a time, so that they land in order.
+        with slow:
+            with self.mutex:
+                self._check()
+                image = self._capture(n)
+            time.sleep(delay / 1000.0)
+            if held:
+                # --hold-fsync: not durable until SIGUSR2 releases it, or ever
+                # if the power is cut first.
+                self.counts["held_fsync"] = self.counts.get("held_fsync", 0) + 1
+                while self.holding.is_set() and not self.frozen:
+                    time.sleep(0.005)
+            with self.mutex:
+                self._check()
+                self._apply_capture(n, image)
+                self._sync_creation(n)
+                self.counts["slow_fsync"] = self.counts.get("slow_fsync", 0) + 1
+                return 0
+
+    def _capture(self, n: Node) -> tuple:
+        if n.kind != "f":
+            return (None, [], 0)
+        size = os.fstat(n.live_fd).st_size
+        chunks = []
+        for s, e in n.dirty.items:
+            e = min(e, size)
+            if e > s:
+                chunks.append((s, os.pread(n.live_fd, e - s, s)))
+        n.dirty.clear()
+        self.capture_seq += 1
+        return (self.capture_seq, chunks, size)
+
+    def _apply_capture(self, n: Node, image: tuple) -> None:
+        seq, chunks, size = image
+        if seq is None:
+            return
+        fd = os.open(self._durable(n), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            for at, data in chunks:
+                os.pwrite(fd, data, at)
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+        n.has_durable = True
+        n.durable_size = size
 
     def fsyncdir(self, path, datasync, fh):
         with self.mutex:
@@ -764,6 +822,12 @@ def main() -> int:
     p.add_argument("mountpoint")
     p.add_argument("--scratch", help="work directory for live and durable images (default: BACKING.lossyfs)")
     p.add_argument("--debug", action="store_true", help="libfuse debug output")
+    p.add_argument("--slow-fsync", metavar="REGEX=MS", action="append", default=[],
+                   help="a slow disk: fsync and fdatasync of files whose path matches REGEX take MS "
+                        "milliseconds, and make durable what was written before the call (repeatable)")
+    p.add_argument("--hold-fsync", metavar="REGEX",
+                   help="a disk that stalls: after SIGUSR2, fsync and fdatasync of files whose path matches "
+                        "REGEX do not return (nor make anything durable) until the next SIGUSR2 or the cut")
     p.add_argument("--lie-about-fsync", metavar="REGEX",
                    help="a broken disk, for checking the checkers: fsync and fdatasync of files whose path "
                         "(from the mount's root) matches REGEX succeed and make nothing durable")
@@ -773,18 +837,28 @@ def main() -> int:
     fs = LossyFS(backing, scratch)
     if args.lie_about_fsync:
         fs.lie = re.compile(args.lie_about_fsync)
+    if args.hold_fsync:
+        fs.hold = re.compile(args.hold_fsync)
+    for spec in args.slow_fsync:
+        pattern, _, ms = spec.rpartition("=")
+        fs.slow.append((re.compile(pattern), float(ms)))
 
     # SIGUSR1 (cut) is taken by one thread; every other thread, libfuse's
     # included, blocks it.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGUSR2})
     done = threading.Event()
     outcome: dict = {}
 
     def on_cut():
         while True:
-            sig = signal.sigwait({signal.SIGUSR1})
+            sig = signal.sigwait({signal.SIGUSR1, signal.SIGUSR2})
             if sig == signal.SIGUSR1:
                 break
+            if fs.holding.is_set():  # SIGUSR2: toggle --hold-fsync
+                fs.holding.clear()
+            else:
+                fs.holding.set()
+            print(f"lossyfs: holding fsyncs: {fs.holding.is_set()}", flush=True)
         if done.is_set():
             return
         result = fs.power_cut()
