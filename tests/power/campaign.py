@@ -71,6 +71,7 @@ MOUNT_TIMEOUT_S = 30.0
 UNMOUNT_TIMEOUT_S = 60.0
 JOIN_TIMEOUT_S = crash.JOIN_TIMEOUT_S
 LOGS_KEPT = 12
+INPUTS_KEPT = 3  # backing directories as the last starts found them
 KINDS = ["load", "early", "snapshot"]
 # What --sanity makes lossyfs lie about: the write-ahead log's segments.
 SANITY_LIE = r"/wal/[0-9]+\.log$"
@@ -224,10 +225,15 @@ class PowerCampaign:
         return self.server
 
     def keep_input(self) -> None:
-        target = os.path.join(self.work, "last-cut")
-        shutil.rmtree(target, ignore_errors=True)
+        """Copies the backing directory, as this start will open it, aside;
+        the inputs of the last three starts are kept."""
+        inputs = os.path.join(self.work, "inputs")
+        os.makedirs(inputs, exist_ok=True)
+        target = os.path.join(inputs, f"start-{self.starts:05d}")
         shutil.copytree(self.backing, target, symlinks=True)
-        self.evidence_ready = target
+        for old in sorted(os.listdir(inputs))[:-INPUTS_KEPT]:
+            shutil.rmtree(os.path.join(inputs, old), ignore_errors=True)
+        self.evidence_ready = inputs
 
     def cut(self, kind: str, close: bool = True) -> None:
         """SIGKILL the server, then the power: drop what was not synced. The
@@ -517,8 +523,8 @@ class PowerCampaign:
         os.makedirs(target, exist_ok=True)
         self.stop_all()
         if self.evidence_ready and os.path.isdir(self.evidence_ready):
-            shutil.copytree(self.evidence_ready, os.path.join(target, "backing-before-last-start"),
-                            symlinks=True, dirs_exist_ok=True)
+            # inputs/start-N: what start N opened (the server log of the same number).
+            shutil.copytree(self.evidence_ready, os.path.join(target, "inputs"), symlinks=True, dirs_exist_ok=True)
         shutil.copytree(self.backing, os.path.join(target, "backing-at-end"), symlinks=True, dirs_exist_ok=True)
         shutil.copytree(self.logs_dir, os.path.join(target, "logs"), dirs_exist_ok=True)
         with open(os.path.join(target, "report.json"), "w") as f:

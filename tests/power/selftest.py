@@ -308,7 +308,7 @@ def main() -> int:
         else:
             failed += 1
             print(f"FAIL  {name}: {error} (kept {work})")
-    print(f"lossyfs self-test: {passed} passed, {failed} failed")
+    print(f"lossyfs: {passed} passed, {failed} failed")
     return 0 if failed == 0 else 1
 
 
