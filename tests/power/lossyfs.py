@@ -32,6 +32,11 @@ mount and exits. On SIGTERM or SIGINT it unmounts cleanly, as an unmount
 does: everything is synced first, BACKING gets the live state. Mounting BACKING
 again starts from what it holds.
 
+Disks for experiments: --slow-fsync REGEX=MS (syncs of matching files take
+MS ms), --hold-fsync REGEX (after SIGUSR2, syncs of matching files stall
+until the next SIGUSR2 or the cut) and --lie-about-fsync REGEX (syncs of
+matching files succeed and keep nothing).
+
 Locks: no `flock` or `lock` operation is implemented, so the kernel keeps
 flock and POSIX locks itself, local to this mount: they exclude each other
 between processes on the mount as on any local file system; a cut drops
