@@ -391,6 +391,7 @@ class Stats:
         self.unexpected_errors: list[dict] = []
         self.unopenable = 0
         self.starts_on_partial_snapshot = 0  # starts that found a .generating file
+        self.snapshots_removed = 0  # by --without-snapshots
         self.startups: list[float] = []
         self.checks_runs = 0
 
@@ -799,6 +800,13 @@ class Campaign:
 
     def spawn(self) -> Server:
         self.starts += 1
+        if self.args.without_snapshots:
+            # Recovery from sled's log alone, as after a quarantine, or a
+            # power loss that lost the rename of the snapshot sled wrote.
+            for name in os.listdir(self.data_dir) if os.path.isdir(self.data_dir) else []:
+                if name.startswith("snap."):
+                    os.remove(os.path.join(self.data_dir, name))
+                    self.stats.snapshots_removed += 1
         if generating_files(self.data_dir):
             self.stats.starts_on_partial_snapshot += 1
         path = os.path.join(self.logs_dir, f"start-{self.starts:05d}.log")
@@ -1028,6 +1036,7 @@ class Campaign:
             },
             "kills_leaving_a_generating_file": s.generating_left,
             "starts_on_a_partial_snapshot": s.starts_on_partial_snapshot,
+            "snapshots_removed_before_starts": s.snapshots_removed,
             "snapshot_quarantines": len(os.listdir(os.path.join(self.data_dir, "quarantine")))
             if os.path.isdir(os.path.join(self.data_dir, "quarantine"))
             else 0,
@@ -1072,6 +1081,8 @@ class Campaign:
         log(
             f"starts that found a half-written snapshot to remove: {r['starts_on_a_partial_snapshot']}; "
             f"snapshot quarantines: {r['snapshot_quarantines']}"
+            + (f"; snapshots removed before starts (--without-snapshots): {r['snapshots_removed_before_starts']}"
+               if self.args.without_snapshots else "")
         )
         log(
             f"at the end: data directory {r['data_dir_bytes_at_end'] / 2**20:.1f} MiB, "
@@ -1131,6 +1142,8 @@ def main() -> int:
                    help="how long a snapshot kill waits for a .generating file (default 3000)")
     p.add_argument("--evidence", help="where to keep the evidence of a failure (default: a new temporary directory)")
     p.add_argument("--stop-on-loss", action="store_true", help="stop at the first iteration that lost a write")
+    p.add_argument("--without-snapshots", action="store_true",
+                   help="remove sled's snapshots before every start, so that it recovers from its log alone")
     args = p.parse_args()
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 32)
