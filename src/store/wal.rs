@@ -296,15 +296,7 @@ impl Wal {
 
     /// Bytes the log occupies on disk.
     pub fn size_on_disk(&self) -> u64 {
-        segments(&self.dir)
-            .map(|found| {
-                found
-                    .iter()
-                    .filter_map(|(_, p)| fs::metadata(p).ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0)
+        segments_size(&self.dir)
     }
 }
 
@@ -471,19 +463,21 @@ impl Archive {
 
     /// Bytes the archive occupies.
     pub fn size_on_disk(&self) -> u64 {
-        if !self.dir.exists() {
-            return 0;
-        }
-        segments(&self.dir)
-            .map(|found| {
-                found
-                    .iter()
-                    .filter_map(|(_, p)| fs::metadata(p).ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0)
+        segments_size(&self.dir)
     }
+}
+
+/// Bytes the segments in `dir` occupy (0 when it does not exist).
+fn segments_size(dir: &Path) -> u64 {
+    segments(dir)
+        .map(|found| {
+            found
+                .iter()
+                .filter_map(|(_, p)| fs::metadata(p).ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// The log archive of the data directory `data_dir`.

@@ -17,9 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sessiond::pb;
-use sessiond::pb::session_service_client::SessionServiceClient;
 use tonic::Code;
-use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -105,24 +103,6 @@ async fn writable_metric(server: &TestServer) -> String {
         .find(|l| l.starts_with("sessiond_store_writable "))
         .unwrap_or_default()
         .to_owned()
-}
-
-fn data_update(handle: &str, value: &str) -> pb::UpdateSessionDataInDatabaseRequest {
-    pb::UpdateSessionDataInDatabaseRequest {
-        session_handle: handle.to_owned(),
-        new_session_data: Some(obj(json!({"v": value}))),
-    }
-}
-
-async fn stored_data(c: &mut SessionServiceClient<Channel>, handle: &str) -> serde_json::Value {
-    let info = c
-        .get_session_information(pb::GetSessionInformationRequest {
-            session_handle: handle.to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    json(info.session_data_in_database.as_ref().unwrap())
 }
 
 fn refused_for_a_full_disk(status: &tonic::Status) {
@@ -325,7 +305,7 @@ async fn check_writes(
             .unwrap_or_else(|e| panic!("session {} lost: {e:?}", handle(s)));
     }
     assert_eq!(
-        stored_data(&mut c, &handle(&acknowledged[0])).await,
+        session_data(&mut c, &handle(&acknowledged[0])).await,
         json!({"v": "kept"}),
         "a refused data update was applied"
     );

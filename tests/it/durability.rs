@@ -528,26 +528,6 @@ fn terminate(mut child: Child) {
     assert!(child.wait().unwrap().success());
 }
 
-async fn session_data(c: &mut SessionServiceClient<Channel>, handle: &str) -> serde_json::Value {
-    let info = c
-        .get_session_information(pb::GetSessionInformationRequest {
-            session_handle: handle.to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    json(info.session_data_in_database.as_ref().unwrap())
-}
-
-async fn set_data(c: &mut SessionServiceClient<Channel>, handle: &str, value: &str) {
-    c.update_session_data_in_database(pb::UpdateSessionDataInDatabaseRequest {
-        session_handle: handle.to_owned(),
-        new_session_data: Some(obj(json!({"v": value}))),
-    })
-    .await
-    .unwrap();
-}
-
 #[tokio::test]
 async fn a_store_that_does_not_open_is_rebuilt_from_the_last_backup_and_its_log() {
     let base = tempfile::tempdir().unwrap();

@@ -452,3 +452,33 @@ pub async fn refused_start(config: &Config, clock: Arc<ManualClock>) -> String {
     }
     panic!("the data directory stayed locked");
 }
+
+/// A request that replaces a session's data with `{"v": value}`.
+pub fn data_update(handle: &str, value: &str) -> pb::UpdateSessionDataInDatabaseRequest {
+    pb::UpdateSessionDataInDatabaseRequest {
+        session_handle: handle.to_owned(),
+        new_session_data: Some(obj(serde_json::json!({"v": value}))),
+    }
+}
+
+/// Replaces a session's data with `{"v": value}`.
+pub async fn set_data(c: &mut SessionServiceClient<Channel>, handle: &str, value: &str) {
+    c.update_session_data_in_database(data_update(handle, value))
+        .await
+        .unwrap();
+}
+
+/// A session's data in the database.
+pub async fn session_data(
+    c: &mut SessionServiceClient<Channel>,
+    handle: &str,
+) -> serde_json::Value {
+    let info = c
+        .get_session_information(pb::GetSessionInformationRequest {
+            session_handle: handle.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    json(info.session_data_in_database.as_ref().unwrap())
+}
