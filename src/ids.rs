@@ -20,12 +20,13 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 pub struct SessionHandle([u8; 16]);
 
 impl SessionHandle {
-    /// A fresh random (version 4 UUID shaped) handle.
+    /// A fresh random (version 4 UUID) handle.
     pub fn random() -> Self {
-        let mut b: [u8; 16] = random_bytes::<16>();
-        b[6] = (b[6] & 0x0f) | 0x40;
-        b[8] = (b[8] & 0x3f) | 0x80;
-        Self(b)
+        Self(
+            uuid::Builder::from_random_bytes(random_bytes::<16>())
+                .into_uuid()
+                .into_bytes(),
+        )
     }
 
     /// The raw bytes.
@@ -38,35 +39,19 @@ impl SessionHandle {
         Self(b)
     }
 
-    /// Parses the canonical lowercase or uppercase UUID form.
+    /// Parses the canonical (hyphenated) lowercase or uppercase UUID form;
+    /// the other forms `uuid` reads (braced, URN, no hyphens) are refused.
     pub fn parse(s: &str) -> Option<Self> {
-        let b = s.as_bytes();
-        if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
+        if s.len() != 36 {
             return None;
         }
-        let hex: Vec<u8> = b.iter().copied().filter(|&c| c != b'-').collect();
-        if hex.len() != 32 {
-            return None;
-        }
-        let mut out = [0u8; 16];
-        for (i, pair) in hex.chunks(2).enumerate() {
-            let hi = (pair[0] as char).to_digit(16)?;
-            let lo = (pair[1] as char).to_digit(16)?;
-            out[i] = (hi * 16 + lo) as u8;
-        }
-        Some(Self(out))
+        uuid::Uuid::try_parse(s).ok().map(|u| Self(u.into_bytes()))
     }
 }
 
 impl fmt::Display for SessionHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, byte) in self.0.iter().enumerate() {
-            if matches!(i, 4 | 6 | 8 | 10) {
-                f.write_str("-")?;
-            }
-            write!(f, "{byte:02x}")?;
-        }
-        Ok(())
+        fmt::Display::fmt(&uuid::Uuid::from_bytes(self.0).hyphenated(), f)
     }
 }
 

@@ -130,12 +130,6 @@ impl ApiKey {
     }
 }
 
-fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if !hex.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect()
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    hex::decode(text).ok()
 }

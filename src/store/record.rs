@@ -198,19 +198,12 @@ fn push_generation(out: &mut Vec<u8>, g: &Generation) {
 
 /// The 32 bytes of a lowercase hex SHA-256, which alone round-trips exactly.
 fn sha256_bytes(h: &str) -> Option<[u8; 32]> {
-    let digits = h.as_bytes();
-    if digits.len() != 64 {
+    // Uppercase digits would come back lowercase: those stay text.
+    if !h.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
-    let nibble = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
     let mut raw = [0; 32];
-    for (i, pair) in digits.chunks_exact(2).enumerate() {
-        raw[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
-    }
+    hex::decode_to_slice(h, &mut raw).ok()?;
     Some(raw)
 }
 
@@ -270,15 +263,7 @@ impl Reader<'_> {
 
     fn hash(&mut self) -> Result<String, String> {
         match self.u8()? {
-            HASH_SHA256 => {
-                let raw = self.take(32)?;
-                let mut hex = String::with_capacity(64);
-                for b in raw {
-                    hex.push(char::from_digit(u32::from(b >> 4), 16).expect("nibble"));
-                    hex.push(char::from_digit(u32::from(b & 15), 16).expect("nibble"));
-                }
-                Ok(hex)
-            }
+            HASH_SHA256 => Ok(hex::encode(self.take(32)?)),
             HASH_TEXT => self.str(),
             t => Err(format!("unknown hash tag {t}")),
         }

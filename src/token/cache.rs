@@ -23,7 +23,6 @@
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
-use aws_lc_rs::constant_time::verify_slices_are_equal;
 use hashbrown::HashTable;
 
 use super::access::AccessClaims;
@@ -54,7 +53,7 @@ impl std::fmt::Debug for TokenCache {
 
 /// Whether an entry is this token's, compared in constant time.
 fn is(token: &str) -> impl Fn(&Entry) -> bool + '_ {
-    move |(key, _)| verify_slices_are_equal(key.as_bytes(), token.as_bytes()).is_ok()
+    move |(key, _)| super::ct_eq(key.as_bytes(), token.as_bytes())
 }
 
 impl TokenCache {

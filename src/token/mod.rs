@@ -19,7 +19,6 @@ pub mod refresh;
 use aws_lc_rs::digest;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use subtle::ConstantTimeEq;
 
 /// Why a token was refused. Messages say what is wrong, never what the token was.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -112,18 +111,13 @@ pub fn b64url_decode(text: &str) -> Option<Vec<u8>> {
 
 /// SHA-256 of `data`, lowercase hex.
 pub fn sha256_hex(data: &[u8]) -> String {
-    let d = digest::digest(&digest::SHA256, data);
-    let mut out = String::with_capacity(64);
-    for b in d.as_ref() {
-        out.push(char::from_digit((b >> 4) as u32, 16).expect("nibble"));
-        out.push(char::from_digit((b & 0xf) as u32, 16).expect("nibble"));
-    }
-    out
+    hex::encode(digest::digest(&digest::SHA256, data))
 }
 
-/// Compares two secrets in time independent of where they differ.
+/// Compares two secrets in time independent of where they differ (their
+/// lengths are not secret).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && bool::from(a.ct_eq(b))
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
 }
 
 #[cfg(test)]
