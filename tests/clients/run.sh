@@ -95,7 +95,10 @@ npm install --prefix "$work/buf" --no-audit --no-fund --loglevel=error "@bufbuil
 buf="$work/buf/node_modules/.bin/buf"
 [ "$("$buf" --version)" = "$buf_version" ] || fail "buf $buf_version not installed"
 bufcall() { "$buf" curl -H "x-api-key: $key" -d "$2" "http://$addr/sessiond.v1.SessionService/$1" "${@:3}"; }
-"$buf" curl --list-services "http://$addr" | grep -qx sessiond.v1.SessionService || fail "buf curl --list-services"
+# Captured first: with pipefail, grep -q leaving at its first match can make
+# buf fail writing the lines after it.
+listed=$("$buf" curl --list-services "http://$addr" 2>&1) || fail "buf curl --list-services: $listed"
+grep -qx sessiond.v1.SessionService <<<"$listed" || fail "buf curl --list-services: $listed"
 created=$(bufcall CreateNewSession '{"userId": "buf-user", "accessTokenPayload": {"role": "admin"}}')
 handle=$(json 'd["session"]["sessionHandle"]' <<<"$created")
 access=$(json 'd["accessToken"]["token"]' <<<"$created")
