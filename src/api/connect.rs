@@ -250,7 +250,7 @@ where
                 Box::pin(async move { Ok(unsupported_media_type(&content_type)) })
             }
             Kind::Get => Box::pin(async move {
-                let status = Status::unimplemented(
+                let status = not_served(
                     "sessiond serves Connect calls as POST only (Connect GET requests are not served)",
                 );
                 let mut response = unary_error(None, &CallStatus::from(&status), HeaderMap::new());
@@ -262,6 +262,17 @@ where
             }),
         }
     }
+}
+
+/// UNIMPLEMENTED (reason UNIMPLEMENTED) for a form of call sessiond does not
+/// take: Connect GET, a compressed body, a stream called as unary.
+fn not_served(message: impl Into<String>) -> Status {
+    super::error::status(
+        crate::error::Reason::Unimplemented,
+        message,
+        std::collections::HashMap::new(),
+        None,
+    )
 }
 
 /// A Connect call to a path no route serves (the router's fallback): the
@@ -535,7 +546,7 @@ fn check_encoding(headers: &HeaderMap, name: &str) -> Result<(), Status> {
     match headers.get(name).map(|v| v.to_str().map(str::trim)) {
         None => Ok(()),
         Some(Ok(e)) if e.is_empty() || e.eq_ignore_ascii_case("identity") => Ok(()),
-        Some(v) => Err(Status::unimplemented(format!(
+        Some(v) => Err(not_served(format!(
             "{name} {} is not supported; sessiond accepts identity (uncompressed) only",
             v.map_or_else(|_| "(not ASCII)".to_owned(), |e| format!("`{e}`"))
         ))),
@@ -809,7 +820,7 @@ where
     if let Some(m) = &method
         && (m.is_client_streaming() || m.is_server_streaming())
     {
-        return refuse(Status::unimplemented(format!(
+        return refuse(not_served(format!(
             "{} is a streaming method: call it with content-type {}",
             m.full_name(),
             codec.stream_type()

@@ -258,11 +258,16 @@ mod tests {
             "4194304"
         );
 
-        let s = explain(&Status::unimplemented(""), "/x.Y/Z");
+        let s = explain(&Status::new(Code::Unimplemented, ""), "/x.Y/Z");
         assert_eq!(reason(&s), "UNIMPLEMENTED");
         assert_eq!(s.message(), "sessiond does not serve the method `/x.Y/Z`");
         let long = format!("/{}", "a".repeat(1000));
-        assert!(explain(&Status::unimplemented(""), &long).message().len() < 300);
+        assert!(
+            explain(&Status::new(Code::Unimplemented, ""), &long)
+                .message()
+                .len()
+                < 300
+        );
 
         let s = explain(&Status::internal("Unexpected EOF decoding stream."), "/p");
         assert_eq!(s.code(), Code::InvalidArgument);
