@@ -261,6 +261,55 @@ def generating_files(data_dir: str) -> list[str]:
         return []
 
 
+def model_report(s, runtime: float, failure, event: str) -> dict:
+    """The report fields both campaigns share: what the model checked and
+    found, from the campaign's stats `s`; `event` is "kill" or "cut"."""
+    startups = s.startups or [0.0]
+    return {
+        "acknowledged_writes_checked": {k: s.checked[k] for k in WRITE_KINDS},
+        "acknowledged_writes_checked_total": sum(s.checked.values()),
+        "state_checks": dict(sorted(s.state_checks.items())),
+        "check_runs": s.checks_runs,
+        f"in_flight_at_{event}": {
+            "total": sum(s.uncertain.values()),
+            "by_kind": dict(sorted(s.uncertain.items())),
+            "landed": dict(sorted(s.uncertain_landed.items())),
+            "not_landed": dict(sorted(s.uncertain_not_landed.items())),
+        },
+        "lost": len(s.losses),
+        "losses": s.losses[:100],
+        "unopenable": s.unopenable,
+        "errors_from_a_live_server": s.unexpected_errors[:100],
+        "startup_s": {
+            "starts_measured": len(s.startups),
+            "median": round(statistics.median(startups), 3),
+            "slowest": round(max(startups), 3),
+        },
+        "runtime_s": round(runtime, 1),
+        "failure": failure,
+    }
+
+
+def print_model_report(r: dict, event: str) -> None:
+    """Prints the fields of [model_report]."""
+    checked = ", ".join(f"{kind} {n}" for kind, n in r["acknowledged_writes_checked"].items())
+    log(f"acknowledged writes checked: {r['acknowledged_writes_checked_total']} ({checked})")
+    log("state checks: " + ", ".join(f"{kind} {n}" for kind, n in r["state_checks"].items()))
+    f = r[f"in_flight_at_{event}"]
+    log(f"in flight at a {event} (either outcome accepted): {f['total']}; landed {f['landed']}, "
+        f"not landed {f['not_landed']}")
+    st = r["startup_s"]
+    log(f"start-up to SERVING: median {st['median']:.2f} s, slowest {st['slowest']:.2f} s "
+        f"({st['starts_measured']} starts)")
+    log(f"lost: {r['lost']}")
+    log(f"unopenable: {r['unopenable']}")
+    log(f"errors from a live server: {len(r['errors_from_a_live_server'])}")
+    for e in r["errors_from_a_live_server"][:10]:
+        log(f"  {json.dumps(e, sort_keys=True)}")
+    if r["failure"]:
+        log(f"FAILED: {r['failure']}")
+
+
 def dir_bytes(path: str) -> int:
     total = 0
     for base, _, files in os.walk(path):
@@ -1024,7 +1073,6 @@ class Campaign:
 
     def report(self, runtime: float) -> dict:
         s = self.stats
-        startups = s.startups or [0.0]
         return {
             "seed": self.args.seed,
             "writers": self.args.writers,
@@ -1043,27 +1091,7 @@ class Campaign:
             "data_dir_bytes_at_end": dir_bytes(self.data_dir),
             "model_sessions_at_end": sum(len(m.sessions) for m in self.writers),
             "campaign_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "acknowledged_writes_checked": {k: s.checked[k] for k in WRITE_KINDS},
-            "acknowledged_writes_checked_total": sum(s.checked.values()),
-            "state_checks": dict(sorted(s.state_checks.items())),
-            "check_runs": s.checks_runs,
-            "in_flight_at_kill": {
-                "total": sum(s.uncertain.values()),
-                "by_kind": dict(sorted(s.uncertain.items())),
-                "landed": dict(sorted(s.uncertain_landed.items())),
-                "not_landed": dict(sorted(s.uncertain_not_landed.items())),
-            },
-            "lost": len(s.losses),
-            "losses": s.losses[:100],
-            "unopenable": s.unopenable,
-            "errors_from_a_live_server": s.unexpected_errors[:100],
-            "startup_s": {
-                "starts_measured": len(s.startups),
-                "median": round(statistics.median(startups), 3),
-                "slowest": round(max(startups), 3),
-            },
-            "runtime_s": round(runtime, 1),
-            "failure": self.failed_reason,
+            **model_report(s, runtime, self.failed_reason, "kill"),
             "passed": not s.losses and not s.unopenable and not s.unexpected_errors and self.failed_reason is None,
         }
 
@@ -1088,20 +1116,7 @@ class Campaign:
             f"at the end: data directory {r['data_dir_bytes_at_end'] / 2**20:.1f} MiB, "
             f"{r['model_sessions_at_end']} sessions in the model, campaign peak RSS {r['campaign_peak_rss_mib']} MiB"
         )
-        checked = ", ".join(f"{kind} {n}" for kind, n in r["acknowledged_writes_checked"].items())
-        log(f"acknowledged writes checked: {r['acknowledged_writes_checked_total']} ({checked})")
-        log("state checks: " + ", ".join(f"{kind} {n}" for kind, n in r["state_checks"].items()))
-        f = r["in_flight_at_kill"]
-        log(f"in flight at a kill (either outcome accepted): {f['total']}; landed {f['landed']}, not landed {f['not_landed']}")
-        st = r["startup_s"]
-        log(f"start-up to SERVING: median {st['median']:.2f} s, slowest {st['slowest']:.2f} s ({st['starts_measured']} starts)")
-        log(f"lost: {r['lost']}")
-        log(f"unopenable: {r['unopenable']}")
-        log(f"errors from a live server: {len(r['errors_from_a_live_server'])}")
-        for e in r["errors_from_a_live_server"][:10]:
-            log(f"  {json.dumps(e, sort_keys=True)}")
-        if r["failure"]:
-            log(f"FAILED: {r['failure']}")
+        print_model_report(r, "kill")
         log("crash campaign: " + ("passed" if r["passed"] else "FAILED"))
 
     def keep_evidence(self, report: dict) -> None:

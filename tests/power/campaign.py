@@ -429,7 +429,6 @@ class PowerCampaign:
 
     def report(self, runtime: float) -> dict:
         s = self.stats
-        startups = s.startups or [0.0]
         found_loss = bool(s.losses)
         clean = not s.losses and not s.unopenable and not s.unexpected_errors and self.failed_reason is None
         if self.args.sanity:
@@ -458,27 +457,7 @@ class PowerCampaign:
             "file_system_calls": dict(sorted(self.fs_counts.items())),
             "backing_bytes_at_end": crash.dir_bytes(self.backing),
             "campaign_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "acknowledged_writes_checked": {k: s.checked[k] for k in crash.WRITE_KINDS},
-            "acknowledged_writes_checked_total": sum(s.checked.values()),
-            "state_checks": dict(sorted(s.state_checks.items())),
-            "check_runs": s.checks_runs,
-            "in_flight_at_cut": {
-                "total": sum(s.uncertain.values()),
-                "by_kind": dict(sorted(s.uncertain.items())),
-                "landed": dict(sorted(s.uncertain_landed.items())),
-                "not_landed": dict(sorted(s.uncertain_not_landed.items())),
-            },
-            "lost": len(s.losses),
-            "losses": s.losses[:100],
-            "unopenable": s.unopenable,
-            "errors_from_a_live_server": s.unexpected_errors[:100],
-            "startup_s": {
-                "starts_measured": len(s.startups),
-                "median": round(statistics.median(startups), 3),
-                "slowest": round(max(startups), 3),
-            },
-            "runtime_s": round(runtime, 1),
-            "failure": self.failed_reason,
+            **crash.model_report(s, runtime, self.failed_reason, "cut"),
             "passed": passed,
         }
 
@@ -494,22 +473,7 @@ class PowerCampaign:
         log(f"dropped by the cuts: {d['unsynced_bytes']} unsynced bytes in {d['files_with_unsynced_data']} files, "
             f"name changes {d['unsynced_name_changes']}; {d['cuts_that_dropped_something']} cuts dropped something")
         log("file system calls: " + ", ".join(f"{k} {v}" for k, v in r["file_system_calls"].items()))
-        checked = ", ".join(f"{kind} {n}" for kind, n in r["acknowledged_writes_checked"].items())
-        log(f"acknowledged writes checked: {r['acknowledged_writes_checked_total']} ({checked})")
-        log("state checks: " + ", ".join(f"{kind} {n}" for kind, n in r["state_checks"].items()))
-        f = r["in_flight_at_cut"]
-        log(f"in flight at a cut (either outcome accepted): {f['total']}; landed {f['landed']}, "
-            f"not landed {f['not_landed']}")
-        st = r["startup_s"]
-        log(f"start-up to SERVING: median {st['median']:.2f} s, slowest {st['slowest']:.2f} s "
-            f"({st['starts_measured']} starts)")
-        log(f"lost: {r['lost']}")
-        log(f"unopenable: {r['unopenable']}")
-        log(f"errors from a live server: {len(r['errors_from_a_live_server'])}")
-        for e in r["errors_from_a_live_server"][:10]:
-            log(f"  {json.dumps(e, sort_keys=True)}")
-        if r["failure"]:
-            log(f"FAILED: {r['failure']}")
+        crash.print_model_report(r, "cut")
         if r["sanity"]:
             log("sanity: " + ("the checker reported the losses of a disk that ignores syncs: passed"
                               if r["passed"] else "the checker did NOT see the losses: FAILED"))
