@@ -206,7 +206,7 @@ proptest! {
                     None => prop_assert!(ended),
                     Some(r) => {
                         prop_assert!(!ended);
-                        let current: Vec<_> = issued.iter().filter(|t| refresh::hash(t) == r.current.refresh_hash).collect();
+                        let current: Vec<_> = issued.iter().filter(|t| crate::token::refresh::hash(t) == r.current.refresh_hash).collect();
                         prop_assert_eq!(current.len(), 1, "exactly one issued token is current");
                     }
                 }

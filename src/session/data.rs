@@ -1,0 +1,106 @@
+//! Session data and the access token payload: overwriting the data,
+//! merging into the payload, and regenerating an access token that carries
+//! it. Every change is atomic per session and durable before it returns.
+
+use super::*;
+
+impl SessionManager {
+    /// Applies `edit` to a live session; NOT_FOUND when there is none.
+    pub(super) async fn edit(
+        &self,
+        handle: &str,
+        edit: &mut (dyn FnMut(&mut SessionRecord) -> Result<()> + Send),
+    ) -> Result<()> {
+        let handle = payload::handle("session_handle", handle)?;
+        let now = self.now();
+        let mut result = Err(Error::SessionNotFound);
+        self.store
+            .update_session(&handle.to_string(), &mut |record| match record {
+                Some(r) if r.expires_at_ms > now => {
+                    let mut next = r.clone();
+                    result = edit(&mut next);
+                    if result.is_ok() {
+                        Change::Put(Box::new(next))
+                    } else {
+                        Change::Keep
+                    }
+                }
+                _ => {
+                    result = Err(Error::SessionNotFound);
+                    Change::Keep
+                }
+            })?;
+        result?;
+        self.store.durable().await?;
+        Ok(())
+    }
+
+    /// UpdateSessionDataInDatabase: overwrites the data.
+    pub async fn update_data(&self, handle: &str, data: Map<String, Value>) -> Result<()> {
+        payload::limit_size("new_session_data", &data, self.config.payload_limits)?;
+        self.edit(handle, &mut |r| {
+            r.data = data.clone();
+            Ok(())
+        })
+        .await
+    }
+
+    /// MergeIntoAccessTokenPayload: shallow merge, `null` deletes.
+    pub async fn merge_payload(&self, handle: &str, update: Map<String, Value>) -> Result<()> {
+        const FIELD: &str = "access_token_payload_update";
+        payload::refuse_reserved(FIELD, &update)?;
+        let max = self.config.payload_limits;
+        self.edit(handle, &mut |r| {
+            for (k, v) in &update {
+                if v.is_null() {
+                    r.access_payload.remove(k);
+                } else {
+                    r.access_payload.insert(k.clone(), v.clone());
+                }
+            }
+            Ok(payload::limit_size(FIELD, &r.access_payload, max)?)
+        })
+        .await
+    }
+
+    /// RegenerateAccessToken: a new token with the same `exp` and lineage,
+    /// carrying `new_payload` (stored) or the stored payload.
+    pub async fn regenerate(
+        &self,
+        access_token: &str,
+        new_payload: Option<Map<String, Value>>,
+    ) -> Result<(SessionView, IssuedToken)> {
+        if let Some(p) = &new_payload {
+            self.check_payload("new_access_token_payload", p)?;
+        }
+        let now = self.now();
+        let claims = self.verified(access_token, now)?;
+        let key = self.signer().await?;
+        let mut current = None;
+        self.store
+            .update_session(&claims.session_handle, &mut |record| match record {
+                Some(r) if r.expires_at_ms > now => {
+                    let mut next = r.clone();
+                    if let Some(p) = &new_payload {
+                        next.access_payload = p.clone();
+                    }
+                    current = Some(next.clone());
+                    if new_payload.is_some() {
+                        Change::Put(Box::new(next))
+                    } else {
+                        Change::Keep
+                    }
+                }
+                _ => {
+                    current = None;
+                    Change::Keep
+                }
+            })?;
+        let record = current.ok_or_else(session_gone)?;
+        let token = self.reissue(&key, &claims, record.access_payload.clone(), now)?;
+        // Also when nothing was written here: the token must not carry a
+        // concurrent merge that a crash could still lose.
+        self.store.durable().await?;
+        Ok((view(&record), token))
+    }
+}

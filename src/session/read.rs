@@ -1,0 +1,81 @@
+//! Reads of stored sessions: a user's handles, every session a page at a
+//! time, one session's information. Nothing here writes.
+
+use super::*;
+
+/// A stored session, for admin reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionInfo {
+    /// Handle.
+    pub handle: String,
+    /// User.
+    pub user_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Database-only data.
+    pub data: Map<String, Value>,
+    /// Stored access token payload.
+    pub access_payload: Map<String, Value>,
+    /// Creation, ms.
+    pub created_ms: u64,
+    /// Refresh expiry, ms.
+    pub expires_ms: u64,
+}
+
+impl SessionManager {
+    /// GetAllSessionHandlesForUser.
+    pub fn handles_for_user(
+        &self,
+        user_id: &str,
+        tenant_id: &str,
+        all_tenants: bool,
+    ) -> Result<Vec<String>> {
+        let tenant = self.user_scope(user_id, tenant_id, all_tenants)?;
+        let now = self.now();
+        Ok(self
+            .store
+            .user_sessions(user_id, tenant.as_deref())?
+            .into_iter()
+            .filter(|s| s.expires_at_ms > now)
+            .map(|s| s.handle)
+            .collect())
+    }
+
+    /// ListAllSessions: the live sessions of every user (of one tenant when
+    /// `tenant_id` is given), in handle order, from just after `after`, at
+    /// most `limit` of them.
+    pub fn list_all(
+        &self,
+        tenant_id: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<store::SessionsPage> {
+        let tenant = tenant_id
+            .map(|t| payload::tenant_id("tenant_id", t))
+            .transpose()?;
+        let query = store::SessionQuery {
+            after,
+            tenant_id: tenant.as_deref(),
+            live_at_ms: self.now(),
+            limit,
+        };
+        Ok(store::blocking(|| self.store.list_sessions(&query))?)
+    }
+
+    /// GetSessionInformation.
+    pub fn info(&self, handle: &str) -> Result<SessionInfo> {
+        let handle = payload::handle("session_handle", handle)?;
+        let r = self
+            .live(self.store.session(&handle.to_string())?)
+            .ok_or(Error::SessionNotFound)?;
+        Ok(SessionInfo {
+            handle: r.handle,
+            user_id: r.user_id,
+            tenant_id: r.tenant_id,
+            data: r.data,
+            access_payload: r.access_payload,
+            created_ms: r.created_at_ms,
+            expires_ms: r.expires_at_ms,
+        })
+    }
+}

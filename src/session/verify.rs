@@ -1,0 +1,144 @@
+//! GetSession: verifying an access token (through the verified-token
+//! cache), the optional anti-CSRF and store checks, and claim validators
+//! with refetching. Never sees protobuf types.
+
+use super::*;
+
+/// Input of [`SessionManager::verify`].
+#[derive(Clone, Default)]
+pub struct Verify {
+    /// Claim validators to check.
+    pub validators: Vec<Validator>,
+    /// The access token.
+    pub access_token: String,
+    /// The anti-CSRF token the client sent.
+    pub anti_csrf_token: Option<String>,
+    /// Compare the anti-CSRF token.
+    pub check_anti_csrf: bool,
+    /// Check the store too.
+    pub check_database: bool,
+}
+
+/// The answer to [`SessionManager::verify`]: the token's verified claims,
+/// shared with the cache of verified tokens rather than copied out of it.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The access token's claims.
+    pub claims: Arc<AccessClaims>,
+    /// The payload with refetched claims merged in, when any were refetched.
+    refetched: Option<Map<String, Value>>,
+    /// A new access token, when claims were refetched into the payload.
+    pub new_access: Option<IssuedToken>,
+}
+
+impl Verified {
+    /// The user part of the access token payload (with refetched claims).
+    pub fn payload(&self) -> &Map<String, Value> {
+        self.refetched.as_ref().unwrap_or(&self.claims.payload)
+    }
+}
+
+impl SessionManager {
+    /// GetSession.
+    pub async fn verify(&self, req: Verify) -> Result<Verified> {
+        claims::check_validators("claim_validators", &req.validators)?;
+        let now = self.now();
+        let claims = self.verified(&req.access_token, now)?;
+        if req.check_anti_csrf
+            && let Some(expected) = &claims.anti_csrf_token
+        {
+            let given = req.anti_csrf_token.as_deref().unwrap_or("");
+            if !ct_eq(given.as_bytes(), expected.as_bytes()) {
+                return Err(Error::TryRefreshToken(
+                    "the anti-CSRF token does not match".into(),
+                ));
+            }
+        }
+        if req.check_database {
+            let lineage = self
+                .store
+                .session_lineage(&claims.session_handle)?
+                .filter(|l| l.expires_at_ms > now)
+                .ok_or_else(session_gone)?;
+            let in_lineage = lineage.current_refresh_hash == claims.refresh_token_hash
+                || lineage
+                    .previous_refresh_hash
+                    .is_some_and(|p| p == claims.refresh_token_hash);
+            if !in_lineage || lineage.user_id != claims.user_id {
+                return Err(Error::Unauthorised(
+                    "the access token belongs to a refresh token that was rotated out".into(),
+                ));
+            }
+        }
+        if req.validators.is_empty() {
+            return Ok(Verified {
+                claims,
+                refetched: None,
+                new_access: None,
+            });
+        }
+        self.verify_claims(claims, &req.validators, now).await
+    }
+
+    /// Verifies an access token, through the cache of verified tokens; the
+    /// expiry is checked on every call.
+    pub(super) fn verified(&self, token: &str, now: u64) -> Result<Arc<AccessClaims>> {
+        let claims = match self.token_cache.get(token) {
+            Some(claims) => claims,
+            None => {
+                let claims =
+                    Arc::new(access::verify(&self.keys, token, now).map_err(unauthorised)?);
+                self.token_cache.insert(token, claims.clone());
+                claims
+            }
+        };
+        if now >= claims.exp.saturating_mul(1000) {
+            return Err(unauthorised(TokenError::Expired));
+        }
+        Ok(claims)
+    }
+
+    /// Checks claim validators against a verified token's payload. Stale
+    /// claims whose validators ask for it are refetched, stored, and carried
+    /// by a new access token (same expiry and lineage).
+    async fn verify_claims(
+        &self,
+        claims: Arc<AccessClaims>,
+        validators: &[Validator],
+        now: u64,
+    ) -> Result<Verified> {
+        let subject = claims::Subject {
+            user_id: &claims.user_id,
+            tenant_id: &claims.tenant_id,
+            session_handle: &claims.session_handle,
+        };
+        let updates = self
+            .refetch(validators, &claims.payload, &subject, now)
+            .await?;
+        let (refetched, new_access) = if updates.is_empty() {
+            (None, None)
+        } else {
+            let key = self.signer().await?;
+            self.store_claims(&claims.session_handle, &updates)
+                .await
+                .map_err(|e| match e {
+                    Error::SessionNotFound => session_gone(),
+                    other => other,
+                })?;
+            let mut payload = claims.payload.clone();
+            payload.extend(updates);
+            let token = self.reissue(&key, &claims, payload.clone(), now)?;
+            (Some(payload), Some(token))
+        };
+        let payload = refetched.as_ref().unwrap_or(&claims.payload);
+        let failed = crate::claims::validate_all(validators, payload, now);
+        if !failed.is_empty() {
+            return Err(Error::InvalidClaims(failed));
+        }
+        Ok(Verified {
+            claims,
+            refetched,
+            new_access,
+        })
+    }
+}
