@@ -314,6 +314,10 @@ macro_rules! conformance_suite {
     };
 }
 
+conformance_suite!(memory, |_dir: &std::path::Path| -> std::sync::Arc<
+    dyn crate::store::SessionStore,
+> { crate::store::MemoryStore::shared() });
+
 conformance_suite!(
     sled,
     |dir: &std::path::Path| -> std::sync::Arc<dyn crate::store::SessionStore> {

@@ -14,6 +14,7 @@
 //! - the store never interprets tokens or payloads, and never logs records
 //!   (they hold refresh token hashes and user data).
 
+mod memory;
 mod record;
 mod sled;
 mod sled_dir;
@@ -31,6 +32,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use self::memory::MemoryStore;
 pub use self::record::Lineage;
 pub use self::sled_store::SledStore;
 

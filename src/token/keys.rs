@@ -826,14 +826,13 @@ async fn new_record(
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::store::SledStore;
+    use crate::store::MemoryStore;
     use std::time::Duration;
 
     const HOUR: u64 = 3_600_000;
 
-    async fn ring(alg: SigningAlgorithm) -> (tempfile::TempDir, Arc<ManualClock>, KeyRing) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), 16 << 20, None).unwrap();
+    async fn ring(alg: SigningAlgorithm) -> (Arc<ManualClock>, KeyRing) {
+        let store = MemoryStore::shared();
         let clock = ManualClock::starting_now();
         let config = KeyRingConfig {
             algorithm: alg,
@@ -843,7 +842,7 @@ mod tests {
         let ring = KeyRing::open(store, clock.clone(), config, Metrics::shared())
             .await
             .unwrap();
-        (dir, clock, ring)
+        (clock, ring)
     }
 
     #[tokio::test]
@@ -853,7 +852,7 @@ mod tests {
             SigningAlgorithm::ES256,
             SigningAlgorithm::RS256,
         ] {
-            let (_dir, _clock, ring) = ring(alg).await;
+            let (_clock, ring) = ring(alg).await;
             let key = ring.signer();
             let claims = serde_json::json!({"sub": "u"});
             let token = key.sign(&claims, true).unwrap();
@@ -880,7 +879,7 @@ mod tests {
 
     #[tokio::test]
     async fn rotation_publishes_before_signing_and_retires_after_the_last_token() {
-        let (_dir, clock, ring) = ring(SigningAlgorithm::EdDSA).await;
+        let (clock, ring) = ring(SigningAlgorithm::EdDSA).await;
         let first = ring.signer();
         assert!(first.kid().starts_with("d-"));
         assert!(ring.static_signer().kid().starts_with("s-"));
@@ -912,8 +911,7 @@ mod tests {
 
     #[tokio::test]
     async fn keys_left_under_either_kek_are_sealed_again_under_the_new_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn SessionStore> = SledStore::open(dir.path(), 16 << 20, None).unwrap();
+        let store: Arc<dyn SessionStore> = MemoryStore::shared();
         let clock = ManualClock::starting_now();
         let config = KeyRingConfig {
             algorithm: SigningAlgorithm::EdDSA,

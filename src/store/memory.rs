@@ -1,0 +1,256 @@
+//! [`MemoryStore`]: a [`SessionStore`] held in memory, for tests of the
+//! layers above the store (sessions, keys, buckets) that need no disk.
+//!
+//! It keeps the rules of the trait: every call runs under one lock, so
+//! [`SessionStore::update_session`] and [`SessionStore::update_user_data`]
+//! are atomic and concurrent updates lose nothing; a write is visible as
+//! soon as the call returns; and, since nothing is ever written to a disk,
+//! [`SessionStore::durable`] resolves at once. It must never be used where
+//! data has to survive the process: it keeps nothing across a restart.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{
+    BoxFuture, Change, Exported, KeyRecord, SessionRecord, SessionStore, StoreError, UserData,
+    UserSession,
+};
+
+#[derive(Default)]
+struct Records {
+    sessions: BTreeMap<String, SessionRecord>,
+    /// By (tenant, user).
+    user_data: BTreeMap<(String, String), UserData>,
+    keys: BTreeMap<String, KeyRecord>,
+    secrets: BTreeMap<String, Vec<u8>>,
+}
+
+/// A store that lives in memory only; see the module documentation.
+#[derive(Default)]
+pub struct MemoryStore {
+    records: Mutex<Records>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").finish_non_exhaustive()
+    }
+}
+
+fn listed(r: &SessionRecord) -> UserSession {
+    UserSession {
+        handle: r.handle.clone(),
+        tenant_id: r.tenant_id.clone(),
+        expires_at_ms: r.expires_at_ms,
+    }
+}
+
+impl MemoryStore {
+    /// An empty store, shared.
+    pub fn shared() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Records> {
+        // A panic in a caller's closure leaves the records as they were
+        // before the call (nothing is written until the closure returns).
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl SessionStore for MemoryStore {
+    fn create_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        self.lock()
+            .sessions
+            .insert(record.handle.clone(), record.clone());
+        Ok(())
+    }
+
+    fn session(&self, handle: &str) -> Result<Option<SessionRecord>, StoreError> {
+        Ok(self.lock().sessions.get(handle).cloned())
+    }
+
+    fn update_session(
+        &self,
+        handle: &str,
+        decide: &mut dyn FnMut(Option<&SessionRecord>) -> Change,
+    ) -> Result<Change, StoreError> {
+        let mut records = self.lock();
+        let change = decide(records.sessions.get(handle));
+        match &change {
+            Change::Keep => {}
+            Change::Put(next) => {
+                records.sessions.insert(handle.to_owned(), (**next).clone());
+            }
+            Change::Delete => {
+                records.sessions.remove(handle);
+            }
+        }
+        Ok(change)
+    }
+
+    fn delete_sessions(&self, handles: &[String]) -> Result<Vec<UserSession>, StoreError> {
+        let mut records = self.lock();
+        Ok(handles
+            .iter()
+            .filter_map(|h| records.sessions.remove(h))
+            .map(|r| listed(&r))
+            .collect())
+    }
+
+    fn user_sessions(
+        &self,
+        user_id: &str,
+        tenant_id: Option<&str>,
+    ) -> Result<Vec<UserSession>, StoreError> {
+        Ok(self
+            .lock()
+            .sessions
+            .values()
+            .filter(|r| r.user_id == user_id && tenant_id.is_none_or(|t| t == r.tenant_id))
+            .map(listed)
+            .collect())
+    }
+
+    fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        let mut records = self.lock();
+        let expired: Vec<String> = records
+            .sessions
+            .values()
+            .filter(|r| r.expires_at_ms <= now_ms)
+            .take(limit)
+            .map(|r| r.handle.clone())
+            .collect();
+        for handle in &expired {
+            records.sessions.remove(handle);
+        }
+        Ok(expired.len())
+    }
+
+    fn user_data(&self, tenant_id: &str, user_id: &str) -> Result<Option<UserData>, StoreError> {
+        Ok(self
+            .lock()
+            .user_data
+            .get(&(tenant_id.to_owned(), user_id.to_owned()))
+            .cloned())
+    }
+
+    fn update_user_data(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        change: &mut dyn FnMut(&UserData) -> Option<UserData>,
+    ) -> Result<UserData, StoreError> {
+        let mut records = self.lock();
+        let id = (tenant_id.to_owned(), user_id.to_owned());
+        let current = records.user_data.get(&id).cloned().unwrap_or_default();
+        match change(&current) {
+            Some(next) => {
+                records.user_data.insert(id, next.clone());
+                Ok(next)
+            }
+            None => Ok(current),
+        }
+    }
+
+    fn export(
+        &self,
+        visit: &mut dyn FnMut(Exported) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        // A snapshot, so that `visit` may call the store.
+        let items: Vec<Exported> = {
+            let records = self.lock();
+            let sessions = records.sessions.values().cloned().map(Exported::Session);
+            let buckets =
+                records
+                    .user_data
+                    .iter()
+                    .map(|((tenant, user), data)| Exported::UserData {
+                        tenant_id: tenant.clone(),
+                        user_id: user.clone(),
+                        data: data.clone(),
+                    });
+            let keys = records.keys.values().cloned().map(Exported::Key);
+            let secrets = records
+                .secrets
+                .iter()
+                .map(|(name, value)| Exported::Secret {
+                    name: name.clone(),
+                    value: value.clone(),
+                });
+            sessions.chain(buckets).chain(keys).chain(secrets).collect()
+        };
+        items.into_iter().try_for_each(visit)
+    }
+
+    fn import(&self, item: Exported) -> Result<(), StoreError> {
+        let mut records = self.lock();
+        match item {
+            Exported::Session(r) => {
+                records.sessions.insert(r.handle.clone(), r);
+            }
+            Exported::UserData {
+                tenant_id,
+                user_id,
+                data,
+            } => {
+                records.user_data.insert((tenant_id, user_id), data);
+            }
+            Exported::Key(k) => {
+                records.keys.insert(k.kid.clone(), k);
+            }
+            Exported::Secret { name, value } => {
+                records.secrets.insert(name, value);
+            }
+        }
+        Ok(())
+    }
+
+    fn count_sessions(&self) -> Result<u64, StoreError> {
+        Ok(self.lock().sessions.len() as u64)
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        Ok(self.lock().keys.values().cloned().collect())
+    }
+
+    fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        self.lock().keys.insert(key.kid.clone(), key.clone());
+        Ok(())
+    }
+
+    fn delete_key(&self, kid: &str) -> Result<(), StoreError> {
+        self.lock().keys.remove(kid);
+        Ok(())
+    }
+
+    fn secret(&self, name: &str, make: &mut dyn FnMut() -> Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        Ok(self
+            .lock()
+            .secrets
+            .entry(name.to_owned())
+            .or_insert_with(make)
+            .clone())
+    }
+
+    fn replace_secret(&self, name: &str, current: &[u8], new: &[u8]) -> Result<bool, StoreError> {
+        let mut records = self.lock();
+        match records.secrets.get_mut(name) {
+            Some(value) if value.as_slice() == current => {
+                *value = new.to_vec();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn durable(&self) -> BoxFuture<Result<(), StoreError>> {
+        // Nothing is ever written to a disk: every write is as durable as
+        // this store makes it once the call returned.
+        Box::pin(async { Ok(()) })
+    }
+}
