@@ -6,14 +6,17 @@
 //! so concurrent updates never lose a change; an update that would take a
 //! bucket over the size cap is refused and leaves it as it was. Who may read
 //! or write which bucket is decided at the edge (`api::user_session`); this
-//! module only applies the rules to the data.
+//! module only applies the rules to the data, and is the only one that
+//! writes a user's [`UserData`] record (sessions set the user identifier
+//! through [`set_identifier`]). It takes checked ids and never names a
+//! request's fields.
 
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::error::{Error, Result};
-use crate::input as payload;
+use crate::error::{Error, Oversized, Result};
+use crate::input::{self as payload, InputError, TenantId, UserId};
 use crate::store::{SessionStore, UserData};
 
 /// Longest accepted user identifier, in bytes.
@@ -62,17 +65,48 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-/// Checks a user identifier.
-pub fn check_identifier(field: &str, identifier: &str) -> Result<()> {
-    if identifier.len() > MAX_IDENTIFIER {
-        return Err(Error::invalid(
-            field,
-            format!("must be at most {MAX_IDENTIFIER} bytes"),
-        ));
+/// A checked user identifier: bounded, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserIdentifier(String);
+
+impl UserIdentifier {
+    /// Checks `identifier`; errors name `field`.
+    pub fn parse(field: &str, identifier: String) -> Result<Self, InputError> {
+        if identifier.len() > MAX_IDENTIFIER {
+            return Err(InputError::invalid(
+                field,
+                format!("must be at most {MAX_IDENTIFIER} bytes"),
+            ));
+        }
+        if identifier.chars().any(char::is_control) {
+            return Err(InputError::invalid(
+                field,
+                "must not contain control characters",
+            ));
+        }
+        Ok(Self(identifier))
     }
-    if identifier.chars().any(char::is_control) {
-        return Err(Error::invalid(field, "must not contain control characters"));
+
+    /// The identifier.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
+}
+
+/// Records `identifier` as the user's, unless it already is; the caller
+/// makes the write durable.
+pub fn set_identifier(
+    store: &dyn SessionStore,
+    tenant: &TenantId,
+    user: &UserId,
+    identifier: &UserIdentifier,
+) -> Result<()> {
+    store.update_user_data(tenant.as_str(), user.as_str(), &mut |d| {
+        (d.user_identifier.as_deref() != Some(identifier.as_str())).then(|| UserData {
+            user_identifier: Some(identifier.0.clone()),
+            ..d.clone()
+        })
+    })?;
     Ok(())
 }
 
@@ -90,9 +124,9 @@ impl std::fmt::Debug for Buckets {
     }
 }
 
-fn view(user_id: &str, data: UserData, with_private: bool) -> UserBuckets {
+fn view(user_id: &UserId, data: UserData, with_private: bool) -> UserBuckets {
     UserBuckets {
-        user_id: user_id.to_owned(),
+        user_id: user_id.as_str().to_owned(),
         public: data.public,
         private: with_private.then_some(data.private),
         user_identifier: data.user_identifier.unwrap_or_default(),
@@ -105,65 +139,60 @@ impl Buckets {
         Self { store, limits }
     }
 
-    fn scope(user_id: &str, tenant_id: &str) -> Result<String> {
-        payload::user_id("user_id", user_id)?;
-        Ok(payload::tenant_id("tenant_id", tenant_id)?)
-    }
-
     /// GetUserSession.
-    pub fn get(&self, tenant_id: &str, user_id: &str, with_private: bool) -> Result<UserBuckets> {
-        let tenant = Self::scope(user_id, tenant_id)?;
-        let data = self.store.user_data(&tenant, user_id)?.unwrap_or_default();
+    pub fn get(
+        &self,
+        tenant: &TenantId,
+        user_id: &UserId,
+        with_private: bool,
+    ) -> Result<UserBuckets> {
+        let data = self
+            .store
+            .user_data(tenant.as_str(), user_id.as_str())?
+            .unwrap_or_default();
         Ok(view(user_id, data, with_private))
     }
 
     /// UpdateUserSession: merges `patch` into the bucket, atomically.
     pub async fn update(
         &self,
-        tenant_id: &str,
-        user_id: &str,
+        tenant: &TenantId,
+        user_id: &UserId,
         bucket: Bucket,
         patch: Map<String, Value>,
-        user_identifier: Option<String>,
+        user_identifier: Option<UserIdentifier>,
         with_private: bool,
     ) -> Result<UserBuckets> {
-        let tenant = Self::scope(user_id, tenant_id)?;
-        if let Some(id) = &user_identifier {
-            check_identifier("user_identifier", id)?;
-        }
         let patch = Value::Object(patch);
         let max = self.limits;
         let mut refused = None;
-        let stored = self
-            .store
-            .update_user_data(&tenant, user_id, &mut |current| {
-                let mut next = current.clone();
-                let target = match bucket {
-                    Bucket::Public => &mut next.public,
-                    Bucket::Private => &mut next.private,
-                };
-                let mut merged = Value::Object(std::mem::take(target));
-                merge_patch(&mut merged, &patch);
-                let Value::Object(merged) = merged else {
-                    unreachable!("a merge of an object patch is an object")
-                };
-                refused = payload::limit_size("data", &merged, max).err();
-                if refused.is_some() {
-                    return None;
-                }
-                *target = merged;
-                if let Some(id) = &user_identifier {
-                    next.user_identifier = Some(id.clone());
-                }
-                Some(next)
-            })?;
-        if let Some(e) = refused {
-            return Err(match e {
-                payload::InputError::Invalid { field, message } => Error::InvalidArgument {
-                    field,
-                    message: format!("the merged bucket {message}; nothing was changed"),
-                },
-                other => other.into(),
+        let stored =
+            self.store
+                .update_user_data(tenant.as_str(), user_id.as_str(), &mut |current| {
+                    let mut next = current.clone();
+                    let target = match bucket {
+                        Bucket::Public => &mut next.public,
+                        Bucket::Private => &mut next.private,
+                    };
+                    let mut merged = Value::Object(std::mem::take(target));
+                    merge_patch(&mut merged, &patch);
+                    let Value::Object(merged) = merged else {
+                        unreachable!("a merge of an object patch is an object")
+                    };
+                    refused = payload::oversize(&merged, max);
+                    if refused.is_some() {
+                        return None;
+                    }
+                    *target = merged;
+                    if let Some(id) = &user_identifier {
+                        next.user_identifier = Some(id.0.clone());
+                    }
+                    Some(next)
+                })?;
+        if let Some(problem) = refused {
+            return Err(Error::TooLarge {
+                what: Oversized::MergedBucket,
+                problem,
             });
         }
         self.store.durable().await?;
@@ -173,22 +202,21 @@ impl Buckets {
     /// ClearUserSession: replaces the bucket with `{}`.
     pub async fn clear(
         &self,
-        tenant_id: &str,
-        user_id: &str,
+        tenant: &TenantId,
+        user_id: &UserId,
         bucket: Bucket,
         with_private: bool,
     ) -> Result<UserBuckets> {
-        let tenant = Self::scope(user_id, tenant_id)?;
-        let stored = self
-            .store
-            .update_user_data(&tenant, user_id, &mut |current| {
-                let mut next = current.clone();
-                match bucket {
-                    Bucket::Public => next.public.clear(),
-                    Bucket::Private => next.private.clear(),
-                }
-                Some(next)
-            })?;
+        let stored =
+            self.store
+                .update_user_data(tenant.as_str(), user_id.as_str(), &mut |current| {
+                    let mut next = current.clone();
+                    match bucket {
+                        Bucket::Public => next.public.clear(),
+                        Bucket::Private => next.private.clear(),
+                    }
+                    Some(next)
+                })?;
         self.store.durable().await?;
         Ok(view(user_id, stored, with_private))
     }

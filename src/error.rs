@@ -154,12 +154,45 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// Something the domain built from checked input grew past its size
+    /// limit (a check only the domain can make); nothing was changed.
+    #[error("{what}: {problem}")]
+    TooLarge {
+        /// What grew too large.
+        what: Oversized,
+        /// How ("is 70000 bytes of JSON; the limit is 65536 bytes").
+        problem: String,
+    },
+    /// A JWT signed by the rotating key would outlive the key's rotation.
+    #[error(
+        "a JWT signed by the rotating key may live at most as long as the key rotation \
+         interval ({}s); use the static key for longer",
+        .most_ms / 1000
+    )]
+    JwtOutlivesKey {
+        /// The rotation interval, ms.
+        most_ms: u64,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Key handling failed.
     #[error(transparent)]
     Key(#[from] KeyError),
+}
+
+/// What the domain found too large once it had built it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Oversized {
+    /// A session's access token payload after a merge into it.
+    #[error("the merged access token payload")]
+    MergedPayload,
+    /// A session's access token payload after claim values were stored in it.
+    #[error("the access token payload with its claims")]
+    PayloadWithClaims,
+    /// A user's bucket after a merge patch.
+    #[error("the merged bucket")]
+    MergedBucket,
 }
 
 impl From<crate::input::InputError> for Error {

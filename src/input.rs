@@ -1,9 +1,14 @@
 //! Checks on what callers hand in, shared by every layer: identifiers
 //! (user, tenant, session handle), the size and depth of JSON, and the
-//! reserved access token claims no payload may set.
+//! reserved access token claims no payload may set — and the checked
+//! values that come out of those checks ([`UserId`], [`TenantId`],
+//! [`AccessPayload`], [`PayloadUpdate`], [`SessionData`]), which the domain
+//! takes so that it cannot be handed unchecked input.
 //!
 //! This is the ground floor: it depends on nothing of sessiond's but
 //! `ids`, and its failures are an [`InputError`] that the layers above wrap.
+//! The field named in an error is the one the caller passes in: this module
+//! never knows a request's field names.
 
 use serde_json::{Map, Value};
 
@@ -64,7 +69,20 @@ pub fn is_reserved(key: &str) -> bool {
 
 /// Refuses a payload that sets a reserved access token claim.
 pub fn refuse_reserved(field: &str, payload: &Map<String, Value>) -> Result<()> {
-    match payload.keys().find(|k| is_reserved(k)) {
+    refuse_reserved_except(field, payload, &[])
+}
+
+/// Refuses a payload that sets a reserved access token claim other than
+/// those in `allowed`.
+pub fn refuse_reserved_except(
+    field: &str,
+    payload: &Map<String, Value>,
+    allowed: &[&str],
+) -> Result<()> {
+    match payload
+        .keys()
+        .find(|k| is_reserved(k) && !allowed.contains(&k.as_str()))
+    {
         Some(claim) => Err(InputError::ProtectedClaim {
             field: format!("{field}.{claim}"),
             claim: claim.clone(),
@@ -91,28 +109,35 @@ fn depth(value: &Value) -> usize {
     }
 }
 
-/// Refuses JSON larger or deeper than `limits` allow.
-pub fn limit_size(field: &str, payload: &Map<String, Value>, limits: JsonLimits) -> Result<()> {
+/// What is wrong with JSON larger or deeper than `limits` allow, as a
+/// phrase to follow its name ("is 70000 bytes of JSON; ..."); `None` when
+/// it fits.
+pub fn oversize(payload: &Map<String, Value>, limits: JsonLimits) -> Option<String> {
     let len = serde_json::to_vec(payload)
         .map(|v| v.len())
         .unwrap_or(usize::MAX);
     if len > limits.bytes {
-        return Err(InputError::invalid(
-            field,
-            format!(
-                "is {len} bytes of JSON; the limit is {} bytes",
-                limits.bytes
-            ),
+        return Some(format!(
+            "is {len} bytes of JSON; the limit is {} bytes",
+            limits.bytes
         ));
     }
     let deepest = 1 + payload.values().map(depth).max().unwrap_or(0);
     if deepest > limits.depth {
-        return Err(InputError::invalid(
-            field,
-            format!("nests {deepest} levels deep; the limit is {}", limits.depth),
+        return Some(format!(
+            "nests {deepest} levels deep; the limit is {}",
+            limits.depth
         ));
     }
-    Ok(())
+    None
+}
+
+/// Refuses JSON larger or deeper than `limits` allow.
+pub fn limit_size(field: &str, payload: &Map<String, Value>, limits: JsonLimits) -> Result<()> {
+    match oversize(payload, limits) {
+        Some(message) => Err(InputError::invalid(field, message)),
+        None => Ok(()),
+    }
 }
 
 /// Longest accepted user id, in bytes.
@@ -171,6 +196,116 @@ pub fn handle(field: &str, value: &str) -> Result<SessionHandle> {
         return Err(InputError::invalid(field, "must not be empty"));
     }
     SessionHandle::parse(value).ok_or_else(|| InputError::invalid(field, "is not a session handle"))
+}
+
+/// A checked user id: non-empty, bounded, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UserId(String);
+
+impl UserId {
+    /// Checks `value` as a user id; errors name `field`.
+    pub fn parse(field: &str, value: impl Into<String>) -> Result<Self> {
+        let value = value.into();
+        user_id(field, &value)?;
+        Ok(Self(value))
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The id, owned.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl std::fmt::Display for UserId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A checked tenant id; a request naming none gets [`DEFAULT_TENANT`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TenantId(String);
+
+impl TenantId {
+    /// Checks `value` as a tenant id ("" is the default tenant); errors
+    /// name `field`.
+    pub fn parse(field: &str, value: &str) -> Result<Self> {
+        tenant_id(field, value).map(Self)
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The id, owned.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl std::fmt::Display for TenantId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// User claims for an access token: no reserved claim, within the limits.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AccessPayload(Map<String, Value>);
+
+impl AccessPayload {
+    /// Checks `payload`: reserved claims first, then size; errors name `field`.
+    pub fn parse(field: &str, payload: Map<String, Value>, limits: JsonLimits) -> Result<Self> {
+        refuse_reserved(field, &payload)?;
+        limit_size(field, &payload, limits)?;
+        Ok(Self(payload))
+    }
+
+    /// The claims.
+    pub fn into_map(self) -> Map<String, Value> {
+        self.0
+    }
+}
+
+/// A change to an access token payload (`null` deletes): no reserved
+/// claim. Its size can only be judged once merged, by the domain.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PayloadUpdate(Map<String, Value>);
+
+impl PayloadUpdate {
+    /// Checks `update` for reserved claims; errors name `field`.
+    pub fn parse(field: &str, update: Map<String, Value>) -> Result<Self> {
+        refuse_reserved(field, &update)?;
+        Ok(Self(update))
+    }
+
+    /// The changes.
+    pub fn as_map(&self) -> &Map<String, Value> {
+        &self.0
+    }
+}
+
+/// Database-only session data, within the limits.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SessionData(Map<String, Value>);
+
+impl SessionData {
+    /// Checks the size of `data`; errors name `field`.
+    pub fn parse(field: &str, data: Map<String, Value>, limits: JsonLimits) -> Result<Self> {
+        limit_size(field, &data, limits)?;
+        Ok(Self(data))
+    }
+
+    /// The data.
+    pub fn into_map(self) -> Map<String, Value> {
+        self.0
+    }
 }
 
 #[cfg(test)]

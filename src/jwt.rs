@@ -4,6 +4,9 @@
 //! never pass as an access token, CreateJwt refuses the access token's
 //! session claims, and access tokens carry a header (`version: "5"`) that
 //! CreateJwt never sets.
+//!
+//! [`JwtIssuer::create`] takes a [`NewJwt`], checked at the edge; this
+//! module never names a request's fields.
 
 use std::sync::Arc;
 
@@ -11,17 +14,54 @@ use serde_json::{Map, Value};
 
 use crate::clock::SharedClock;
 use crate::error::{Error, Result};
-use crate::input as payload;
+use crate::input::{self as payload, InputError};
 use crate::token::keys::{Jwk, KeyRing};
 
 /// Default JWT validity: 100 years, as in SuperTokens.
 pub const DEFAULT_VALIDITY_MS: u64 = 100 * 365 * 86_400_000;
 
-/// Whether CreateJwt refuses a claim: it sets `iat` and `exp` itself, and
-/// refuses the access token's session claims; `sub` and `iss` are the
-/// caller's to set.
-fn refused(claim: &str) -> bool {
-    crate::token::access::is_reserved(claim) && !matches!(claim, "sub" | "iss")
+/// Reserved access token claims a JWT's caller may still set: CreateJwt
+/// sets `iat` and `exp` itself and refuses the access token's session
+/// claims, but `sub` and `iss` are the caller's.
+const CALLERS_CLAIMS: [&str; 2] = ["sub", "iss"];
+
+/// A checked CreateJwt request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJwt {
+    claims: Map<String, Value>,
+    validity_ms: u64,
+    use_static: bool,
+}
+
+impl NewJwt {
+    /// Checks the claims (errors name `claims_field`) and the validity
+    /// (errors name `validity_field`; none means the default).
+    pub fn parse(
+        claims_field: &str,
+        claims: Map<String, Value>,
+        validity_field: &str,
+        validity_ms: Option<u64>,
+        use_static: bool,
+        limits: payload::JsonLimits,
+    ) -> Result<Self, InputError> {
+        payload::refuse_reserved_except(claims_field, &claims, &CALLERS_CLAIMS)?;
+        payload::limit_size(claims_field, &claims, limits)?;
+        let validity_ms = validity_ms.unwrap_or(DEFAULT_VALIDITY_MS);
+        if validity_ms < 1000 {
+            return Err(InputError::invalid(validity_field, "must be at least 1s"));
+        }
+        if validity_ms > 2 * DEFAULT_VALIDITY_MS {
+            return Err(InputError::invalid(
+                validity_field,
+                "must be at most 200 years",
+            ));
+        }
+        Ok(Self {
+            claims,
+            validity_ms,
+            use_static,
+        })
+    }
 }
 
 /// The OpenID discovery document.
@@ -58,27 +98,18 @@ impl JwtIssuer {
         }
     }
 
+    /// Size and depth limits of JWT payloads.
+    pub fn limits(&self) -> payload::JsonLimits {
+        self.limits
+    }
+
     /// CreateJwt.
-    pub async fn create(
-        &self,
-        mut claims: Map<String, Value>,
-        validity_ms: Option<u64>,
-        use_static: bool,
-    ) -> Result<String> {
-        if let Some(claim) = claims.keys().find(|k| refused(k)) {
-            return Err(Error::ProtectedClaim {
-                field: format!("payload.{claim}"),
-                claim: claim.clone(),
-            });
-        }
-        payload::limit_size("payload", &claims, self.limits)?;
-        let validity = validity_ms.unwrap_or(DEFAULT_VALIDITY_MS);
-        if validity < 1000 {
-            return Err(Error::invalid("validity", "must be at least 1s"));
-        }
-        if validity > 2 * DEFAULT_VALIDITY_MS {
-            return Err(Error::invalid("validity", "must be at most 200 years"));
-        }
+    pub async fn create(&self, req: NewJwt) -> Result<String> {
+        let NewJwt {
+            mut claims,
+            validity_ms: validity,
+            use_static,
+        } = req;
         self.keys.maintain().await?;
         let now = self.clock.now_ms();
         let exp_s = (now + validity) / 1000;
@@ -95,14 +126,7 @@ impl JwtIssuer {
             // years, so long-lived JWTs belong to the static key.
             let most = self.keys.rotation_interval_ms();
             if validity > most {
-                return Err(Error::invalid(
-                    "validity",
-                    format!(
-                        "a JWT signed by the rotating key may live at most as long as the key rotation \
-                         interval ({}s); use the static key for longer",
-                        most / 1000
-                    ),
-                ));
+                return Err(Error::JwtOutlivesKey { most_ms: most });
             }
             let key = self.keys.signer();
             self.keys.note_jwt_expiry(key.kid(), exp_s * 1000).await?;

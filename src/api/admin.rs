@@ -155,9 +155,14 @@ impl AdminService for AdminApi {
         let req = req.into_inner();
         let limit = page_size(req.page_size)?;
         let after = cursor(&req.page_token)?;
+        let tenant = req
+            .tenant_id
+            .as_deref()
+            .map(|t| crate::input::TenantId::parse("tenant_id", t))
+            .transpose()?;
         let page = self
             .sessions
-            .list_all(req.tenant_id.as_deref(), after.as_deref(), limit)?;
+            .list_all(tenant.as_ref(), after.as_deref(), limit)?;
         let next_page_token = match page.sessions.last() {
             Some(last) if page.more => page_token(&last.handle),
             _ => String::new(),

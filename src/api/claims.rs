@@ -7,7 +7,7 @@ use super::convert::{
     duration, duration_ms, json_to_struct, json_to_value, list_to_json, value_to_json,
 };
 use super::error::invalid;
-use crate::claims::{Check, InvalidClaim, Validator};
+use crate::claims::{Check, InvalidClaim, Validator, Validators};
 use crate::pb;
 use crate::pb::claim_validator::Check as PbCheck;
 
@@ -65,6 +65,16 @@ pub fn validators(field: &str, input: Vec<pb::ClaimValidator>) -> Result<Vec<Val
             })
         })
         .collect()
+}
+
+/// Converts the validators of a request and checks them (how many, their
+/// claim keys): what the domain takes.
+pub fn checked_validators(
+    field: &str,
+    input: Vec<pb::ClaimValidator>,
+) -> Result<Validators, Status> {
+    let converted = validators(field, input)?;
+    Ok(Validators::check(field, converted)?)
 }
 
 /// A failure in protobuf form.

@@ -11,7 +11,7 @@ use tonic::Status;
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::claims::ClaimError;
-use crate::error::{Error, Reason};
+use crate::error::{Error, Oversized, Reason};
 use crate::store::StoreError;
 use crate::token::KeyError;
 
@@ -83,6 +83,15 @@ impl From<Error> for Status {
                 HashMap::new(),
                 Some((&field, &m)),
             ),
+            Error::TooLarge { what, problem } => match what {
+                Oversized::MergedPayload => invalid("access_token_payload_update", &problem),
+                Oversized::PayloadWithClaims => invalid("value", &problem),
+                Oversized::MergedBucket => invalid(
+                    "data",
+                    &format!("the merged bucket {problem}; nothing was changed"),
+                ),
+            },
+            Error::JwtOutlivesKey { .. } => invalid("validity", &message),
             Error::InvalidClaims(failed) => {
                 let keys: Vec<&str> = failed.iter().map(|c| c.claim_key.as_str()).collect();
                 let mut details = ErrorDetails::with_error_info(

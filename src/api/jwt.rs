@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::convert::{duration_ms, opt_struct, timestamp};
-use crate::jwt::JwtIssuer;
+use crate::jwt::{JwtIssuer, NewJwt};
 use crate::pb;
 use crate::pb::jwt_service_server::JwtService;
 use crate::token::keys::Jwk;
@@ -52,7 +52,15 @@ impl JwtService for JwtApi {
             .transpose()?;
         // Like SuperTokens, the static key unless the caller asks otherwise.
         let use_static = r.use_static_signing_key.unwrap_or(true);
-        let jwt = self.issuer.create(claims, validity, use_static).await?;
+        let req = NewJwt::parse(
+            "payload",
+            claims,
+            "validity",
+            validity,
+            use_static,
+            self.issuer.limits(),
+        )?;
+        let jwt = self.issuer.create(req).await?;
         Ok(Response::new(pb::CreateJwtResponse { jwt }))
     }
 

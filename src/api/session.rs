@@ -1,11 +1,21 @@
 //! `sessiond.v1.SessionService`: validates requests, converts them into
 //! domain calls on [`SessionManager`], converts the answers back.
+//!
+//! Every check on a request's fields happens here, in the order the
+//! fields' errors have always been reported, so the domain receives only
+//! checked values and the field paths clients see are named only here.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use super::convert::{json_to_struct, opt_struct, timestamp};
+use crate::buckets::UserIdentifier;
+use crate::claims::{ClaimKey, ClaimValue};
+use crate::ids::SessionHandle;
+use crate::input::{
+    self as payload, AccessPayload, JsonLimits, PayloadUpdate, SessionData, TenantId, UserId,
+};
 use crate::pb;
 use crate::pb::session_service_server::SessionService;
 use crate::session::{
@@ -68,18 +78,46 @@ impl From<Tokens> for pb::RefreshSessionResponse {
     }
 }
 
-impl TryFrom<pb::CreateNewSessionRequest> for NewSession {
-    type Error = Status;
-    fn try_from(r: pb::CreateNewSessionRequest) -> Result<Self, Status> {
-        Ok(Self {
-            user_id: r.user_id,
-            tenant_id: r.tenant_id,
-            access_payload: opt_struct("access_token_payload", r.access_token_payload)?,
-            data: opt_struct("session_data_in_database", r.session_data_in_database)?,
-            anti_csrf: !r.disable_anti_csrf,
-            user_identifier: non_empty(r.user_identifier),
-        })
-    }
+/// A session handle named by `field`.
+fn handle(field: &str, value: &str) -> Result<SessionHandle, Status> {
+    Ok(payload::handle(field, value)?)
+}
+
+/// The user and the tenant scope of a per-user call: every tenant when
+/// `all_tenants` is set (the tenant field is then not looked at).
+fn user_scope(
+    user_id: String,
+    tenant_id: &str,
+    all_tenants: bool,
+) -> Result<(UserId, Option<TenantId>), Status> {
+    let user = UserId::parse("user_id", user_id)?;
+    let tenant = if all_tenants {
+        None
+    } else {
+        Some(TenantId::parse("tenant_id", tenant_id)?)
+    };
+    Ok((user, tenant))
+}
+
+/// CreateNewSession's request, checked against the payload limits.
+fn new_session(r: pb::CreateNewSessionRequest, limits: JsonLimits) -> Result<NewSession, Status> {
+    let access_payload = opt_struct("access_token_payload", r.access_token_payload)?;
+    let data = opt_struct("session_data_in_database", r.session_data_in_database)?;
+    let user_id = UserId::parse("user_id", r.user_id)?;
+    let tenant_id = TenantId::parse("tenant_id", &r.tenant_id)?;
+    let access_payload = AccessPayload::parse("access_token_payload", access_payload, limits)?;
+    let data = SessionData::parse("session_data_in_database", data, limits)?;
+    let user_identifier = non_empty(r.user_identifier)
+        .map(|id| UserIdentifier::parse("user_identifier", id))
+        .transpose()?;
+    Ok(NewSession {
+        user_id,
+        tenant_id,
+        access_payload,
+        data,
+        anti_csrf: !r.disable_anti_csrf,
+        user_identifier,
+    })
 }
 
 impl TryFrom<pb::GetSessionRequest> for Verify {
@@ -89,7 +127,7 @@ impl TryFrom<pb::GetSessionRequest> for Verify {
             return Err(super::error::invalid("access_token", "must not be empty"));
         }
         Ok(Self {
-            validators: super::claims::validators("claim_validators", r.claim_validators)?,
+            validators: super::claims::checked_validators("claim_validators", r.claim_validators)?,
             access_token: r.access_token,
             anti_csrf_token: non_empty(r.anti_csrf_token),
             check_anti_csrf: r.do_anti_csrf_check,
@@ -118,7 +156,7 @@ impl SessionService for SessionApi {
         &self,
         req: Request<pb::CreateNewSessionRequest>,
     ) -> Result<Response<pb::CreateNewSessionResponse>, Status> {
-        let new = NewSession::try_from(req.into_inner())?;
+        let new = new_session(req.into_inner(), self.manager.payload_limits())?;
         let tokens = self.manager.create(new).await?;
         super::record_tenant(&tokens.session.tenant_id);
         Ok(Response::new(tokens.into()))
@@ -157,10 +195,8 @@ impl SessionService for SessionApi {
         &self,
         req: Request<pb::RevokeSessionRequest>,
     ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
-        let revoked = self
-            .manager
-            .revoke(&req.into_inner().session_handle)
-            .await?;
+        let handle = handle("session_handle", &req.into_inner().session_handle)?;
+        let revoked = self.manager.revoke(handle).await?;
         Ok(Response::new(pb::RevokeSessionResponse { revoked }))
     }
 
@@ -169,10 +205,8 @@ impl SessionService for SessionApi {
         req: Request<pb::RevokeAllSessionsForUserRequest>,
     ) -> Result<Response<pb::RevokeAllSessionsForUserResponse>, Status> {
         let r = req.into_inner();
-        let revoked = self
-            .manager
-            .revoke_user(&r.user_id, &r.tenant_id, r.revoke_across_all_tenants)
-            .await?;
+        let (user, tenant) = user_scope(r.user_id, &r.tenant_id, r.revoke_across_all_tenants)?;
+        let revoked = self.manager.revoke_user(&user, tenant.as_ref()).await?;
         Ok(Response::new(pb::RevokeAllSessionsForUserResponse {
             session_handles_revoked: revoked,
         }))
@@ -182,10 +216,23 @@ impl SessionService for SessionApi {
         &self,
         req: Request<pb::RevokeMultipleSessionsRequest>,
     ) -> Result<Response<pb::RevokeMultipleSessionsResponse>, Status> {
-        let revoked = self
-            .manager
-            .revoke_many(&req.into_inner().session_handles)
-            .await?;
+        let handles = req.into_inner().session_handles;
+        let most = self.manager.max_handles_per_call();
+        if handles.len() > most {
+            return Err(super::error::invalid(
+                "session_handles",
+                &format!(
+                    "at most {} per call",
+                    crate::text::count(most as u64, "handle", "handles")
+                ),
+            ));
+        }
+        let handles = handles
+            .iter()
+            .enumerate()
+            .map(|(i, h)| handle(&format!("session_handles[{i}]"), h))
+            .collect::<Result<Vec<_>, Status>>()?;
+        let revoked = self.manager.revoke_many(&handles).await?;
         Ok(Response::new(pb::RevokeMultipleSessionsResponse {
             session_handles_revoked: revoked,
         }))
@@ -196,9 +243,8 @@ impl SessionService for SessionApi {
         req: Request<pb::GetAllSessionHandlesForUserRequest>,
     ) -> Result<Response<pb::GetAllSessionHandlesForUserResponse>, Status> {
         let r = req.into_inner();
-        let handles =
-            self.manager
-                .handles_for_user(&r.user_id, &r.tenant_id, r.fetch_across_all_tenants)?;
+        let (user, tenant) = user_scope(r.user_id, &r.tenant_id, r.fetch_across_all_tenants)?;
+        let handles = self.manager.handles_for_user(&user, tenant.as_ref())?;
         Ok(Response::new(pb::GetAllSessionHandlesForUserResponse {
             session_handles: handles,
         }))
@@ -208,7 +254,8 @@ impl SessionService for SessionApi {
         &self,
         req: Request<pb::GetSessionInformationRequest>,
     ) -> Result<Response<pb::GetSessionInformationResponse>, Status> {
-        let info = self.manager.info(&req.into_inner().session_handle)?;
+        let handle = handle("session_handle", &req.into_inner().session_handle)?;
+        let info = self.manager.info(handle)?;
         Ok(Response::new(pb::GetSessionInformationResponse {
             session_handle: info.handle,
             user_id: info.user_id,
@@ -226,7 +273,9 @@ impl SessionService for SessionApi {
     ) -> Result<Response<pb::UpdateSessionDataInDatabaseResponse>, Status> {
         let r = req.into_inner();
         let data = opt_struct("new_session_data", r.new_session_data)?;
-        self.manager.update_data(&r.session_handle, data).await?;
+        let data = SessionData::parse("new_session_data", data, self.manager.payload_limits())?;
+        let handle = handle("session_handle", &r.session_handle)?;
+        self.manager.update_data(handle, data).await?;
         Ok(Response::new(pb::UpdateSessionDataInDatabaseResponse {
             updated: true,
         }))
@@ -238,9 +287,9 @@ impl SessionService for SessionApi {
     ) -> Result<Response<pb::MergeIntoAccessTokenPayloadResponse>, Status> {
         let r = req.into_inner();
         let update = opt_struct("access_token_payload_update", r.access_token_payload_update)?;
-        self.manager
-            .merge_payload(&r.session_handle, update)
-            .await?;
+        let update = PayloadUpdate::parse("access_token_payload_update", update)?;
+        let handle = handle("session_handle", &r.session_handle)?;
+        self.manager.merge_payload(handle, update).await?;
         Ok(Response::new(pb::MergeIntoAccessTokenPayloadResponse {
             updated: true,
         }))
@@ -256,7 +305,14 @@ impl SessionService for SessionApi {
         }
         let payload = r
             .new_access_token_payload
-            .map(|p| super::convert::struct_to_json("new_access_token_payload", p))
+            .map(|p| -> Result<AccessPayload, Status> {
+                let p = super::convert::struct_to_json("new_access_token_payload", p)?;
+                Ok(AccessPayload::parse(
+                    "new_access_token_payload",
+                    p,
+                    self.manager.payload_limits(),
+                )?)
+            })
             .transpose()?;
         let (view, access) = self.manager.regenerate(&r.access_token, payload).await?;
         Ok(Response::new(pb::RegenerateAccessTokenResponse {
@@ -274,9 +330,10 @@ impl SessionService for SessionApi {
             .value
             .ok_or_else(|| super::error::invalid("value", "must be set"))?;
         let value = super::convert::value_to_json("value", value)?;
-        self.manager
-            .set_claim(&r.session_handle, &r.claim_key, value)
-            .await?;
+        let key = ClaimKey::parse("claim_key", r.claim_key)?;
+        let claim = ClaimValue::parse("value", key, value)?;
+        let handle = handle("session_handle", &r.session_handle)?;
+        self.manager.set_claim(handle, claim).await?;
         Ok(Response::new(pb::SetClaimValueResponse { updated: true }))
     }
 
@@ -285,7 +342,9 @@ impl SessionService for SessionApi {
         req: Request<pb::GetClaimValueRequest>,
     ) -> Result<Response<pb::GetClaimValueResponse>, Status> {
         let r = req.into_inner();
-        let found = self.manager.get_claim(&r.session_handle, &r.claim_key)?;
+        let key = ClaimKey::parse("claim_key", r.claim_key)?;
+        let handle = handle("session_handle", &r.session_handle)?;
+        let found = self.manager.get_claim(handle, &key)?;
         Ok(Response::new(match found {
             Some((value, set_at)) => pb::GetClaimValueResponse {
                 value: Some(super::convert::json_to_value(&value)),
@@ -300,10 +359,9 @@ impl SessionService for SessionApi {
         req: Request<pb::RemoveClaimRequest>,
     ) -> Result<Response<pb::RemoveClaimResponse>, Status> {
         let r = req.into_inner();
-        let updated = self
-            .manager
-            .remove_claim(&r.session_handle, &r.claim_key)
-            .await?;
+        let key = ClaimKey::parse("claim_key", r.claim_key)?;
+        let handle = handle("session_handle", &r.session_handle)?;
+        let updated = self.manager.remove_claim(handle, &key).await?;
         Ok(Response::new(pb::RemoveClaimResponse { updated }))
     }
 
@@ -312,10 +370,9 @@ impl SessionService for SessionApi {
         req: Request<pb::FetchAndSetClaimRequest>,
     ) -> Result<Response<pb::FetchAndSetClaimResponse>, Status> {
         let r = req.into_inner();
-        let updated = self
-            .manager
-            .fetch_and_set_claim(&r.session_handle, &r.claim_key)
-            .await?;
+        let key = ClaimKey::parse("claim_key", r.claim_key)?;
+        let handle = handle("session_handle", &r.session_handle)?;
+        let updated = self.manager.fetch_and_set_claim(handle, &key).await?;
         Ok(Response::new(pb::FetchAndSetClaimResponse { updated }))
     }
 
@@ -324,11 +381,9 @@ impl SessionService for SessionApi {
         req: Request<pb::ValidateClaimsRequest>,
     ) -> Result<Response<pb::ValidateClaimsResponse>, Status> {
         let r = req.into_inner();
-        let validators = super::claims::validators("claim_validators", r.claim_validators)?;
-        let (failed, update) = self
-            .manager
-            .validate_claims(&r.session_handle, &validators)
-            .await?;
+        let validators = super::claims::checked_validators("claim_validators", r.claim_validators)?;
+        let handle = handle("session_handle", &r.session_handle)?;
+        let (failed, update) = self.manager.validate_claims(handle, &validators).await?;
         Ok(Response::new(pb::ValidateClaimsResponse {
             invalid_claims: failed
                 .into_iter()
@@ -345,9 +400,11 @@ impl SessionService for SessionApi {
         let r = req.into_inner();
         let payload = opt_struct("jwt_payload", r.jwt_payload)?;
         let validators = super::claims::validators("claim_validators", r.claim_validators)?;
+        let user = UserId::parse("user_id", r.user_id)?;
+        let validators = crate::claims::Validators::check("claim_validators", validators)?;
         let failed = self
             .manager
-            .validate_claims_in_payload(&r.user_id, &payload, &validators)?;
+            .validate_claims_in_payload(&user, &payload, &validators)?;
         Ok(Response::new(pb::ValidateClaimsInJwtPayloadResponse {
             invalid_claims: failed
                 .into_iter()

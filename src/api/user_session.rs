@@ -22,9 +22,9 @@ use super::ApiKeys;
 use super::convert::{json_to_struct, opt_struct};
 use super::error::{invalid, status};
 use super::keys::Scope;
-use crate::buckets::{Bucket, Buckets, UserBuckets};
+use crate::buckets::{Bucket, Buckets, UserBuckets, UserIdentifier};
 use crate::error::Reason;
-use crate::input as payload;
+use crate::input::{self as payload, TenantId, UserId};
 use crate::pb;
 use crate::pb::user_session_service_server::UserSessionService;
 use crate::reload::Live;
@@ -79,8 +79,8 @@ impl ClientSecrets {
 
 /// The resolved caller of a bucket call.
 struct Caller {
-    user_id: String,
-    tenant_id: String,
+    user_id: UserId,
+    tenant_id: TenantId,
     /// May read and write the private bucket.
     private: bool,
     /// A backend or tenant server, not an end user.
@@ -165,10 +165,9 @@ impl UserSessionApi {
                     "must name the user when calling without an access token",
                 ));
             }
-            payload::user_id("user_id", user_id)?;
             Ok(Caller {
-                user_id: user_id.to_owned(),
-                tenant_id: payload::tenant_id("tenant_id", tenant_id)?,
+                user_id: UserId::parse("user_id", user_id)?,
+                tenant_id: TenantId::parse("tenant_id", tenant_id)?,
                 private,
                 server: true,
             })
@@ -222,8 +221,8 @@ impl UserSessionApi {
                 }
             };
             return Ok(Caller {
-                user_id: session.user_id.clone(),
-                tenant_id: session.tenant_id.clone(),
+                user_id: UserId::parse("user_id", session.user_id.clone())?,
+                tenant_id: TenantId::parse("tenant_id", &session.tenant_id)?,
                 private,
                 server: false,
             });
@@ -248,7 +247,7 @@ impl UserSessionApi {
     /// Whether the caller may reach `bucket` (a read naming none reaches
     /// what the caller may see).
     fn allow(caller: &Caller, bucket: Option<Bucket>) -> Result<(), Status> {
-        super::record_tenant(&caller.tenant_id);
+        super::record_tenant(caller.tenant_id.as_str());
         if bucket == Some(Bucket::Private) && !caller.private {
             return Err(denied(
                 "the private bucket needs the tenant's x-client-secret or a backend API key",
@@ -313,6 +312,10 @@ impl UserSessionService for UserSessionApi {
             .data
             .ok_or_else(|| invalid("data", "must be a JSON object"))?;
         let patch = opt_struct("data", Some(data))?;
+        let user_identifier = r
+            .user_identifier
+            .map(|id| UserIdentifier::parse("user_identifier", id))
+            .transpose()?;
         let merged = self
             .buckets
             .update(
@@ -320,7 +323,7 @@ impl UserSessionService for UserSessionApi {
                 &caller.user_id,
                 which,
                 patch,
-                r.user_identifier,
+                user_identifier,
                 caller.private,
             )
             .await?;

@@ -255,16 +255,21 @@ pub fn check_key(field: &str, key: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks the shape of values of the well-known claims.
-pub fn check_value(field: &str, key: &str, value: &Value) -> Result<()> {
-    let ok = match key {
+/// Whether `value` has the shape a well-known claim `key` requires (any
+/// value fits another key).
+pub fn fits(key: &str, value: &Value) -> bool {
+    match key {
         EMAIL_VERIFIED => value.is_boolean(),
         ROLES | PERMISSIONS => value
             .as_array()
             .is_some_and(|a| a.iter().all(Value::is_string)),
         _ => true,
-    };
-    if ok {
+    }
+}
+
+/// Checks the shape of values of the well-known claims.
+pub fn check_value(field: &str, key: &str, value: &Value) -> Result<()> {
+    if fits(key, value) {
         Ok(())
     } else {
         let shape = if key == EMAIL_VERIFIED {
@@ -273,6 +278,77 @@ pub fn check_value(field: &str, key: &str, value: &Value) -> Result<()> {
             "an array of strings"
         };
         Err(InputError::invalid(field, format!("`{key}` holds {shape}")))
+    }
+}
+
+/// A checked claim key (see [`check_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimKey(String);
+
+impl ClaimKey {
+    /// Checks `key`; errors name `field`.
+    pub fn parse(field: &str, key: impl Into<String>) -> Result<Self> {
+        let key = key.into();
+        check_key(field, &key)?;
+        Ok(Self(key))
+    }
+
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A claim value of the shape its key requires (see [`check_value`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimValue {
+    key: ClaimKey,
+    value: Value,
+}
+
+impl ClaimValue {
+    /// Checks `value` against `key`; errors name `field`.
+    pub fn parse(field: &str, key: ClaimKey, value: Value) -> Result<Self> {
+        check_value(field, key.as_str(), &value)?;
+        Ok(Self { key, value })
+    }
+
+    /// The claim key.
+    pub fn key(&self) -> &ClaimKey {
+        &self.key
+    }
+
+    /// The key and the value.
+    pub fn into_parts(self) -> (ClaimKey, Value) {
+        (self.key, self.value)
+    }
+}
+
+/// The validators of one call: at most [`MAX_VALIDATORS`], each with a
+/// valid claim key.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Validators(Vec<Validator>);
+
+impl Validators {
+    /// Checks `validators`; errors name `field` (and `field[i].claim_key`).
+    pub fn check(field: &str, validators: Vec<Validator>) -> Result<Self> {
+        if validators.len() > MAX_VALIDATORS {
+            return Err(InputError::invalid(
+                field,
+                format!("at most {MAX_VALIDATORS} validators per call"),
+            ));
+        }
+        for (i, v) in validators.iter().enumerate() {
+            check_key(&format!("{field}[{i}].claim_key"), &v.claim_key)?;
+        }
+        Ok(Self(validators))
+    }
+}
+
+impl std::ops::Deref for Validators {
+    type Target = [Validator];
+    fn deref(&self) -> &[Validator] {
+        &self.0
     }
 }
 
@@ -412,14 +488,14 @@ mod tests {
 
     #[test]
     fn well_known_claims_have_shapes() {
-        check_value("value", EMAIL_VERIFIED, &json!(true)).unwrap();
-        assert!(check_value("value", EMAIL_VERIFIED, &json!("yes")).is_err());
-        check_value("value", ROLES, &json!(["a"])).unwrap();
-        assert!(check_value("value", PERMISSIONS, &json!([1])).is_err());
-        check_value("value", "custom", &json!({"any": 1})).unwrap();
-        assert!(check_key("claim_key", "").is_err());
+        check_value("v", EMAIL_VERIFIED, &json!(true)).unwrap();
+        assert!(check_value("v", EMAIL_VERIFIED, &json!("yes")).is_err());
+        check_value("v", ROLES, &json!(["a"])).unwrap();
+        assert!(check_value("v", PERMISSIONS, &json!([1])).is_err());
+        check_value("v", "custom", &json!({"any": 1})).unwrap();
+        assert!(check_key("k", "").is_err());
         assert!(matches!(
-            check_key("claim_key", "exp"),
+            check_key("k", "exp"),
             Err(InputError::ProtectedClaim { .. })
         ));
     }

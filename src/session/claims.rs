@@ -1,12 +1,16 @@
 //! The claim RPCs of the session recipe: set, get, remove, fetch-and-set,
-//! and validation against stored or handed-in payloads.
+//! and validation against stored or handed-in payloads. They take checked
+//! claim keys, values and validators, and never name a request's fields.
 
 use serde_json::{Map, Value};
 
 use super::{SessionInfo, SessionManager};
-use crate::claims::{self, FetchRequest, InvalidClaim, Validator};
-use crate::error::{Error, Result};
-use crate::input as payload;
+use crate::claims::{
+    self, ClaimKey, ClaimValue, FetchRequest, InvalidClaim, Validator, Validators,
+};
+use crate::error::{Error, Oversized, Result};
+use crate::ids::SessionHandle;
+use crate::input::{self as payload, UserId};
 
 /// Who a claim is fetched for.
 pub(super) struct Subject<'a> {
@@ -24,20 +28,6 @@ impl<'a> Subject<'a> {
             session_handle: &info.handle,
         }
     }
-}
-
-/// Checks the validators of a request.
-pub fn check_validators(field: &str, validators: &[Validator]) -> Result<()> {
-    if validators.len() > claims::MAX_VALIDATORS {
-        return Err(Error::invalid(
-            field,
-            format!("at most {} validators per call", claims::MAX_VALIDATORS),
-        ));
-    }
-    for (i, v) in validators.iter().enumerate() {
-        claims::check_key(&format!("{field}[{i}].claim_key"), &v.claim_key)?;
-    }
-    Ok(())
 }
 
 impl SessionManager {
@@ -80,7 +70,7 @@ impl SessionManager {
             })
             .await?;
         if let Some(v) = &value
-            && claims::check_value("value", claim_key, v).is_err()
+            && !claims::fits(claim_key, v)
         {
             return Err(Error::Claim(claims::ClaimError::ProviderUnavailable {
                 claim_key: claim_key.to_owned(),
@@ -90,7 +80,8 @@ impl SessionManager {
         Ok(value)
     }
 
-    /// Stores claim entries into a session's payload.
+    /// Stores claim entries into a session's payload (by its stored
+    /// handle); a payload over the size limit is refused and nothing changes.
     pub(super) async fn store_claims(
         &self,
         handle: &str,
@@ -101,33 +92,40 @@ impl SessionManager {
             for (k, v) in updates {
                 r.access_payload.insert(k.clone(), v.clone());
             }
-            Ok(payload::limit_size("value", &r.access_payload, max)?)
+            match payload::oversize(&r.access_payload, max) {
+                Some(problem) => Err(Error::TooLarge {
+                    what: Oversized::PayloadWithClaims,
+                    problem,
+                }),
+                None => Ok(()),
+            }
         })
         .await
     }
 
     /// SetClaimValue.
-    pub async fn set_claim(&self, handle: &str, claim_key: &str, value: Value) -> Result<()> {
-        claims::check_key("claim_key", claim_key)?;
-        claims::check_value("value", claim_key, &value)?;
-        let updates = Map::from_iter([(claim_key.to_owned(), claims::entry(value, self.now()))]);
-        self.store_claims(handle, &updates).await
+    pub async fn set_claim(&self, handle: SessionHandle, claim: ClaimValue) -> Result<()> {
+        let (key, value) = claim.into_parts();
+        let updates = Map::from_iter([(key.as_str().to_owned(), claims::entry(value, self.now()))]);
+        self.store_claims(&handle.to_string(), &updates).await
     }
 
     /// GetClaimValue: the value and when it was set (ms); `None` when the
     /// session has no such claim.
-    pub fn get_claim(&self, handle: &str, claim_key: &str) -> Result<Option<(Value, Option<u64>)>> {
-        claims::check_key("claim_key", claim_key)?;
+    pub fn get_claim(
+        &self,
+        handle: SessionHandle,
+        claim_key: &ClaimKey,
+    ) -> Result<Option<(Value, Option<u64>)>> {
         let info = self.info(handle)?;
-        Ok(claims::read(&info.access_payload, claim_key))
+        Ok(claims::read(&info.access_payload, claim_key.as_str()))
     }
 
     /// RemoveClaim: true when the claim was there.
-    pub async fn remove_claim(&self, handle: &str, claim_key: &str) -> Result<bool> {
-        claims::check_key("claim_key", claim_key)?;
+    pub async fn remove_claim(&self, handle: SessionHandle, claim_key: &ClaimKey) -> Result<bool> {
         let mut removed = false;
-        self.edit(handle, &mut |r| {
-            removed = r.access_payload.remove(claim_key).is_some();
+        self.edit(&handle.to_string(), &mut |r| {
+            removed = r.access_payload.remove(claim_key.as_str()).is_some();
             Ok(())
         })
         .await?;
@@ -135,8 +133,12 @@ impl SessionManager {
     }
 
     /// FetchAndSetClaim: true when the provider had a value (now stored).
-    pub async fn fetch_and_set_claim(&self, handle: &str, claim_key: &str) -> Result<bool> {
-        claims::check_key("claim_key", claim_key)?;
+    pub async fn fetch_and_set_claim(
+        &self,
+        handle: SessionHandle,
+        claim_key: &ClaimKey,
+    ) -> Result<bool> {
+        let claim_key = claim_key.as_str();
         let info = self.info(handle)?;
         let subject = Subject::of(&info);
         let Some(value) = self
@@ -154,10 +156,9 @@ impl SessionManager {
     /// where asked. Returns the failures and the stored update, if any.
     pub async fn validate_claims(
         &self,
-        handle: &str,
-        validators: &[Validator],
+        handle: SessionHandle,
+        validators: &Validators,
     ) -> Result<(Vec<InvalidClaim>, Option<Map<String, Value>>)> {
-        check_validators("claim_validators", validators)?;
         let mut info = self.info(handle)?;
         let now = self.now();
         let subject = Subject::of(&info);
@@ -175,12 +176,10 @@ impl SessionManager {
     /// ValidateClaimsInJwtPayload: validators against a caller's payload.
     pub fn validate_claims_in_payload(
         &self,
-        user_id: &str,
+        _user_id: &UserId,
         jwt_payload: &Map<String, Value>,
-        validators: &[Validator],
+        validators: &Validators,
     ) -> Result<Vec<InvalidClaim>> {
-        payload::user_id("user_id", user_id)?;
-        check_validators("claim_validators", validators)?;
         Ok(claims::validate_all(validators, jwt_payload, self.now()))
     }
 }

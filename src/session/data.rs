@@ -5,17 +5,17 @@
 use super::*;
 
 impl SessionManager {
-    /// Applies `edit` to a live session; NOT_FOUND when there is none.
+    /// Applies `edit` to a live session (by its stored handle); NOT_FOUND
+    /// when there is none.
     pub(super) async fn edit(
         &self,
         handle: &str,
         edit: &mut (dyn FnMut(&mut SessionRecord) -> Result<()> + Send),
     ) -> Result<()> {
-        let handle = payload::handle("session_handle", handle)?;
         let now = self.now();
         let mut result = Err(Error::SessionNotFound);
         self.store
-            .update_session(&handle.to_string(), &mut |record| match record {
+            .update_session(handle, &mut |record| match record {
                 Some(r) if r.expires_at_ms > now => {
                     let mut next = r.clone();
                     result = edit(&mut next);
@@ -36,29 +36,34 @@ impl SessionManager {
     }
 
     /// UpdateSessionDataInDatabase: overwrites the data.
-    pub async fn update_data(&self, handle: &str, data: Map<String, Value>) -> Result<()> {
-        payload::limit_size("new_session_data", &data, self.config.payload_limits)?;
-        self.edit(handle, &mut |r| {
+    pub async fn update_data(&self, handle: SessionHandle, data: SessionData) -> Result<()> {
+        let data = data.into_map();
+        self.edit(&handle.to_string(), &mut |r| {
             r.data = data.clone();
             Ok(())
         })
         .await
     }
 
-    /// MergeIntoAccessTokenPayload: shallow merge, `null` deletes.
-    pub async fn merge_payload(&self, handle: &str, update: Map<String, Value>) -> Result<()> {
-        const FIELD: &str = "access_token_payload_update";
-        payload::refuse_reserved(FIELD, &update)?;
+    /// MergeIntoAccessTokenPayload: shallow merge, `null` deletes; a
+    /// merged payload over the size limit is refused and nothing changes.
+    pub async fn merge_payload(&self, handle: SessionHandle, update: PayloadUpdate) -> Result<()> {
         let max = self.config.payload_limits;
-        self.edit(handle, &mut |r| {
-            for (k, v) in &update {
+        self.edit(&handle.to_string(), &mut |r| {
+            for (k, v) in update.as_map() {
                 if v.is_null() {
                     r.access_payload.remove(k);
                 } else {
                     r.access_payload.insert(k.clone(), v.clone());
                 }
             }
-            Ok(payload::limit_size(FIELD, &r.access_payload, max)?)
+            match payload::oversize(&r.access_payload, max) {
+                Some(problem) => Err(Error::TooLarge {
+                    what: Oversized::MergedPayload,
+                    problem,
+                }),
+                None => Ok(()),
+            }
         })
         .await
     }
@@ -68,11 +73,9 @@ impl SessionManager {
     pub async fn regenerate(
         &self,
         access_token: &str,
-        new_payload: Option<Map<String, Value>>,
+        new_payload: Option<AccessPayload>,
     ) -> Result<(SessionView, IssuedToken)> {
-        if let Some(p) = &new_payload {
-            self.check_payload("new_access_token_payload", p)?;
-        }
+        let new_payload = new_payload.map(AccessPayload::into_map);
         let now = self.now();
         let claims = self.verified(access_token, now)?;
         let key = self.signer().await?;

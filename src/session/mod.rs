@@ -11,7 +11,12 @@
 //! - expired sessions are treated as absent at once, whether or not the
 //!   sweeper has removed them yet;
 //! - it never sees protobuf types (the `api` module converts) and never logs
-//!   a token.
+//!   a token;
+//! - it takes checked input ([`UserId`], [`TenantId`], [`SessionHandle`],
+//!   checked payloads and validators), so it cannot be called with
+//!   unchecked values, and never names a request's fields: what only it can
+//!   check (a payload grown too large by a merge) fails as
+//!   [`Error::TooLarge`] naming the domain thing.
 
 //!
 //! Layout: this file holds the manager, its settings and the helpers every
@@ -37,11 +42,12 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::claims::{ClaimSource, Validator};
+use crate::buckets::{self, UserIdentifier};
+use crate::claims::{ClaimSource, Validator, Validators};
 use crate::clock::SharedClock;
-use crate::error::{Error, Result};
+use crate::error::{Error, Oversized, Result};
 use crate::ids::SessionHandle;
-use crate::input as payload;
+use crate::input::{self as payload, AccessPayload, PayloadUpdate, SessionData, TenantId, UserId};
 use crate::metrics::Metrics;
 use crate::store::{self, Change, Generation, SessionRecord, SessionStore};
 use crate::token::access::{self, AccessClaims};
@@ -298,13 +304,15 @@ impl SessionManager {
         })
     }
 
-    fn check_payload(&self, field: &str, payload: &Map<String, Value>) -> Result<()> {
-        payload::refuse_reserved(field, payload)?;
-        Ok(payload::limit_size(
-            field,
-            payload,
-            self.config.payload_limits,
-        )?)
+    /// Size and depth limits of payloads and session data, for the edge
+    /// to check requests against.
+    pub fn payload_limits(&self) -> payload::JsonLimits {
+        self.config.payload_limits
+    }
+
+    /// Most handles one RevokeMultipleSessions call may name.
+    pub fn max_handles_per_call(&self) -> usize {
+        self.config.max_handles_per_call
     }
 
     /// Removes expired sessions; returns how many.
@@ -339,7 +347,7 @@ fn view(r: &SessionRecord) -> SessionView {
 #[cfg(test)]
 mod mac_secret_tests {
     use super::*;
-    use crate::store::SledStore;
+    use crate::store::MemoryStore;
 
     fn kek(byte: u8) -> Kek {
         Kek::from_text(&format!("{byte:02x}").repeat(32)).unwrap()
@@ -353,8 +361,7 @@ mod mac_secret_tests {
 
     #[test]
     fn the_secret_is_sealed_with_a_kek_and_refused_without_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), 4 << 20, None).unwrap();
+        let store = MemoryStore::shared();
 
         // Made on a new store: plaintext without a KEK, then sealed once
         // one is configured, and the same secret either way.
@@ -388,8 +395,7 @@ mod mac_secret_tests {
         assert!(err.to_string().contains("does not open"), "{err}");
 
         // A new store with a KEK never holds the secret in plaintext.
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), 4 << 20, None).unwrap();
+        let store = MemoryStore::shared();
         let secret = mac_secret(store.as_ref(), Some(&kek(1))).unwrap();
         assert_eq!(secret.len(), 32);
         let value = stored(store.as_ref());

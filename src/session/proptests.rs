@@ -10,15 +10,14 @@ use super::*;
 use crate::claims::NoClaimSource;
 use crate::clock::ManualClock;
 use crate::metrics::Metrics;
-use crate::store::SledStore;
+use crate::store::MemoryStore;
 use crate::token::SigningAlgorithm;
 use crate::token::keys::KeyRingConfig;
 
 /// A session manager on a fresh store, with its clock.
-fn manager(rt: &tokio::runtime::Runtime) -> (tempfile::TempDir, Arc<ManualClock>, SessionManager) {
+fn manager(rt: &tokio::runtime::Runtime) -> (Arc<ManualClock>, SessionManager) {
     rt.block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), 4 << 20, None).unwrap();
+        let store = MemoryStore::shared();
         let clock = ManualClock::starting_now();
         let metrics = Metrics::shared();
         let keys = Arc::new(
@@ -56,7 +55,7 @@ fn manager(rt: &tokio::runtime::Runtime) -> (tempfile::TempDir, Arc<ManualClock>
         )
         .await
         .unwrap();
-        (dir, clock, manager)
+        (clock, manager)
     })
 }
 
@@ -87,7 +86,7 @@ fn json_value() -> impl Strategy<Value = Value> {
 fn user_payload() -> impl Strategy<Value = Map<String, Value>> {
     prop::collection::btree_map("[a-z][a-zA-Z0-9_]{0,8}", json_value(), 0..5).prop_map(|m| {
         m.into_iter()
-            .filter(|(k, _)| !crate::token::access::is_reserved(k))
+            .filter(|(k, _)| !crate::input::is_reserved(k))
             .collect()
     })
 }
@@ -100,14 +99,14 @@ proptest! {
     #[test]
     fn access_tokens_round_trip(payload in user_payload(), user in "[a-zA-Z0-9@._-]{1,40}") {
         let rt = runtime();
-        let (_dir, _clock, manager) = manager(&rt);
+        let (_clock, manager) = manager(&rt);
         rt.block_on(async {
             let created = manager
                 .create(NewSession {
-                    user_id: user.clone(),
-                    tenant_id: String::new(),
-                    access_payload: payload.clone(),
-                    data: Map::new(),
+                    user_id: UserId::parse("user", user.clone()).unwrap(),
+                    tenant_id: TenantId::parse("tenant", "").unwrap(),
+                    access_payload: AccessPayload::parse("p", payload.clone(), manager.payload_limits()).unwrap(),
+                    data: SessionData::default(),
                     anti_csrf: true,
                     user_identifier: None,
                 })
@@ -161,14 +160,14 @@ proptest! {
     #[test]
     fn refresh_keeps_at_most_one_live_lineage(steps in prop::collection::vec(step(), 1..24)) {
         let rt = runtime();
-        let (_dir, clock, manager) = manager(&rt);
+        let (clock, manager) = manager(&rt);
         rt.block_on(async {
             let created = manager
                 .create(NewSession {
-                    user_id: "u".into(),
-                    tenant_id: String::new(),
-                    access_payload: Map::new(),
-                    data: Map::new(),
+                    user_id: UserId::parse("user", "u").unwrap(),
+                    tenant_id: TenantId::parse("tenant", "").unwrap(),
+                    access_payload: AccessPayload::default(),
+                    data: SessionData::default(),
                     anti_csrf: false,
                     user_identifier: None,
                 })
@@ -181,7 +180,7 @@ proptest! {
                 match s {
                     Step::Wait(ms) => clock.advance(Duration::from_millis(ms)),
                     Step::Revoke => {
-                        manager.revoke(&handle).await.unwrap();
+                        manager.revoke(SessionHandle::parse(&handle).unwrap()).await.unwrap();
                         ended = true;
                     }
                     Step::Refresh(n) => {

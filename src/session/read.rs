@@ -23,18 +23,17 @@ pub struct SessionInfo {
 }
 
 impl SessionManager {
-    /// GetAllSessionHandlesForUser.
+    /// GetAllSessionHandlesForUser: of one tenant, or of every tenant when
+    /// `tenant` is `None`.
     pub fn handles_for_user(
         &self,
-        user_id: &str,
-        tenant_id: &str,
-        all_tenants: bool,
+        user_id: &UserId,
+        tenant: Option<&TenantId>,
     ) -> Result<Vec<String>> {
-        let tenant = self.user_scope(user_id, tenant_id, all_tenants)?;
         let now = self.now();
         Ok(self
             .store
-            .user_sessions(user_id, tenant.as_deref())?
+            .user_sessions(user_id.as_str(), tenant.map(TenantId::as_str))?
             .into_iter()
             .filter(|s| s.expires_at_ms > now)
             .map(|s| s.handle)
@@ -46,16 +45,13 @@ impl SessionManager {
     /// most `limit` of them.
     pub fn list_all(
         &self,
-        tenant_id: Option<&str>,
+        tenant: Option<&TenantId>,
         after: Option<&str>,
         limit: usize,
     ) -> Result<store::SessionsPage> {
-        let tenant = tenant_id
-            .map(|t| payload::tenant_id("tenant_id", t))
-            .transpose()?;
         let query = store::SessionQuery {
             after,
-            tenant_id: tenant.as_deref(),
+            tenant_id: tenant.map(TenantId::as_str),
             live_at_ms: self.now(),
             limit,
         };
@@ -63,8 +59,7 @@ impl SessionManager {
     }
 
     /// GetSessionInformation.
-    pub fn info(&self, handle: &str) -> Result<SessionInfo> {
-        let handle = payload::handle("session_handle", handle)?;
+    pub fn info(&self, handle: SessionHandle) -> Result<SessionInfo> {
         let r = self
             .live(self.store.session(&handle.to_string())?)
             .ok_or(Error::SessionNotFound)?;

@@ -5,62 +5,28 @@ use super::*;
 
 impl SessionManager {
     /// RevokeSession.
-    pub async fn revoke(&self, handle: &str) -> Result<bool> {
-        let handle = payload::handle("session_handle", handle)?;
+    pub async fn revoke(&self, handle: SessionHandle) -> Result<bool> {
         let removed = self.delete(&[handle.to_string()]).await?;
         Ok(!removed.is_empty())
     }
 
-    /// RevokeMultipleSessions.
-    pub async fn revoke_many(&self, handles: &[String]) -> Result<Vec<String>> {
-        if handles.len() > self.config.max_handles_per_call {
-            return Err(Error::invalid(
-                "session_handles",
-                format!(
-                    "at most {} per call",
-                    crate::text::count(
-                        self.config.max_handles_per_call as u64,
-                        "handle",
-                        "handles"
-                    )
-                ),
-            ));
-        }
-        let parsed = handles
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                payload::handle(&format!("session_handles[{i}]"), h).map(|h| h.to_string())
-            })
-            .collect::<Result<Vec<_>, payload::InputError>>()?;
-        self.delete(&parsed).await
+    /// RevokeMultipleSessions (the edge bounds how many, see
+    /// [`SessionManager::max_handles_per_call`]).
+    pub async fn revoke_many(&self, handles: &[SessionHandle]) -> Result<Vec<String>> {
+        let handles: Vec<String> = handles.iter().map(SessionHandle::to_string).collect();
+        self.delete(&handles).await
     }
 
-    pub(super) fn user_scope(
-        &self,
-        user_id: &str,
-        tenant_id: &str,
-        all_tenants: bool,
-    ) -> Result<Option<String>> {
-        payload::user_id("user_id", user_id)?;
-        if all_tenants {
-            Ok(None)
-        } else {
-            Ok(Some(payload::tenant_id("tenant_id", tenant_id)?))
-        }
-    }
-
-    /// RevokeAllSessionsForUser.
+    /// RevokeAllSessionsForUser: of one tenant, or of every tenant when
+    /// `tenant` is `None`.
     pub async fn revoke_user(
         &self,
-        user_id: &str,
-        tenant_id: &str,
-        all_tenants: bool,
+        user_id: &UserId,
+        tenant: Option<&TenantId>,
     ) -> Result<Vec<String>> {
-        let tenant = self.user_scope(user_id, tenant_id, all_tenants)?;
         let handles: Vec<String> = self
             .store
-            .user_sessions(user_id, tenant.as_deref())?
+            .user_sessions(user_id.as_str(), tenant.map(TenantId::as_str))?
             .into_iter()
             .map(|s| s.handle)
             .collect();

@@ -8,7 +8,7 @@ use super::*;
 #[derive(Clone, Default)]
 pub struct Verify {
     /// Claim validators to check.
-    pub validators: Vec<Validator>,
+    pub validators: Validators,
     /// The access token.
     pub access_token: String,
     /// The anti-CSRF token the client sent.
@@ -41,7 +41,6 @@ impl Verified {
 impl SessionManager {
     /// GetSession.
     pub async fn verify(&self, req: Verify) -> Result<Verified> {
-        claims::check_validators("claim_validators", &req.validators)?;
         let now = self.now();
         let claims = self.verified(&req.access_token, now)?;
         if req.check_anti_csrf

@@ -20,6 +20,8 @@ use super::KeyError;
 use super::TokenError;
 use super::keys::{KeyRing, SigningKey};
 
+// The one list of reserved claims is `input`'s; it is re-exported here,
+// beside the claims it names, for callers outside the crate.
 pub use crate::input::{RESERVED_CLAIMS, is_reserved};
 
 /// The contents of an access token.
@@ -173,14 +175,13 @@ mod tests {
     use super::*;
     use crate::clock::{Clock, ManualClock};
     use crate::metrics::Metrics;
-    use crate::store::SledStore;
+    use crate::store::MemoryStore;
     use crate::token::SigningAlgorithm;
     use crate::token::keys::KeyRingConfig;
 
     #[tokio::test]
     async fn the_static_key_cannot_vouch_for_a_session() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), 4 << 20, None).unwrap();
+        let store = MemoryStore::shared();
         let clock = ManualClock::starting_now();
         let config = KeyRingConfig {
             algorithm: SigningAlgorithm::EdDSA,
