@@ -51,11 +51,10 @@ use crate::input::{self as payload, AccessPayload, PayloadUpdate, SessionData, T
 use crate::metrics::Metrics;
 use crate::store::{self, Change, Generation, SessionRecord, SessionStore};
 use crate::token::access::{self, AccessClaims};
-use crate::token::cache::TokenCache;
-use crate::token::kek::{self, Kek};
 use crate::token::keys::{KeyRing, SigningKey};
 use crate::token::refresh::RefreshTokens;
-use crate::token::{KeyError, TokenError, ct_eq, random_bytes, random_token, sha256_hex};
+use crate::token::verifier::Verifier;
+use crate::token::{TokenError, ct_eq, random_token, sha256_hex};
 
 /// Settings of the session rules.
 #[derive(Debug, Clone)]
@@ -130,7 +129,7 @@ pub struct SessionManager {
     clock: SharedClock,
     config: SessionConfig,
     metrics: Arc<Metrics>,
-    token_cache: TokenCache,
+    verifier: Verifier,
 }
 
 impl std::fmt::Debug for SessionManager {
@@ -139,57 +138,6 @@ impl std::fmt::Debug for SessionManager {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
-}
-
-/// The refresh-token MAC secret: made on a new store, and kept sealed by the
-/// key-encryption key when there is one (a secret stored in plaintext before
-/// the KEK was configured, or sealed under the KEK it replaces, is sealed
-/// under it now). A sealed secret without the KEK that sealed it is an
-/// error, never replaced: a new secret would make every refresh token issued
-/// so far fail.
-fn mac_secret(store: &dyn SessionStore, kek: Option<&Kek>) -> Result<Vec<u8>> {
-    let name = RefreshTokens::SECRET_NAME;
-    let aad = name.as_bytes();
-    // Bounded: only a concurrent writer of the same secret can make a
-    // replacement miss, and one data directory has one server.
-    for _ in 0..3 {
-        let stored = store.secret(name, &mut || {
-            let fresh = random_bytes::<32>().to_vec();
-            match kek {
-                Some(kek) => kek.seal_value(aad, &fresh),
-                None => fresh,
-            }
-        })?;
-        let sealed = kek::is_sealed_value(&stored);
-        let Some(kek) = kek else {
-            if sealed {
-                return Err(KeyError::Sealed(kek::missing("the refresh-token MAC secret")).into());
-            }
-            return Ok(stored);
-        };
-        let (plaintext, was) = if sealed {
-            let opened = kek
-                .open_value(aad, &stored)
-                .ok_or_else(|| KeyError::Sealed(kek.refusal("the refresh-token MAC secret")))?;
-            if !opened.stale {
-                return Ok(opened.plaintext);
-            }
-            (opened.plaintext, "under the previous key-encryption key")
-        } else {
-            (stored.clone(), "in plaintext")
-        };
-        if store.replace_secret(name, &stored, &kek.seal_value(aad, &plaintext))? {
-            tracing::info!(
-                was,
-                "sealed the refresh-token MAC secret with the key-encryption key"
-            );
-            return Ok(plaintext);
-        }
-    }
-    Err(store::StoreError::Backend(
-        "the refresh-token MAC secret kept changing while it was being sealed".into(),
-    )
-    .into())
 }
 
 fn unauthorised(e: TokenError) -> Error {
@@ -213,15 +161,19 @@ impl SessionManager {
         config: SessionConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self> {
-        let secret = mac_secret(store.as_ref(), keys.kek().map(Arc::as_ref))?;
+        // Made on a new store, kept sealed with the key-encryption key when
+        // there is one; a sealed secret without its KEK stops the start.
+        let secret = keys
+            .vault()
+            .secret(RefreshTokens::SECRET_NAME, RefreshTokens::SECRET_WHAT)?;
         store.durable().await?;
         Ok(Self {
             store,
+            verifier: Verifier::new(Arc::clone(&keys), config.token_cache_size),
             keys,
             refresh_tokens: RefreshTokens::new(&secret),
             claims,
             clock,
-            token_cache: TokenCache::new(config.token_cache_size),
             config,
             metrics,
         })
@@ -341,64 +293,5 @@ fn view(r: &SessionRecord) -> SessionView {
         user_id: r.user_id.clone(),
         tenant_id: r.tenant_id.clone(),
         access_payload: r.access_payload.clone(),
-    }
-}
-
-#[cfg(test)]
-mod mac_secret_tests {
-    use super::*;
-    use crate::store::MemoryStore;
-
-    fn kek(byte: u8) -> Kek {
-        Kek::from_text(&format!("{byte:02x}").repeat(32)).unwrap()
-    }
-
-    fn stored(store: &dyn SessionStore) -> Vec<u8> {
-        store
-            .secret(RefreshTokens::SECRET_NAME, &mut || panic!("made already"))
-            .unwrap()
-    }
-
-    #[test]
-    fn the_secret_is_sealed_with_a_kek_and_refused_without_it() {
-        let store = MemoryStore::shared();
-
-        // Made on a new store: plaintext without a KEK, then sealed once
-        // one is configured, and the same secret either way.
-        let plain = mac_secret(store.as_ref(), None).unwrap();
-        assert_eq!(stored(store.as_ref()), plain);
-        assert_eq!(mac_secret(store.as_ref(), Some(&kek(1))).unwrap(), plain);
-        let sealed = stored(store.as_ref());
-        assert!(kek::is_sealed_value(&sealed), "sealed in the store");
-        assert_eq!(mac_secret(store.as_ref(), Some(&kek(1))).unwrap(), plain);
-        assert_eq!(stored(store.as_ref()), sealed, "sealed once");
-
-        // Without the KEK, or with another, the start stops; nothing changes.
-        for (other, says) in [
-            (None, "no key-encryption key"),
-            (Some(kek(2)), "does not open"),
-        ] {
-            let err = mac_secret(store.as_ref(), other.as_ref()).unwrap_err();
-            assert!(err.to_string().contains(says), "{err}");
-            assert_eq!(stored(store.as_ref()), sealed, "never replaced");
-        }
-
-        // A new KEK with the replaced one as its predecessor seals the
-        // secret again under the new one; the old KEK alone no longer opens it.
-        let rotating = kek(3).with_previous(kek(1));
-        assert_eq!(mac_secret(store.as_ref(), Some(&rotating)).unwrap(), plain);
-        let resealed = stored(store.as_ref());
-        assert_ne!(resealed, sealed);
-        assert_eq!(mac_secret(store.as_ref(), Some(&kek(3))).unwrap(), plain);
-        assert_eq!(stored(store.as_ref()), resealed, "sealed again once");
-        let err = mac_secret(store.as_ref(), Some(&kek(1))).unwrap_err();
-        assert!(err.to_string().contains("does not open"), "{err}");
-
-        // A new store with a KEK never holds the secret in plaintext.
-        let store = MemoryStore::shared();
-        let secret = mac_secret(store.as_ref(), Some(&kek(1))).unwrap();
-        assert_eq!(secret.len(), 32);
-        let value = stored(store.as_ref());
-        assert!(kek::is_sealed_value(&value) && !value.windows(32).any(|w| w == secret));
     }
 }

@@ -1,6 +1,6 @@
-//! GetSession: verifying an access token (through the verified-token
-//! cache), the optional anti-CSRF and store checks, and claim validators
-//! with refetching. Never sees protobuf types.
+//! GetSession: verifying an access token (through `token::verifier`, which
+//! owns the cache of verified tokens), the optional anti-CSRF and store
+//! checks, and claim validators with refetching. Never sees protobuf types.
 
 use super::*;
 
@@ -79,22 +79,9 @@ impl SessionManager {
         self.verify_claims(claims, &req.validators, now).await
     }
 
-    /// Verifies an access token, through the cache of verified tokens; the
-    /// expiry is checked on every call.
+    /// Verifies an access token (through the token verifier's cache).
     pub(super) fn verified(&self, token: &str, now: u64) -> Result<Arc<AccessClaims>> {
-        let claims = match self.token_cache.get(token) {
-            Some(claims) => claims,
-            None => {
-                let claims =
-                    Arc::new(access::verify(&self.keys, token, now).map_err(unauthorised)?);
-                self.token_cache.insert(token, claims.clone());
-                claims
-            }
-        };
-        if now >= claims.exp.saturating_mul(1000) {
-            return Err(unauthorised(TokenError::Expired));
-        }
-        Ok(claims)
+        self.verifier.verify(token, now).map_err(unauthorised)
     }
 
     /// Checks claim validators against a verified token's payload. Stale

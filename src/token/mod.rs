@@ -4,8 +4,13 @@
 //!   generation, publication (JWKS) and retirement.
 //! - [`access`]: access tokens (JWTs with SuperTokens v5 claims): minting and
 //!   verification pinned to each key's algorithm.
+//! - [`verifier`]: verification behind the cache of verified tokens
+//!   ([`cache`]), whose policy it alone decides.
 //! - [`refresh`]: opaque refresh tokens, authenticated with a server MAC so a
 //!   forged token can never trigger theft handling.
+//! - [`kek`]: the key-encryption key, and [`seal`]: the one path by which
+//!   signing keys and server secrets are sealed with it, opened, and
+//!   migrated (plaintext or previous-KEK values sealed again).
 //!
 //! This module never logs a token, a key or a secret, and never puts one in
 //! an error message.
@@ -15,6 +20,8 @@ pub mod cache;
 pub mod kek;
 pub mod keys;
 pub mod refresh;
+pub mod seal;
+pub mod verifier;
 
 use aws_lc_rs::digest;
 use base64::Engine;

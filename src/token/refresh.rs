@@ -30,6 +30,8 @@ impl std::fmt::Debug for RefreshTokens {
 impl RefreshTokens {
     /// Name of the store secret holding the MAC key.
     pub const SECRET_NAME: &'static str = "refresh-token-mac";
+    /// What the secret is, for the operator.
+    pub const SECRET_WHAT: &'static str = "the refresh-token MAC secret";
 
     /// Uses `secret` (32 random bytes from the store) as the MAC key.
     pub fn new(secret: &[u8]) -> Self {

@@ -1,0 +1,147 @@
+//! Tests of the key ring: every algorithm, rotation and retirement, and
+//! keys sealed under a key-encryption key being replaced.
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::store::{MemoryStore, SealedKey};
+use jsonwebtoken::DecodingKey;
+use std::time::Duration;
+
+const HOUR: u64 = 3_600_000;
+
+async fn ring(alg: SigningAlgorithm) -> (Arc<ManualClock>, KeyRing) {
+    let store = MemoryStore::shared();
+    let clock = ManualClock::starting_now();
+    let config = KeyRingConfig {
+        algorithm: alg,
+        rotation_interval_ms: 24 * HOUR,
+        access_lifetime_ms: HOUR,
+    };
+    let ring = KeyRing::open(store, clock.clone(), config, Metrics::shared())
+        .await
+        .unwrap();
+    (clock, ring)
+}
+
+#[tokio::test]
+async fn every_algorithm_signs_and_verifies() {
+    for alg in [
+        SigningAlgorithm::EdDSA,
+        SigningAlgorithm::ES256,
+        SigningAlgorithm::RS256,
+    ] {
+        let (_clock, ring) = ring(alg).await;
+        let key = ring.signer();
+        let claims = serde_json::json!({"sub": "u"});
+        let token = key.sign(&claims, true).unwrap();
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.kid.as_deref(), Some(key.kid()));
+        assert_eq!(
+            header.extras.get::<String>("version").unwrap().as_deref(),
+            Some("5")
+        );
+        let mut v = jsonwebtoken::Validation::new(key.algorithm());
+        v.required_spec_claims.clear();
+        v.validate_exp = false;
+        jsonwebtoken::decode::<serde_json::Value>(&token, key.decoding_key(), &v).unwrap();
+        let jwks = ring.jwks();
+        assert_eq!(jwks.len(), 2, "{alg:?}: a rotating and a static key");
+        assert!(jwks.iter().all(|k| k.alg == alg.as_str()));
+        // The published key verifies too (what an outside verifier does).
+        let published: jsonwebtoken::jwk::Jwk =
+            serde_json::from_value(serde_json::to_value(&jwks[0]).unwrap()).unwrap();
+        let dk = DecodingKey::from_jwk(&published).unwrap();
+        jsonwebtoken::decode::<serde_json::Value>(&token, &dk, &v).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn rotation_publishes_before_signing_and_retires_after_the_last_token() {
+    let (clock, ring) = ring(SigningAlgorithm::EdDSA).await;
+    let first = ring.signer();
+    assert!(first.kid().starts_with("d-"));
+    assert!(ring.static_signer().kid().starts_with("s-"));
+
+    clock.advance(Duration::from_millis(24 * HOUR - PUBLISH_DELAY_MS));
+    assert!(ring.needs_maintenance());
+    ring.maintain().await.unwrap();
+    let kids: Vec<_> = ring.jwks().into_iter().map(|k| k.kid).collect();
+    assert_eq!(kids.len(), 3, "the successor is published: {kids:?}");
+    assert_eq!(ring.signer().kid(), first.kid(), "but does not sign yet");
+
+    clock.advance(Duration::from_millis(PUBLISH_DELAY_MS));
+    let second = ring.signer();
+    assert_ne!(second.kid(), first.kid());
+    assert!(
+        ring.verifier(first.kid()).is_some(),
+        "old tokens still verify"
+    );
+
+    clock.advance(Duration::from_millis(HOUR));
+    assert!(
+        ring.verifier(first.kid()).is_none(),
+        "retired after the access lifetime"
+    );
+    ring.maintain().await.unwrap();
+    assert!(!ring.jwks().iter().any(|k| k.kid == first.kid()));
+    assert!(ring.verifier(second.kid()).is_some());
+}
+
+#[tokio::test]
+async fn keys_left_under_either_kek_are_sealed_again_under_the_new_one() {
+    let store: Arc<dyn SessionStore> = MemoryStore::shared();
+    let clock = ManualClock::starting_now();
+    let config = KeyRingConfig {
+        algorithm: SigningAlgorithm::EdDSA,
+        rotation_interval_ms: 24 * HOUR,
+        access_lifetime_ms: HOUR,
+    };
+    let kek = |byte: u8| Arc::new(Kek::from_text(&format!("{byte:02x}").repeat(32)).unwrap());
+    let open = |kek: Arc<Kek>| {
+        KeyRing::open_sealed(
+            store.clone(),
+            clock.clone(),
+            config,
+            Metrics::shared(),
+            Some(kek),
+        )
+    };
+    let kids = |ring: &KeyRing| {
+        let mut kids: Vec<String> = ring.jwks().iter().map(|k| k.kid.clone()).collect();
+        kids.sort();
+        kids
+    };
+    let before = kids(&open(kek(1)).await.unwrap());
+
+    // A change cut short: one key already sealed under the new KEK, the
+    // others still under the old one.
+    let mut records = store.keys().unwrap();
+    assert!(records.len() >= 2);
+    let first = &mut records[0];
+    let sealed = first.sealed.take().unwrap();
+    let plain = kek(1)
+        .open(first.kid.as_bytes(), &sealed.nonce, &sealed.ciphertext)
+        .unwrap()
+        .plaintext;
+    let (nonce, ciphertext) = kek(2).seal(first.kid.as_bytes(), &plain);
+    first.sealed = Some(SealedKey { nonce, ciphertext });
+    store.put_key(first).unwrap();
+
+    for alone in [1, 2] {
+        let err = open(kek(alone)).await.unwrap_err().to_string();
+        assert!(err.contains("does not open"), "KEK {alone} alone: {err}");
+    }
+    let rotating = Arc::new(
+        Kek::from_text(&"02".repeat(32))
+            .unwrap()
+            .with_previous(Kek::from_text(&"01".repeat(32)).unwrap()),
+    );
+    assert_eq!(kids(&open(rotating).await.unwrap()), before);
+    assert_eq!(
+        kids(&open(kek(2)).await.unwrap()),
+        before,
+        "the new KEK alone now"
+    );
+    let err = open(kek(1)).await.unwrap_err().to_string();
+    assert!(err.contains("does not open"), "{err}");
+}
