@@ -4,7 +4,13 @@
 //! `google.rpc.ErrorInfo.reason`, with the gRPC code each maps to. [`Error`]
 //! is what session and JWT rules return; `api::error` turns it into a
 //! `tonic::Status` with one exhaustive match. Error messages may be shown to
-//! callers: they name fields and rules, never a token, key or secret.
+//! callers: they name rules, never a token, key or secret. Request fields
+//! are named only in errors made from the edge's checks ([`InputError`]s,
+//! which carry the field the edge named); what the domain finds on its own
+//! names the domain thing ([`Oversized`]), and `api::error` maps it to a
+//! field.
+//!
+//! [`InputError`]: crate::input::InputError
 
 use crate::claims::{ClaimError, InvalidClaim};
 use crate::store::StoreError;
@@ -204,16 +210,6 @@ impl From<crate::input::InputError> for Error {
             crate::input::InputError::ProtectedClaim { field, claim } => {
                 Self::ProtectedClaim { field, claim }
             }
-        }
-    }
-}
-
-impl Error {
-    /// A bad-input error for `field`.
-    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::InvalidArgument {
-            field: field.into(),
-            message: message.into(),
         }
     }
 }

@@ -1,5 +1,7 @@
-//! The key-encryption key: seals signing keys and the refresh-token MAC
-//! secret before they reach the store.
+//! The key-encryption key: the cipher that seals signing keys and server
+//! secrets before they reach the store. When and what to seal, and how old
+//! values are migrated, is [`super::seal`]'s to decide; nothing but tests
+//! calls this cipher from elsewhere.
 //!
 //! AES-256-GCM with a random nonce per seal and the key id (for the secret,
 //! its name) as associated data, so a sealed value cannot be moved to
