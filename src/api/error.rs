@@ -162,6 +162,52 @@ mod tests {
         status.get_details_error_info().unwrap().reason
     }
 
+    fn violation(status: &Status) -> (String, String) {
+        let bad = status.get_details_bad_request().unwrap();
+        let v = &bad.field_violations[0];
+        (v.field.clone(), v.description.clone())
+    }
+
+    /// What only the domain can find too large, or too long-lived, reaches
+    /// the client named by the request field it came from.
+    #[test]
+    fn domain_errors_are_mapped_to_their_request_fields() {
+        let problem = "is 9 bytes of JSON; the limit is 8 bytes";
+        for (what, field, description) in [
+            (
+                Oversized::MergedPayload,
+                "access_token_payload_update",
+                problem.to_owned(),
+            ),
+            (Oversized::PayloadWithClaims, "value", problem.to_owned()),
+            (
+                Oversized::MergedBucket,
+                "data",
+                format!("the merged bucket {problem}; nothing was changed"),
+            ),
+        ] {
+            let status = Status::from(Error::TooLarge {
+                what,
+                problem: problem.to_owned(),
+            });
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert_eq!(reason(&status), "INVALID_ARGUMENT");
+            assert_eq!(status.message(), format!("{field}: {description}"));
+            assert_eq!(violation(&status), (field.to_owned(), description));
+        }
+
+        let status = Status::from(Error::JwtOutlivesKey {
+            most_ms: 86_400_000,
+        });
+        let description = "a JWT signed by the rotating key may live at most as long as the key \
+                           rotation interval (86400s); use the static key for longer";
+        assert_eq!(status.message(), format!("validity: {description}"));
+        assert_eq!(
+            violation(&status),
+            ("validity".to_owned(), description.to_owned())
+        );
+    }
+
     #[test]
     fn store_failures_are_retryable_or_data_loss_never_internal() {
         let full = Status::from(Error::Store(StoreError::Backend(
