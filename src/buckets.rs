@@ -6,10 +6,10 @@
 //! so concurrent updates never lose a change; an update that would take a
 //! bucket over the size cap is refused and leaves it as it was. Who may read
 //! or write which bucket is decided at the edge (`api::user_session`); this
-//! module only applies the rules to the data, and is the only one that
-//! writes a user's [`UserData`] record (sessions set the user identifier
-//! through [`set_identifier`]). It takes checked ids and never names a
-//! request's fields.
+//! module only applies the rules to the data. It is the only domain module
+//! that changes a user's [`UserData`] record (sessions set the user
+//! identifier through [`set_identifier`]; a backup restore writes records
+//! back whole). It takes checked ids and never names a request's fields.
 
 use std::sync::Arc;
 

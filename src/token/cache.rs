@@ -1,4 +1,6 @@
-//! A bounded cache of verified access tokens.
+//! A bounded cache of verified access tokens: the table only. What goes in
+//! and when a hit is still good is decided by its one user,
+//! [`super::verifier`].
 //!
 //! Verifying an access token means decoding it and checking a signature;
 //! a caller (a sidecar, a gateway) verifies the same token many times during
@@ -8,7 +10,7 @@
 //! are compared whole and in constant time, so how long a lookup takes does
 //! not tell a caller how much of its token matches a cached one, and only
 //! tokens this service signed are ever inserted, so callers cannot choose
-//! colliding keys. What it cannot change:
+//! colliding keys. What the verifier keeps, whether a token hits or not:
 //! - expiry is checked on every hit, against the clock, as on a miss;
 //! - a revoked session is still refused with `check_database`, which reads
 //!   the store after the cache (the stateless path never could tell);

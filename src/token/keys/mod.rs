@@ -16,8 +16,8 @@
 //! would parse the PKCS#8 document again for every signature).
 //!
 //! Layout: this file holds the ring (loading, rotation, publication,
-//! retirement); [`signing`] the keys themselves; sealing private keys with
-//! the key-encryption key is [`super::seal`]'s.
+//! retirement); `signing.rs` the keys themselves; sealing private keys
+//! with the key-encryption key is [`super::seal`]'s.
 
 mod signing;
 #[cfg(test)]
