@@ -17,7 +17,6 @@
 //!   unchecked values, and never names a request's fields: what only it can
 //!   check (a payload grown too large by a merge) fails as
 //!   [`Error::TooLarge`] naming the domain thing.
-
 //!
 //! Layout: this file holds the manager, its settings and the helpers every
 //! call shares; [`create`](SessionManager::create), verification, refresh,
