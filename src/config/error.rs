@@ -30,7 +30,7 @@ pub struct ConfigError {
 /// Where the value of a setting came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
-    /// Not worked out (the error was made outside [`Config::resolve`]).
+    /// Not worked out (the error was made outside [`Config::resolve`](super::Config::resolve)).
     Unknown,
     /// A flag on the command line, such as `--access-token-lifetime`.
     Flag(String),

@@ -22,7 +22,7 @@ impl Config {
     /// Resolves flags and environment (in `args`) over the file named by
     /// `args.config`, over the defaults, validates the result and loads the
     /// TLS files and key-encryption keys it names. An error
-    /// names the setting as the user set it (see [`Origin`]).
+    /// names the setting as the user set it (see [`Origin`](super::Origin)).
     pub fn resolve(args: &ServeArgs) -> Result<Self, ConfigError> {
         let (file, keys) = match &args.config {
             Some(path) => {
