@@ -11,12 +11,14 @@
 //!
 //! # Layout
 //!
-//! - [`args`]: the command-line arguments and their environment twins, raw.
+//! - `args`: the command-line arguments and their environment twins, raw
+//!   ([`ServeArgs`]).
 //! - `file`: the TOML file, raw.
-//! - [`resolve`]: merging the two over the defaults, parsing and loading
-//!   (`Config::resolve`); [`validate`]: the ranges and relations of settings.
-//! - [`error`]: errors naming the setting and where its value came from.
-//! - [`units`]: durations and sizes as written.
+//! - `resolve`: merging the two over the defaults, parsing and loading
+//!   ([`Config::resolve`]); `validate`: the ranges and relations of settings.
+//! - `error`: errors naming the setting and where its value came from
+//!   ([`ConfigError`]).
+//! - `units`: durations and sizes as written ([`parse_duration`]).
 //!
 //! This module must never start anything: it reads files, never listens.
 
@@ -25,12 +27,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub mod args;
-pub mod error;
+mod args;
+mod error;
 mod file;
-pub mod resolve;
-pub mod units;
-pub mod validate;
+mod resolve;
+mod units;
+mod validate;
 
 #[cfg(test)]
 mod tests;
