@@ -351,3 +351,32 @@ async fn a_reload_gives_new_connections_the_new_certificate_and_client_ca() {
         "a client certificate from the old CA is refused"
     );
 }
+
+#[tokio::test]
+async fn the_server_serves_what_resolving_the_configuration_loaded() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let args = ServeArgs {
+        data_dir: Some(data.path().to_owned()),
+        tls_cert: Some(pki.path("server.pem")),
+        tls_key: Some(pki.path("server.key")),
+        ..Default::default()
+    };
+    let config = Config::resolve(&args).unwrap();
+    // The files change after resolution (a renewal half-written): the
+    // server does not read them again, it serves what was loaded.
+    std::fs::write(pki.path("server.pem"), "").unwrap();
+    std::fs::remove_file(pki.path("server.key")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(sessiond::serve(
+        listener,
+        config,
+        sessiond::ManualClock::starting_now(),
+        std::future::pending(),
+    ));
+    let created = call(addr, Some(pki.client(None)))
+        .await
+        .expect("served with the certificate loaded at resolution");
+    assert_eq!(created.session.unwrap().user_id, "tls-user");
+}
