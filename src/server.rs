@@ -41,7 +41,6 @@ use crate::session::{SessionConfig, SessionManager};
 use crate::store::FlushObserver;
 use crate::store::{SessionStore, SledStore, StoreError};
 use crate::token::KeyError;
-use crate::token::kek::Kek;
 use crate::token::keys::{KeyRing, KeyRingConfig};
 use tokio::sync::mpsc;
 
@@ -80,9 +79,6 @@ pub enum ServeError {
     /// No API key is configured, yet the listener is not on loopback.
     #[error("no API key is configured, so sessiond serves only on loopback addresses, not {0}")]
     Unprotected(std::net::SocketAddr),
-    /// The TLS files are unusable.
-    #[error("TLS: {0}")]
-    Tls(String),
     /// A claim provider address is unusable.
     #[error("claim providers: {0}")]
     ClaimProviders(String),
@@ -108,8 +104,9 @@ pub async fn serve(
 /// API keys, client secrets and CORS origins change for calls that arrive
 /// after it, the TLS certificate, key and client CA (when serving TLS) for
 /// connections made after it, and open connections stay open. A
-/// configuration that would leave a non-loopback listener without API keys,
-/// or whose TLS files do not load, is refused whole.
+/// configuration that would leave a non-loopback listener without API keys
+/// is refused whole; one whose TLS files do not load never resolves into a
+/// [`Config`], so it is refused before it is sent.
 pub async fn serve_with_reload(
     listener: TcpListener,
     config: Config,
@@ -171,23 +168,6 @@ async fn run(
     sled.set_log_archive_size(config.log_archive_bytes);
     let store: Arc<dyn SessionStore> = sled;
     metrics.set_store(Arc::downgrade(&store));
-    let parse_kek = |which: &str, text: &crate::config::Secret| {
-        Kek::from_text(text.expose()).map_err(|m| {
-            ServeError::Keys(crate::token::KeyError::Sealed(format!("the {which} {m}")))
-        })
-    };
-    let kek = match &config.key_encryption_key {
-        Some(text) => {
-            let kek = parse_kek("key-encryption key", text)?;
-            Some(Arc::new(match &config.previous_key_encryption_key {
-                Some(previous) => {
-                    kek.with_previous(parse_kek("previous key-encryption key", previous)?)
-                }
-                None => kek,
-            }))
-        }
-        None => None,
-    };
     let keys = Arc::new(
         KeyRing::open_sealed(
             store.clone(),
@@ -198,7 +178,7 @@ async fn run(
                 access_lifetime_ms: config.access_token_lifetime.as_millis() as u64,
             },
             metrics.clone(),
-            kek,
+            config.key_encryption_key.clone(),
         )
         .await?,
     );
@@ -322,13 +302,8 @@ async fn run(
     let cors_origins = Live::new(config.cors_origins.clone());
     let router = router.layer(crate::http::cors(cors_origins.clone()));
 
-    let tls = config
-        .tls
-        .as_ref()
-        .map(crate::tls::acceptor)
-        .transpose()
-        .map_err(|e| ServeError::Tls(e.to_string()))?
-        .map(Live::new);
+    // Loaded when the configuration was resolved: served as it is.
+    let tls = config.tls.as_ref().map(|tls| Live::new(tls.acceptor()));
     let reloadable = Reloadable {
         addr,
         api_keys,
@@ -450,21 +425,11 @@ async fn apply_reloads(live: Reloadable, reloads: Option<mpsc::UnboundedReceiver
             );
             continue;
         }
-        // The TLS files are read first (again: they may have changed since
-        // the configuration was validated, a renewal half-written), so that a
-        // reload is applied whole or not at all.
+        // The TLS files were loaded when this configuration was resolved (a
+        // configuration whose files do not load never gets here), so the
+        // reload is applied whole.
         let acceptor = match (&live.tls, &config.tls) {
-            (Some(_), Some(files)) => match crate::tls::acceptor(files) {
-                Ok(acceptor) => Some(acceptor),
-                Err(e) => {
-                    tracing::error!(
-                        "configuration reload refused: {}: {}; the running configuration stays",
-                        e.setting,
-                        e.message
-                    );
-                    continue;
-                }
-            },
+            (Some(_), Some(tls)) => Some(tls.acceptor()),
             (None, None) => None,
             (Some(_), None) | (None, Some(_)) => {
                 tracing::warn!("turning TLS on or off takes a restart; it stays as it started");

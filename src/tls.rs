@@ -72,13 +72,38 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// The TLS acceptor for the files (see [`server_config`]).
-pub fn acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
-    server_config(files).map(tokio_rustls::TlsAcceptor::from)
+/// TLS as configured: where its files are, and the rustls configuration
+/// loaded from them. The files are read once, by [`ServerTls::load`], when
+/// the configuration is resolved (at start and at each reload); the server
+/// serves what was loaded and never reads them again.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    files: TlsFiles,
+    config: Arc<ServerConfig>,
+}
+
+impl ServerTls {
+    /// Reads the certificate, key and client CA, and builds the rustls
+    /// configuration from them; an error names the setting whose file is
+    /// unusable.
+    pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
+        let config = server_config(&files)?;
+        Ok(Self { files, config })
+    }
+
+    /// Where the certificate, key and client CA were read from.
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
+    /// An acceptor handing connections the loaded certificate.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.config.clone())
+    }
 }
 
 /// Builds the rustls configuration from the files.
-pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = certificates("tls-cert", &files.cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
         err(

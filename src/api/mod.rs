@@ -17,6 +17,7 @@ pub mod jwt;
 pub mod keys;
 pub mod observe;
 pub mod provider;
+pub mod secrets;
 pub mod session;
 pub mod user_session;
 
@@ -25,9 +26,8 @@ pub mod auth;
 use tonic::Status;
 
 use crate::error::Reason;
-use crate::reload::Live;
-use crate::token::ct_eq;
 use keys::{ApiKey, KeySecret, Scope};
+use secrets::{HashedSecrets, sha256};
 
 /// Adds the tenant to the current request's span (see `observe`).
 pub fn record_tenant(tenant_id: &str) {
@@ -46,29 +46,18 @@ pub struct KeyIdentity {
     pub scope: Scope,
 }
 
-#[derive(Clone)]
-struct KeyEntry {
-    name: String,
-    scope: Scope,
-    hash: [u8; 32],
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-    digest.as_ref().try_into().expect("SHA-256 is 32 bytes")
-}
-
 /// The configured API keys, held as SHA-256 hashes and compared in constant
-/// time; replaceable at run time (SIGHUP). With no keys configured every call
-/// is allowed (the server then listens on loopback only).
+/// time ([`HashedSecrets`]); replaceable at run time (SIGHUP). With no keys
+/// configured every call is allowed (the server then listens on loopback
+/// only).
 #[derive(Clone)]
 pub struct ApiKeys {
-    entries: Live<Vec<KeyEntry>>,
+    table: HashedSecrets<KeyIdentity>,
 }
 
 impl std::fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ApiKeys({} configured)", self.entries.get().len())
+        write!(f, "ApiKeys({} configured)", self.table.len())
     }
 }
 
@@ -76,19 +65,22 @@ impl ApiKeys {
     /// The configured keys.
     pub fn new(keys: &[ApiKey]) -> Self {
         Self {
-            entries: Live::new(Self::entries(keys)),
+            table: HashedSecrets::new(Self::entries(keys)),
         }
     }
 
-    fn entries(keys: &[ApiKey]) -> Vec<KeyEntry> {
+    fn entries(keys: &[ApiKey]) -> Vec<(KeyIdentity, [u8; 32])> {
         keys.iter()
-            .map(|k| KeyEntry {
-                name: k.name.clone(),
-                scope: k.scope,
-                hash: match &k.secret {
+            .map(|k| {
+                let identity = KeyIdentity {
+                    name: k.name.clone(),
+                    scope: k.scope,
+                };
+                let hash = match &k.secret {
                     KeySecret::Plain(secret) => sha256(secret.expose().as_bytes()),
                     KeySecret::Sha256(hash) => *hash,
-                },
+                };
+                (identity, hash)
             })
             .collect()
     }
@@ -96,12 +88,12 @@ impl ApiKeys {
     /// Replaces the keys (configuration reload); calls in flight finish
     /// with the keys they were checked against.
     pub fn replace(&self, keys: &[ApiKey]) {
-        self.entries.set(Self::entries(keys));
+        self.table.replace(Self::entries(keys));
     }
 
     /// True when no key is configured (loopback-only operation).
     pub fn is_open(&self) -> bool {
-        self.entries.get().is_empty()
+        self.table.is_empty()
     }
 
     /// The key the caller presents in `x-api-key`: `Ok(None)` when there is
@@ -110,18 +102,8 @@ impl ApiKeys {
         let Some(value) = headers.get(API_KEY_HEADER) else {
             return Ok(None);
         };
-        let presented = sha256(value.as_bytes());
-        // Compare against every key, without stopping at the first match.
-        let mut found = None;
-        for entry in self.entries.get().iter() {
-            if ct_eq(&entry.hash, &presented) {
-                found = Some(KeyIdentity {
-                    name: entry.name.clone(),
-                    scope: entry.scope,
-                });
-            }
-        }
-        found
+        self.table
+            .find(value.as_bytes(), |_| true)
             .map(Some)
             .ok_or_else(|| missing_key("the x-api-key is not a valid API key"))
     }

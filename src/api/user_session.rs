@@ -22,28 +22,27 @@ use super::ApiKeys;
 use super::convert::{json_to_struct, opt_struct};
 use super::error::{invalid, status};
 use super::keys::Scope;
+use super::secrets::{HashedSecrets, sha256};
 use crate::buckets::{Bucket, Buckets, UserBuckets, UserIdentifier};
 use crate::error::Reason;
 use crate::input::{self as payload, TenantId, UserId};
 use crate::pb;
 use crate::pb::user_session_service_server::UserSessionService;
-use crate::reload::Live;
 use crate::secret::Secret;
 use crate::session::{SessionManager, Verify};
-use crate::token::{ct_eq, sha256_hex};
 
 /// Metadata key of a tenant's client secret.
 pub const CLIENT_SECRET_HEADER: &str = "x-client-secret";
 
-/// Client secrets by tenant, held as hashes.
+/// Client secrets by tenant, held as hashes ([`HashedSecrets`]).
 #[derive(Clone, Default)]
 pub struct ClientSecrets {
-    by_tenant: Live<HashMap<String, String>>,
+    by_tenant: HashedSecrets<String>,
 }
 
 impl std::fmt::Debug for ClientSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ClientSecrets({} tenants)", self.by_tenant.get().len())
+        write!(f, "ClientSecrets({} tenants)", self.by_tenant.len())
     }
 }
 
@@ -51,29 +50,29 @@ impl ClientSecrets {
     /// Hashes the configured secrets.
     pub fn new(secrets: &[(String, Secret)]) -> Self {
         Self {
-            by_tenant: Live::new(Self::hash(secrets)),
+            by_tenant: HashedSecrets::new(Self::hash(secrets)),
         }
     }
 
-    fn hash(secrets: &[(String, Secret)]) -> HashMap<String, String> {
-        secrets
+    /// One entry per tenant: the last secret given for it.
+    fn hash(secrets: &[(String, Secret)]) -> Vec<(String, [u8; 32])> {
+        let by_tenant: HashMap<_, _> = secrets
             .iter()
-            .map(|(t, s)| (t.clone(), sha256_hex(s.expose().as_bytes())))
-            .collect()
+            .map(|(t, s)| (t.clone(), sha256(s.expose().as_bytes())))
+            .collect();
+        by_tenant.into_iter().collect()
     }
 
     /// Replaces the secrets (configuration reload).
     pub fn replace(&self, secrets: &[(String, Secret)]) {
-        self.by_tenant.set(Self::hash(secrets));
+        self.by_tenant.replace(Self::hash(secrets));
     }
 
     /// Whether `presented` is the client secret of `tenant_id`.
     pub fn check(&self, tenant_id: &str, presented: &[u8]) -> bool {
-        let presented = sha256_hex(presented);
         self.by_tenant
-            .get()
-            .get(tenant_id)
-            .is_some_and(|h| ct_eq(h.as_bytes(), presented.as_bytes()))
+            .find(presented, |tenant| tenant == tenant_id)
+            .is_some()
     }
 }
 

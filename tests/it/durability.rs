@@ -393,9 +393,12 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
 #[tokio::test]
 async fn keys_and_the_mac_secret_are_sealed_and_a_wrong_kek_refuses_to_start() {
     use base64::Engine;
-    use sessiond::config::Secret;
     use sessiond::store::SessionStore;
-    let kek = |byte: u8| Secret::new(base64::engine::general_purpose::STANDARD.encode([byte; 32]));
+    use sessiond::token::kek::Kek;
+    let owned = |byte: u8| {
+        Kek::from_text(&base64::engine::general_purpose::STANDARD.encode([byte; 32])).unwrap()
+    };
+    let kek = |byte: u8| Arc::new(owned(byte));
 
     // A store made without a KEK: its keys are sealed at the first start with one.
     let server = TestServer::start().await;
@@ -469,8 +472,11 @@ async fn keys_and_the_mac_secret_are_sealed_and_a_wrong_kek_refuses_to_start() {
 #[tokio::test]
 async fn a_kek_is_replaced_by_starting_with_the_old_one_as_previous() {
     use base64::Engine;
-    use sessiond::config::Secret;
-    let kek = |byte: u8| Secret::new(base64::engine::general_purpose::STANDARD.encode([byte; 32]));
+    use sessiond::token::kek::Kek;
+    let owned = |byte: u8| {
+        Kek::from_text(&base64::engine::general_purpose::STANDARD.encode([byte; 32])).unwrap()
+    };
+    let kek = |byte: u8| Arc::new(owned(byte));
 
     let server = TestServer::start_with(|c| c.key_encryption_key = Some(kek(1))).await;
     let mut c = server.sessions().await;
@@ -490,8 +496,7 @@ async fn a_kek_is_replaced_by_starting_with_the_old_one_as_previous() {
     // With the old one as previous, everything is sealed again under the new.
     let dir = Arc::try_unwrap(dir).expect("the test holds the only handle");
     let server = TestServer::start_in(dir, |c| {
-        c.key_encryption_key = Some(kek(2));
-        c.previous_key_encryption_key = Some(kek(1));
+        c.key_encryption_key = Some(Arc::new(owned(2).with_previous(owned(1))));
     })
     .await;
     let mut c = server.sessions().await;
@@ -505,7 +510,6 @@ async fn a_kek_is_replaced_by_starting_with_the_old_one_as_previous() {
     let (dir, clock, mut config) = server.stop().await;
 
     // From now on the new KEK alone starts it, and the old one no longer does.
-    config.previous_key_encryption_key = None;
     config.key_encryption_key = Some(kek(1));
     let text = refused_start(&config, clock.clone()).await;
     assert!(text.contains("does not open"), "{text}");

@@ -8,7 +8,7 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, 
 use sessiond::config::{Config, ServeArgs};
 use sessiond::pb;
 use sessiond::pb::session_service_client::SessionServiceClient;
-use sessiond::tls::TlsFiles;
+use sessiond::tls::{ServerTls, TlsFiles};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// A CA, a server certificate for localhost, a client certificate from the
@@ -62,6 +62,11 @@ impl Pki {
         }
     }
 
+    /// The files, loaded as resolving a configuration loads them.
+    fn tls(&self, mutual: bool) -> ServerTls {
+        ServerTls::load(self.files(mutual)).unwrap()
+    }
+
     fn client(&self, identity: Option<&str>) -> ClientTlsConfig {
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.ca))
@@ -78,7 +83,7 @@ impl Pki {
 
 async fn start(pki: &Pki, mutual: bool, data: &Path) -> std::net::SocketAddr {
     let mut config = Config::with_data_dir(data);
-    config.tls = Some(pki.files(mutual));
+    config.tls = Some(pki.tls(mutual));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(sessiond::serve(
@@ -293,7 +298,7 @@ async fn a_reload_gives_new_connections_the_new_certificate_and_client_ca() {
     let (first, second) = (Pki::new(), Pki::new());
     let data = tempfile::tempdir().unwrap();
     let mut config = Config::with_data_dir(data.path());
-    config.tls = Some(first.files(true));
+    config.tls = Some(first.tls(true));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (reload, reloads) = tokio::sync::mpsc::unbounded_channel();
@@ -315,7 +320,7 @@ async fn a_reload_gives_new_connections_the_new_certificate_and_client_ca() {
     );
 
     // As SIGHUP does after reading the configuration again.
-    config.tls = Some(second.files(true));
+    config.tls = Some(second.tls(true));
     reload.send(config).unwrap();
     let mut served = Err(String::new());
     for _ in 0..50 {
@@ -345,4 +350,33 @@ async fn a_reload_gives_new_connections_the_new_certificate_and_client_ca() {
         call(addr, Some(crossed)).await.is_err(),
         "a client certificate from the old CA is refused"
     );
+}
+
+#[tokio::test]
+async fn the_server_serves_what_resolving_the_configuration_loaded() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let args = ServeArgs {
+        data_dir: Some(data.path().to_owned()),
+        tls_cert: Some(pki.path("server.pem")),
+        tls_key: Some(pki.path("server.key")),
+        ..Default::default()
+    };
+    let config = Config::resolve(&args).unwrap();
+    // The files change after resolution (a renewal half-written): the
+    // server does not read them again, it serves what was loaded.
+    std::fs::write(pki.path("server.pem"), "").unwrap();
+    std::fs::remove_file(pki.path("server.key")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(sessiond::serve(
+        listener,
+        config,
+        sessiond::ManualClock::starting_now(),
+        std::future::pending(),
+    ));
+    let created = call(addr, Some(pki.client(None)))
+        .await
+        .expect("served with the certificate loaded at resolution");
+    assert_eq!(created.session.unwrap().user_id, "tls-user");
 }
