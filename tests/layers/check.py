@@ -5,8 +5,10 @@ Reads every `crate::` path in `src/` (in `use` items and in code), maps each
 file to its top-level module, and checks each dependency against LAYERS:
 a module may use modules of a lower layer, never of its own layer's
 siblings unless they are listed together in ALLOWED_SIBLINGS, and never of
-a higher one. Also reports cycles between top-level modules, and files over
-MAX_LINES lines that do not say at their top why they must be one file.
+a higher one. Also reports cycles between top-level modules, files over
+MAX_LINES lines that do not say at their top why they must be one file, and
+request field names of `proto/` (the wire's names, which only `api/` may
+speak) in string literals of the modules below `pb`.
 
 Problems not yet mended are listed in `known.txt` beside this script: the
 check fails on any problem not listed there, and on any listed problem that
@@ -48,6 +50,21 @@ IGNORED = {"lib.rs", "main.rs", "bin"}
 MAX_LINES = 600
 LONG_FILE_REASON = re.compile(r"^//!.*\bone file\b", re.I | re.M)
 
+# Field names of the protobuf messages: `api/` maps domain errors to them;
+# below `pb` a literal naming one (`"user_id"`, `"session_handles[3]"`,
+# `"payload.sub"`) means the domain is speaking the wire's language.
+PROTO = ROOT / "proto"
+PROTO_FIELD = re.compile(
+    r"^\s*(?:repeated\s+|optional\s+)?(?:map<[^>]+>|[\w.]+)\s+(\w+)\s*=\s*\d+", re.M
+)
+STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
+# Literals that share a field's spelling but are not the wire's: `Debug`
+# output names Rust fields.
+NOT_WIRE = re.compile(r"\.field\(\s*$")
+# Files that own a format of their own whose keys happen to match field
+# names: the backup file's JSON lines.
+OWN_FORMAT = {"backup.rs"}
+
 CRATE_PATH = re.compile(r"\bcrate::([a-z_][a-z0-9_]*)")
 USE_GROUP = re.compile(r"\buse crate::\{([^;]*)\}", re.S)
 
@@ -70,8 +87,35 @@ def dependencies(text: str) -> set:
     return found
 
 
+def proto_fields() -> set:
+    fields = set()
+    for path in PROTO.rglob("*.proto"):
+        fields.update(PROTO_FIELD.findall(path.read_text()))
+    return fields
+
+
+def wire_names(text: str, fields: set) -> list:
+    """(line, literal) of field names in the non-test code of `text`."""
+    found = []
+    lines = text.splitlines()
+    for number, line in enumerate(lines, 1):
+        following = lines[number] if number < len(lines) else ""
+        if line.startswith("#[cfg(test)]") and following.rstrip().endswith("{"):
+            break  # unit tests sit at the end and may speak the wire's names
+        code = line.split("//", 1)[0]
+        for match in STRING.finditer(code):
+            literal = match.group(1)
+            head, _, rest = (re.split(r"([\[.{])", literal, maxsplit=1) + ["", ""])[:3]
+            if head not in fields or NOT_WIRE.search(code[: match.start()]):
+                continue
+            if "_" in head or rest:
+                found.append((number, literal))
+    return found
+
+
 def main() -> int:
     rank = {m: i for i, layer in enumerate(LAYERS) for m in layer}
+    fields = proto_fields()
     edges = defaultdict(lambda: defaultdict(list))
     problems = []
     for path in sorted(SRC.rglob("*.rs")):
@@ -86,6 +130,9 @@ def main() -> int:
         if module not in rank:
             problems.append(f"{rel}: module `{module}` is in no layer of tests/layers/check.py")
             continue
+        if rank[module] < rank["pb"] and str(rel) not in OWN_FORMAT:
+            for number, literal in wire_names(text, fields):
+                problems.append(f"{rel}:{number}: the wire's field name \"{literal}\" below api/")
         for dep in dependencies(text):
             if dep == module or dep not in rank:
                 continue
