@@ -3,28 +3,47 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: flags, environment and file settings, validated into [`Config`].
-//! - [`clock`]: time as a parameter ([`Clock`]), so tests move time instead of sleeping.
-//! - [`ids`]: session handles and secure random bytes; [`input`]: checks on
-//!   what callers hand in (identifiers, JSON limits, reserved claims).
-//! - [`reload`]: values a configuration reload replaces while calls read them;
-//!   [`secret`]: strings whose `Debug` never shows them.
-//! - [`store`]: the [`store::SessionStore`] trait and its sled backend.
-//! - [`token`]: signing keys and their rotation, access and refresh tokens.
-//! - [`session`]: the session recipe rules.
-//! - [`claims`]: claim values and declarative claim validators.
-//! - [`jwt`]: application JWTs, JWKS and OpenID discovery.
-//! - [`buckets`]: per-user public and private JSON buckets.
-//! - [`backup`]: the backup file format, written online and restored offline.
-//! - [`cli`]: the operator subcommands, clients of a running server.
-//! - [`error`]: the domain error and the table of error reasons.
-//! - [`api`]: gRPC services, caller authentication, protobuf conversions.
-//! - [`text`]: wording shared by messages (counts in the right number).
-//! - [`tls`]: TLS and mutual TLS on the port.
-//! - [`http`]: plain HTTP routes on the same port (JWKS, discovery, metrics).
-//! - [`metrics`]: Prometheus metrics; [`logging`]: the log subscriber and its cap.
-//! - [`server`]: wiring and lifecycle ([`serve`]); [`connections`]: the
-//!   cuttable connections behind the bounded drain.
+//! Modules in layers, lowest first. A module uses only modules of lower
+//! layers, never its own layer's siblings or a higher one:
+//! `tests/layers/check.py` (run by CI) reads every `crate::` path and
+//! fails on any import that points up or across, on a file over 600 lines
+//! that does not say why it must be one file, and on a protobuf field name
+//! spoken below [`api`]. `docs/design.md` ("Architecture") draws the graph.
+//!
+//! 1. Ground floor: [`ids`] (session handles, secure random bytes),
+//!    [`clock`] (time as a parameter, [`Clock`]: tests move time instead of
+//!    sleeping, and `clippy.toml` bans reading the system clock elsewhere),
+//!    [`text`] (wording shared by messages), [`reload`] (values a
+//!    configuration reload replaces while calls read them), [`secret`]
+//!    (strings whose `Debug` never shows them).
+//! 2. [`input`]: checked input types (user id, tenant id, payloads within
+//!    their JSON limits, the reserved claims); whoever builds one names the
+//!    field it came from.
+//! 3. [`store`]: the [`store::SessionStore`] trait, its sled backend
+//!    (`store/sled/`: instance, directory, write-ahead log, record encoding)
+//!    and an in-memory backend for tests of the layers above.
+//! 4. [`metrics`]: Prometheus metrics every layer above reports to.
+//! 5. [`token`] (signing keys and their rotation, sealing under the
+//!    key-encryption key, access and refresh tokens, the verifier and its
+//!    cache) and [`claims`] (claim values and declarative validators).
+//! 6. [`error`]: the domain error wrapping the layers' errors, and the table
+//!    of error reasons.
+//! 7. [`buckets`]: per-user public and private JSON buckets.
+//! 8. [`session`] (the session recipe's rules), [`jwt`] (application JWTs,
+//!    JWKS, OpenID discovery), [`backup`] (the backup file format).
+//! 9. [`pb`]: generated protobuf code, used by the edge only.
+//! 10. [`api`]: gRPC services, Connect, caller authentication; converts
+//!     each message into a checked domain request and each domain error
+//!     into a status naming the field.
+//! 11. The port: [`http`] (JWKS, discovery, metrics on the same port),
+//!     [`tls`] (TLS and mutual TLS), [`connections`] (the cuttable
+//!     connections behind the bounded drain).
+//! 12. [`config`]: flags, environment and file settings, resolved into a
+//!     [`Config`] holding parsed values (the loaded TLS files, the opened
+//!     key-encryption key) that the server hands each layer.
+//! 13. [`logging`]: the log subscriber and its cap.
+//! 14. [`server`] (wiring and lifecycle, [`serve`]) and [`cli`] (the
+//!     operator subcommands, clients of a running server).
 
 pub mod api;
 pub mod backup;
