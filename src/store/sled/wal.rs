@@ -29,7 +29,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::StoreError;
+use crate::store::StoreError;
 
 /// The trees whose changes are logged. The numbers are part of the format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,5 @@
 //! [`SledInstance`]: one opening of the embedded default backend, on sled
-//! 0.34 (`store::sled_store` holds one at a time as the `SledStore`).
+//! 0.34 (`store::sled` holds one at a time as the `SledStore`).
 //!
 //! Trees: `sessions` (handle → record), `sessions_by_user_hash` (the first
 //! 8 bytes of the SHA-256 of the user id, handle → filed expiry), `keys`
@@ -36,7 +36,7 @@
 //! (the sweep removes a dangling entry once its filed expiry comes). sled recovers a prefix of
 //! its own log, and the write-ahead log restores every acknowledged write.
 //!
-//! Durability comes from the write-ahead log (`store::wal`), not from sled's
+//! Durability comes from the write-ahead log (`store::sled::wal`), not from sled's
 //! own flush: each write is applied to the trees, then its after-image is
 //! appended to the log while the write's lock stripe is still held (so the
 //! log orders the writes of one key as the trees did). One flusher thread
@@ -53,10 +53,10 @@ use std::time::Duration;
 use sled::Tree;
 use tokio::sync::oneshot;
 
+use super::dir as sled_dir;
 use super::record::{self, Lineage};
-use super::sled_dir;
 use super::wal::{self, Entry, TreeId, Wal};
-use super::{
+use crate::store::{
     BoxFuture, Change, Exported, FlushObserver, KeyRecord, ListedSession, SessionQuery,
     SessionRecord, SessionStore, SessionsPage, StoreError, UserData, UserSession,
 };
@@ -429,7 +429,7 @@ fn checkpointer(store: Weak<SledInstance>, stop: mpsc::Receiver<()>) {
 
 /// Opens sled in `dir` (locked by [`sled_dir::lock`]), first finishing
 /// or removing the snapshots a crash interrupted and setting aside finished
-/// ones that fail their checksum (see `store::sled_dir`); then syncs the
+/// ones that fail their checksum (see `store::sled::dir`); then syncs the
 /// directory, which sled never does, so that the snapshot it just wrote is
 /// the one the next start finds.
 fn open_sled(dir: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreError> {
