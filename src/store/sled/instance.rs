@@ -58,6 +58,7 @@ use self::upgrade::upgrade_indexes;
 use super::dir as sled_dir;
 use super::record;
 use super::wal::{self, Entry, TreeId, Wal};
+use crate::clock::{Clock, SystemClock};
 use crate::store::{Change, FlushObserver, StoreError};
 
 mod calls;
@@ -443,10 +444,10 @@ fn open_sled(dir: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreErr
             ),
         }
     }
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
+    // The quarantine folder is named after the time of day, for the
+    // operator who finds it; no rule of the store depends on it, so the
+    // system clock is read here rather than passed through every opener.
+    let now_ms = u128::from(SystemClock.now_ms());
     match sled_dir::quarantine_damaged_snapshots(dir, now_ms)? {
         sled_dir::Snapshots::Sound => {}
         sled_dir::Snapshots::Quarantined(moved) => tracing::warn!(
