@@ -29,6 +29,11 @@
 //! A write refused because the log's sync failed may have reached the log
 //! whole before the failure; it is then found applied after the reopen, as
 //! after any crash. A write never comes back partly applied.
+//!
+//! Beside this handle: `instance` (one opening of sled: its trees, threads
+//! and calls), `wal` (the write-ahead log and its archive), `record` (the
+//! stored form of a session) and `dir` (the data directory before sled
+//! opens it).
 
 pub(super) mod dir;
 mod instance;
