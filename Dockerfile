@@ -12,6 +12,11 @@ COPY src ./src
 # Cargo.toml names the criterion benches; cargo refuses a manifest whose
 # targets are missing, even to build one binary.
 COPY benches ./benches
+# The workspace's other member, the load generator: cargo reads every
+# member's manifest and looks for its targets even to build sessiond alone,
+# which does not compile it.
+COPY bench/Cargo.toml ./bench/Cargo.toml
+COPY bench/src ./bench/src
 # BuildKit cache mounts keep the crate registry and the compiled
 # dependencies between builds, so a change to sessiond's own source rebuilds
 # sessiond alone. The binary is copied out of the cached target directory in

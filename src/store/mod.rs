@@ -15,11 +15,7 @@
 //!   (they hold refresh token hashes and user data).
 
 mod memory;
-mod record;
 mod sled;
-mod sled_dir;
-mod sled_store;
-mod wal;
 
 #[cfg(test)]
 mod conformance;
@@ -33,8 +29,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use self::memory::MemoryStore;
-pub use self::record::Lineage;
-pub use self::sled_store::SledStore;
+pub use self::sled::SledStore;
+pub use self::sled::record::Lineage;
+use self::sled::wal;
 
 /// Copies the write-ahead log of the data directory `from_dir`, from log
 /// position `position` on (its archive, then its live log), into the data
@@ -50,7 +47,7 @@ pub fn copy_log_since(
     wal::copy_since(from_dir, position, &into_dir.join("wal"))
 }
 
-pub use self::sled_dir::read_store_id;
+pub use self::sled::dir::read_store_id;
 
 /// Called with the duration of every flush.
 pub type FlushObserver = Arc<dyn Fn(std::time::Duration) + Send + Sync>;

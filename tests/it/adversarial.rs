@@ -441,11 +441,11 @@ async fn hostile_bucket_callers_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overload_is_shed_and_slow_calls_hit_the_deadline() {
     use crate::claims::{Provider, start_provider};
-    let slow = start_provider(Provider {
+    let provider = Provider {
         delay: Some(Duration::from_millis(1500)),
         ..Default::default()
-    })
-    .await;
+    };
+    let slow = start_provider(provider.clone()).await;
     let server = TestServer::start_with(|c| {
         c.default_claim_provider = Some(format!("http://{slow}"));
         c.claim_provider_timeout = Duration::from_secs(5);
@@ -464,7 +464,11 @@ async fn overload_is_shed_and_slow_calls_hit_the_deadline() {
     let mut first = c.clone();
     let first_request = fetch();
     let held = tokio::spawn(async move { first.fetch_and_set_claim(first_request).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The call holds its slot once it is waiting on the provider.
+    wait_until("the slow call to reach the provider", || {
+        provider.calls.load(std::sync::atomic::Ordering::SeqCst) > 0
+    })
+    .await;
     let started = std::time::Instant::now();
     let s = assert_status(
         session_info(&mut c, &handle(&created)).await,
@@ -538,22 +542,23 @@ async fn idle_connections_close_and_oversized_headers_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_limit_holds_new_clients_back() {
     let server = TestServer::start_with(|c| c.limits.max_connections = 2).await;
-    // wait_ready's connection has closed; take both slots with silent clients.
+    // Take both slots with idle clients, once wait_ready's connection and
+    // this one have closed: each is accepted when the server answers it.
     let mut c = server.sessions().await;
     create(&mut c, "u", json!({})).await;
     drop(c);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let first = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let _second = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let first = accepted_connection(server.addr).await;
+    let _second = accepted_connection(server.addr).await;
     // A third client gets no answer while the limit is reached...
     let addr = server.addr;
-    let third = tokio::spawn(async move {
+    let mut third = tokio::spawn(async move {
         let mut c = SessionServiceClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
         create(&mut c, "late", json!({})).await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Given 300 ms to be served, it is not (the wait ends early if it is).
+    let _ = tokio::time::timeout(Duration::from_millis(300), &mut third).await;
     assert!(!third.is_finished(), "served beyond the connection limit");
     // ...and is served as soon as a slot frees.
     drop(first);
@@ -562,4 +567,22 @@ async fn the_connection_limit_holds_new_clients_back() {
         .expect("served after a slot freed")
         .unwrap();
     assert_eq!(created.session.unwrap().user_id, "late");
+}
+
+/// An HTTP/2 connection that the server has accepted: it opens one, sends
+/// the client preface and waits (bounded) for the server's first frame,
+/// which only a connection holding one of the server's slots gets.
+async fn accepted_connection(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The preface, then an empty SETTINGS frame.
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut first_byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(30), conn.read(&mut first_byte))
+        .await
+        .expect("accepted within 30 s");
+    assert_eq!(read.unwrap(), 1, "the server answered the preface");
+    conn
 }

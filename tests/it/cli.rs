@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use serde_json::{Value, json};
 use sessiond::pb;
@@ -293,7 +292,10 @@ async fn a_backup_under_write_load_restores_every_session_acknowledged_before_it
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until("writes to be acknowledged", || {
+        acknowledged.lock().unwrap().len() >= 100
+    })
+    .await;
     let before: Vec<(String, String)> = acknowledged.lock().unwrap().clone();
     assert!(!before.is_empty());
 

@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
@@ -269,12 +269,13 @@ fn write_load(
     client: &SessionServiceClient<Channel>,
     writers: usize,
     stop: &Arc<AtomicBool>,
+    progress: &Arc<AtomicUsize>,
     on_error: fn(&Status),
 ) -> Vec<JoinHandle<Vec<String>>> {
     (0..writers)
         .map(|w| {
             let mut c = client.clone();
-            let stop = stop.clone();
+            let (stop, progress) = (stop.clone(), progress.clone());
             tokio::spawn(async move {
                 let mut acknowledged = Vec::new();
                 while !stop.load(Ordering::Relaxed) && acknowledged.len() < 100_000 {
@@ -286,7 +287,10 @@ fn write_load(
                         })
                         .await;
                     match reply {
-                        Ok(r) => acknowledged.push(handle(&r.into_inner())),
+                        Ok(r) => {
+                            acknowledged.push(handle(&r.into_inner()));
+                            progress.fetch_add(1, Ordering::Relaxed);
+                        }
                         Err(s) => {
                             on_error(&s);
                             break;
@@ -332,8 +336,12 @@ async fn kill_9_under_write_load_loses_no_acknowledged_write() {
     let client = connect(&addr).await;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writers = write_load(&client, 16, &stop, |_| {});
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let progress = Arc::new(AtomicUsize::new(0));
+    let writers = write_load(&client, 16, &stop, &progress, |_| {});
+    wait_until("the load to get going", || {
+        progress.load(Ordering::Relaxed) >= 500
+    })
+    .await;
     child.kill().unwrap(); // SIGKILL: no shutdown, no final flush.
     child.wait().unwrap();
     stop.store(true, Ordering::Relaxed);
@@ -362,13 +370,17 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
     // After the signal: refused (GOAWAY) or cut, never a fault inside
     // sessiond, whose statuses carry ErrorInfo. (tonic's client reports a
     // GOAWAY as INTERNAL itself.)
-    let writers = write_load(&client, 8, &stop, |s| {
+    let progress = Arc::new(AtomicUsize::new(0));
+    let writers = write_load(&client, 8, &stop, &progress, |s| {
         assert!(
             s.get_error_details().error_info().is_none(),
             "the server failed a call while draining: {s:?}"
         );
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_until("the load to get going", || {
+        progress.load(Ordering::Relaxed) >= 100
+    })
+    .await;
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -453,6 +453,20 @@ pub async fn refused_start(config: &Config, clock: Arc<ManualClock>) -> String {
     panic!("the data directory stayed locked");
 }
 
+/// Waits until `done` holds, checking every 10 ms, and fails the test
+/// naming `what` if it does not within 60 s: for tests that must let
+/// something happen first, instead of sleeping for a guessed time.
+pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 60 s for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A request that replaces a session's data with `{"v": value}`.
 pub fn data_update(handle: &str, value: &str) -> pb::UpdateSessionDataInDatabaseRequest {
     pb::UpdateSessionDataInDatabaseRequest {

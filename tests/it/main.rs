@@ -3,7 +3,6 @@
 
 mod admin;
 mod adversarial;
-mod bench;
 mod buckets;
 mod callers;
 mod claims;

@@ -21,7 +21,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Generation, SessionRecord};
+use crate::store::{Generation, SessionRecord};
 
 /// Version byte of JSON records.
 pub(super) const V1: u8 = 1;

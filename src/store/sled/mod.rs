@@ -11,7 +11,7 @@
 //! sled 0.34 keeps an I/O error (a full disk, typically) for the life of
 //! the database: once one of its writes fails, every later write fails too,
 //! even after space returns. And after a failed `fdatasync` of our own log
-//! nothing more may be written behind it (`store::wal`). So at the first
+//! nothing more may be written behind it (`store::sled::wal`). So at the first
 //! I/O failure — in a call, a log sync or a checkpoint — the store:
 //! - takes no more writes: each is refused before it touches the trees, as
 //!   [`StoreError::Unavailable`] saying why, so a refused write is never
@@ -29,6 +29,16 @@
 //! A write refused because the log's sync failed may have reached the log
 //! whole before the failure; it is then found applied after the reopen, as
 //! after any crash. A write never comes back partly applied.
+//!
+//! Beside this handle: `instance` (one opening of sled: its trees, threads
+//! and calls), `wal` (the write-ahead log and its archive), `record` (the
+//! stored form of a session) and `dir` (the data directory before sled
+//! opens it).
+
+pub(super) mod dir;
+mod instance;
+pub(super) mod record;
+pub(super) mod wal;
 
 use std::fs::File;
 use std::io::Write;
@@ -39,11 +49,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::sled::{FailureHook, SledInstance};
-use super::wal;
+use self::dir as sled_dir;
+use self::instance::{FailureHook, SledInstance};
 use super::{
     BoxFuture, Change, Exported, FlushObserver, KeyRecord, Lineage, SessionQuery, SessionRecord,
-    SessionStore, SessionsPage, StoreError, UserData, UserSession, sled_dir,
+    SessionStore, SessionsPage, StoreError, UserData, UserSession,
 };
 
 /// How often a store whose disk failed checks whether it can write again.

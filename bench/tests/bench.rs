@@ -1,10 +1,84 @@
 //! The load generator (`sessiond-bench`), run for a moment against a real
 //! server: every scenario makes calls that succeed, and the JSON report
 //! holds what the table shows.
+//!
+//! The server runs in this process on 127.0.0.1:0 with a temporary data
+//! directory and a manual clock, as in the service's own integration tests;
+//! the load generator is the binary this package builds.
 
+use std::net::SocketAddr;
 use std::process::Command;
+use std::time::Duration;
 
-use crate::helpers::TestServer;
+use sessiond::config::Config;
+use sessiond::{ManualClock, ServeError};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+const API_KEY: &str = "test-api-key-0123456789";
+
+/// A server running in this process on a temporary data directory; it is
+/// stopped when dropped.
+struct TestServer {
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+    _stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl TestServer {
+    async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::with_data_dir(dir.path());
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.drain_timeout = Duration::from_secs(5);
+        configure(&mut config);
+        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(sessiond::serve(
+            listener,
+            config,
+            ManualClock::starting_now(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        // The listener is bound before `serve` starts, so this call waits in
+        // the accept queue until the server answers: no polling, no sleeps.
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let reply = tokio::time::timeout(
+            Duration::from_secs(60),
+            HealthClient::new(channel).check(HealthCheckRequest {
+                service: String::new(),
+            }),
+        )
+        .await
+        .expect("the server did not answer within 60 s")
+        .expect("the server started");
+        assert_eq!(reply.into_inner().status, 1, "SERVING");
+        Self {
+            addr,
+            _dir: dir,
+            _stop: stop,
+            task,
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
 
 const SCENARIOS: [&str; 8] = [
     "health",
@@ -95,10 +169,7 @@ async fn every_scenario_runs_without_errors_and_is_reported_as_json() {
 #[tokio::test]
 async fn a_refused_call_is_a_clear_error_not_a_panic() {
     let server = TestServer::start_with(|c| {
-        c.api_keys = vec![sessiond::config::ApiKey::admin(
-            "ops",
-            crate::helpers::API_KEY,
-        )]
+        c.api_keys = vec![sessiond::config::ApiKey::admin("ops", API_KEY)]
     })
     .await;
     let addr = server.addr.to_string();

@@ -30,7 +30,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::StoreError;
+use crate::store::StoreError;
 
 /// The lock file in the data directory.
 const LOCK_FILE: &str = "sessiond.lock";

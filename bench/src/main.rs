@@ -1,0 +1,358 @@
+//! `sessiond-bench`: a load generator for sessiond.
+//!
+//! Opens N connections with M calls in flight on each, runs every scenario
+//! for a fixed duration after a warm-up, and reports throughput, latency
+//! percentiles and errors by gRPC code, with each scenario's throughput as a
+//! ratio to `health` (the transport's own ceiling) measured in the same run.
+//! With `--rounds N` the whole list runs N times over, and each scenario's
+//! ratio is the median of its ratios to the `health` run of the same round:
+//! on a shared machine the neighbours move between two scenarios run one
+//! after the other, and interleaving spreads that over every scenario.
+//! Without `--addr` it starts the `sessiond` binary found beside it on a
+//! temporary data directory.
+//!
+//! Calls go over bare HTTP/2 connections (the h2 crate), each request framed
+//! in one buffer and sent as HEADERS plus a single DATA frame that ends the stream,
+//! as h2load sends its pre-framed request; replies are decoded only where a
+//! scenario needs them (tokens), and every call's gRPC status is checked.
+//! The load generator shares the machine with the server it measures, so
+//! the less it spends per call, the more the ratios describe the server:
+//! through tonic's channel it spent about 28 µs per GetSession and could not
+//! drive the server as fast as h2load does.
+//!
+//! Layout: this file holds the command line, the server it may start and
+//! the whole run (population, rounds, the table and the JSON); `conn` is one
+//! HTTP/2 connection, `client` the calls the scenarios make, `run` the
+//! workers of one scenario and what they measure, `report` a scenario's
+//! results.
+
+mod client;
+mod conn;
+mod report;
+mod run;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+
+use clap::{Parser, ValueEnum};
+use sessiond::config::parse_duration;
+use sessiond::text::count;
+
+use crate::client::{Client, Methods, payload};
+use crate::conn::Conn;
+use crate::report::{Outcome, outcome, us};
+use crate::run::{Tally, run};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+enum Scenario {
+    /// grpc.health.v1 Check: the transport's ceiling.
+    Health,
+    /// Stateless GetSession.
+    Get,
+    /// GetSession with check_database.
+    GetDb,
+    /// CreateNewSession (a durable write).
+    Create,
+    /// RefreshSession, each worker following its own rotating chain (a durable write).
+    Refresh,
+    /// GetUserSession of the public bucket, with the user's token.
+    BucketGet,
+    /// UpdateUserSession of the public bucket (a durable write).
+    BucketUpdate,
+    /// 90% get, 5% refresh, 3% create, 2% revoke.
+    Mixed,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Health => "health",
+            Self::Get => "get",
+            Self::GetDb => "get-db",
+            Self::Create => "create",
+            Self::Refresh => "refresh",
+            Self::BucketGet => "bucket-get",
+            Self::BucketUpdate => "bucket-update",
+            Self::Mixed => "mixed",
+        }
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "sessiond-bench", about = "A load generator for sessiond")]
+struct Args {
+    /// Server to load [default: start the sessiond binary beside this one].
+    #[arg(long)]
+    addr: Option<String>,
+    /// API key for the server, when it has keys.
+    #[arg(long, env = "SESSIOND_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Calls in flight on each connection.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Threads driving the calls (1: a single-threaded runtime).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Measured time per scenario.
+    #[arg(long, default_value = "10s")]
+    duration: String,
+    /// Unmeasured time before it.
+    #[arg(long, default_value = "2s")]
+    warmup: String,
+    /// Scenarios to run, in order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "health,get,get-db,create,refresh,bucket-get,bucket-update,mixed"
+    )]
+    scenarios: Vec<Scenario>,
+    /// Run the scenario list this many times, interleaved; ratios to
+    /// `health` are the median over the rounds (each against the same
+    /// round's `health`), totals and latencies cover every round.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
+    /// Sessions created before the scenarios that read them.
+    #[arg(long, default_value_t = 1000)]
+    population: usize,
+    /// Pad the access token payload of created sessions to about this many
+    /// bytes of JSON (unpadded it is 49).
+    #[arg(long, default_value_t = 0)]
+    payload_bytes: usize,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// An argument for the started server, such as --server-arg=--signing-algorithm=RS256 (repeatable).
+    #[arg(long, allow_hyphen_values = true)]
+    server_arg: Vec<String>,
+}
+
+/// The sessiond binary beside this one, on a temporary data directory.
+fn start_server(extra: &[String]) -> (Child, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let exe = std::env::current_exe()
+        .expect("own path")
+        .with_file_name("sessiond");
+    let mut child = Command::new(&exe)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+    let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("sessiond exited before it was ready")
+            .expect("readable stderr");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr, dir)
+}
+
+/// mimalloc, as in the server: the load generator allocates per call too.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut runtime = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(args.threads);
+        b
+    };
+    let runtime = runtime.enable_all().build().expect("a tokio runtime");
+    let mut server = None;
+    let addr = match &args.addr {
+        Some(a) => a.clone(),
+        None => {
+            let (child, addr, dir) = start_server(&args.server_arg);
+            eprintln!("started sessiond at {addr}");
+            server = Some((child, dir));
+            addr
+        }
+    };
+    let outcome = runtime.block_on(bench(&args, &addr));
+    if let Some((mut child, _dir)) = server {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sessiond-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bench(args: &Args, addr: &str) -> Result<(), String> {
+    let warmup = parse_duration(&args.warmup).map_err(|e| format!("--warmup: {e}"))?;
+    let duration = parse_duration(&args.duration).map_err(|e| format!("--duration: {e}"))?;
+    let api_key = args
+        .api_key
+        .as_deref()
+        .map(|k| k.parse().expect("--api-key must be ASCII"));
+    let methods = Arc::new(Methods::on(addr));
+    let mut clients = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let conn = Conn::open(addr)
+            .await
+            .map_err(|e| format!("cannot reach {addr}: {e}"))?;
+        clients.push(Client {
+            conn,
+            methods: methods.clone(),
+            api_key: api_key.clone(),
+            payload: payload(args.payload_bytes),
+        });
+    }
+    eprintln!(
+        "{} x {} in flight, {:?} warm-up + {:?} per scenario; creating {}",
+        count(clients.len() as u64, "connection", "connections"),
+        args.concurrency,
+        warmup,
+        duration,
+        count(args.population as u64, "session", "sessions"),
+    );
+    let mut population = Vec::with_capacity(args.population);
+    for chunk in (0..args.population.max(1)).collect::<Vec<_>>().chunks(64) {
+        let calls: Vec<_> = chunk
+            .iter()
+            .map(|i| {
+                let client = clients[i % clients.len()].clone();
+                let i = *i;
+                tokio::spawn(async move { client.create(format!("bench-user-{i}")).await })
+            })
+            .collect();
+        for call in calls {
+            let member = call.await.expect("join").map_err(|s| {
+                format!(
+                    "creating the population failed: {:?}: {}",
+                    s.code(),
+                    s.message()
+                )
+            })?;
+            population.push(member);
+        }
+    }
+    let population = Arc::new(population);
+
+    // Per position in the scenario list: every round's tally, and its
+    // throughput over the same round's health throughput.
+    let mut totals: Vec<Tally> = args.scenarios.iter().map(|_| Tally::new()).collect();
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); args.scenarios.len()];
+    for round in 1..=args.rounds {
+        let mut throughputs = Vec::with_capacity(args.scenarios.len());
+        for (i, scenario) in args.scenarios.iter().enumerate() {
+            let tally = run(
+                *scenario,
+                &clients,
+                population.clone(),
+                args,
+                warmup,
+                duration,
+            )
+            .await;
+            let throughput = tally.calls as f64 / duration.as_secs_f64();
+            let of = if args.rounds > 1 {
+                format!(" (round {round} of {})", args.rounds)
+            } else {
+                String::new()
+            };
+            eprintln!("{:<14} {throughput:>10.0} calls/s{of}", scenario.name());
+            throughputs.push(throughput);
+            totals[i].merge(tally);
+        }
+        let health = args
+            .scenarios
+            .iter()
+            .position(|s| *s == Scenario::Health)
+            .map(|i| throughputs[i])
+            // A round whose health check made no calls has nothing to
+            // divide by; it counts in the totals, not in the ratios.
+            .filter(|h| *h > 0.0);
+        if let Some(health) = health {
+            for (r, t) in ratios.iter_mut().zip(&throughputs) {
+                r.push(t / health);
+            }
+        }
+    }
+    let rounds = u32::try_from(args.rounds).unwrap_or(u32::MAX);
+    let seconds = duration.saturating_mul(rounds).as_secs_f64();
+    let outcomes: Vec<Outcome> = args
+        .scenarios
+        .iter()
+        .zip(totals)
+        .zip(ratios)
+        .map(|((scenario, total), ratios)| outcome(*scenario, total, seconds, ratios))
+        .collect();
+    let range = args.rounds > 1;
+    println!(
+        "| scenario | calls/s | × health |{} p50 | p90 | p99 | max | errors |\n|---|---:|---:|{}---:|---:|---:|---:|---|",
+        if range { " range |" } else { "" },
+        if range { "---:|" } else { "" },
+    );
+    for o in &outcomes {
+        let errors = if o.errors.is_empty() {
+            "0".to_owned()
+        } else {
+            o.errors
+                .iter()
+                .map(|(c, n)| format!("{c} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let spread = match (
+            o.ratios_by_round.iter().copied().reduce(f64::min),
+            o.ratios_by_round.iter().copied().reduce(f64::max),
+        ) {
+            (Some(lo), Some(hi)) if range => format!(" {lo:.2}–{hi:.2} |"),
+            _ if range => " - |".to_owned(),
+            _ => String::new(),
+        };
+        println!(
+            "| {} | {:.0} | {} |{spread} {} | {} | {} | {} | {} |",
+            o.scenario,
+            o.throughput,
+            o.ratio_to_health
+                .map_or("-".to_owned(), |r| format!("{r:.2}")),
+            us(o.p50_us),
+            us(o.p90_us),
+            us(o.p99_us),
+            us(o.max_us),
+            errors
+        );
+    }
+    if let Some(path) = &args.json {
+        let report = serde_json::json!({
+            "connections": clients.len(),
+            "concurrency_per_connection": args.concurrency,
+            "warmup_seconds": warmup.as_secs_f64(),
+            "duration_seconds": duration.as_secs_f64(),
+            "rounds": args.rounds,
+            "population": args.population,
+            "payload_bytes": args.payload_bytes,
+            "results": outcomes,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report).expect("JSON"))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}

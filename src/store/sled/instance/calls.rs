@@ -1,0 +1,361 @@
+//! The [`SessionStore`] calls on one [`SledInstance`]: each takes the lock
+//! stripe of what it writes, writes the trees, and appends the after-image
+//! to the write-ahead log before it lets the stripe go.
+
+use std::sync::atomic::Ordering;
+
+use tokio::sync::oneshot;
+
+use super::trees::{
+    decode, encode, handle_of_user_key, split_user_data_key, user_data_key, user_prefix,
+};
+use super::{SledInstance, backend, stripe_index};
+use crate::store::sled::record::{self, Lineage};
+use crate::store::sled::wal::TreeId;
+use crate::store::{
+    BoxFuture, Change, Exported, KeyRecord, ListedSession, SessionQuery, SessionRecord,
+    SessionStore, SessionsPage, StoreError, UserData, UserSession,
+};
+
+impl SessionStore for SledInstance {
+    fn create_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        let bytes = record::encode_session(record);
+        let key = record.handle.as_bytes();
+        let _order = self.stripe(TreeId::Sessions, key);
+        self.sessions.create(record, &bytes)?;
+        self.wal.append(TreeId::Sessions, key, Some(&bytes));
+        Ok(())
+    }
+
+    fn session(&self, handle: &str) -> Result<Option<SessionRecord>, StoreError> {
+        self.sessions.read(handle)
+    }
+
+    fn session_lineage(&self, handle: &str) -> Result<Option<Lineage>, StoreError> {
+        self.sessions.lineage(handle)
+    }
+
+    fn update_session(
+        &self,
+        handle: &str,
+        decide: &mut dyn FnMut(Option<&SessionRecord>) -> Change,
+    ) -> Result<Change, StoreError> {
+        let key = handle.as_bytes();
+        let _order = self.stripe(TreeId::Sessions, key);
+        let (change, stored) = self.sessions.apply(handle, decide)?;
+        match change {
+            Change::Keep => {}
+            Change::Put(_) => self.wal.append(TreeId::Sessions, key, Some(&stored)),
+            Change::Delete => self.wal.append(TreeId::Sessions, key, None),
+        }
+        Ok(change)
+    }
+
+    fn delete_sessions(&self, handles: &[String]) -> Result<Vec<UserSession>, StoreError> {
+        let mut stripes: Vec<usize> = handles
+            .iter()
+            .map(|h| stripe_index(TreeId::Sessions, h.as_bytes()))
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        // Taken in index order, so two multi-session deletes cannot deadlock.
+        let _order: Vec<_> = stripes.into_iter().map(|i| self.lock_stripe(i)).collect();
+        let mut removed = Vec::new();
+        for handle in handles {
+            if let Some(old) = self.sessions.read(handle)? {
+                self.sessions.write(handle, Some(&old), None)?;
+                removed.push(UserSession {
+                    handle: old.handle,
+                    tenant_id: old.tenant_id,
+                    expires_at_ms: old.expires_at_ms,
+                });
+            }
+        }
+        for gone in &removed {
+            self.wal
+                .append(TreeId::Sessions, gone.handle.as_bytes(), None);
+        }
+        Ok(removed)
+    }
+
+    fn user_sessions(
+        &self,
+        user_id: &str,
+        tenant_id: Option<&str>,
+    ) -> Result<Vec<UserSession>, StoreError> {
+        let mut out = Vec::new();
+        for key in self
+            .sessions
+            .by_user
+            .scan_prefix(user_prefix(user_id))
+            .keys()
+        {
+            let key = key.map_err(backend)?;
+            let handle = handle_of_user_key(&key)
+                .ok_or_else(|| StoreError::Corrupt("user index key".into()))?;
+            // The record decides: an entry left by a crash in the middle of
+            // a write may name no session, or (after an import moved a
+            // handle to another user, or when two user ids share a hash)
+            // somebody else's session.
+            let Some(lineage) = self.sessions.lineage(handle)? else {
+                continue;
+            };
+            if lineage.user_id != user_id || tenant_id.is_some_and(|t| t != lineage.tenant_id) {
+                continue;
+            }
+            out.push(UserSession {
+                handle: handle.to_owned(),
+                tenant_id: lineage.tenant_id,
+                expires_at_ms: lineage.expires_at_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    fn list_sessions(&self, query: &SessionQuery<'_>) -> Result<SessionsPage, StoreError> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        // The records tree is keyed by handle: the page is one range scan
+        // from just after the cursor, reading each record's fixed part only.
+        let start = query.after.map_or(Unbounded, |h| Excluded(h.as_bytes()));
+        let mut page = SessionsPage::default();
+        for item in self.sessions.records.range::<&[u8], _>((start, Unbounded)) {
+            let (key, value) = item.map_err(backend)?;
+            let handle = std::str::from_utf8(&key)
+                .map_err(|_| StoreError::Corrupt("session handle".into()))?;
+            let head = record::decode_head(handle, &value).map_err(StoreError::Corrupt)?;
+            let listed = ListedSession::of(&head);
+            if query.matches(&listed) && !page.offer(listed, query.limit) {
+                break;
+            }
+        }
+        Ok(page)
+    }
+
+    fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        if limit == 0 {
+            return Ok(0);
+        }
+        // One pass over the user index, from where a call that met its limit
+        // (or an error) stopped, round to where it started. Entries not yet
+        // due cost a read of the index alone; sessions filed again do not
+        // count against `limit`.
+        let mut from = self.sweep_from.lock().unwrap_or_else(|e| e.into_inner());
+        let start = from.take();
+        let legs = match &start {
+            None => vec![(Unbounded, Unbounded)],
+            Some(k) => vec![
+                (Included(k.clone()), Unbounded),
+                (Unbounded, Excluded(k.clone())),
+            ],
+        };
+        let mut removed = 0;
+        for range in legs {
+            for entry in self.sessions.by_user.range::<sled::IVec, _>(range) {
+                let (key, value) = match entry {
+                    Ok(entry) => entry,
+                    Err(e) => {
+                        *from = start;
+                        return Err(backend(e));
+                    }
+                };
+                match self.sweep_one(&key, &value, now_ms) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        removed += 1;
+                        if removed == limit {
+                            *from = Some(key);
+                            return Ok(removed);
+                        }
+                    }
+                    Err(e) => {
+                        *from = Some(key);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    fn user_data(&self, tenant_id: &str, user_id: &str) -> Result<Option<UserData>, StoreError> {
+        match self
+            .users
+            .get(user_data_key(tenant_id, user_id))
+            .map_err(backend)?
+        {
+            Some(bytes) => decode(&bytes).map(Some).map_err(StoreError::Corrupt),
+            None => Ok(None),
+        }
+    }
+
+    fn update_user_data(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        change: &mut dyn FnMut(&UserData) -> Option<UserData>,
+    ) -> Result<UserData, StoreError> {
+        let key = user_data_key(tenant_id, user_id);
+        let _order = self.stripe(TreeId::Users, &key);
+        // Compare-and-swap until no concurrent writer got in between.
+        loop {
+            let old = self.users.get(&key).map_err(backend)?;
+            let current = match &old {
+                Some(bytes) => decode(bytes).map_err(StoreError::Corrupt)?,
+                None => UserData::default(),
+            };
+            let Some(next) = change(&current) else {
+                return Ok(current);
+            };
+            let bytes = encode(&next);
+            let swapped = self
+                .users
+                .compare_and_swap(&key, old.as_ref(), Some(bytes.as_slice()))
+                .map_err(backend)?;
+            if swapped.is_ok() {
+                self.wal.append(TreeId::Users, &key, Some(&bytes));
+                return Ok(next);
+            }
+        }
+    }
+
+    fn export(
+        &self,
+        visit: &mut dyn FnMut(Exported) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for item in self.sessions.records.iter() {
+            let (key, value) = item.map_err(backend)?;
+            let handle = std::str::from_utf8(&key)
+                .map_err(|_| StoreError::Corrupt("session handle".into()))?;
+            visit(Exported::Session(
+                record::decode_session(handle, &value).map_err(StoreError::Corrupt)?,
+            ))?;
+        }
+        for item in self.users.iter() {
+            let (key, value) = item.map_err(backend)?;
+            let (tenant_id, user_id) = split_user_data_key(&key)
+                .ok_or_else(|| StoreError::Corrupt("user data key".into()))?;
+            visit(Exported::UserData {
+                tenant_id,
+                user_id,
+                data: decode(&value).map_err(StoreError::Corrupt)?,
+            })?;
+        }
+        for key in self.keys()? {
+            visit(Exported::Key(key))?;
+        }
+        for item in self.secrets.iter() {
+            let (name, value) = item.map_err(backend)?;
+            let name = String::from_utf8(name.to_vec())
+                .map_err(|_| StoreError::Corrupt("secret name".into()))?;
+            visit(Exported::Secret {
+                name,
+                value: value.to_vec(),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn import(&self, item: Exported) -> Result<(), StoreError> {
+        match item {
+            Exported::Session(record) => self.create_session(&record),
+            Exported::UserData {
+                tenant_id,
+                user_id,
+                data,
+            } => self.put_logged(
+                &self.users,
+                TreeId::Users,
+                &user_data_key(&tenant_id, &user_id),
+                Some(&encode(&data)),
+            ),
+            Exported::Key(key) => self.put_key(&key),
+            Exported::Secret { name, value } => self.put_logged(
+                &self.secrets,
+                TreeId::Secrets,
+                name.as_bytes(),
+                Some(&value),
+            ),
+        }
+    }
+
+    fn count_sessions(&self) -> Result<u64, StoreError> {
+        Ok(self.sessions.live.load(Ordering::Relaxed).max(0) as u64)
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk().map_err(backend)?
+            + self.wal.size_on_disk()
+            + self.archive.size_on_disk())
+    }
+
+    fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        self.keys
+            .iter()
+            .values()
+            .map(|v| {
+                let v = v.map_err(backend)?;
+                decode(&v).map_err(StoreError::Corrupt)
+            })
+            .collect()
+    }
+
+    fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        self.put_logged(
+            &self.keys,
+            TreeId::Keys,
+            key.kid.as_bytes(),
+            Some(&encode(key)),
+        )
+    }
+
+    fn delete_key(&self, kid: &str) -> Result<(), StoreError> {
+        self.put_logged(&self.keys, TreeId::Keys, kid.as_bytes(), None)
+    }
+
+    fn secret(&self, name: &str, make: &mut dyn FnMut() -> Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        if let Some(v) = self.secrets.get(name).map_err(backend)? {
+            return Ok(v.to_vec());
+        }
+        let fresh = make();
+        let _order = self.stripe(TreeId::Secrets, name.as_bytes());
+        match self
+            .secrets
+            .compare_and_swap(name, None as Option<&[u8]>, Some(fresh.as_slice()))
+            .map_err(backend)?
+        {
+            Ok(()) => {
+                self.wal
+                    .append(TreeId::Secrets, name.as_bytes(), Some(&fresh));
+                Ok(fresh)
+            }
+            Err(cas) => cas
+                .current
+                .map(|v| v.to_vec())
+                .ok_or_else(|| StoreError::Corrupt(format!("secret {name} vanished"))),
+        }
+    }
+
+    fn replace_secret(&self, name: &str, current: &[u8], new: &[u8]) -> Result<bool, StoreError> {
+        let _order = self.stripe(TreeId::Secrets, name.as_bytes());
+        let swapped = self
+            .secrets
+            .compare_and_swap(name, Some(current), Some(new))
+            .map_err(backend)?;
+        if swapped.is_ok() {
+            self.wal.append(TreeId::Secrets, name.as_bytes(), Some(new));
+        }
+        Ok(swapped.is_ok())
+    }
+
+    fn durable(&self) -> BoxFuture<Result<(), StoreError>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.flush_requests.send(tx);
+        Box::pin(async move {
+            sent.map_err(|_| StoreError::Backend("the flusher has stopped".into()))?;
+            rx.await
+                .map_err(|_| StoreError::Backend("the flusher has stopped".into()))?
+                .map_err(StoreError::Io)
+        })
+    }
+}

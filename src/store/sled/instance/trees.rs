@@ -1,0 +1,273 @@
+//! The session trees of one [`SledInstance`](super::SledInstance): the
+//! records and their user index, and the keys both are filed under. The
+//! caller holds the session's lock stripe and writes the log; these
+//! functions only order the writes of the trees (see the notes of
+//! `store::sled::instance`).
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use sled::Tree;
+
+use super::backend;
+use crate::store::sled::record::{self, Lineage};
+use crate::store::{Change, SessionRecord, StoreError};
+
+pub(super) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![record::V1];
+    // Serialising plain data structs with string keys cannot fail.
+    serde_json::to_writer(&mut out, value).expect("records serialise");
+    out
+}
+
+pub(super) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    match bytes.split_first() {
+        Some((&record::V1, rest)) => serde_json::from_slice(rest).map_err(|e| e.to_string()),
+        Some((v, _)) => Err(format!("unknown record version {v}")),
+        None => Err("empty record".to_owned()),
+    }
+}
+
+pub(super) fn push_lp(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Where a user's sessions are in the user index.
+pub(super) fn user_prefix(user_id: &str) -> [u8; 8] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, user_id.as_bytes());
+    digest.as_ref()[..8]
+        .try_into()
+        .expect("a SHA-256 has 8 bytes")
+}
+
+pub(super) fn user_key(r: &SessionRecord) -> Vec<u8> {
+    user_key_of(&r.user_id, &r.handle)
+}
+
+pub(super) fn user_key_of(user_id: &str, handle: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + handle.len());
+    k.extend_from_slice(&user_prefix(user_id));
+    k.extend_from_slice(handle.as_bytes());
+    k
+}
+
+/// The handle in a user index key.
+pub(super) fn handle_of_user_key(key: &[u8]) -> Option<&str> {
+    std::str::from_utf8(key.get(8..)?).ok()
+}
+
+pub(super) fn user_data_key(tenant_id: &str, user_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + tenant_id.len() + user_id.len());
+    push_lp(&mut k, tenant_id);
+    push_lp(&mut k, user_id);
+    k
+}
+
+/// Splits a `user_data` key into tenant and user.
+pub(super) fn split_user_data_key(key: &[u8]) -> Option<(String, String)> {
+    let tlen = u32::from_be_bytes(key.get(..4)?.try_into().ok()?) as usize;
+    let tenant = std::str::from_utf8(key.get(4..4 + tlen)?).ok()?;
+    let rest = key.get(4 + tlen..)?;
+    let ulen = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let user = std::str::from_utf8(rest.get(4..4 + ulen)?).ok()?;
+    Some((tenant.to_owned(), user.to_owned()))
+}
+
+/// The session records and their user index.
+pub(super) struct SessionTrees {
+    pub(super) records: Tree,
+    pub(super) by_user: Tree,
+    /// How many records there are, kept as records come and go.
+    pub(super) live: AtomicI64,
+}
+
+impl SessionTrees {
+    pub(super) fn read(&self, handle: &str) -> Result<Option<SessionRecord>, StoreError> {
+        self.read_with(handle, |bytes| record::decode_session(handle, bytes))
+    }
+
+    /// Reads only what checking a token against the store needs.
+    pub(super) fn lineage(&self, handle: &str) -> Result<Option<Lineage>, StoreError> {
+        self.read_with(handle, record::decode_lineage)
+    }
+
+    /// Reads a session's record and decodes it with `decode`.
+    pub(super) fn read_with<T>(
+        &self,
+        handle: &str,
+        decode: impl FnOnce(&[u8]) -> Result<T, String>,
+    ) -> Result<Option<T>, StoreError> {
+        self.records
+            .get(handle)
+            .map_err(backend)?
+            .map(|bytes| decode(&bytes).map_err(StoreError::Corrupt))
+            .transpose()
+    }
+
+    /// Stores `new` (with its encoding) in place of `old`, or removes `old`
+    /// when `new` is `None`. The index entry a record needs is written
+    /// before it, and an entry it no longer needs is removed after it.
+    pub(super) fn write(
+        &self,
+        handle: &str,
+        old: Option<&SessionRecord>,
+        new: Option<(&SessionRecord, &[u8])>,
+    ) -> Result<(), StoreError> {
+        let Some((new, bytes)) = new else {
+            return self.remove(handle, old.map(user_key).as_deref());
+        };
+        // Most edits (data, payload, claims, a refresh) leave the user
+        // entry as it is: only the record is rewritten.
+        let moved = !old.is_some_and(|old| still_filed(old, new));
+        if moved {
+            self.add_entry(new)?;
+        }
+        if self
+            .records
+            .insert(handle, bytes)
+            .map_err(backend)?
+            .is_none()
+        {
+            self.live.fetch_add(1, Ordering::Relaxed);
+        }
+        if let (true, Some(old)) = (moved, old) {
+            self.remove_entry(old, new)?;
+        }
+        Ok(())
+    }
+
+    /// Stores a session under a fresh handle: no read first. Should the
+    /// handle exist after all (an import over a live store), the record it
+    /// replaced comes back from the insert and its user entry is fixed.
+    pub(super) fn create(&self, new: &SessionRecord, bytes: &[u8]) -> Result<(), StoreError> {
+        // An entry already there may index the record this insert replaces:
+        // it keeps the earlier time, which is at or before both expiries,
+        // should a crash keep the entry and lose the record.
+        let key = user_key(new);
+        let filed = new.expires_at_ms.to_be_bytes();
+        let added = self
+            .by_user
+            .compare_and_swap(&key, None as Option<&[u8]>, Some(&filed[..]))
+            .map_err(backend)?;
+        if let Err(present) = added {
+            let earlier = present.current.as_deref().and_then(filed_at);
+            if earlier.is_none_or(|t| t > new.expires_at_ms) {
+                self.file(&key, new.expires_at_ms)?;
+            }
+        }
+        let replaced = self.records.insert(&new.handle, bytes).map_err(backend)?;
+        if replaced.is_none() {
+            self.live.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(old) = replaced {
+            let old = record::decode_session(&new.handle, &old).map_err(StoreError::Corrupt)?;
+            self.remove_entry(&old, new)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a session's record, then its user entry `key` if given.
+    pub(super) fn remove(&self, handle: &str, key: Option<&[u8]>) -> Result<(), StoreError> {
+        if self.records.remove(handle).map_err(backend)?.is_some() {
+            self.live.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(key) = key {
+            self.by_user.remove(key).map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    /// Files `new` in the user index under its expiry.
+    pub(super) fn add_entry(&self, new: &SessionRecord) -> Result<(), StoreError> {
+        self.file(&user_key(new), new.expires_at_ms)
+    }
+
+    /// Sets the user entry `key`'s filed expiry.
+    pub(super) fn file(&self, key: &[u8], expires_at_ms: u64) -> Result<(), StoreError> {
+        self.by_user
+            .insert(key, &expires_at_ms.to_be_bytes())
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Removes `old`'s user entry, unless `new` has the same one.
+    pub(super) fn remove_entry(
+        &self,
+        old: &SessionRecord,
+        new: &SessionRecord,
+    ) -> Result<(), StoreError> {
+        let key = user_key(old);
+        if user_key(new) != key {
+            self.by_user.remove(&key).map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    /// Deals with the user entry `key` (of session `handle`), which has come
+    /// due by `now_ms`: the session is removed if it expired, filed again
+    /// under its expiry if it was filed early, and the entry dropped if it
+    /// names no session of its user (a crash between an entry's write and
+    /// its record's, or an import that moved the handle). The caller holds
+    /// the session's lock stripe and logs a removal: returns true when the
+    /// session was removed.
+    pub(super) fn sweep_entry(
+        &self,
+        key: &[u8],
+        handle: &str,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        // The record's fixed part says all the sweep needs: no JSON is parsed.
+        match self.lineage(handle)? {
+            Some(l) if user_key_of(&l.user_id, handle) == key => {
+                if l.expires_at_ms <= now_ms {
+                    self.remove(handle, Some(key))?;
+                    return Ok(true);
+                }
+                self.file(key, l.expires_at_ms)?;
+            }
+            _ => {
+                self.by_user.remove(key).map_err(backend)?;
+            }
+        }
+        Ok(false)
+    }
+
+    /// Reads a session and applies `decide`'s change to it. The caller holds
+    /// the session's lock stripe. Returns the change and, for a put, the
+    /// bytes stored.
+    pub(super) fn apply(
+        &self,
+        handle: &str,
+        decide: &mut dyn FnMut(Option<&SessionRecord>) -> Change,
+    ) -> Result<(Change, Vec<u8>), StoreError> {
+        let current = self.read(handle)?;
+        let change = decide(current.as_ref());
+        let mut stored = Vec::new();
+        match (&change, &current) {
+            (Change::Keep, _) | (Change::Delete, None) => {}
+            (Change::Delete, Some(old)) => self.write(handle, Some(old), None)?,
+            (Change::Put(new), old) => {
+                if new.handle != handle {
+                    return Err(StoreError::Corrupt(
+                        "update changed the session handle".into(),
+                    ));
+                }
+                stored = record::encode_session(new);
+                self.write(handle, old.as_ref(), Some((new, &stored)))?;
+            }
+        }
+        Ok((change, stored))
+    }
+}
+
+/// True when the entry that indexes `old` still indexes `new`: the same
+/// user (the tenant is not in the key), and an expiry no earlier (so the
+/// time `old` was filed under is still at or before it).
+pub(super) fn still_filed(old: &SessionRecord, new: &SessionRecord) -> bool {
+    old.user_id == new.user_id && new.expires_at_ms >= old.expires_at_ms
+}
+
+/// The filed expiry a user index value holds.
+pub(super) fn filed_at(value: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(value).ok().map(u64::from_be_bytes)
+}
