@@ -21,7 +21,7 @@ use base64::engine::general_purpose::STANDARD;
 use sessiond::ManualClock;
 use sessiond::config::SigningAlgorithm;
 use sessiond::metrics::Metrics;
-use sessiond::store::{KeyRecord, SessionStore, SledStore};
+use sessiond::store::{KeyRecord, KeysAndSecrets, SledStore};
 use sessiond::token::keys::{KeyRing, KeyRingConfig};
 
 /// One fixed fuzzing key.
@@ -155,7 +155,7 @@ async fn open_ring(records: Vec<KeyRecord>) -> (KeyRing, Arc<ManualClock>) {
         .expect("temporary directory");
     let store = SledStore::open(dir.path(), 8 << 20, None).expect("sled store");
     for r in &records {
-        store.put_key(r).expect("put a fixed key");
+        store.put_key(r).await.expect("put a fixed key");
     }
     let clock = ManualClock::starting_now();
     let ring = KeyRing::open(store, clock.clone(), RING_CONFIG, Metrics::shared())

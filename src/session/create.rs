@@ -43,9 +43,9 @@ impl SessionManager {
             previous: None,
             rotated_at_ms: now,
         };
-        self.store.create_session(&record)?;
+        self.store.create_session(&record).await?;
         if let Some(id) = &new.user_identifier {
-            buckets::set_identifier(self.store.as_ref(), &new.tenant_id, &new.user_id, id)?;
+            buckets::set_identifier(self.store.as_ref(), &new.tenant_id, &new.user_id, id).await?;
         }
         let tokens = self.tokens(&key, &record, refresh, anti_csrf, now)?;
         self.store.durable().await?;

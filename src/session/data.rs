@@ -29,7 +29,8 @@ impl SessionManager {
                     result = Err(Error::SessionNotFound);
                     Change::Keep
                 }
-            })?;
+            })
+            .await?;
         result?;
         self.store.durable().await?;
         Ok(())
@@ -98,7 +99,8 @@ impl SessionManager {
                     current = None;
                     Change::Keep
                 }
-            })?;
+            })
+            .await?;
         let record = current.ok_or_else(session_gone)?;
         let token = self.reissue(&key, &claims, record.access_payload.clone(), now)?;
         // Also when nothing was written here: the token must not carry a

@@ -1,6 +1,7 @@
 //! RefreshSession: refresh token rotation with theft detection, atomic per
-//! session through [`SessionStore::update_session`]. Never sees protobuf
-//! types and never logs a token.
+//! session through one
+//! [`Sessions::update_session`](crate::store::Sessions::update_session)
+//! call. Never sees protobuf types and never logs a token.
 
 use super::*;
 
@@ -83,7 +84,8 @@ impl SessionManager {
                 }
                 outcome = Outcome::Rotated(Box::new(next.clone()), is_current);
                 Change::Put(Box::new(next))
-            })?;
+            })
+            .await?;
 
         match outcome {
             Outcome::Gone => {

@@ -56,7 +56,8 @@ impl SessionManager {
         if req.check_database {
             let lineage = self
                 .store
-                .session_lineage(&claims.session_handle)?
+                .session_lineage(&claims.session_handle)
+                .await?
                 .filter(|l| l.expires_at_ms > now)
                 .ok_or_else(session_gone)?;
             let in_lineage = lineage.current_refresh_hash == claims.refresh_token_hash

@@ -1,11 +1,11 @@
-//! The conformance suite every [`SessionStore`] backend must pass. Each
+//! The conformance suite every [`Store`] backend must pass. Each
 //! backend instantiates it with [`conformance_suite!`].
 
 use std::sync::Arc;
 
 use serde_json::{Map, json};
 
-use super::{Change, Generation, KeyRecord, SessionQuery, SessionRecord, SessionStore};
+use super::{Change, Generation, KeyRecord, SessionQuery, SessionRecord, Store};
 
 fn record(handle: &str, user: &str, tenant: &str, expires_at_ms: u64) -> SessionRecord {
     SessionRecord {
@@ -30,46 +30,55 @@ fn handles(mut v: Vec<super::UserSession>) -> Vec<String> {
     v.into_iter().map(|s| s.handle).collect()
 }
 
-pub async fn create_read_list_delete(store: Arc<dyn SessionStore>) {
+pub async fn create_read_list_delete(store: Arc<dyn Store>) {
     store
         .create_session(&record("a", "alice", "public", 100))
+        .await
         .unwrap();
     store
         .create_session(&record("b", "alice", "t2", 100))
+        .await
         .unwrap();
     store
         .create_session(&record("c", "alicia", "public", 100))
+        .await
         .unwrap();
     store.durable().await.unwrap();
-    assert_eq!(store.count_sessions().unwrap(), 3);
+    assert_eq!(store.count_sessions().await.unwrap(), 3);
 
-    assert_eq!(store.session("a").unwrap().unwrap().user_id, "alice");
-    assert!(store.session("zz").unwrap().is_none());
+    assert_eq!(store.session("a").await.unwrap().unwrap().user_id, "alice");
+    assert!(store.session("zz").await.unwrap().is_none());
     assert_eq!(
-        handles(store.user_sessions("alice", Some("public")).unwrap()),
+        handles(store.user_sessions("alice", Some("public")).await.unwrap()),
         ["a"]
     );
     assert_eq!(
-        handles(store.user_sessions("alice", None).unwrap()),
+        handles(store.user_sessions("alice", None).await.unwrap()),
         ["a", "b"]
     );
     assert_eq!(
-        store.user_sessions("alice", Some("t2")).unwrap()[0].tenant_id,
+        store.user_sessions("alice", Some("t2")).await.unwrap()[0].tenant_id,
         "t2"
     );
     assert!(
-        store.user_sessions("ali", None).unwrap().is_empty(),
+        store.user_sessions("ali", None).await.unwrap().is_empty(),
         "a prefix of a user id is another user"
     );
 
-    let removed = store.delete_sessions(&["a".into(), "nope".into()]).unwrap();
+    let removed = store
+        .delete_sessions(&["a".into(), "nope".into()])
+        .await
+        .unwrap();
     assert_eq!(handles(removed), ["a"]);
-    assert!(store.session("a").unwrap().is_none());
-    assert_eq!(handles(store.user_sessions("alice", None).unwrap()), ["b"]);
-    assert_eq!(store.count_sessions().unwrap(), 2);
+    assert!(store.session("a").await.unwrap().is_none());
+    assert_eq!(
+        handles(store.user_sessions("alice", None).await.unwrap()),
+        ["b"]
+    );
+    assert_eq!(store.count_sessions().await.unwrap(), 2);
 }
 
-pub async fn sessions_are_listed_in_pages_across_users(store: Arc<dyn SessionStore>) {
+pub async fn sessions_are_listed_in_pages_across_users(store: Arc<dyn Store>) {
     for (handle, user, tenant, expires) in [
         ("h5", "bob", "public", 100),
         ("h1", "alice", "public", 100),
@@ -80,19 +89,22 @@ pub async fn sessions_are_listed_in_pages_across_users(store: Arc<dyn SessionSto
     ] {
         store
             .create_session(&record(handle, user, tenant, expires))
+            .await
             .unwrap();
     }
-    let list = |after: Option<&str>, tenant_id: Option<&str>, limit: usize| {
+    let list = async |after: Option<&str>, tenant_id: Option<&str>, limit: usize| {
         let query = SessionQuery {
             after,
             tenant_id,
             live_at_ms: 60,
             limit,
         };
-        let page = store.list_sessions(&query).unwrap();
+        let page = store.list_sessions(&query).await.unwrap();
         assert_eq!(
             page,
-            super::list_sessions_by_export(store.as_ref(), &query).unwrap(),
+            super::list_sessions_by_export(store.as_ref(), &query)
+                .await
+                .unwrap(),
             "the backend's scan and the trait's default agree on {query:?}"
         );
         let handles: Vec<String> = page.sessions.iter().map(|s| s.handle.clone()).collect();
@@ -100,24 +112,30 @@ pub async fn sessions_are_listed_in_pages_across_users(store: Arc<dyn SessionSto
     };
 
     // Every user, in handle order, without the session expired at 60 ms.
-    assert_eq!(list(None, None, 2), (vec!["h1".into(), "h2".into()], true));
     assert_eq!(
-        list(Some("h2"), None, 2),
+        list(None, None, 2).await,
+        (vec!["h1".into(), "h2".into()], true)
+    );
+    assert_eq!(
+        list(Some("h2"), None, 2).await,
         (vec!["h3".into(), "h5".into()], true)
     );
-    assert_eq!(list(Some("h5"), None, 2), (vec!["h6".into()], false));
+    assert_eq!(list(Some("h5"), None, 2).await, (vec!["h6".into()], false));
     assert_eq!(
-        list(Some("h3"), None, 3),
+        list(Some("h3"), None, 3).await,
         (vec!["h5".into(), "h6".into()], false),
         "no more when only the expired session is left out"
     );
-    assert_eq!(list(Some("h6"), None, 2), (vec![], false));
+    assert_eq!(list(Some("h6"), None, 2).await, (vec![], false));
     // The cursor need not exist any more (revoked between two pages).
-    assert_eq!(list(Some("h2x"), None, 1), (vec!["h3".into()], true));
+    assert_eq!(list(Some("h2x"), None, 1).await, (vec!["h3".into()], true));
     // A tenant filter: `more` counts only matching sessions.
-    assert_eq!(list(None, Some("t2"), 1), (vec!["h2".into()], true));
-    assert_eq!(list(Some("h2"), Some("t2"), 1), (vec!["h3".into()], false));
-    assert_eq!(list(None, Some("none"), 10), (vec![], false));
+    assert_eq!(list(None, Some("t2"), 1).await, (vec!["h2".into()], true));
+    assert_eq!(
+        list(Some("h2"), Some("t2"), 1).await,
+        (vec!["h3".into()], false)
+    );
+    assert_eq!(list(None, Some("none"), 10).await, (vec![], false));
 
     let listed = store
         .list_sessions(&SessionQuery {
@@ -126,6 +144,7 @@ pub async fn sessions_are_listed_in_pages_across_users(store: Arc<dyn SessionSto
             live_at_ms: 0,
             limit: 1,
         })
+        .await
         .unwrap()
         .sessions;
     assert_eq!(
@@ -140,14 +159,15 @@ pub async fn sessions_are_listed_in_pages_across_users(store: Arc<dyn SessionSto
     );
 }
 
-pub async fn concurrent_updates_lose_nothing(store: Arc<dyn SessionStore>) {
+pub async fn concurrent_updates_lose_nothing(store: Arc<dyn Store>) {
     store
         .create_session(&record("n", "u", "public", 100))
+        .await
         .unwrap();
     let threads: Vec<_> = (0..8)
         .map(|_| {
             let store = store.clone();
-            std::thread::spawn(move || {
+            tokio::spawn(async move {
                 for _ in 0..50 {
                     store
                         .update_session("n", &mut |r| {
@@ -156,24 +176,34 @@ pub async fn concurrent_updates_lose_nothing(store: Arc<dyn SessionStore>) {
                             r.data.insert("n".into(), json!(n + 1));
                             Change::Put(Box::new(r))
                         })
+                        .await
                         .unwrap();
                 }
             })
         })
         .collect();
     for t in threads {
-        t.join().unwrap();
+        t.await.unwrap();
     }
-    assert_eq!(store.session("n").unwrap().unwrap().data["n"], json!(400));
-    assert_eq!(store.count_sessions().unwrap(), 1, "updates add no session");
+    assert_eq!(
+        store.session("n").await.unwrap().unwrap().data["n"],
+        json!(400)
+    );
+    assert_eq!(
+        store.count_sessions().await.unwrap(),
+        1,
+        "updates add no session"
+    );
 }
 
-pub async fn update_moves_indexes_and_sweep_follows(store: Arc<dyn SessionStore>) {
+pub async fn update_moves_indexes_and_sweep_follows(store: Arc<dyn Store>) {
     store
         .create_session(&record("x", "u", "public", 100))
+        .await
         .unwrap();
     store
         .create_session(&record("y", "u", "public", 100))
+        .await
         .unwrap();
     // Extend x: the old expiry entry must not sweep it.
     let applied = store
@@ -182,9 +212,10 @@ pub async fn update_moves_indexes_and_sweep_follows(store: Arc<dyn SessionStore>
             r.expires_at_ms = 500;
             Change::Put(Box::new(r))
         })
+        .await
         .unwrap();
     assert!(matches!(applied, Change::Put(_)));
-    let listed = store.user_sessions("u", None).unwrap();
+    let listed = store.user_sessions("u", None).await.unwrap();
     assert_eq!(
         listed
             .iter()
@@ -194,32 +225,40 @@ pub async fn update_moves_indexes_and_sweep_follows(store: Arc<dyn SessionStore>
         500
     );
 
-    assert_eq!(store.sweep_expired(200, 100).unwrap(), 1);
-    assert!(store.session("y").unwrap().is_none());
-    assert!(store.session("x").unwrap().is_some());
-    assert_eq!(handles(store.user_sessions("u", None).unwrap()), ["x"]);
-    assert_eq!(store.sweep_expired(499, 100).unwrap(), 0);
-    assert_eq!(store.sweep_expired(500, 100).unwrap(), 1);
-    assert!(store.user_sessions("u", None).unwrap().is_empty());
+    assert_eq!(store.sweep_expired(200, 100).await.unwrap(), 1);
+    assert!(store.session("y").await.unwrap().is_none());
+    assert!(store.session("x").await.unwrap().is_some());
+    assert_eq!(
+        handles(store.user_sessions("u", None).await.unwrap()),
+        ["x"]
+    );
+    assert_eq!(store.sweep_expired(499, 100).await.unwrap(), 0);
+    assert_eq!(store.sweep_expired(500, 100).await.unwrap(), 1);
+    assert!(store.user_sessions("u", None).await.unwrap().is_empty());
 
     // Delete through update, and Keep on a missing session.
     store
         .create_session(&record("z", "u", "public", 100))
+        .await
         .unwrap();
-    store.update_session("z", &mut |_| Change::Delete).unwrap();
-    assert!(store.session("z").unwrap().is_none());
-    assert!(store.user_sessions("u", None).unwrap().is_empty());
+    store
+        .update_session("z", &mut |_| Change::Delete)
+        .await
+        .unwrap();
+    assert!(store.session("z").await.unwrap().is_none());
+    assert!(store.user_sessions("u", None).await.unwrap().is_empty());
     let mut saw = None;
     store
         .update_session("missing", &mut |r| {
             saw = Some(r.is_none());
             Change::Keep
         })
+        .await
         .unwrap();
     assert_eq!(saw, Some(true));
 }
 
-pub async fn keys_and_secrets(store: Arc<dyn SessionStore>) {
+pub async fn keys_and_secrets(store: Arc<dyn Store>) {
     let key = KeyRecord {
         kid: "d-1".into(),
         alg: "EdDSA".into(),
@@ -231,36 +270,44 @@ pub async fn keys_and_secrets(store: Arc<dyn SessionStore>) {
         max_jwt_exp_ms: 0,
         is_static: false,
     };
-    store.put_key(&key).unwrap();
-    assert_eq!(store.keys().unwrap(), std::slice::from_ref(&key));
-    store.delete_key("d-1").unwrap();
-    assert!(store.keys().unwrap().is_empty());
+    store.put_key(&key).await.unwrap();
+    assert_eq!(store.keys().await.unwrap(), std::slice::from_ref(&key));
+    store.delete_key("d-1").await.unwrap();
+    assert!(store.keys().await.unwrap().is_empty());
 
-    let first = store.secret("s", &mut || vec![9; 4]).unwrap();
-    let again = store.secret("s", &mut || vec![7; 4]).unwrap();
+    let first = store.secret("s", &mut || vec![9; 4]).await.unwrap();
+    let again = store.secret("s", &mut || vec![7; 4]).await.unwrap();
     assert_eq!(first, vec![9; 4]);
     assert_eq!(again, first, "a secret is made once");
     assert!(
-        !store.replace_secret("s", &[7; 4], &[1; 4]).unwrap(),
+        !store.replace_secret("s", &[7; 4], &[1; 4]).await.unwrap(),
         "only the current value is replaced"
     );
-    assert!(!store.replace_secret("none", &[9; 4], &[1; 4]).unwrap());
-    assert!(store.replace_secret("s", &first, &[1; 4]).unwrap());
-    assert_eq!(store.secret("s", &mut || vec![7; 4]).unwrap(), vec![1; 4]);
+    assert!(
+        !store
+            .replace_secret("none", &[9; 4], &[1; 4])
+            .await
+            .unwrap()
+    );
+    assert!(store.replace_secret("s", &first, &[1; 4]).await.unwrap());
     assert_eq!(
-        store.secret("none", &mut || vec![5; 4]).unwrap(),
+        store.secret("s", &mut || vec![7; 4]).await.unwrap(),
+        vec![1; 4]
+    );
+    assert_eq!(
+        store.secret("none", &mut || vec![5; 4]).await.unwrap(),
         vec![5; 4],
         "a refused replacement creates nothing"
     );
     store.durable().await.unwrap();
 }
 
-pub async fn user_data_updates_are_atomic(store: Arc<dyn SessionStore>) {
-    assert!(store.user_data("public", "u").unwrap().is_none());
+pub async fn user_data_updates_are_atomic(store: Arc<dyn Store>) {
+    assert!(store.user_data("public", "u").await.unwrap().is_none());
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let store = store.clone();
-            std::thread::spawn(move || {
+            tokio::spawn(async move {
                 for i in 0..25 {
                     store
                         .update_user_data("public", "u", &mut |d| {
@@ -268,28 +315,30 @@ pub async fn user_data_updates_are_atomic(store: Arc<dyn SessionStore>) {
                             d.public.insert(format!("t{t}-{i}"), json!(i));
                             Some(d)
                         })
+                        .await
                         .unwrap();
                 }
             })
         })
         .collect();
     for t in threads {
-        t.join().unwrap();
+        t.await.unwrap();
     }
-    let data = store.user_data("public", "u").unwrap().unwrap();
+    let data = store.user_data("public", "u").await.unwrap().unwrap();
     assert_eq!(data.public.len(), 200, "no concurrent update was lost");
     assert!(
-        store.user_data("other", "u").unwrap().is_none(),
+        store.user_data("other", "u").await.unwrap().is_none(),
         "tenants are separate"
     );
     let kept = store
         .update_user_data("public", "u", &mut |_| None)
+        .await
         .unwrap();
     assert_eq!(kept, data);
 }
 
 /// Instantiates the suite for a backend: `conformance_suite!(sled, open_fn)`
-/// where `open_fn(&Path) -> Arc<dyn SessionStore>`.
+/// where `open_fn(&Path) -> Arc<dyn Store>`.
 macro_rules! conformance_suite {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -314,13 +363,16 @@ macro_rules! conformance_suite {
     };
 }
 
-conformance_suite!(memory, |_dir: &std::path::Path| -> std::sync::Arc<
-    dyn crate::store::SessionStore,
-> { crate::store::MemoryStore::shared() });
+conformance_suite!(
+    memory,
+    |_dir: &std::path::Path| -> std::sync::Arc<dyn crate::store::Store> {
+        crate::store::MemoryStore::shared()
+    }
+);
 
 conformance_suite!(
     sled,
-    |dir: &std::path::Path| -> std::sync::Arc<dyn crate::store::SessionStore> {
+    |dir: &std::path::Path| -> std::sync::Arc<dyn crate::store::Store> {
         crate::store::SledStore::open(dir, 8 << 20, None).unwrap()
     }
 );

@@ -1,21 +1,25 @@
 //! Storage of sessions, signing keys and server secrets.
 //!
-//! The [`SessionStore`] trait names no backend type: the session rules in
-//! `session/` and the key ring in `token/` depend only on it. Each backend
-//! lives in its own module and is named after it ([`SledStore`]); every
-//! backend runs the same conformance suite (`store::conformance`).
+//! The store traits name no backend type: the session rules in `session/`
+//! and the key ring in `token/` depend only on them. They are async and
+//! split by concern ([`Sessions`], [`UserDataStore`], [`KeysAndSecrets`],
+//! [`Durability`]); callers hold all four as one `Arc<dyn Store>`. Each
+//! backend lives in its own module and is named after it ([`SledStore`]),
+//! decides itself how its calls run (inline or off the async worker), and
+//! runs the same conformance suite (`store::conformance`).
 //!
 //! Rules every backend keeps:
 //! - a write is visible to reads as soon as the call returns, and durable on
-//!   disk once a later [`SessionStore::durable`] future resolves; callers
+//!   disk once a later [`Durability::durable`] future resolves; callers
 //!   acknowledge nothing to clients before that;
-//! - [`SessionStore::update_session`] is atomic per session: concurrent
+//! - [`Sessions::update_session`] is atomic per session: concurrent
 //!   updates of one session are serialised, none is lost;
 //! - the store never interprets tokens or payloads, and never logs records
 //!   (they hold refresh token hashes and user data).
 
 mod memory;
 mod sled;
+mod traits;
 
 #[cfg(test)]
 mod conformance;
@@ -32,6 +36,8 @@ pub use self::memory::MemoryStore;
 pub use self::sled::SledStore;
 pub use self::sled::record::Lineage;
 use self::sled::wal;
+pub(crate) use self::traits::list_sessions_by_export;
+pub use self::traits::{Durability, KeysAndSecrets, Sessions, Store, UserDataStore};
 
 /// Copies the write-ahead log of the data directory `from_dir`, from log
 /// position `position` on (its archive, then its live log), into the data
@@ -212,7 +218,7 @@ impl fmt::Debug for SealedKey {
     }
 }
 
-/// What an [`SessionStore::update_session`] closure decided.
+/// What a [`Sessions::update_session`] closure decided.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     /// Leave the session as it is.
@@ -261,7 +267,7 @@ impl ListedSession {
     }
 }
 
-/// Which sessions [`SessionStore::list_sessions`] lists.
+/// Which sessions [`Sessions::list_sessions`] lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionQuery<'a> {
     /// Only handles after this one (`None`: from the first). It need not
@@ -281,7 +287,7 @@ impl SessionQuery<'_> {
     }
 }
 
-/// One page of [`SessionStore::list_sessions`].
+/// One page of [`Sessions::list_sessions`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionsPage {
     /// The sessions, in handle order (byte order).
@@ -360,171 +366,5 @@ impl StoreError {
             }
             Self::Locked(_) | Self::Unavailable(_) | Self::Corrupt(_) => false,
         }
-    }
-}
-
-/// The storage interface of sessiond.
-pub trait SessionStore: Send + Sync + 'static {
-    /// Inserts a new session and indexes it by user and by expiry.
-    fn create_session(&self, record: &SessionRecord) -> Result<(), StoreError>;
-
-    /// Reads a session, expired or not.
-    fn session(&self, handle: &str) -> Result<Option<SessionRecord>, StoreError>;
-
-    /// What checking an access token against the store needs of a session
-    /// (expired or not), read without decoding its payload and data.
-    fn session_lineage(&self, handle: &str) -> Result<Option<Lineage>, StoreError> {
-        Ok(self.session(handle)?.as_ref().map(Lineage::of))
-    }
-
-    /// Atomically reads a session and applies the closure's decision.
-    ///
-    /// The closure may run several times (on conflicts) and must not have
-    /// side effects beyond overwriting its own captured results. Returns the
-    /// decision that was applied.
-    fn update_session(
-        &self,
-        handle: &str,
-        decide: &mut dyn FnMut(Option<&SessionRecord>) -> Change,
-    ) -> Result<Change, StoreError>;
-
-    /// Removes sessions atomically; returns those that existed (expired or not).
-    fn delete_sessions(&self, handles: &[String]) -> Result<Vec<UserSession>, StoreError>;
-
-    /// Lists a user's sessions in one tenant, or in all tenants with `None`.
-    fn user_sessions(
-        &self,
-        user_id: &str,
-        tenant_id: Option<&str>,
-    ) -> Result<Vec<UserSession>, StoreError>;
-
-    /// Lists the sessions `query` matches, across users, in handle order.
-    ///
-    /// This default reads every stored record through [`Self::export`]; a
-    /// backend that keeps sessions in handle order overrides it with a scan
-    /// that starts at `query.after` and stops after the page.
-    fn list_sessions(&self, query: &SessionQuery<'_>) -> Result<SessionsPage, StoreError> {
-        list_sessions_by_export(self, query)
-    }
-
-    /// Removes up to `limit` sessions whose refresh expiry is at or before
-    /// `now_ms`; returns how many were removed.
-    fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError>;
-
-    /// A user's buckets, if any were ever written.
-    fn user_data(&self, tenant_id: &str, user_id: &str) -> Result<Option<UserData>, StoreError>;
-
-    /// Atomically replaces a user's buckets with what `change` makes of the
-    /// current ones (empty when there are none); `None` keeps them. The
-    /// closure may run several times and must be pure. Returns what is stored.
-    fn update_user_data(
-        &self,
-        tenant_id: &str,
-        user_id: &str,
-        change: &mut dyn FnMut(&UserData) -> Option<UserData>,
-    ) -> Result<UserData, StoreError>;
-
-    /// Hands every primary record to `visit`: sessions, buckets, keys,
-    /// secrets. Records present for the whole export are all visited.
-    fn export(
-        &self,
-        visit: &mut dyn FnMut(Exported) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError>;
-
-    /// Writes one exported record back, rebuilding its indexes.
-    fn import(&self, item: Exported) -> Result<(), StoreError>;
-
-    /// How many sessions are stored, expired or not.
-    fn count_sessions(&self) -> Result<u64, StoreError>;
-
-    /// Bytes the store occupies on disk.
-    fn size_on_disk(&self) -> Result<u64, StoreError>;
-
-    /// All stored signing keys.
-    fn keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
-
-    /// Inserts or replaces a signing key.
-    fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
-
-    /// Removes a signing key.
-    fn delete_key(&self, kid: &str) -> Result<(), StoreError>;
-
-    /// Returns the server secret called `name`, creating it with `make` the
-    /// first time (atomically: concurrent first calls agree on one value).
-    fn secret(&self, name: &str, make: &mut dyn FnMut() -> Vec<u8>) -> Result<Vec<u8>, StoreError>;
-
-    /// Replaces the secret called `name` with `new` if it is still
-    /// `current`; false (and nothing written) when it is not.
-    fn replace_secret(&self, name: &str, current: &[u8], new: &[u8]) -> Result<bool, StoreError>;
-
-    /// Resolves once every write that returned before this call is durable.
-    /// Concurrent callers share one flush.
-    fn durable(&self) -> BoxFuture<Result<(), StoreError>>;
-
-    /// The store's own id, which its backups carry, so that the log of one
-    /// store is never replayed into a backup of another.
-    fn store_id(&self) -> Option<String> {
-        None
-    }
-
-    /// Where the store's write-ahead log stands: a backup taken now is
-    /// brought up to date by replaying the log from here. `None` for a
-    /// store without such a log.
-    fn log_position(&self) -> Option<u64> {
-        None
-    }
-
-    /// A backup begun at log `position` was written whole: the log before
-    /// the previous backup's position is no longer needed.
-    fn backup_taken(&self, position: u64) -> Result<(), StoreError> {
-        let _ = position;
-        Ok(())
-    }
-
-    /// Whether the store takes writes now, and its changes; `None` for a
-    /// store that never stops taking them (or cannot tell).
-    fn writable(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
-        None
-    }
-}
-
-/// [`SessionStore::list_sessions`] for any backend: reads every record.
-pub(crate) fn list_sessions_by_export(
-    store: &(impl SessionStore + ?Sized),
-    query: &SessionQuery<'_>,
-) -> Result<SessionsPage, StoreError> {
-    let mut found = Vec::new();
-    store.export(&mut |item| {
-        if let Exported::Session(r) = item {
-            let listed = ListedSession::of(&r);
-            if query.after.is_none_or(|a| listed.handle.as_str() > a) && query.matches(&listed) {
-                found.push(listed);
-            }
-        }
-        Ok(())
-    })?;
-    found.sort_by(|a, b| a.handle.cmp(&b.handle));
-    let mut page = SessionsPage::default();
-    for session in found {
-        if !page.offer(session, query.limit) {
-            break;
-        }
-    }
-    Ok(page)
-}
-
-/// Runs a store call that touches many records (a revocation of hundreds of
-/// sessions, a sweep batch) without stalling the async worker's other
-/// tasks: on the multi-threaded runtime the worker hands its tasks over
-/// first; elsewhere (single-threaded test runtimes) it simply runs.
-///
-/// Single-record calls do not use it: a write only touches memory (the disk
-/// work is the log's sync, awaited through [`SessionStore::durable`]), and
-/// handing the worker over costs more CPU than such a call (measured: about
-/// 70 µs of server CPU per durable write).
-pub fn blocking<R>(call: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(call),
-        _ => call(),
     }
 }

@@ -40,7 +40,7 @@
 //! own flush: each write is applied to the trees, then its after-image is
 //! appended to the log while the write's lock stripe is still held (so the
 //! log orders the writes of one key as the trees did). One flusher thread
-//! answers [`SessionStore::durable`](crate::store::SessionStore::durable): it answers every waiter queued before
+//! answers [`Durability::durable`](crate::store::Durability::durable): it answers every waiter queued before
 //! it started with the result of one log write and `fdatasync` (group
 //! commit). A checkpoint thread flushes sled every second and deletes the
 //! log segments that flush covered; on open, what is left is replayed.

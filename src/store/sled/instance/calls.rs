@@ -1,4 +1,4 @@
-//! The [`SessionStore`] calls on one [`SledInstance`]: each takes the lock
+//! The store calls on one [`SledInstance`], synchronous: each takes the lock
 //! stripe of what it writes, writes the trees, and appends the after-image
 //! to the write-ahead log before it lets the stripe go.
 
@@ -14,11 +14,11 @@ use crate::store::sled::record::{self, Lineage};
 use crate::store::sled::wal::TreeId;
 use crate::store::{
     BoxFuture, Change, Exported, KeyRecord, ListedSession, SessionQuery, SessionRecord,
-    SessionStore, SessionsPage, StoreError, UserData, UserSession,
+    SessionsPage, StoreError, UserData, UserSession,
 };
 
-impl SessionStore for SledInstance {
-    fn create_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
+impl SledInstance {
+    pub(crate) fn create_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
         let bytes = record::encode_session(record);
         let key = record.handle.as_bytes();
         let _order = self.stripe(TreeId::Sessions, key);
@@ -27,15 +27,15 @@ impl SessionStore for SledInstance {
         Ok(())
     }
 
-    fn session(&self, handle: &str) -> Result<Option<SessionRecord>, StoreError> {
+    pub(crate) fn session(&self, handle: &str) -> Result<Option<SessionRecord>, StoreError> {
         self.sessions.read(handle)
     }
 
-    fn session_lineage(&self, handle: &str) -> Result<Option<Lineage>, StoreError> {
+    pub(crate) fn session_lineage(&self, handle: &str) -> Result<Option<Lineage>, StoreError> {
         self.sessions.lineage(handle)
     }
 
-    fn update_session(
+    pub(crate) fn update_session(
         &self,
         handle: &str,
         decide: &mut dyn FnMut(Option<&SessionRecord>) -> Change,
@@ -51,7 +51,10 @@ impl SessionStore for SledInstance {
         Ok(change)
     }
 
-    fn delete_sessions(&self, handles: &[String]) -> Result<Vec<UserSession>, StoreError> {
+    pub(crate) fn delete_sessions(
+        &self,
+        handles: &[String],
+    ) -> Result<Vec<UserSession>, StoreError> {
         let mut stripes: Vec<usize> = handles
             .iter()
             .map(|h| stripe_index(TreeId::Sessions, h.as_bytes()))
@@ -78,7 +81,7 @@ impl SessionStore for SledInstance {
         Ok(removed)
     }
 
-    fn user_sessions(
+    pub(crate) fn user_sessions(
         &self,
         user_id: &str,
         tenant_id: Option<&str>,
@@ -112,7 +115,10 @@ impl SessionStore for SledInstance {
         Ok(out)
     }
 
-    fn list_sessions(&self, query: &SessionQuery<'_>) -> Result<SessionsPage, StoreError> {
+    pub(crate) fn list_sessions(
+        &self,
+        query: &SessionQuery<'_>,
+    ) -> Result<SessionsPage, StoreError> {
         use std::ops::Bound::{Excluded, Unbounded};
         // The records tree is keyed by handle: the page is one range scan
         // from just after the cursor, reading each record's fixed part only.
@@ -131,7 +137,7 @@ impl SessionStore for SledInstance {
         Ok(page)
     }
 
-    fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
+    pub(crate) fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
         use std::ops::Bound::{Excluded, Included, Unbounded};
         if limit == 0 {
             return Ok(0);
@@ -178,7 +184,11 @@ impl SessionStore for SledInstance {
         Ok(removed)
     }
 
-    fn user_data(&self, tenant_id: &str, user_id: &str) -> Result<Option<UserData>, StoreError> {
+    pub(crate) fn user_data(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+    ) -> Result<Option<UserData>, StoreError> {
         match self
             .users
             .get(user_data_key(tenant_id, user_id))
@@ -189,7 +199,7 @@ impl SessionStore for SledInstance {
         }
     }
 
-    fn update_user_data(
+    pub(crate) fn update_user_data(
         &self,
         tenant_id: &str,
         user_id: &str,
@@ -219,7 +229,7 @@ impl SessionStore for SledInstance {
         }
     }
 
-    fn export(
+    pub(crate) fn export(
         &self,
         visit: &mut dyn FnMut(Exported) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
@@ -256,7 +266,7 @@ impl SessionStore for SledInstance {
         Ok(())
     }
 
-    fn import(&self, item: Exported) -> Result<(), StoreError> {
+    pub(crate) fn import(&self, item: Exported) -> Result<(), StoreError> {
         match item {
             Exported::Session(record) => self.create_session(&record),
             Exported::UserData {
@@ -279,17 +289,17 @@ impl SessionStore for SledInstance {
         }
     }
 
-    fn count_sessions(&self) -> Result<u64, StoreError> {
+    pub(crate) fn count_sessions(&self) -> Result<u64, StoreError> {
         Ok(self.sessions.live.load(Ordering::Relaxed).max(0) as u64)
     }
 
-    fn size_on_disk(&self) -> Result<u64, StoreError> {
+    pub(crate) fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk().map_err(backend)?
             + self.wal.size_on_disk()
             + self.archive.size_on_disk())
     }
 
-    fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+    pub(crate) fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         self.keys
             .iter()
             .values()
@@ -300,7 +310,7 @@ impl SessionStore for SledInstance {
             .collect()
     }
 
-    fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+    pub(crate) fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         self.put_logged(
             &self.keys,
             TreeId::Keys,
@@ -309,11 +319,15 @@ impl SessionStore for SledInstance {
         )
     }
 
-    fn delete_key(&self, kid: &str) -> Result<(), StoreError> {
+    pub(crate) fn delete_key(&self, kid: &str) -> Result<(), StoreError> {
         self.put_logged(&self.keys, TreeId::Keys, kid.as_bytes(), None)
     }
 
-    fn secret(&self, name: &str, make: &mut dyn FnMut() -> Vec<u8>) -> Result<Vec<u8>, StoreError> {
+    pub(crate) fn secret(
+        &self,
+        name: &str,
+        make: &mut dyn FnMut() -> Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError> {
         if let Some(v) = self.secrets.get(name).map_err(backend)? {
             return Ok(v.to_vec());
         }
@@ -336,7 +350,12 @@ impl SessionStore for SledInstance {
         }
     }
 
-    fn replace_secret(&self, name: &str, current: &[u8], new: &[u8]) -> Result<bool, StoreError> {
+    pub(crate) fn replace_secret(
+        &self,
+        name: &str,
+        current: &[u8],
+        new: &[u8],
+    ) -> Result<bool, StoreError> {
         let _order = self.stripe(TreeId::Secrets, name.as_bytes());
         let swapped = self
             .secrets
@@ -348,7 +367,7 @@ impl SessionStore for SledInstance {
         Ok(swapped.is_ok())
     }
 
-    fn durable(&self) -> BoxFuture<Result<(), StoreError>> {
+    pub(crate) fn durable(&self) -> BoxFuture<Result<(), StoreError>> {
         let (tx, rx) = oneshot::channel();
         let sent = self.flush_requests.send(tx);
         Box::pin(async move {

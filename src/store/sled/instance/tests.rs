@@ -3,7 +3,7 @@ use serde_json::Map;
 use super::trees::{encode, push_lp, user_data_key, user_key, user_prefix};
 use super::upgrade::{OLD_EXPIRY_TREE, OLD_USER_TREE};
 use super::*;
-use crate::store::{SessionRecord, SessionStore, UserData};
+use crate::store::{SessionRecord, UserData};
 
 /// The instance alone, as the store opens it (the directory lock is
 /// the caller's, which these tests do without).
