@@ -168,10 +168,9 @@ impl Buckets {
     ) -> Result<UserBuckets> {
         let patch = Value::Object(patch);
         let max = self.limits;
-        let mut refused = None;
-        let stored = self
+        let (stored, refused) = self
             .store
-            .update_user_data(tenant.as_str(), user_id.as_str(), &mut |current| {
+            .update_user_data_with(tenant.as_str(), user_id.as_str(), |current| {
                 let mut next = current.clone();
                 let target = match bucket {
                     Bucket::Public => &mut next.public,
@@ -182,15 +181,15 @@ impl Buckets {
                 let Value::Object(merged) = merged else {
                     unreachable!("a merge of an object patch is an object")
                 };
-                refused = payload::oversize(&merged, max);
+                let refused = payload::oversize(&merged, max);
                 if refused.is_some() {
-                    return None;
+                    return (None, refused);
                 }
                 *target = merged;
                 if let Some(id) = &user_identifier {
                     next.user_identifier = Some(id.0.clone());
                 }
-                Some(next)
+                (Some(next), None)
             })
             .await?;
         if let Some(problem) = refused {

@@ -5,7 +5,7 @@
 //! revocation, session data and payload updates. Rules it keeps:
 //! - nothing is acknowledged before it is durable (every write awaits
 //!   [`Durability::durable`](crate::store::Durability::durable));
-//! - refresh rotation is one store update (`update_session`), which
+//! - refresh rotation is one store update (`update_session_with`), which
 //!   the store applies atomically per session, so concurrent refreshes are
 //!   serialised and leave one live lineage;
 //! - expired sessions are treated as absent at once, whether or not the

@@ -1,7 +1,7 @@
 //! RefreshSession: refresh token rotation with theft detection, atomic per
-//! session through one
-//! [`Sessions::update_session`](crate::store::Sessions::update_session)
-//! call. Never sees protobuf types and never logs a token.
+//! session through one `update_session_with`
+//! call, whose closure returns the outcome with the decision. Never sees protobuf
+//! types and never logs a token.
 
 use super::*;
 
@@ -40,16 +40,14 @@ impl SessionManager {
             Theft(String),
             Rotated(Box<SessionRecord>, bool),
         }
-        let mut outcome = Outcome::Gone;
-        self.store
-            .update_session(&handle.to_string(), &mut |record| {
+        let (_, outcome) = self
+            .store
+            .update_session_with(&handle.to_string(), |record| {
                 let Some(r) = record else {
-                    outcome = Outcome::Gone;
-                    return Change::Keep;
+                    return (Change::Keep, Outcome::Gone);
                 };
                 if r.expires_at_ms <= now {
-                    outcome = Outcome::Gone;
-                    return Change::Delete;
+                    return (Change::Delete, Outcome::Gone);
                 }
                 let in_grace = now <= r.rotated_at_ms.saturating_add(grace);
                 let (generation, is_current) = if r.current.refresh_hash == presented {
@@ -61,15 +59,13 @@ impl SessionManager {
                 {
                     (prev, false)
                 } else {
-                    outcome = Outcome::Theft(r.user_id.clone());
-                    return Change::Delete;
+                    return (Change::Delete, Outcome::Theft(r.user_id.clone()));
                 };
                 if let Some(expected) = &generation.anti_csrf_hash
                     && !req.disable_anti_csrf
                     && given_anti_csrf.as_ref() != Some(expected)
                 {
-                    outcome = Outcome::AntiCsrfMismatch;
-                    return Change::Keep;
+                    return (Change::Keep, Outcome::AntiCsrfMismatch);
                 }
                 let mut next = r.clone();
                 let uses_anti_csrf = r.current.anti_csrf_hash.is_some();
@@ -82,8 +78,8 @@ impl SessionManager {
                     next.rotated_at_ms = now;
                     next.expires_at_ms = now + lifetime;
                 }
-                outcome = Outcome::Rotated(Box::new(next.clone()), is_current);
-                Change::Put(Box::new(next))
+                let rotated = Outcome::Rotated(Box::new(next.clone()), is_current);
+                (Change::Put(Box::new(next)), rotated)
             })
             .await?;
 

@@ -35,7 +35,8 @@ pub trait Sessions: Send + Sync {
     ///
     /// The closure may run several times (on conflicts) and must not have
     /// side effects beyond overwriting its own captured results. Returns the
-    /// decision that was applied.
+    /// decision that was applied. Callers that want a result out of the
+    /// closure use `update_session_with` (on `dyn Store`).
     async fn update_session(
         &self,
         handle: &str,
@@ -168,6 +169,55 @@ pub trait Durability: Send + Sync {
 pub trait Store: Sessions + UserDataStore + KeysAndSecrets + Durability + 'static {}
 
 impl<T: Sessions + UserDataStore + KeysAndSecrets + Durability + 'static + ?Sized> Store for T {}
+
+impl dyn Store {
+    /// [`Sessions::update_session`] whose closure also returns a value: the
+    /// one from the run whose decision was applied is returned with it.
+    ///
+    /// The closure may run several times, like `update_session`'s; only the
+    /// last run's value is kept. The captured result lives here, and only
+    /// here.
+    pub async fn update_session_with<R: Send>(
+        &self,
+        handle: &str,
+        mut decide: impl FnMut(Option<&SessionRecord>) -> (Change, R) + Send,
+    ) -> Result<(Change, R), StoreError> {
+        let mut result = None;
+        let change = self
+            .update_session(handle, &mut |current| {
+                let (change, value) = decide(current);
+                result = Some(value);
+                change
+            })
+            .await?;
+        Ok((change, ran(result)?))
+    }
+
+    /// [`UserDataStore::update_user_data`] whose closure also returns a
+    /// value, returned with what is stored; as
+    /// [`update_session_with`](Self::update_session_with).
+    pub async fn update_user_data_with<R: Send>(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        mut change: impl FnMut(&UserData) -> (Option<UserData>, R) + Send,
+    ) -> Result<(UserData, R), StoreError> {
+        let mut result = None;
+        let stored = self
+            .update_user_data(tenant_id, user_id, &mut |current| {
+                let (next, value) = change(current);
+                result = Some(value);
+                next
+            })
+            .await?;
+        Ok((stored, ran(result)?))
+    }
+}
+
+/// The value of a closure the backend must have run once at least.
+fn ran<R>(result: Option<R>) -> Result<R, StoreError> {
+    result.ok_or_else(|| StoreError::Backend("the store applied an update it never decided".into()))
+}
 
 /// [`Sessions::list_sessions`] for a backend with no ordered scan of its
 /// own: reads every record through [`Durability::export`].
