@@ -34,7 +34,6 @@ use serde_json::{Map, Value};
 
 pub use self::memory::MemoryStore;
 pub use self::sled::SledStore;
-pub use self::sled::record::Lineage;
 use self::sled::wal;
 pub(crate) use self::traits::list_sessions_by_export;
 pub use self::traits::{Durability, KeysAndSecrets, Sessions, Store, UserDataStore};
@@ -103,6 +102,47 @@ impl fmt::Debug for SessionRecord {
             .field("tenant_id", &self.tenant_id)
             .field("expires_at_ms", &self.expires_at_ms)
             .finish_non_exhaustive()
+    }
+}
+
+/// What checking an access token against the store reads of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lineage {
+    /// The session's user.
+    pub user_id: String,
+    /// The session's tenant.
+    pub tenant_id: String,
+    /// Refresh expiry, ms.
+    pub expires_at_ms: u64,
+    /// Hash of the current refresh token.
+    pub current_refresh_hash: String,
+    /// Hash of the previous refresh token, if any.
+    pub previous_refresh_hash: Option<String>,
+}
+
+impl Lineage {
+    /// The lineage of a whole record.
+    pub fn of(r: &SessionRecord) -> Self {
+        Self {
+            user_id: r.user_id.clone(),
+            tenant_id: r.tenant_id.clone(),
+            expires_at_ms: r.expires_at_ms,
+            current_refresh_hash: r.current.refresh_hash.clone(),
+            previous_refresh_hash: r.previous.as_ref().map(|p| p.refresh_hash.clone()),
+        }
+    }
+}
+
+impl From<SessionRecord> for Lineage {
+    /// The lineage of a record no longer needed: its strings move.
+    fn from(r: SessionRecord) -> Self {
+        Self {
+            user_id: r.user_id,
+            tenant_id: r.tenant_id,
+            expires_at_ms: r.expires_at_ms,
+            current_refresh_hash: r.current.refresh_hash,
+            previous_refresh_hash: r.previous.map(|p| p.refresh_hash),
+        }
     }
 }
 

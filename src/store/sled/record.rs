@@ -21,7 +21,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::store::{Generation, SessionRecord};
+use crate::store::{Generation, Lineage, SessionRecord};
 
 /// Version byte of JSON records.
 pub(super) const V1: u8 = 1;
@@ -32,47 +32,6 @@ const V3: u8 = 3;
 
 const HASH_TEXT: u8 = 0;
 const HASH_SHA256: u8 = 1;
-
-/// What checking an access token against the store reads of a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lineage {
-    /// The session's user.
-    pub user_id: String,
-    /// The session's tenant.
-    pub tenant_id: String,
-    /// Refresh expiry, ms.
-    pub expires_at_ms: u64,
-    /// Hash of the current refresh token.
-    pub current_refresh_hash: String,
-    /// Hash of the previous refresh token, if any.
-    pub previous_refresh_hash: Option<String>,
-}
-
-impl Lineage {
-    /// The lineage of a whole record.
-    pub fn of(r: &SessionRecord) -> Self {
-        Self {
-            user_id: r.user_id.clone(),
-            tenant_id: r.tenant_id.clone(),
-            expires_at_ms: r.expires_at_ms,
-            current_refresh_hash: r.current.refresh_hash.clone(),
-            previous_refresh_hash: r.previous.as_ref().map(|p| p.refresh_hash.clone()),
-        }
-    }
-}
-
-impl From<SessionRecord> for Lineage {
-    /// The lineage of a record no longer needed: its strings move.
-    fn from(r: SessionRecord) -> Self {
-        Self {
-            user_id: r.user_id,
-            tenant_id: r.tenant_id,
-            expires_at_ms: r.expires_at_ms,
-            current_refresh_hash: r.current.refresh_hash,
-            previous_refresh_hash: r.previous.map(|p| p.refresh_hash),
-        }
-    }
-}
 
 /// Encodes a session in the current layout.
 pub(super) fn encode_session(r: &SessionRecord) -> Vec<u8> {

@@ -10,7 +10,8 @@ use super::trees::{
     decode, encode, handle_of_user_key, split_user_data_key, user_data_key, user_prefix,
 };
 use super::{SledInstance, backend, stripe_index};
-use crate::store::sled::record::{self, Lineage};
+use crate::store::Lineage;
+use crate::store::sled::record;
 use crate::store::sled::wal::TreeId;
 use crate::store::{
     BoxFuture, Change, Exported, KeyRecord, ListedSession, SessionQuery, SessionRecord,
