@@ -337,6 +337,114 @@ pub async fn user_data_updates_are_atomic(store: Arc<dyn Store>) {
     assert_eq!(kept, data);
 }
 
+/// A refresh token hash of generation `n`, distinct for every `n`.
+fn generation_hash(n: usize) -> String {
+    format!("{n:064x}")
+}
+
+/// 32 refreshes of one session race, each as the session rules do it: read
+/// the current generation, then rotate it in one update only if it is still
+/// current. Every rotation must start from a generation no other rotation
+/// started from, and together they must form one chain: one live lineage.
+/// Lost or unserialised updates show as two rotations from one generation,
+/// a broken chain, or a miscount.
+pub async fn concurrent_refreshes_leave_one_lineage(store: Arc<dyn Store>) {
+    const RACERS: usize = 32;
+    let mut first = record("r", "u", "public", 100);
+    first.current.refresh_hash = generation_hash(0);
+    store.create_session(&first).await.unwrap();
+    let start = Arc::new(tokio::sync::Barrier::new(RACERS));
+    let racers: Vec<_> = (1..=RACERS)
+        .map(|me| {
+            let (store, start) = (store.clone(), start.clone());
+            tokio::spawn(async move {
+                let mine = generation_hash(me);
+                start.wait().await;
+                loop {
+                    let read = store.session("r").await.unwrap().expect("exists");
+                    let seen = read.current.refresh_hash;
+                    let (_, rotated_from) = store
+                        .update_session_with("r", |r| {
+                            let r = r.expect("exists");
+                            if r.current.refresh_hash != seen {
+                                return (Change::Keep, None);
+                            }
+                            let mut next = r.clone();
+                            next.previous = Some(r.current.clone());
+                            next.current.refresh_hash = mine.clone();
+                            let n = r.data.get("n").and_then(|v| v.as_u64()).unwrap_or(0);
+                            next.data.insert("n".into(), json!(n + 1));
+                            (Change::Put(Box::new(next)), Some(seen.clone()))
+                        })
+                        .await
+                        .unwrap();
+                    if let Some(from) = rotated_from {
+                        return (from, mine);
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    let mut next_of = std::collections::HashMap::new();
+    for racer in racers {
+        let (from, to) = racer.await.unwrap();
+        assert!(
+            next_of.insert(from.clone(), to).is_none(),
+            "two refreshes rotated generation {from}"
+        );
+    }
+    // Follow the chain from the first generation: it must take in every
+    // rotation and end at the stored one.
+    let mut at = generation_hash(0);
+    let mut links = 0;
+    while let Some(to) = next_of.get(&at) {
+        at = to.clone();
+        links += 1;
+    }
+    assert_eq!(links, RACERS, "every rotation is on the one lineage");
+    let stored = store.session("r").await.unwrap().unwrap();
+    assert_eq!(
+        stored.current.refresh_hash, at,
+        "the chain ends at the stored generation"
+    );
+    assert_eq!(stored.data["n"], json!(RACERS), "no rotation was lost");
+    assert_eq!(store.count_sessions().await.unwrap(), 1);
+}
+
+/// 32 merges into one user's bucket race, each adding its own key: none
+/// is lost, and each sees its own key in what it stored.
+pub async fn concurrent_bucket_merges_lose_nothing(store: Arc<dyn Store>) {
+    const MERGERS: usize = 32;
+    let start = Arc::new(tokio::sync::Barrier::new(MERGERS));
+    let mergers: Vec<_> = (0..MERGERS)
+        .map(|me| {
+            let (store, start) = (store.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                let key = format!("k{me}");
+                let stored = store
+                    .update_user_data("public", "m", &mut |d| {
+                        let mut d = d.clone();
+                        d.public.insert(key.clone(), json!(me));
+                        Some(d)
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(stored.public.get(&key), Some(&json!(me)));
+            })
+        })
+        .collect();
+    for merger in mergers {
+        merger.await.unwrap();
+    }
+    let data = store.user_data("public", "m").await.unwrap().unwrap();
+    assert_eq!(data.public.len(), MERGERS, "no concurrent merge was lost");
+    for me in 0..MERGERS {
+        assert_eq!(data.public[&format!("k{me}")], json!(me));
+    }
+}
+
 /// Instantiates the suite for a backend: `conformance_suite!(sled, open_fn)`
 /// where `open_fn(&Path) -> Arc<dyn Store>`.
 macro_rules! conformance_suite {
@@ -359,6 +467,8 @@ macro_rules! conformance_suite {
             case!(update_moves_indexes_and_sweep_follows);
             case!(keys_and_secrets);
             case!(user_data_updates_are_atomic);
+            case!(concurrent_refreshes_leave_one_lineage);
+            case!(concurrent_bucket_merges_lose_nothing);
         }
     };
 }
