@@ -1,6 +1,8 @@
-//! The store calls on one [`SledInstance`], synchronous: each takes the lock
-//! stripe of what it writes, writes the trees, and appends the after-image
-//! to the write-ahead log before it lets the stripe go.
+//! The store calls on one [`SledInstance`], synchronous. Each write goes
+//! through the one write primitive (`write.rs`), which takes the lock
+//! stripe of what it writes and appends the after-images it is handed to the
+//! write-ahead log before it lets the stripe go; these calls only decide
+//! what to write.
 
 use std::sync::atomic::Ordering;
 
@@ -9,7 +11,7 @@ use tokio::sync::oneshot;
 use super::trees::{
     decode, encode, handle_of_user_key, split_user_data_key, user_data_key, user_prefix,
 };
-use super::{SledInstance, backend, stripe_index};
+use super::{SledInstance, backend};
 use crate::store::Lineage;
 use crate::store::sled::record;
 use crate::store::sled::wal::TreeId;
@@ -22,10 +24,11 @@ impl SledInstance {
     pub(crate) fn create_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
         let bytes = record::encode_session(record);
         let key = record.handle.as_bytes();
-        let _order = self.stripe(TreeId::Sessions, key);
-        self.sessions.create(record, &bytes)?;
-        self.wal.append(TreeId::Sessions, key, Some(&bytes));
-        Ok(())
+        self.logged(TreeId::Sessions, &[key], |log| {
+            self.sessions.create(record, &bytes)?;
+            log.put(key, Some(&bytes));
+            Ok(())
+        })
     }
 
     pub(crate) fn session(&self, handle: &str) -> Result<Option<SessionRecord>, StoreError> {
@@ -42,44 +45,39 @@ impl SledInstance {
         decide: &mut dyn FnMut(Option<&SessionRecord>) -> Change,
     ) -> Result<Change, StoreError> {
         let key = handle.as_bytes();
-        let _order = self.stripe(TreeId::Sessions, key);
-        let (change, stored) = self.sessions.apply(handle, decide)?;
-        match change {
-            Change::Keep => {}
-            Change::Put(_) => self.wal.append(TreeId::Sessions, key, Some(&stored)),
-            Change::Delete => self.wal.append(TreeId::Sessions, key, None),
-        }
-        Ok(change)
+        self.logged(TreeId::Sessions, &[key], |log| {
+            let (change, stored) = self.sessions.apply(handle, decide)?;
+            match change {
+                Change::Keep => {}
+                Change::Put(_) => log.put(key, Some(&stored)),
+                Change::Delete => log.put(key, None),
+            }
+            Ok(change)
+        })
     }
 
     pub(crate) fn delete_sessions(
         &self,
         handles: &[String],
     ) -> Result<Vec<UserSession>, StoreError> {
-        let mut stripes: Vec<usize> = handles
-            .iter()
-            .map(|h| stripe_index(TreeId::Sessions, h.as_bytes()))
-            .collect();
-        stripes.sort_unstable();
-        stripes.dedup();
-        // Taken in index order, so two multi-session deletes cannot deadlock.
-        let _order: Vec<_> = stripes.into_iter().map(|i| self.lock_stripe(i)).collect();
-        let mut removed = Vec::new();
-        for handle in handles {
-            if let Some(old) = self.sessions.read(handle)? {
-                self.sessions.write(handle, Some(&old), None)?;
-                removed.push(UserSession {
-                    handle: old.handle,
-                    tenant_id: old.tenant_id,
-                    expires_at_ms: old.expires_at_ms,
-                });
+        let keys: Vec<&[u8]> = handles.iter().map(|h| h.as_bytes()).collect();
+        self.logged(TreeId::Sessions, &keys, |log| {
+            let mut removed = Vec::new();
+            for handle in handles {
+                if let Some(old) = self.sessions.read(handle)? {
+                    self.sessions.write(handle, Some(&old), None)?;
+                    removed.push(UserSession {
+                        handle: old.handle,
+                        tenant_id: old.tenant_id,
+                        expires_at_ms: old.expires_at_ms,
+                    });
+                }
             }
-        }
-        for gone in &removed {
-            self.wal
-                .append(TreeId::Sessions, gone.handle.as_bytes(), None);
-        }
-        Ok(removed)
+            for gone in &removed {
+                log.put(gone.handle.as_bytes(), None);
+            }
+            Ok(removed)
+        })
     }
 
     pub(crate) fn user_sessions(
@@ -207,27 +205,28 @@ impl SledInstance {
         change: &mut dyn FnMut(&UserData) -> Option<UserData>,
     ) -> Result<UserData, StoreError> {
         let key = user_data_key(tenant_id, user_id);
-        let _order = self.stripe(TreeId::Users, &key);
-        // Compare-and-swap until no concurrent writer got in between.
-        loop {
-            let old = self.users.get(&key).map_err(backend)?;
-            let current = match &old {
-                Some(bytes) => decode(bytes).map_err(StoreError::Corrupt)?,
-                None => UserData::default(),
-            };
-            let Some(next) = change(&current) else {
-                return Ok(current);
-            };
-            let bytes = encode(&next);
-            let swapped = self
-                .users
-                .compare_and_swap(&key, old.as_ref(), Some(bytes.as_slice()))
-                .map_err(backend)?;
-            if swapped.is_ok() {
-                self.wal.append(TreeId::Users, &key, Some(&bytes));
-                return Ok(next);
+        self.logged(TreeId::Users, &[&key], |log| {
+            // Compare-and-swap until no concurrent writer got in between.
+            loop {
+                let old = self.users.get(&key).map_err(backend)?;
+                let current = match &old {
+                    Some(bytes) => decode(bytes).map_err(StoreError::Corrupt)?,
+                    None => UserData::default(),
+                };
+                let Some(next) = change(&current) else {
+                    return Ok(current);
+                };
+                let bytes = encode(&next);
+                let swapped = self
+                    .users
+                    .compare_and_swap(&key, old.as_ref(), Some(bytes.as_slice()))
+                    .map_err(backend)?;
+                if swapped.is_ok() {
+                    log.put(&key, Some(&bytes));
+                    return Ok(next);
+                }
             }
-        }
+        })
     }
 
     pub(crate) fn export(
@@ -333,22 +332,22 @@ impl SledInstance {
             return Ok(v.to_vec());
         }
         let fresh = make();
-        let _order = self.stripe(TreeId::Secrets, name.as_bytes());
-        match self
-            .secrets
-            .compare_and_swap(name, None as Option<&[u8]>, Some(fresh.as_slice()))
-            .map_err(backend)?
-        {
-            Ok(()) => {
-                self.wal
-                    .append(TreeId::Secrets, name.as_bytes(), Some(&fresh));
-                Ok(fresh)
+        self.logged(TreeId::Secrets, &[name.as_bytes()], |log| {
+            match self
+                .secrets
+                .compare_and_swap(name, None as Option<&[u8]>, Some(fresh.as_slice()))
+                .map_err(backend)?
+            {
+                Ok(()) => {
+                    log.put(name.as_bytes(), Some(&fresh));
+                    Ok(fresh)
+                }
+                Err(cas) => cas
+                    .current
+                    .map(|v| v.to_vec())
+                    .ok_or_else(|| StoreError::Corrupt(format!("secret {name} vanished"))),
             }
-            Err(cas) => cas
-                .current
-                .map(|v| v.to_vec())
-                .ok_or_else(|| StoreError::Corrupt(format!("secret {name} vanished"))),
-        }
+        })
     }
 
     pub(crate) fn replace_secret(
@@ -357,15 +356,16 @@ impl SledInstance {
         current: &[u8],
         new: &[u8],
     ) -> Result<bool, StoreError> {
-        let _order = self.stripe(TreeId::Secrets, name.as_bytes());
-        let swapped = self
-            .secrets
-            .compare_and_swap(name, Some(current), Some(new))
-            .map_err(backend)?;
-        if swapped.is_ok() {
-            self.wal.append(TreeId::Secrets, name.as_bytes(), Some(new));
-        }
-        Ok(swapped.is_ok())
+        self.logged(TreeId::Secrets, &[name.as_bytes()], |log| {
+            let swapped = self
+                .secrets
+                .compare_and_swap(name, Some(current), Some(new))
+                .map_err(backend)?;
+            if swapped.is_ok() {
+                log.put(name.as_bytes(), Some(new));
+            }
+            Ok(swapped.is_ok())
+        })
     }
 
     pub(crate) fn durable(&self) -> BoxFuture<Result<(), StoreError>> {
