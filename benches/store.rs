@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::{Map, json};
-use sessiond::store::{Change, Durability, Generation, SessionRecord, Sessions, SledStore};
+use sessiond::store::{
+    Change, Durability, Generation, SessionRecord, Sessions, SledStore, TokenHash,
+};
 
 fn record(n: u64) -> SessionRecord {
     let payload =
@@ -30,7 +32,7 @@ fn record(n: u64) -> SessionRecord {
         created_at_ms: 1_700_000_000_000,
         expires_at_ms: 1_700_000_000_000 + n,
         current: Generation {
-            refresh_hash: "a".repeat(64),
+            refresh_hash: TokenHash([0xaa; 32]),
             anti_csrf_hash: None,
         },
         previous: None,

@@ -16,12 +16,15 @@
 //! existed when it began (and was not deleted meanwhile) is in it. A file is
 //! checked end to end before anything is restored from it.
 
+mod records;
+
 use std::io::{self, Read, Write};
 
 use aws_lc_rs::digest;
 use serde_json::Value;
 
-use crate::store::{Exported, KeyRecord, SessionRecord, Store, StoreError, UserData};
+use self::records::SessionJson;
+use crate::store::{Exported, KeyRecord, Store, StoreError, UserData};
 
 /// The first line of every backup.
 pub const MAGIC: &[u8] = b"SESSIOND-BACKUP\n";
@@ -140,7 +143,7 @@ pub async fn write(store: &dyn Store, out: impl Write + Send) -> Result<Summary,
         let written = match &item {
             Exported::Session(r) => {
                 summary.sessions += 1;
-                w.entry(SESSION, r.handle.as_bytes(), &json(r))
+                w.entry(SESSION, r.handle.as_bytes(), &json(&SessionJson::from(r)))
             }
             Exported::UserData {
                 tenant_id,
@@ -215,8 +218,10 @@ fn decode_entry(
         SESSION => {
             summary.sessions += 1;
             Exported::Session(
-                serde_json::from_slice::<SessionRecord>(value)
-                    .map_err(|e| corrupt("session", e))?,
+                serde_json::from_slice::<SessionJson>(value)
+                    .map_err(|e| corrupt("session", e))?
+                    .try_into()
+                    .map_err(|e| invalid(format!("a session entry does not decode: {e}")))?,
             )
         }
         USER_DATA => {
@@ -358,7 +363,8 @@ pub async fn restore(store: &dyn Store, input: impl Read) -> Result<Summary, Bac
 mod tests {
     use super::*;
     use crate::store::{
-        Durability, Generation, KeysAndSecrets, Sessions, SledStore, UserDataStore,
+        Durability, Generation, KeysAndSecrets, SessionRecord, Sessions, SledStore, TokenHash,
+        UserDataStore,
     };
     use serde_json::Map;
 
@@ -413,7 +419,7 @@ mod tests {
                     created_at_ms: 1,
                     expires_at_ms: 10,
                     current: Generation {
-                        refresh_hash: "x".into(),
+                        refresh_hash: TokenHash([9; 32]),
                         anti_csrf_hash: None,
                     },
                     previous: None,

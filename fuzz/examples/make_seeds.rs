@@ -88,7 +88,7 @@ fn claims(exp: u64) -> AccessClaims {
         user_id: "user-1".into(),
         tenant_id: "public".into(),
         session_handle: SessionHandle::from_bytes([0x5a; 16]).to_string(),
-        refresh_token_hash: refresh::hash(&refresh_token),
+        refresh_token_hash: refresh::hash(&refresh_token).to_hex(),
         anti_csrf_token: None,
         iat: 1_700_000_000,
         exp,

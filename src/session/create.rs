@@ -38,7 +38,7 @@ impl SessionManager {
             expires_at_ms: now + self.config.refresh_lifetime_ms,
             current: Generation {
                 refresh_hash: crate::token::refresh::hash(&refresh),
-                anti_csrf_hash: anti_csrf.as_deref().map(|t| sha256_hex(t.as_bytes())),
+                anti_csrf_hash: anti_csrf.as_deref().map(|t| sha256(t.as_bytes())),
             },
             previous: None,
             rotated_at_ms: now,

@@ -48,12 +48,12 @@ use crate::error::{Error, Oversized, Result};
 use crate::ids::SessionHandle;
 use crate::input::{self as payload, AccessPayload, PayloadUpdate, SessionData, TenantId, UserId};
 use crate::metrics::Metrics;
-use crate::store::{self, Change, Generation, SessionRecord, Store};
+use crate::store::{self, Change, Generation, SessionRecord, Store, TokenHash};
 use crate::token::access::{self, AccessClaims};
 use crate::token::keys::{KeyRing, SigningKey};
 use crate::token::refresh::RefreshTokens;
 use crate::token::verifier::Verifier;
-use crate::token::{TokenError, ct_eq, random_token, sha256_hex};
+use crate::token::{TokenError, ct_eq, random_token, sha256};
 
 /// Settings of the session rules.
 #[derive(Debug, Clone)]
@@ -236,7 +236,7 @@ impl SessionManager {
             user_id: record.user_id.clone(),
             tenant_id: record.tenant_id.clone(),
             session_handle: record.handle.clone(),
-            refresh_token_hash: record.current.refresh_hash.clone(),
+            refresh_token_hash: record.current.refresh_hash.to_hex(),
             anti_csrf_token: anti_csrf.clone(),
             iat: now / 1000,
             exp: (now + self.config.access_lifetime_ms) / 1000,

@@ -24,10 +24,7 @@ impl SessionManager {
             Error::Unauthorised(format!("the refresh token is invalid ({e})"))
         })?;
         let presented = crate::token::refresh::hash(&req.refresh_token);
-        let given_anti_csrf = req
-            .anti_csrf_token
-            .as_deref()
-            .map(|t| sha256_hex(t.as_bytes()));
+        let given_anti_csrf = req.anti_csrf_token.as_deref().map(|t| sha256(t.as_bytes()));
         let new_refresh = self.refresh_tokens.mint(&handle);
         let new_anti_csrf = random_token();
         let key = self.signer().await?;
@@ -71,7 +68,7 @@ impl SessionManager {
                 let uses_anti_csrf = r.current.anti_csrf_hash.is_some();
                 next.current = Generation {
                     refresh_hash: crate::token::refresh::hash(&new_refresh),
-                    anti_csrf_hash: uses_anti_csrf.then(|| sha256_hex(new_anti_csrf.as_bytes())),
+                    anti_csrf_hash: uses_anti_csrf.then(|| sha256(new_anti_csrf.as_bytes())),
                 };
                 if is_current {
                     next.previous = Some(r.current.clone());

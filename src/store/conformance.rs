@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, json};
 
-use super::{Change, Generation, KeyRecord, SessionQuery, SessionRecord, Store};
+use super::{Change, Generation, KeyRecord, SessionQuery, SessionRecord, Store, TokenHash};
 
 fn record(handle: &str, user: &str, tenant: &str, expires_at_ms: u64) -> SessionRecord {
     SessionRecord {
@@ -17,7 +17,7 @@ fn record(handle: &str, user: &str, tenant: &str, expires_at_ms: u64) -> Session
         created_at_ms: 1,
         expires_at_ms,
         current: Generation {
-            refresh_hash: "h1".into(),
+            refresh_hash: TokenHash([1; 32]),
             anti_csrf_hash: None,
         },
         previous: None,
@@ -338,8 +338,10 @@ pub async fn user_data_updates_are_atomic(store: Arc<dyn Store>) {
 }
 
 /// A refresh token hash of generation `n`, distinct for every `n`.
-fn generation_hash(n: usize) -> String {
-    format!("{n:064x}")
+fn generation_hash(n: usize) -> TokenHash {
+    let mut hash = [0; 32];
+    hash[..8].copy_from_slice(&(n as u64).to_be_bytes());
+    TokenHash(hash)
 }
 
 /// 32 refreshes of one session race, each as the session rules do it: read
@@ -371,10 +373,10 @@ pub async fn concurrent_refreshes_leave_one_lineage(store: Arc<dyn Store>) {
                             }
                             let mut next = r.clone();
                             next.previous = Some(r.current.clone());
-                            next.current.refresh_hash = mine.clone();
+                            next.current.refresh_hash = mine;
                             let n = r.data.get("n").and_then(|v| v.as_u64()).unwrap_or(0);
                             next.data.insert("n".into(), json!(n + 1));
-                            (Change::Put(Box::new(next)), Some(seen.clone()))
+                            (Change::Put(Box::new(next)), Some(seen))
                         })
                         .await
                         .unwrap();
@@ -390,8 +392,9 @@ pub async fn concurrent_refreshes_leave_one_lineage(store: Arc<dyn Store>) {
     for racer in racers {
         let (from, to) = racer.await.unwrap();
         assert!(
-            next_of.insert(from.clone(), to).is_none(),
-            "two refreshes rotated generation {from}"
+            next_of.insert(from, to).is_none(),
+            "two refreshes rotated generation {}",
+            from.to_hex()
         );
     }
     // Follow the chain from the first generation: it must take in every
@@ -399,7 +402,7 @@ pub async fn concurrent_refreshes_leave_one_lineage(store: Arc<dyn Store>) {
     let mut at = generation_hash(0);
     let mut links = 0;
     while let Some(to) = next_of.get(&at) {
-        at = to.clone();
+        at = *to;
         links += 1;
     }
     assert_eq!(links, RACERS, "every rotation is on the one lineage");

@@ -60,17 +60,42 @@ pub type FlushObserver = Arc<dyn Fn(std::time::Duration) + Send + Sync>;
 /// A boxed future, for trait methods that must stay object safe.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
+/// The SHA-256 of a token (a refresh or an anti-CSRF token), as the store
+/// keeps it: 32 bytes. `Debug` does not show it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl TokenHash {
+    /// From 64 hex digits (either case); `None` for anything else.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let mut raw = [0; 32];
+        hex::decode_to_slice(text, &mut raw).ok()?;
+        Some(Self(raw))
+    }
+
+    /// As 64 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenHash(..)")
+    }
+}
+
 /// One refresh generation: the token that is (or was) current.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Generation {
-    /// SHA-256 (hex) of the refresh token.
-    pub refresh_hash: String,
-    /// SHA-256 (hex) of the anti-CSRF token minted with it, when enabled.
-    pub anti_csrf_hash: Option<String>,
+    /// SHA-256 of the refresh token.
+    pub refresh_hash: TokenHash,
+    /// SHA-256 of the anti-CSRF token minted with it, when enabled.
+    pub anti_csrf_hash: Option<TokenHash>,
 }
 
 /// A stored session.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq)]
 pub struct SessionRecord {
     /// Random, unguessable id (UUID form).
     pub handle: String,
@@ -115,9 +140,9 @@ pub struct Lineage {
     /// Refresh expiry, ms.
     pub expires_at_ms: u64,
     /// Hash of the current refresh token.
-    pub current_refresh_hash: String,
+    pub current_refresh_hash: TokenHash,
     /// Hash of the previous refresh token, if any.
-    pub previous_refresh_hash: Option<String>,
+    pub previous_refresh_hash: Option<TokenHash>,
 }
 
 impl Lineage {
@@ -127,8 +152,8 @@ impl Lineage {
             user_id: r.user_id.clone(),
             tenant_id: r.tenant_id.clone(),
             expires_at_ms: r.expires_at_ms,
-            current_refresh_hash: r.current.refresh_hash.clone(),
-            previous_refresh_hash: r.previous.as_ref().map(|p| p.refresh_hash.clone()),
+            current_refresh_hash: r.current.refresh_hash,
+            previous_refresh_hash: r.previous.as_ref().map(|p| p.refresh_hash),
         }
     }
 }

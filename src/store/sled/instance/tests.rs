@@ -37,7 +37,7 @@ fn record(handle: &str, user: &str, expires_at_ms: u64) -> SessionRecord {
         created_at_ms: 1,
         expires_at_ms,
         current: Generation {
-            refresh_hash: "h".into(),
+            refresh_hash: crate::store::TokenHash([7; 32]),
             anti_csrf_hash: None,
         },
         previous: None,
