@@ -23,8 +23,8 @@ use std::io::{self, Read, Write};
 use aws_lc_rs::digest;
 use serde_json::Value;
 
-use self::records::SessionJson;
-use crate::store::{Exported, KeyRecord, Store, StoreError, UserData};
+use self::records::{BucketsJson, KeyJson, SessionJson};
+use crate::store::{Exported, Store, StoreError};
 
 /// The first line of every backup.
 pub const MAGIC: &[u8] = b"SESSIOND-BACKUP\n";
@@ -151,12 +151,12 @@ pub async fn write(store: &dyn Store, out: impl Write + Send) -> Result<Summary,
                 data,
             } => {
                 summary.user_data += 1;
-                let value = serde_json::json!({ "tenant_id": tenant_id, "user_id": user_id, "data": data });
+                let value = serde_json::json!({ "tenant_id": tenant_id, "user_id": user_id, "data": BucketsJson::from(data) });
                 w.entry(USER_DATA, user_id.as_bytes(), &json(&value))
             }
             Exported::Key(k) => {
                 summary.keys += 1;
-                w.entry(KEY, k.kid.as_bytes(), &json(k))
+                w.entry(KEY, k.kid.as_bytes(), &json(&KeyJson::from(k)))
             }
             Exported::Secret { name, value } => {
                 summary.secrets += 1;
@@ -231,18 +231,21 @@ fn decode_entry(
             let (Some(tenant_id), Some(user_id)) = (field("tenant_id"), field("user_id")) else {
                 return Err(invalid("a bucket entry names no user"));
             };
-            let data: UserData = serde_json::from_value(v.get("data").cloned().unwrap_or_default())
-                .map_err(|e| corrupt("bucket", e))?;
+            let data: BucketsJson =
+                serde_json::from_value(v.get("data").cloned().unwrap_or_default())
+                    .map_err(|e| corrupt("bucket", e))?;
             Exported::UserData {
                 tenant_id,
                 user_id,
-                data,
+                data: data.into(),
             }
         }
         KEY => {
             summary.keys += 1;
             Exported::Key(
-                serde_json::from_slice::<KeyRecord>(value).map_err(|e| corrupt("key", e))?,
+                serde_json::from_slice::<KeyJson>(value)
+                    .map_err(|e| corrupt("key", e))?
+                    .into(),
             )
         }
         SECRET => {

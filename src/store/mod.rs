@@ -29,7 +29,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use self::memory::MemoryStore;
@@ -172,18 +171,16 @@ impl From<SessionRecord> for Lineage {
 }
 
 /// A stored signing key.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq)]
 pub struct KeyRecord {
     /// Key id: `d-<created ms>` for rotating keys, `s-<random>` for the static key.
     pub kid: String,
     /// JOSE algorithm name.
     pub alg: String,
-    /// PKCS#8 DER private key, base64 in the stored form; empty when sealed.
-    #[serde(with = "b64", default)]
+    /// PKCS#8 DER private key; empty when sealed.
     pub private_pkcs8: Vec<u8>,
     /// The private key encrypted with the key-encryption key, when one is
     /// configured (then `private_pkcs8` is empty in the store).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed: Option<SealedKey>,
     /// Creation time, ms.
     pub created_at_ms: u64,
@@ -207,31 +204,14 @@ impl fmt::Debug for KeyRecord {
     }
 }
 
-mod b64 {
-    use base64::Engine;
-    use base64::engine::general_purpose::STANDARD;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&STANDARD.encode(v))
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s = String::deserialize(d)?;
-        STANDARD.decode(s).map_err(serde::de::Error::custom)
-    }
-}
-
 /// A user's data buckets (per tenant).
-#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq)]
 pub struct UserData {
     /// Readable and writable by the user's browser.
-    #[serde(default)]
     pub public: Map<String, Value>,
     /// Server only.
-    #[serde(default)]
     pub private: Map<String, Value>,
     /// A display identifier of the user (such as an email).
-    #[serde(default)]
     pub user_identifier: Option<String>,
 }
 
@@ -267,13 +247,11 @@ pub enum Exported {
 }
 
 /// A private key encrypted with the key-encryption key (AES-256-GCM).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SealedKey {
     /// The GCM nonce.
-    #[serde(with = "b64")]
     pub nonce: Vec<u8>,
     /// Ciphertext and tag.
-    #[serde(with = "b64")]
     pub ciphertext: Vec<u8>,
 }
 

@@ -32,12 +32,14 @@
 //!
 //! Beside this handle: `dispatch` (the store traits on it, and which calls
 //! run inline and which hand the async worker over), `instance` (one
-//! opening of sled: its trees, threads and calls), `wal` (the write-ahead log and its archive), `record` (the
-//! stored form of a session) and `dir` (the data directory before sled
+//! opening of sled: its trees, threads and calls), `wal` (the write-ahead
+//! log and its archive), `record` (the stored form of a session), `format`
+//! (that of keys and buckets) and `dir` (the data directory before sled
 //! opens it).
 
 pub(super) mod dir;
 mod dispatch;
+mod format;
 mod instance;
 pub(super) mod record;
 pub(super) mod wal;

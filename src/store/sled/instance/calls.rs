@@ -13,6 +13,7 @@ use super::trees::{
 };
 use super::{SledInstance, backend};
 use crate::store::Lineage;
+use crate::store::sled::format::{StoredKey, StoredUserData};
 use crate::store::sled::record;
 use crate::store::sled::wal::TreeId;
 use crate::store::{
@@ -193,7 +194,9 @@ impl SledInstance {
             .get(user_data_key(tenant_id, user_id))
             .map_err(backend)?
         {
-            Some(bytes) => decode(&bytes).map(Some).map_err(StoreError::Corrupt),
+            Some(bytes) => decode::<StoredUserData>(&bytes)
+                .map(|d| Some(d.into()))
+                .map_err(StoreError::Corrupt),
             None => Ok(None),
         }
     }
@@ -210,13 +213,15 @@ impl SledInstance {
             loop {
                 let old = self.users.get(&key).map_err(backend)?;
                 let current = match &old {
-                    Some(bytes) => decode(bytes).map_err(StoreError::Corrupt)?,
+                    Some(bytes) => decode::<StoredUserData>(bytes)
+                        .map_err(StoreError::Corrupt)?
+                        .into(),
                     None => UserData::default(),
                 };
                 let Some(next) = change(&current) else {
                     return Ok(current);
                 };
-                let bytes = encode(&next);
+                let bytes = encode(&StoredUserData::from(&next));
                 let swapped = self
                     .users
                     .compare_and_swap(&key, old.as_ref(), Some(bytes.as_slice()))
@@ -248,7 +253,9 @@ impl SledInstance {
             visit(Exported::UserData {
                 tenant_id,
                 user_id,
-                data: decode(&value).map_err(StoreError::Corrupt)?,
+                data: decode::<StoredUserData>(&value)
+                    .map_err(StoreError::Corrupt)?
+                    .into(),
             })?;
         }
         for key in self.keys()? {
@@ -277,7 +284,7 @@ impl SledInstance {
                 &self.users,
                 TreeId::Users,
                 &user_data_key(&tenant_id, &user_id),
-                Some(&encode(&data)),
+                Some(&encode(&StoredUserData::from(&data))),
             ),
             Exported::Key(key) => self.put_key(&key),
             Exported::Secret { name, value } => self.put_logged(
@@ -305,7 +312,9 @@ impl SledInstance {
             .values()
             .map(|v| {
                 let v = v.map_err(backend)?;
-                decode(&v).map_err(StoreError::Corrupt)
+                decode::<StoredKey>(&v)
+                    .map(KeyRecord::from)
+                    .map_err(StoreError::Corrupt)
             })
             .collect()
     }
@@ -315,7 +324,7 @@ impl SledInstance {
             &self.keys,
             TreeId::Keys,
             key.kid.as_bytes(),
-            Some(&encode(key)),
+            Some(&encode(&StoredKey::from(key))),
         )
     }
 

@@ -106,7 +106,9 @@ async fn a_log_left_by_a_crash_is_replayed_on_open() {
     wal.append(
         TreeId::Users,
         &user_data_key("public", "alice"),
-        Some(&encode(&data)),
+        Some(&encode(&crate::store::sled::format::StoredUserData::from(
+            &data,
+        ))),
     );
     wal.append(TreeId::Secrets, b"s", Some(b"secret bytes"));
     wal.sync().unwrap();
