@@ -16,8 +16,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use sessiond::ManualClock;
 use sessiond::config::SigningAlgorithm;
 use sessiond::metrics::Metrics;
@@ -124,20 +122,17 @@ pub static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
                     path.display()
                 )
             });
-            // Built from the record's stored (serde) form rather than a
-            // struct literal, so fields that sessiond adds with a default
-            // (such as a sealed copy of the key) need no change here.
-            serde_json::from_value::<KeyRecord>(serde_json::json!({
-                "kid": k.kid,
-                "alg": k.alg.as_str(),
-                "private_pkcs8": STANDARD.encode(&private_pkcs8),
-                "created_at_ms": k.signs_from_ms,
-                "signs_from_ms": k.signs_from_ms,
-                "max_token_lifetime_ms": KEY_LIFETIME_MS,
-                "max_jwt_exp_ms": 0,
-                "is_static": k.is_static,
-            }))
-            .expect("a key record")
+            KeyRecord {
+                kid: k.kid.to_owned(),
+                alg: k.alg.as_str().to_owned(),
+                private_pkcs8,
+                sealed: None,
+                created_at_ms: k.signs_from_ms,
+                signs_from_ms: k.signs_from_ms,
+                max_token_lifetime_ms: KEY_LIFETIME_MS,
+                max_jwt_exp_ms: 0,
+                is_static: k.is_static,
+            }
         })
         .collect::<Vec<_>>();
     let (ring, clock) = runtime.block_on(open_ring(records));
