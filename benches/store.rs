@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::{Map, json};
-use sessiond::store::{Change, Generation, SessionRecord, SessionStore, SledStore};
+use sessiond::store::{
+    Change, Durability, Generation, SessionRecord, Sessions, SledStore, TokenHash,
+};
 
 fn record(n: u64) -> SessionRecord {
     let payload =
@@ -30,7 +32,7 @@ fn record(n: u64) -> SessionRecord {
         created_at_ms: 1_700_000_000_000,
         expires_at_ms: 1_700_000_000_000 + n,
         current: Generation {
-            refresh_hash: "a".repeat(64),
+            refresh_hash: TokenHash([0xaa; 32]),
             anti_csrf_hash: None,
         },
         previous: None,
@@ -47,21 +49,23 @@ fn store(c: &mut Criterion) {
     c.bench_function("store/create_session", |b| {
         b.iter(|| {
             let n = next.fetch_add(1, Ordering::Relaxed);
-            store.create_session(black_box(&record(n))).unwrap();
+            runtime
+                .block_on(store.create_session(black_box(&record(n))))
+                .unwrap();
         })
     });
     // An update of an existing session; `edit` None keeps it unchanged.
     let update = |edit: Option<fn(&mut SessionRecord)>| {
         let handle = record(next.load(Ordering::Relaxed) / 2).handle;
-        store
-            .update_session(&handle, &mut |r| match (r, edit) {
+        runtime
+            .block_on(store.update_session(&handle, &mut |r| match (r, edit) {
                 (Some(r), Some(edit)) => {
                     let mut r = r.clone();
                     edit(&mut r);
                     Change::Put(Box::new(r))
                 }
                 _ => Change::Keep,
-            })
+            }))
             .unwrap();
     };
     c.bench_function("store/update_session (rotate: expiry moves)", |b| {
@@ -74,13 +78,13 @@ fn store(c: &mut Criterion) {
     c.bench_function("store/session (read)", |b| {
         b.iter(|| {
             let n = next.load(Ordering::Relaxed) / 3;
-            black_box(store.session(&record(n).handle).unwrap());
+            black_box(runtime.block_on(store.session(&record(n).handle)).unwrap());
         })
     });
     c.bench_function("store/create_session + durable, alone", |b| {
         b.iter(|| {
             let n = next.fetch_add(1, Ordering::Relaxed);
-            store.create_session(&record(n)).unwrap();
+            runtime.block_on(store.create_session(&record(n))).unwrap();
             runtime.block_on(store.durable()).unwrap();
         })
     });
@@ -94,13 +98,18 @@ fn sweep(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let store = runtime.block_on(async { SledStore::open(dir.path(), 64 << 20, None).unwrap() });
     for n in 0..SESSIONS {
-        store.create_session(&record(n)).unwrap();
+        runtime.block_on(store.create_session(&record(n))).unwrap();
     }
     runtime.block_on(store.durable()).unwrap();
     let mut group = c.benchmark_group("sweep");
     group.sample_size(10);
     group.bench_function("pass over 100k sessions, none due", |b| {
-        b.iter(|| assert_eq!(store.sweep_expired(1_000, 1000).unwrap(), 0))
+        b.iter(|| {
+            assert_eq!(
+                runtime.block_on(store.sweep_expired(1_000, 1000)).unwrap(),
+                0
+            )
+        })
     });
     group.finish();
 }

@@ -16,12 +16,15 @@
 //! existed when it began (and was not deleted meanwhile) is in it. A file is
 //! checked end to end before anything is restored from it.
 
+mod records;
+
 use std::io::{self, Read, Write};
 
 use aws_lc_rs::digest;
 use serde_json::Value;
 
-use crate::store::{Exported, KeyRecord, SessionRecord, SessionStore, StoreError, UserData};
+use self::records::{BucketsJson, KeyJson, SessionJson};
+use crate::store::{Exported, Store, StoreError};
 
 /// The first line of every backup.
 pub const MAGIC: &[u8] = b"SESSIOND-BACKUP\n";
@@ -114,8 +117,10 @@ fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("records serialise")
 }
 
-/// Writes a backup of `store` to `out` (blocking: run it off the async executor).
-pub fn write(store: &dyn SessionStore, out: impl Write) -> Result<Summary, BackupError> {
+/// Writes a backup of `store` to `out`. `out` is written to as the store
+/// is read: when it blocks, run this off the async executor (on a blocking
+/// thread, through `Handle::block_on`).
+pub async fn write(store: &dyn Store, out: impl Write + Send) -> Result<Summary, BackupError> {
     let mut w = Writer {
         out,
         hash: digest::Context::new(&digest::SHA256),
@@ -123,8 +128,8 @@ pub fn write(store: &dyn SessionStore, out: impl Write) -> Result<Summary, Backu
     w.put(MAGIC)?;
     w.put(&[VERSION])?;
     let mut summary = Summary {
-        log_position: store.log_position(),
-        store_id: store.store_id(),
+        log_position: store.log_position().await,
+        store_id: store.store_id().await,
         ..Summary::default()
     };
     if let Some(id) = &summary.store_id {
@@ -138,7 +143,7 @@ pub fn write(store: &dyn SessionStore, out: impl Write) -> Result<Summary, Backu
         let written = match &item {
             Exported::Session(r) => {
                 summary.sessions += 1;
-                w.entry(SESSION, r.handle.as_bytes(), &json(r))
+                w.entry(SESSION, r.handle.as_bytes(), &json(&SessionJson::from(r)))
             }
             Exported::UserData {
                 tenant_id,
@@ -146,12 +151,12 @@ pub fn write(store: &dyn SessionStore, out: impl Write) -> Result<Summary, Backu
                 data,
             } => {
                 summary.user_data += 1;
-                let value = serde_json::json!({ "tenant_id": tenant_id, "user_id": user_id, "data": data });
+                let value = serde_json::json!({ "tenant_id": tenant_id, "user_id": user_id, "data": BucketsJson::from(data) });
                 w.entry(USER_DATA, user_id.as_bytes(), &json(&value))
             }
             Exported::Key(k) => {
                 summary.keys += 1;
-                w.entry(KEY, k.kid.as_bytes(), &json(k))
+                w.entry(KEY, k.kid.as_bytes(), &json(&KeyJson::from(k)))
             }
             Exported::Secret { name, value } => {
                 summary.secrets += 1;
@@ -164,6 +169,7 @@ pub fn write(store: &dyn SessionStore, out: impl Write) -> Result<Summary, Backu
             StoreError::Backend(message)
         })
     })
+    .await
     .map_err(|e| match io_error.take() {
         Some(io) => BackupError::Io(io),
         None => BackupError::Store(e),
@@ -212,8 +218,10 @@ fn decode_entry(
         SESSION => {
             summary.sessions += 1;
             Exported::Session(
-                serde_json::from_slice::<SessionRecord>(value)
-                    .map_err(|e| corrupt("session", e))?,
+                serde_json::from_slice::<SessionJson>(value)
+                    .map_err(|e| corrupt("session", e))?
+                    .try_into()
+                    .map_err(|e| invalid(format!("a session entry does not decode: {e}")))?,
             )
         }
         USER_DATA => {
@@ -223,18 +231,21 @@ fn decode_entry(
             let (Some(tenant_id), Some(user_id)) = (field("tenant_id"), field("user_id")) else {
                 return Err(invalid("a bucket entry names no user"));
             };
-            let data: UserData = serde_json::from_value(v.get("data").cloned().unwrap_or_default())
-                .map_err(|e| corrupt("bucket", e))?;
+            let data: BucketsJson =
+                serde_json::from_value(v.get("data").cloned().unwrap_or_default())
+                    .map_err(|e| corrupt("bucket", e))?;
             Exported::UserData {
                 tenant_id,
                 user_id,
-                data,
+                data: data.into(),
             }
         }
         KEY => {
             summary.keys += 1;
             Exported::Key(
-                serde_json::from_slice::<KeyRecord>(value).map_err(|e| corrupt("key", e))?,
+                serde_json::from_slice::<KeyJson>(value)
+                    .map_err(|e| corrupt("key", e))?
+                    .into(),
             )
         }
         SECRET => {
@@ -249,60 +260,90 @@ fn decode_entry(
     })
 }
 
+/// A backup being read, one item at a time.
+struct Reader<R> {
+    input: R,
+    hash: digest::Context,
+    summary: Summary,
+}
+
+impl<R: Read> Reader<R> {
+    /// Checks the header and the format version.
+    fn open(mut input: R) -> Result<Self, BackupError> {
+        let mut hash = digest::Context::new(&digest::SHA256);
+        if take(&mut input, MAGIC.len(), &mut hash)? != MAGIC {
+            return Err(invalid("it does not start with the sessiond backup header"));
+        }
+        let version = take(&mut input, 1, &mut hash)?[0];
+        if !(OLDEST_VERSION..=VERSION).contains(&version) {
+            return Err(invalid(format!(
+                "format version {version} is not supported (expected {OLDEST_VERSION} to {VERSION})"
+            )));
+        }
+        Ok(Self {
+            input,
+            hash,
+            summary: Summary::default(),
+        })
+    }
+
+    /// The next item; `None` once the end and its checksum were read and
+    /// checked.
+    fn next_item(&mut self) -> Result<Option<Exported>, BackupError> {
+        let input = &mut self.input;
+        let hash = &mut self.hash;
+        let summary = &mut self.summary;
+        loop {
+            let mut kind = [0u8; 1];
+            input.read_exact(&mut kind).map_err(|_| early())?;
+            if kind[0] == END {
+                let mut expected = [0u8; 32];
+                input
+                    .read_exact(&mut expected)
+                    .map_err(|_| invalid("the checksum is missing"))?;
+                if hash.clone().finish().as_ref() != expected {
+                    return Err(invalid("the checksum does not match (the file is damaged)"));
+                }
+                let mut rest = Vec::new();
+                input.read_to_end(&mut rest)?;
+                if !rest.is_empty() {
+                    return Err(invalid("there are bytes after the checksum"));
+                }
+                return Ok(None);
+            }
+            hash.update(&kind);
+            let key = part(input, hash)?;
+            let value = part(input, hash)?;
+            if kind[0] == LOG_POSITION {
+                let position = <[u8; 8]>::try_from(value.as_slice())
+                    .map_err(|_| invalid("the log position is not 8 bytes"))?;
+                summary.log_position = Some(u64::from_be_bytes(position));
+                continue;
+            }
+            if kind[0] == STORE_ID {
+                summary.store_id = Some(
+                    String::from_utf8(value).map_err(|_| invalid("the store id is not UTF-8"))?,
+                );
+                continue;
+            }
+            return decode_entry(kind[0], key, &value, summary).map(Some);
+        }
+    }
+}
+
 /// Reads a backup, handing each item to `visit`. With `visit` = `None` it
 /// only checks the file.
 fn read(
-    mut input: impl Read,
+    input: impl Read,
     mut visit: Option<&mut dyn FnMut(Exported) -> Result<(), BackupError>>,
 ) -> Result<Summary, BackupError> {
-    let mut hash = digest::Context::new(&digest::SHA256);
-    if take(&mut input, MAGIC.len(), &mut hash)? != MAGIC {
-        return Err(invalid("it does not start with the sessiond backup header"));
-    }
-    let version = take(&mut input, 1, &mut hash)?[0];
-    if !(OLDEST_VERSION..=VERSION).contains(&version) {
-        return Err(invalid(format!(
-            "format version {version} is not supported (expected {OLDEST_VERSION} to {VERSION})"
-        )));
-    }
-    let mut summary = Summary::default();
-    loop {
-        let mut kind = [0u8; 1];
-        input.read_exact(&mut kind).map_err(|_| early())?;
-        if kind[0] == END {
-            let mut expected = [0u8; 32];
-            input
-                .read_exact(&mut expected)
-                .map_err(|_| invalid("the checksum is missing"))?;
-            if hash.finish().as_ref() != expected {
-                return Err(invalid("the checksum does not match (the file is damaged)"));
-            }
-            let mut rest = Vec::new();
-            input.read_to_end(&mut rest)?;
-            if !rest.is_empty() {
-                return Err(invalid("there are bytes after the checksum"));
-            }
-            return Ok(summary);
-        }
-        hash.update(&kind);
-        let key = part(&mut input, &mut hash)?;
-        let value = part(&mut input, &mut hash)?;
-        if kind[0] == LOG_POSITION {
-            let position = <[u8; 8]>::try_from(value.as_slice())
-                .map_err(|_| invalid("the log position is not 8 bytes"))?;
-            summary.log_position = Some(u64::from_be_bytes(position));
-            continue;
-        }
-        if kind[0] == STORE_ID {
-            summary.store_id =
-                Some(String::from_utf8(value).map_err(|_| invalid("the store id is not UTF-8"))?);
-            continue;
-        }
-        let item = decode_entry(kind[0], key, &value, &mut summary)?;
+    let mut reader = Reader::open(input)?;
+    while let Some(item) = reader.next_item()? {
         if let Some(visit) = visit.as_mut() {
             visit(item)?;
         }
     }
+    Ok(reader.summary)
 }
 
 /// Checks a backup end to end without restoring anything.
@@ -312,28 +353,32 @@ pub fn verify(input: impl Read) -> Result<Summary, BackupError> {
 
 /// Restores a verified backup into `store` (which should be empty), then
 /// waits until it is durable.
-pub async fn restore(store: &dyn SessionStore, input: impl Read) -> Result<Summary, BackupError> {
-    let summary = read(
-        input,
-        Some(&mut |item| store.import(item).map_err(BackupError::from)),
-    )?;
+pub async fn restore(store: &dyn Store, input: impl Read) -> Result<Summary, BackupError> {
+    let mut reader = Reader::open(input)?;
+    while let Some(item) = reader.next_item()? {
+        store.import(item).await?;
+    }
     store.durable().await?;
-    Ok(summary)
+    Ok(reader.summary)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Generation, SledStore};
+    use crate::store::{
+        Durability, Generation, KeysAndSecrets, SessionRecord, Sessions, SledStore, TokenHash,
+        UserDataStore,
+    };
     use serde_json::Map;
 
-    fn exported(store: &dyn SessionStore) -> Vec<String> {
+    async fn exported(store: &dyn Store) -> Vec<String> {
         let mut items = Vec::new();
         store
             .export(&mut |item| {
                 items.push(format!("{item:?}"));
                 Ok(())
             })
+            .await
             .unwrap();
         items.sort();
         items
@@ -377,12 +422,13 @@ mod tests {
                     created_at_ms: 1,
                     expires_at_ms: 10,
                     current: Generation {
-                        refresh_hash: "x".into(),
+                        refresh_hash: TokenHash([9; 32]),
                         anti_csrf_hash: None,
                     },
                     previous: None,
                     rotated_at_ms: 1,
                 })
+                .await
                 .unwrap();
         }
         source
@@ -391,11 +437,12 @@ mod tests {
                 d.private.insert("k".into(), serde_json::json!(1));
                 Some(d)
             })
+            .await
             .unwrap();
-        source.secret("s", &mut || vec![1, 2, 3]).unwrap();
+        source.secret("s", &mut || vec![1, 2, 3]).await.unwrap();
 
         let mut file = Vec::new();
-        let written = write(source.as_ref(), &mut file).unwrap();
+        let written = write(source.as_ref(), &mut file).await.unwrap();
         assert_eq!(
             written,
             Summary {
@@ -403,8 +450,8 @@ mod tests {
                 user_data: 1,
                 keys: 0,
                 secrets: 1,
-                log_position: source.log_position(),
-                store_id: source.store_id(),
+                log_position: Durability::log_position(source.as_ref()).await,
+                store_id: Durability::store_id(source.as_ref()).await,
             }
         );
         assert!(written.log_position.is_some() && written.store_id.is_some());
@@ -412,9 +459,12 @@ mod tests {
 
         let target = SledStore::open(b.path(), 8 << 20, None).unwrap();
         assert_eq!(restore(target.as_ref(), &file[..]).await.unwrap(), written);
-        assert_eq!(exported(target.as_ref()), exported(source.as_ref()));
         assert_eq!(
-            target.user_sessions("u", None).unwrap().len(),
+            exported(target.as_ref()).await,
+            exported(source.as_ref()).await
+        );
+        assert_eq!(
+            target.user_sessions("u", None).await.unwrap().len(),
             3,
             "indexes rebuilt"
         );

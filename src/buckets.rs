@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Oversized, Result};
 use crate::input::{self as payload, InputError, TenantId, UserId};
-use crate::store::{SessionStore, UserData};
+use crate::store::{Store, UserData};
 
 /// Longest accepted user identifier, in bytes.
 pub const MAX_IDENTIFIER: usize = 512;
@@ -95,24 +95,26 @@ impl UserIdentifier {
 
 /// Records `identifier` as the user's, unless it already is; the caller
 /// makes the write durable.
-pub fn set_identifier(
-    store: &dyn SessionStore,
+pub async fn set_identifier(
+    store: &dyn Store,
     tenant: &TenantId,
     user: &UserId,
     identifier: &UserIdentifier,
 ) -> Result<()> {
-    store.update_user_data(tenant.as_str(), user.as_str(), &mut |d| {
-        (d.user_identifier.as_deref() != Some(identifier.as_str())).then(|| UserData {
-            user_identifier: Some(identifier.0.clone()),
-            ..d.clone()
+    store
+        .update_user_data(tenant.as_str(), user.as_str(), &mut |d| {
+            (d.user_identifier.as_deref() != Some(identifier.as_str())).then(|| UserData {
+                user_identifier: Some(identifier.0.clone()),
+                ..d.clone()
+            })
         })
-    })?;
+        .await?;
     Ok(())
 }
 
 /// The bucket rules over a store.
 pub struct Buckets {
-    store: Arc<dyn SessionStore>,
+    store: Arc<dyn Store>,
     limits: payload::JsonLimits,
 }
 
@@ -135,12 +137,12 @@ fn view(user_id: &UserId, data: UserData, with_private: bool) -> UserBuckets {
 
 impl Buckets {
     /// Buckets capped at `limits` each.
-    pub fn new(store: Arc<dyn SessionStore>, limits: payload::JsonLimits) -> Self {
+    pub fn new(store: Arc<dyn Store>, limits: payload::JsonLimits) -> Self {
         Self { store, limits }
     }
 
     /// GetUserSession.
-    pub fn get(
+    pub async fn get(
         &self,
         tenant: &TenantId,
         user_id: &UserId,
@@ -148,7 +150,8 @@ impl Buckets {
     ) -> Result<UserBuckets> {
         let data = self
             .store
-            .user_data(tenant.as_str(), user_id.as_str())?
+            .user_data(tenant.as_str(), user_id.as_str())
+            .await?
             .unwrap_or_default();
         Ok(view(user_id, data, with_private))
     }
@@ -165,30 +168,30 @@ impl Buckets {
     ) -> Result<UserBuckets> {
         let patch = Value::Object(patch);
         let max = self.limits;
-        let mut refused = None;
-        let stored =
-            self.store
-                .update_user_data(tenant.as_str(), user_id.as_str(), &mut |current| {
-                    let mut next = current.clone();
-                    let target = match bucket {
-                        Bucket::Public => &mut next.public,
-                        Bucket::Private => &mut next.private,
-                    };
-                    let mut merged = Value::Object(std::mem::take(target));
-                    merge_patch(&mut merged, &patch);
-                    let Value::Object(merged) = merged else {
-                        unreachable!("a merge of an object patch is an object")
-                    };
-                    refused = payload::oversize(&merged, max);
-                    if refused.is_some() {
-                        return None;
-                    }
-                    *target = merged;
-                    if let Some(id) = &user_identifier {
-                        next.user_identifier = Some(id.0.clone());
-                    }
-                    Some(next)
-                })?;
+        let (stored, refused) = self
+            .store
+            .update_user_data_with(tenant.as_str(), user_id.as_str(), |current| {
+                let mut next = current.clone();
+                let target = match bucket {
+                    Bucket::Public => &mut next.public,
+                    Bucket::Private => &mut next.private,
+                };
+                let mut merged = Value::Object(std::mem::take(target));
+                merge_patch(&mut merged, &patch);
+                let Value::Object(merged) = merged else {
+                    unreachable!("a merge of an object patch is an object")
+                };
+                let refused = payload::oversize(&merged, max);
+                if refused.is_some() {
+                    return (None, refused);
+                }
+                *target = merged;
+                if let Some(id) = &user_identifier {
+                    next.user_identifier = Some(id.0.clone());
+                }
+                (Some(next), None)
+            })
+            .await?;
         if let Some(problem) = refused {
             return Err(Error::TooLarge {
                 what: Oversized::MergedBucket,
@@ -207,16 +210,17 @@ impl Buckets {
         bucket: Bucket,
         with_private: bool,
     ) -> Result<UserBuckets> {
-        let stored =
-            self.store
-                .update_user_data(tenant.as_str(), user_id.as_str(), &mut |current| {
-                    let mut next = current.clone();
-                    match bucket {
-                        Bucket::Public => next.public.clear(),
-                        Bucket::Private => next.private.clear(),
-                    }
-                    Some(next)
-                })?;
+        let stored = self
+            .store
+            .update_user_data(tenant.as_str(), user_id.as_str(), &mut |current| {
+                let mut next = current.clone();
+                match bucket {
+                    Bucket::Public => next.public.clear(),
+                    Bucket::Private => next.private.clear(),
+                }
+                Some(next)
+            })
+            .await?;
         self.store.durable().await?;
         Ok(view(user_id, stored, with_private))
     }

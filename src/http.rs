@@ -75,7 +75,7 @@ async fn prometheus(State(shared): State<Shared>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        shared.metrics.encode(),
+        shared.metrics.encode().await,
     )
 }
 

@@ -19,7 +19,8 @@
 //! 2. [`input`]: checked input types (user id, tenant id, payloads within
 //!    their JSON limits, the reserved claims); whoever builds one names the
 //!    field it came from.
-//! 3. [`store`]: the [`store::SessionStore`] trait, its sled backend
+//! 3. [`store`]: the store traits (async, split by concern, held as
+//!    [`store::Store`]), its sled backend
 //!    (`store/sled/`: instance, directory, write-ahead log, record encoding)
 //!    and an in-memory backend for tests of the layers above.
 //! 4. [`metrics`]: Prometheus metrics every layer above reports to.

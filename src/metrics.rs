@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::store::SessionStore;
+use crate::store::Store;
 
 /// Labels of per-RPC metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,7 +57,7 @@ pub struct Metrics {
     store_bytes: Gauge,
     store_writable: Gauge,
     claim_provider_calls: Family<OutcomeLabels, Counter>,
-    store: OnceLock<Weak<dyn SessionStore>>,
+    store: OnceLock<Weak<dyn Store>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -175,7 +175,7 @@ impl Metrics {
 
     /// The store whose session count and size on disk are read at each
     /// scrape.
-    pub fn set_store(&self, store: Weak<dyn SessionStore>) {
+    pub fn set_store(&self, store: Weak<dyn Store>) {
         let _ = self.store.set(store);
     }
 
@@ -225,16 +225,17 @@ impl Metrics {
     }
 
     /// The metrics in the text exposition format.
-    pub fn encode(&self) -> String {
-        if let Some(store) = self.store.get().and_then(Weak::upgrade) {
+    pub async fn encode(&self) -> String {
+        let store = self.store.get().and_then(Weak::upgrade);
+        if let Some(store) = store {
             let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-            if let Ok(n) = store.count_sessions() {
+            if let Ok(n) = store.count_sessions().await {
                 self.sessions.set(gauge(n));
             }
-            if let Ok(size) = store.size_on_disk() {
+            if let Ok(size) = store.size_on_disk().await {
                 self.store_bytes.set(gauge(size));
             }
-            let writable = store.writable().is_none_or(|w| *w.borrow());
+            let writable = store.writable().await.is_none_or(|w| *w.borrow());
             self.store_writable.set(i64::from(writable));
         }
         let mut out = String::new();

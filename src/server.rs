@@ -39,7 +39,7 @@ use crate::pb::user_session_service_server::UserSessionServiceServer;
 use crate::reload::Live;
 use crate::session::{SessionConfig, SessionManager};
 use crate::store::FlushObserver;
-use crate::store::{SessionStore, SledStore, StoreError};
+use crate::store::{SledStore, Store, StoreError};
 use crate::token::KeyError;
 use crate::token::keys::{KeyRing, KeyRingConfig};
 use tokio::sync::mpsc;
@@ -166,7 +166,7 @@ async fn run(
     sled.on_close(closed);
     sled.set_reserved_space(config.store_reserved_bytes);
     sled.set_log_archive_size(config.log_archive_bytes);
-    let store: Arc<dyn SessionStore> = sled;
+    let store: Arc<dyn Store> = sled;
     metrics.set_store(Arc::downgrade(&store));
     let keys = Arc::new(
         KeyRing::open_sealed(
@@ -313,7 +313,7 @@ async fn run(
     };
     // Before the other background tasks: at shutdown it is stopped first,
     // so that nothing turns health back to SERVING.
-    let store_health = tokio::spawn(report_store_health(store.writable(), health.clone()));
+    let store_health = tokio::spawn(report_store_health(store.writable().await, health.clone()));
     let background = [
         tokio::spawn(sweeper(manager.clone(), config.sweep_interval)),
         tokio::spawn(key_maintenance(keys.clone())),

@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use sessiond::config::SigningAlgorithm;
 use sessiond::ids::SessionHandle;
 use sessiond::metrics::Metrics;
-use sessiond::store::{SessionStore, SledStore};
+use sessiond::store::{KeysAndSecrets, SledStore};
 use sessiond::token::access::{self, AccessClaims};
 use sessiond::token::keys::{KeyRing, KeyRingConfig, SigningKey};
 use sessiond::token::refresh::{self, RefreshTokens};
@@ -74,6 +74,7 @@ async fn generated_key(alg: SigningAlgorithm, is_static: bool) -> Vec<u8> {
     .expect("ring");
     let record = store
         .keys()
+        .await
         .expect("keys")
         .into_iter()
         .find(|r| r.is_static == is_static)
@@ -87,7 +88,7 @@ fn claims(exp: u64) -> AccessClaims {
         user_id: "user-1".into(),
         tenant_id: "public".into(),
         session_handle: SessionHandle::from_bytes([0x5a; 16]).to_string(),
-        refresh_token_hash: refresh::hash(&refresh_token),
+        refresh_token_hash: refresh::hash(&refresh_token).to_hex(),
         anti_csrf_token: None,
         iat: 1_700_000_000,
         exp,

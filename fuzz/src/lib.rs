@@ -16,12 +16,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use sessiond::ManualClock;
 use sessiond::config::SigningAlgorithm;
 use sessiond::metrics::Metrics;
-use sessiond::store::{KeyRecord, SessionStore, SledStore};
+use sessiond::store::{KeyRecord, KeysAndSecrets, SledStore};
 use sessiond::token::keys::{KeyRing, KeyRingConfig};
 
 /// One fixed fuzzing key.
@@ -124,20 +122,17 @@ pub static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
                     path.display()
                 )
             });
-            // Built from the record's stored (serde) form rather than a
-            // struct literal, so fields that sessiond adds with a default
-            // (such as a sealed copy of the key) need no change here.
-            serde_json::from_value::<KeyRecord>(serde_json::json!({
-                "kid": k.kid,
-                "alg": k.alg.as_str(),
-                "private_pkcs8": STANDARD.encode(&private_pkcs8),
-                "created_at_ms": k.signs_from_ms,
-                "signs_from_ms": k.signs_from_ms,
-                "max_token_lifetime_ms": KEY_LIFETIME_MS,
-                "max_jwt_exp_ms": 0,
-                "is_static": k.is_static,
-            }))
-            .expect("a key record")
+            KeyRecord {
+                kid: k.kid.to_owned(),
+                alg: k.alg.as_str().to_owned(),
+                private_pkcs8,
+                sealed: None,
+                created_at_ms: k.signs_from_ms,
+                signs_from_ms: k.signs_from_ms,
+                max_token_lifetime_ms: KEY_LIFETIME_MS,
+                max_jwt_exp_ms: 0,
+                is_static: k.is_static,
+            }
         })
         .collect::<Vec<_>>();
     let (ring, clock) = runtime.block_on(open_ring(records));
@@ -155,7 +150,7 @@ async fn open_ring(records: Vec<KeyRecord>) -> (KeyRing, Arc<ManualClock>) {
         .expect("temporary directory");
     let store = SledStore::open(dir.path(), 8 << 20, None).expect("sled store");
     for r in &records {
-        store.put_key(r).expect("put a fixed key");
+        store.put_key(r).await.expect("put a fixed key");
     }
     let clock = ManualClock::starting_now();
     let ring = KeyRing::open(store, clock.clone(), RING_CONFIG, Metrics::shared())

@@ -16,7 +16,7 @@ use super::error::invalid;
 use crate::pb;
 use crate::pb::admin_service_server::AdminService;
 use crate::session::SessionManager;
-use crate::store::SessionStore;
+use crate::store::Store;
 use crate::token::keys::KeyRing;
 
 /// Size of the chunks a backup is streamed in.
@@ -32,7 +32,7 @@ const MAX_CURSOR: usize = 256;
 /// The gRPC face of operator actions.
 pub struct AdminApi {
     keys: Arc<KeyRing>,
-    store: Arc<dyn SessionStore>,
+    store: Arc<dyn Store>,
     sessions: Arc<SessionManager>,
 }
 
@@ -44,11 +44,7 @@ impl std::fmt::Debug for AdminApi {
 
 impl AdminApi {
     /// Serves the key ring, backups of `store` and the list of `sessions`.
-    pub fn new(
-        keys: Arc<KeyRing>,
-        store: Arc<dyn SessionStore>,
-        sessions: Arc<SessionManager>,
-    ) -> Self {
+    pub fn new(keys: Arc<KeyRing>, store: Arc<dyn Store>, sessions: Arc<SessionManager>) -> Self {
         Self {
             keys,
             store,
@@ -106,8 +102,10 @@ impl ChunkSender {
             return Ok(());
         }
         let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.tx
-            .blocking_send(Ok(pb::BackupChunk { data }))
+        // Written from a blocking thread that drives the export through
+        // `Handle::block_on`: leave the runtime's context to wait.
+        let tx = &self.tx;
+        tokio::task::block_in_place(|| tx.blocking_send(Ok(pb::BackupChunk { data })))
             .map_err(|_| std::io::Error::other("the client went away"))
     }
 }
@@ -162,7 +160,8 @@ impl AdminService for AdminApi {
             .transpose()?;
         let page = self
             .sessions
-            .list_all(tenant.as_ref(), after.as_deref(), limit)?;
+            .list_all(tenant.as_ref(), after.as_deref(), limit)
+            .await?;
         let next_page_token = match page.sessions.last() {
             Some(last) if page.more => page_token(&last.handle),
             _ => String::new(),
@@ -192,18 +191,19 @@ impl AdminService for AdminApi {
     ) -> Result<Response<Self::BackupStream>, Status> {
         let (tx, rx) = mpsc::channel(8);
         let store = self.store.clone();
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let mut out = ChunkSender {
                 buf: Vec::with_capacity(CHUNK),
                 tx: tx.clone(),
             };
-            match crate::backup::write(store.as_ref(), &mut out) {
+            match runtime.block_on(crate::backup::write(store.as_ref(), &mut out)) {
                 Ok(summary) => {
                     tracing::info!(%summary, "backup streamed");
                     // The log archive now only needs to reach back to this
                     // backup's start and the one before.
                     if let Some(position) = summary.log_position
-                        && let Err(e) = store.backup_taken(position)
+                        && let Err(e) = runtime.block_on(store.backup_taken(position))
                     {
                         tracing::warn!(error = %e, "the log archive was not trimmed");
                     }

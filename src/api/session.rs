@@ -244,7 +244,10 @@ impl SessionService for SessionApi {
     ) -> Result<Response<pb::GetAllSessionHandlesForUserResponse>, Status> {
         let r = req.into_inner();
         let (user, tenant) = user_scope(r.user_id, &r.tenant_id, r.fetch_across_all_tenants)?;
-        let handles = self.manager.handles_for_user(&user, tenant.as_ref())?;
+        let handles = self
+            .manager
+            .handles_for_user(&user, tenant.as_ref())
+            .await?;
         Ok(Response::new(pb::GetAllSessionHandlesForUserResponse {
             session_handles: handles,
         }))
@@ -255,7 +258,7 @@ impl SessionService for SessionApi {
         req: Request<pb::GetSessionInformationRequest>,
     ) -> Result<Response<pb::GetSessionInformationResponse>, Status> {
         let handle = handle("session_handle", &req.into_inner().session_handle)?;
-        let info = self.manager.info(handle)?;
+        let info = self.manager.info(handle).await?;
         Ok(Response::new(pb::GetSessionInformationResponse {
             session_handle: info.handle,
             user_id: info.user_id,
@@ -344,7 +347,7 @@ impl SessionService for SessionApi {
         let r = req.into_inner();
         let key = ClaimKey::parse("claim_key", r.claim_key)?;
         let handle = handle("session_handle", &r.session_handle)?;
-        let found = self.manager.get_claim(handle, &key)?;
+        let found = self.manager.get_claim(handle, &key).await?;
         Ok(Response::new(match found {
             Some((value, set_at)) => pb::GetClaimValueResponse {
                 value: Some(super::convert::json_to_value(&value)),

@@ -290,7 +290,8 @@ impl UserSessionService for UserSessionApi {
         Self::allow(&caller, read_bucket(req.get_ref().bucket)?)?;
         let found = self
             .buckets
-            .get(&caller.tenant_id, &caller.user_id, caller.private)?;
+            .get(&caller.tenant_id, &caller.user_id, caller.private)
+            .await?;
         Ok(Response::new(found.into()))
     }
 

@@ -90,7 +90,7 @@ pub async fn restore(file: &Path, data_dir: &Path, replay_log: Option<&Path>) ->
 /// closed (its final flush done and its lock let go).
 pub(super) async fn with_store<T>(
     data_dir: &Path,
-    work: impl AsyncFnOnce(&dyn crate::store::SessionStore) -> Outcome<T>,
+    work: impl AsyncFnOnce(&dyn crate::store::Store) -> Outcome<T>,
 ) -> Outcome<T> {
     // sled's threads may hold the directory for a moment after an earlier
     // handle's close.

@@ -112,12 +112,12 @@ impl SessionManager {
 
     /// GetClaimValue: the value and when it was set (ms); `None` when the
     /// session has no such claim.
-    pub fn get_claim(
+    pub async fn get_claim(
         &self,
         handle: SessionHandle,
         claim_key: &ClaimKey,
     ) -> Result<Option<(Value, Option<u64>)>> {
-        let info = self.info(handle)?;
+        let info = self.info(handle).await?;
         Ok(claims::read(&info.access_payload, claim_key.as_str()))
     }
 
@@ -139,7 +139,7 @@ impl SessionManager {
         claim_key: &ClaimKey,
     ) -> Result<bool> {
         let claim_key = claim_key.as_str();
-        let info = self.info(handle)?;
+        let info = self.info(handle).await?;
         let subject = Subject::of(&info);
         let Some(value) = self
             .fetch_claim(claim_key, &info.access_payload, &subject)
@@ -159,7 +159,7 @@ impl SessionManager {
         handle: SessionHandle,
         validators: &Validators,
     ) -> Result<(Vec<InvalidClaim>, Option<Map<String, Value>>)> {
-        let mut info = self.info(handle)?;
+        let mut info = self.info(handle).await?;
         let now = self.now();
         let subject = Subject::of(&info);
         let updates = self

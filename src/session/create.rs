@@ -38,14 +38,14 @@ impl SessionManager {
             expires_at_ms: now + self.config.refresh_lifetime_ms,
             current: Generation {
                 refresh_hash: crate::token::refresh::hash(&refresh),
-                anti_csrf_hash: anti_csrf.as_deref().map(|t| sha256_hex(t.as_bytes())),
+                anti_csrf_hash: anti_csrf.as_deref().map(|t| sha256(t.as_bytes())),
             },
             previous: None,
             rotated_at_ms: now,
         };
-        self.store.create_session(&record)?;
+        self.store.create_session(&record).await?;
         if let Some(id) = &new.user_identifier {
-            buckets::set_identifier(self.store.as_ref(), &new.tenant_id, &new.user_id, id)?;
+            buckets::set_identifier(self.store.as_ref(), &new.tenant_id, &new.user_id, id).await?;
         }
         let tokens = self.tokens(&key, &record, refresh, anti_csrf, now)?;
         self.store.durable().await?;

@@ -13,23 +13,19 @@ impl SessionManager {
         edit: &mut (dyn FnMut(&mut SessionRecord) -> Result<()> + Send),
     ) -> Result<()> {
         let now = self.now();
-        let mut result = Err(Error::SessionNotFound);
-        self.store
-            .update_session(handle, &mut |record| match record {
+        let (_, result) = self
+            .store
+            .update_session_with(handle, |record| match record {
                 Some(r) if r.expires_at_ms > now => {
                     let mut next = r.clone();
-                    result = edit(&mut next);
-                    if result.is_ok() {
-                        Change::Put(Box::new(next))
-                    } else {
-                        Change::Keep
+                    match edit(&mut next) {
+                        Ok(()) => (Change::Put(Box::new(next)), Ok(())),
+                        Err(e) => (Change::Keep, Err(e)),
                     }
                 }
-                _ => {
-                    result = Err(Error::SessionNotFound);
-                    Change::Keep
-                }
-            })?;
+                _ => (Change::Keep, Err(Error::SessionNotFound)),
+            })
+            .await?;
         result?;
         self.store.durable().await?;
         Ok(())
@@ -79,26 +75,24 @@ impl SessionManager {
         let now = self.now();
         let claims = self.verified(access_token, now)?;
         let key = self.signer().await?;
-        let mut current = None;
-        self.store
-            .update_session(&claims.session_handle, &mut |record| match record {
+        let (_, current) = self
+            .store
+            .update_session_with(&claims.session_handle, |record| match record {
                 Some(r) if r.expires_at_ms > now => {
                     let mut next = r.clone();
                     if let Some(p) = &new_payload {
                         next.access_payload = p.clone();
                     }
-                    current = Some(next.clone());
+                    let current = Some(next.clone());
                     if new_payload.is_some() {
-                        Change::Put(Box::new(next))
+                        (Change::Put(Box::new(next)), current)
                     } else {
-                        Change::Keep
+                        (Change::Keep, current)
                     }
                 }
-                _ => {
-                    current = None;
-                    Change::Keep
-                }
-            })?;
+                _ => (Change::Keep, None),
+            })
+            .await?;
         let record = current.ok_or_else(session_gone)?;
         let token = self.reissue(&key, &claims, record.access_payload.clone(), now)?;
         // Also when nothing was written here: the token must not carry a

@@ -1,11 +1,11 @@
 //! The session recipe: SuperTokens' session rules on top of a
-//! [`SessionStore`] and the [`KeyRing`].
+//! [`Store`] and the [`KeyRing`].
 //!
 //! Owns creation, verification, refresh rotation with theft detection,
 //! revocation, session data and payload updates. Rules it keeps:
 //! - nothing is acknowledged before it is durable (every write awaits
-//!   [`SessionStore::durable`]);
-//! - refresh rotation is one [`SessionStore::update_session`] call, which
+//!   [`Durability::durable`](crate::store::Durability::durable));
+//! - refresh rotation is one store update (`update_session_with`), which
 //!   the store applies atomically per session, so concurrent refreshes are
 //!   serialised and leave one live lineage;
 //! - expired sessions are treated as absent at once, whether or not the
@@ -48,12 +48,12 @@ use crate::error::{Error, Oversized, Result};
 use crate::ids::SessionHandle;
 use crate::input::{self as payload, AccessPayload, PayloadUpdate, SessionData, TenantId, UserId};
 use crate::metrics::Metrics;
-use crate::store::{self, Change, Generation, SessionRecord, SessionStore};
+use crate::store::{self, Change, Generation, SessionRecord, Store, TokenHash};
 use crate::token::access::{self, AccessClaims};
 use crate::token::keys::{KeyRing, SigningKey};
 use crate::token::refresh::RefreshTokens;
 use crate::token::verifier::Verifier;
-use crate::token::{TokenError, ct_eq, random_token, sha256_hex};
+use crate::token::{TokenError, ct_eq, random_token, sha256};
 
 /// Settings of the session rules.
 #[derive(Debug, Clone)]
@@ -121,7 +121,7 @@ pub struct Tokens {
 
 /// The session rules.
 pub struct SessionManager {
-    store: Arc<dyn SessionStore>,
+    store: Arc<dyn Store>,
     keys: Arc<KeyRing>,
     refresh_tokens: RefreshTokens,
     claims: Arc<dyn ClaimSource>,
@@ -153,7 +153,7 @@ fn session_gone() -> Error {
 impl SessionManager {
     /// Builds the rules over an open store and key ring.
     pub async fn new(
-        store: Arc<dyn SessionStore>,
+        store: Arc<dyn Store>,
         keys: Arc<KeyRing>,
         claims: Arc<dyn ClaimSource>,
         clock: SharedClock,
@@ -164,7 +164,8 @@ impl SessionManager {
         // there is one; a sealed secret without its KEK stops the start.
         let secret = keys
             .vault()
-            .secret(RefreshTokens::SECRET_NAME, RefreshTokens::SECRET_WHAT)?;
+            .secret(RefreshTokens::SECRET_NAME, RefreshTokens::SECRET_WHAT)
+            .await?;
         store.durable().await?;
         Ok(Self {
             store,
@@ -235,7 +236,7 @@ impl SessionManager {
             user_id: record.user_id.clone(),
             tenant_id: record.tenant_id.clone(),
             session_handle: record.handle.clone(),
-            refresh_token_hash: record.current.refresh_hash.clone(),
+            refresh_token_hash: record.current.refresh_hash.to_hex(),
             anti_csrf_token: anti_csrf.clone(),
             iat: now / 1000,
             exp: (now + self.config.access_lifetime_ms) / 1000,
@@ -272,7 +273,7 @@ impl SessionManager {
         let mut total = 0;
         loop {
             let now = self.now();
-            let n = store::blocking(|| self.store.sweep_expired(now, BATCH))?;
+            let n = self.store.sweep_expired(now, BATCH).await?;
             total += n;
             if n < BATCH {
                 break;

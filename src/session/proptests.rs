@@ -200,7 +200,7 @@ proptest! {
                         }
                     }
                 }
-                let record = manager.store.session(&handle).unwrap();
+                let record = manager.store.session(&handle).await.unwrap();
                 match record {
                     None => prop_assert!(ended),
                     Some(r) => {

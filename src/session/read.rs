@@ -25,7 +25,7 @@ pub struct SessionInfo {
 impl SessionManager {
     /// GetAllSessionHandlesForUser: of one tenant, or of every tenant when
     /// `tenant` is `None`.
-    pub fn handles_for_user(
+    pub async fn handles_for_user(
         &self,
         user_id: &UserId,
         tenant: Option<&TenantId>,
@@ -33,7 +33,8 @@ impl SessionManager {
         let now = self.now();
         Ok(self
             .store
-            .user_sessions(user_id.as_str(), tenant.map(TenantId::as_str))?
+            .user_sessions(user_id.as_str(), tenant.map(TenantId::as_str))
+            .await?
             .into_iter()
             .filter(|s| s.expires_at_ms > now)
             .map(|s| s.handle)
@@ -43,7 +44,7 @@ impl SessionManager {
     /// ListAllSessions: the live sessions of every user (of one tenant when
     /// `tenant_id` is given), in handle order, from just after `after`, at
     /// most `limit` of them.
-    pub fn list_all(
+    pub async fn list_all(
         &self,
         tenant: Option<&TenantId>,
         after: Option<&str>,
@@ -55,13 +56,13 @@ impl SessionManager {
             live_at_ms: self.now(),
             limit,
         };
-        Ok(store::blocking(|| self.store.list_sessions(&query))?)
+        Ok(self.store.list_sessions(&query).await?)
     }
 
     /// GetSessionInformation.
-    pub fn info(&self, handle: SessionHandle) -> Result<SessionInfo> {
+    pub async fn info(&self, handle: SessionHandle) -> Result<SessionInfo> {
         let r = self
-            .live(self.store.session(&handle.to_string())?)
+            .live(self.store.session(&handle.to_string()).await?)
             .ok_or(Error::SessionNotFound)?;
         Ok(SessionInfo {
             handle: r.handle,

@@ -1,5 +1,6 @@
 //! RefreshSession: refresh token rotation with theft detection, atomic per
-//! session through [`SessionStore::update_session`]. Never sees protobuf
+//! session through one `update_session_with`
+//! call, whose closure returns the outcome with the decision. Never sees protobuf
 //! types and never logs a token.
 
 use super::*;
@@ -23,10 +24,7 @@ impl SessionManager {
             Error::Unauthorised(format!("the refresh token is invalid ({e})"))
         })?;
         let presented = crate::token::refresh::hash(&req.refresh_token);
-        let given_anti_csrf = req
-            .anti_csrf_token
-            .as_deref()
-            .map(|t| sha256_hex(t.as_bytes()));
+        let given_anti_csrf = req.anti_csrf_token.as_deref().map(|t| sha256(t.as_bytes()));
         let new_refresh = self.refresh_tokens.mint(&handle);
         let new_anti_csrf = random_token();
         let key = self.signer().await?;
@@ -39,16 +37,14 @@ impl SessionManager {
             Theft(String),
             Rotated(Box<SessionRecord>, bool),
         }
-        let mut outcome = Outcome::Gone;
-        self.store
-            .update_session(&handle.to_string(), &mut |record| {
+        let (_, outcome) = self
+            .store
+            .update_session_with(&handle.to_string(), |record| {
                 let Some(r) = record else {
-                    outcome = Outcome::Gone;
-                    return Change::Keep;
+                    return (Change::Keep, Outcome::Gone);
                 };
                 if r.expires_at_ms <= now {
-                    outcome = Outcome::Gone;
-                    return Change::Delete;
+                    return (Change::Delete, Outcome::Gone);
                 }
                 let in_grace = now <= r.rotated_at_ms.saturating_add(grace);
                 let (generation, is_current) = if r.current.refresh_hash == presented {
@@ -60,30 +56,29 @@ impl SessionManager {
                 {
                     (prev, false)
                 } else {
-                    outcome = Outcome::Theft(r.user_id.clone());
-                    return Change::Delete;
+                    return (Change::Delete, Outcome::Theft(r.user_id.clone()));
                 };
                 if let Some(expected) = &generation.anti_csrf_hash
                     && !req.disable_anti_csrf
                     && given_anti_csrf.as_ref() != Some(expected)
                 {
-                    outcome = Outcome::AntiCsrfMismatch;
-                    return Change::Keep;
+                    return (Change::Keep, Outcome::AntiCsrfMismatch);
                 }
                 let mut next = r.clone();
                 let uses_anti_csrf = r.current.anti_csrf_hash.is_some();
                 next.current = Generation {
                     refresh_hash: crate::token::refresh::hash(&new_refresh),
-                    anti_csrf_hash: uses_anti_csrf.then(|| sha256_hex(new_anti_csrf.as_bytes())),
+                    anti_csrf_hash: uses_anti_csrf.then(|| sha256(new_anti_csrf.as_bytes())),
                 };
                 if is_current {
                     next.previous = Some(r.current.clone());
                     next.rotated_at_ms = now;
                     next.expires_at_ms = now + lifetime;
                 }
-                outcome = Outcome::Rotated(Box::new(next.clone()), is_current);
-                Change::Put(Box::new(next))
-            })?;
+                let rotated = Outcome::Rotated(Box::new(next.clone()), is_current);
+                (Change::Put(Box::new(next)), rotated)
+            })
+            .await?;
 
         match outcome {
             Outcome::Gone => {

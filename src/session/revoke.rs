@@ -26,7 +26,8 @@ impl SessionManager {
     ) -> Result<Vec<String>> {
         let handles: Vec<String> = self
             .store
-            .user_sessions(user_id.as_str(), tenant.map(TenantId::as_str))?
+            .user_sessions(user_id.as_str(), tenant.map(TenantId::as_str))
+            .await?
             .into_iter()
             .map(|s| s.handle)
             .collect();
@@ -36,7 +37,7 @@ impl SessionManager {
     /// Deletes sessions durably; returns the handles of those that were live
     /// (expired ones are removed too, but were already invisible).
     pub(super) async fn delete(&self, handles: &[String]) -> Result<Vec<String>> {
-        let removed = store::blocking(|| self.store.delete_sessions(handles))?;
+        let removed = self.store.delete_sessions(handles).await?;
         self.store.durable().await?;
         let now = self.now();
         let live: Vec<String> = removed

@@ -56,13 +56,16 @@ impl SessionManager {
         if req.check_database {
             let lineage = self
                 .store
-                .session_lineage(&claims.session_handle)?
+                .session_lineage(&claims.session_handle)
+                .await?
                 .filter(|l| l.expires_at_ms > now)
                 .ok_or_else(session_gone)?;
-            let in_lineage = lineage.current_refresh_hash == claims.refresh_token_hash
-                || lineage
-                    .previous_refresh_hash
-                    .is_some_and(|p| p == claims.refresh_token_hash);
+            // The token carries the hash as hex; one that is not a SHA-256
+            // is in no lineage.
+            let claimed = TokenHash::from_hex(&claims.refresh_token_hash);
+            let in_lineage = claimed.is_some_and(|c| {
+                lineage.current_refresh_hash == c || lineage.previous_refresh_hash == Some(c)
+            });
             if !in_lineage || lineage.user_id != claims.user_id {
                 return Err(Error::Unauthorised(
                     "the access token belongs to a refresh token that was rotated out".into(),

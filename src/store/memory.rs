@@ -1,19 +1,22 @@
-//! [`MemoryStore`]: a [`SessionStore`] held in memory, for tests of the
+//! [`MemoryStore`]: a [`Store`](super::Store) held in memory, for tests of the
 //! layers above the store (sessions, keys, buckets) that need no disk.
 //!
 //! It keeps the rules of the trait: every call runs under one lock, so
-//! [`SessionStore::update_session`] and [`SessionStore::update_user_data`]
+//! [`Sessions::update_session`] and [`UserDataStore::update_user_data`]
 //! are atomic and concurrent updates lose nothing; a write is visible as
 //! soon as the call returns; and, since nothing is ever written to a disk,
-//! [`SessionStore::durable`] resolves at once. It must never be used where
+//! [`Durability::durable`] resolves at once. Every call runs inline: none
+//! waits for anything but the lock. It must never be used where
 //! data has to survive the process: it keeps nothing across a restart.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use async_trait::async_trait;
+
 use super::{
-    BoxFuture, Change, Exported, KeyRecord, SessionRecord, SessionStore, StoreError, UserData,
-    UserSession,
+    BoxFuture, Change, Durability, Exported, KeyRecord, KeysAndSecrets, SessionQuery,
+    SessionRecord, Sessions, SessionsPage, StoreError, UserData, UserDataStore, UserSession,
 };
 
 #[derive(Default)]
@@ -58,22 +61,23 @@ impl MemoryStore {
     }
 }
 
-impl SessionStore for MemoryStore {
-    fn create_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
+#[async_trait]
+impl Sessions for MemoryStore {
+    async fn create_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
         self.lock()
             .sessions
             .insert(record.handle.clone(), record.clone());
         Ok(())
     }
 
-    fn session(&self, handle: &str) -> Result<Option<SessionRecord>, StoreError> {
+    async fn session(&self, handle: &str) -> Result<Option<SessionRecord>, StoreError> {
         Ok(self.lock().sessions.get(handle).cloned())
     }
 
-    fn update_session(
+    async fn update_session(
         &self,
         handle: &str,
-        decide: &mut dyn FnMut(Option<&SessionRecord>) -> Change,
+        decide: &mut (dyn for<'r> FnMut(Option<&'r SessionRecord>) -> Change + Send),
     ) -> Result<Change, StoreError> {
         let mut records = self.lock();
         let change = decide(records.sessions.get(handle));
@@ -89,7 +93,7 @@ impl SessionStore for MemoryStore {
         Ok(change)
     }
 
-    fn delete_sessions(&self, handles: &[String]) -> Result<Vec<UserSession>, StoreError> {
+    async fn delete_sessions(&self, handles: &[String]) -> Result<Vec<UserSession>, StoreError> {
         let mut records = self.lock();
         Ok(handles
             .iter()
@@ -98,7 +102,7 @@ impl SessionStore for MemoryStore {
             .collect())
     }
 
-    fn user_sessions(
+    async fn user_sessions(
         &self,
         user_id: &str,
         tenant_id: Option<&str>,
@@ -112,7 +116,7 @@ impl SessionStore for MemoryStore {
             .collect())
     }
 
-    fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
+    async fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
         let mut records = self.lock();
         let expired: Vec<String> = records
             .sessions
@@ -127,7 +131,22 @@ impl SessionStore for MemoryStore {
         Ok(expired.len())
     }
 
-    fn user_data(&self, tenant_id: &str, user_id: &str) -> Result<Option<UserData>, StoreError> {
+    async fn count_sessions(&self) -> Result<u64, StoreError> {
+        Ok(self.lock().sessions.len() as u64)
+    }
+
+    async fn list_sessions(&self, query: &SessionQuery<'_>) -> Result<SessionsPage, StoreError> {
+        super::list_sessions_by_export(self, query).await
+    }
+}
+
+#[async_trait]
+impl UserDataStore for MemoryStore {
+    async fn user_data(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+    ) -> Result<Option<UserData>, StoreError> {
         Ok(self
             .lock()
             .user_data
@@ -135,11 +154,11 @@ impl SessionStore for MemoryStore {
             .cloned())
     }
 
-    fn update_user_data(
+    async fn update_user_data(
         &self,
         tenant_id: &str,
         user_id: &str,
-        change: &mut dyn FnMut(&UserData) -> Option<UserData>,
+        change: &mut (dyn for<'r> FnMut(&'r UserData) -> Option<UserData> + Send),
     ) -> Result<UserData, StoreError> {
         let mut records = self.lock();
         let id = (tenant_id.to_owned(), user_id.to_owned());
@@ -152,10 +171,69 @@ impl SessionStore for MemoryStore {
             None => Ok(current),
         }
     }
+}
 
-    fn export(
+#[async_trait]
+impl KeysAndSecrets for MemoryStore {
+    async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        Ok(self.lock().keys.values().cloned().collect())
+    }
+
+    async fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        self.lock().keys.insert(key.kid.clone(), key.clone());
+        Ok(())
+    }
+
+    async fn delete_key(&self, kid: &str) -> Result<(), StoreError> {
+        self.lock().keys.remove(kid);
+        Ok(())
+    }
+
+    async fn secret(
         &self,
-        visit: &mut dyn FnMut(Exported) -> Result<(), StoreError>,
+        name: &str,
+        make: &mut (dyn FnMut() -> Vec<u8> + Send),
+    ) -> Result<Vec<u8>, StoreError> {
+        Ok(self
+            .lock()
+            .secrets
+            .entry(name.to_owned())
+            .or_insert_with(make)
+            .clone())
+    }
+
+    async fn replace_secret(
+        &self,
+        name: &str,
+        current: &[u8],
+        new: &[u8],
+    ) -> Result<bool, StoreError> {
+        let mut records = self.lock();
+        match records.secrets.get_mut(name) {
+            Some(value) if value.as_slice() == current => {
+                *value = new.to_vec();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+#[async_trait]
+impl Durability for MemoryStore {
+    fn durable(&self) -> BoxFuture<Result<(), StoreError>> {
+        // Nothing is ever written to a disk: every write is as durable as
+        // this store makes it once the call returned.
+        Box::pin(async { Ok(()) })
+    }
+
+    async fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    async fn export(
+        &self,
+        visit: &mut (dyn FnMut(Exported) -> Result<(), StoreError> + Send),
     ) -> Result<(), StoreError> {
         // A snapshot, so that `visit` may call the store.
         let items: Vec<Exported> = {
@@ -183,7 +261,7 @@ impl SessionStore for MemoryStore {
         items.into_iter().try_for_each(visit)
     }
 
-    fn import(&self, item: Exported) -> Result<(), StoreError> {
+    async fn import(&self, item: Exported) -> Result<(), StoreError> {
         let mut records = self.lock();
         match item {
             Exported::Session(r) => {
@@ -204,53 +282,5 @@ impl SessionStore for MemoryStore {
             }
         }
         Ok(())
-    }
-
-    fn count_sessions(&self) -> Result<u64, StoreError> {
-        Ok(self.lock().sessions.len() as u64)
-    }
-
-    fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(0)
-    }
-
-    fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        Ok(self.lock().keys.values().cloned().collect())
-    }
-
-    fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        self.lock().keys.insert(key.kid.clone(), key.clone());
-        Ok(())
-    }
-
-    fn delete_key(&self, kid: &str) -> Result<(), StoreError> {
-        self.lock().keys.remove(kid);
-        Ok(())
-    }
-
-    fn secret(&self, name: &str, make: &mut dyn FnMut() -> Vec<u8>) -> Result<Vec<u8>, StoreError> {
-        Ok(self
-            .lock()
-            .secrets
-            .entry(name.to_owned())
-            .or_insert_with(make)
-            .clone())
-    }
-
-    fn replace_secret(&self, name: &str, current: &[u8], new: &[u8]) -> Result<bool, StoreError> {
-        let mut records = self.lock();
-        match records.secrets.get_mut(name) {
-            Some(value) if value.as_slice() == current => {
-                *value = new.to_vec();
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    }
-
-    fn durable(&self) -> BoxFuture<Result<(), StoreError>> {
-        // Nothing is ever written to a disk: every write is as durable as
-        // this store makes it once the call returned.
-        Box::pin(async { Ok(()) })
     }
 }

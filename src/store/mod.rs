@@ -1,21 +1,25 @@
 //! Storage of sessions, signing keys and server secrets.
 //!
-//! The [`SessionStore`] trait names no backend type: the session rules in
-//! `session/` and the key ring in `token/` depend only on it. Each backend
-//! lives in its own module and is named after it ([`SledStore`]); every
-//! backend runs the same conformance suite (`store::conformance`).
+//! The store traits name no backend type: the session rules in `session/`
+//! and the key ring in `token/` depend only on them. They are async and
+//! split by concern ([`Sessions`], [`UserDataStore`], [`KeysAndSecrets`],
+//! [`Durability`]); callers hold all four as one `Arc<dyn Store>`. Each
+//! backend lives in its own module and is named after it ([`SledStore`]),
+//! decides itself how its calls run (inline or off the async worker), and
+//! runs the same conformance suite (`store::conformance`).
 //!
 //! Rules every backend keeps:
 //! - a write is visible to reads as soon as the call returns, and durable on
-//!   disk once a later [`SessionStore::durable`] future resolves; callers
+//!   disk once a later [`Durability::durable`] future resolves; callers
 //!   acknowledge nothing to clients before that;
-//! - [`SessionStore::update_session`] is atomic per session: concurrent
+//! - [`Sessions::update_session`] is atomic per session: concurrent
 //!   updates of one session are serialised, none is lost;
 //! - the store never interprets tokens or payloads, and never logs records
 //!   (they hold refresh token hashes and user data).
 
 mod memory;
 mod sled;
+mod traits;
 
 #[cfg(test)]
 mod conformance;
@@ -25,13 +29,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use self::memory::MemoryStore;
 pub use self::sled::SledStore;
-pub use self::sled::record::Lineage;
 use self::sled::wal;
+pub(crate) use self::traits::list_sessions_by_export;
+pub use self::traits::{Durability, KeysAndSecrets, Sessions, Store, UserDataStore};
 
 /// Copies the write-ahead log of the data directory `from_dir`, from log
 /// position `position` on (its archive, then its live log), into the data
@@ -55,17 +59,42 @@ pub type FlushObserver = Arc<dyn Fn(std::time::Duration) + Send + Sync>;
 /// A boxed future, for trait methods that must stay object safe.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
+/// The SHA-256 of a token (a refresh or an anti-CSRF token), as the store
+/// keeps it: 32 bytes. `Debug` does not show it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl TokenHash {
+    /// From 64 hex digits (either case); `None` for anything else.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let mut raw = [0; 32];
+        hex::decode_to_slice(text, &mut raw).ok()?;
+        Some(Self(raw))
+    }
+
+    /// As 64 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenHash(..)")
+    }
+}
+
 /// One refresh generation: the token that is (or was) current.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Generation {
-    /// SHA-256 (hex) of the refresh token.
-    pub refresh_hash: String,
-    /// SHA-256 (hex) of the anti-CSRF token minted with it, when enabled.
-    pub anti_csrf_hash: Option<String>,
+    /// SHA-256 of the refresh token.
+    pub refresh_hash: TokenHash,
+    /// SHA-256 of the anti-CSRF token minted with it, when enabled.
+    pub anti_csrf_hash: Option<TokenHash>,
 }
 
 /// A stored session.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq)]
 pub struct SessionRecord {
     /// Random, unguessable id (UUID form).
     pub handle: String,
@@ -100,19 +129,58 @@ impl fmt::Debug for SessionRecord {
     }
 }
 
+/// What checking an access token against the store reads of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lineage {
+    /// The session's user.
+    pub user_id: String,
+    /// The session's tenant.
+    pub tenant_id: String,
+    /// Refresh expiry, ms.
+    pub expires_at_ms: u64,
+    /// Hash of the current refresh token.
+    pub current_refresh_hash: TokenHash,
+    /// Hash of the previous refresh token, if any.
+    pub previous_refresh_hash: Option<TokenHash>,
+}
+
+impl Lineage {
+    /// The lineage of a whole record.
+    pub fn of(r: &SessionRecord) -> Self {
+        Self {
+            user_id: r.user_id.clone(),
+            tenant_id: r.tenant_id.clone(),
+            expires_at_ms: r.expires_at_ms,
+            current_refresh_hash: r.current.refresh_hash,
+            previous_refresh_hash: r.previous.as_ref().map(|p| p.refresh_hash),
+        }
+    }
+}
+
+impl From<SessionRecord> for Lineage {
+    /// The lineage of a record no longer needed: its strings move.
+    fn from(r: SessionRecord) -> Self {
+        Self {
+            user_id: r.user_id,
+            tenant_id: r.tenant_id,
+            expires_at_ms: r.expires_at_ms,
+            current_refresh_hash: r.current.refresh_hash,
+            previous_refresh_hash: r.previous.map(|p| p.refresh_hash),
+        }
+    }
+}
+
 /// A stored signing key.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq)]
 pub struct KeyRecord {
     /// Key id: `d-<created ms>` for rotating keys, `s-<random>` for the static key.
     pub kid: String,
     /// JOSE algorithm name.
     pub alg: String,
-    /// PKCS#8 DER private key, base64 in the stored form; empty when sealed.
-    #[serde(with = "b64", default)]
+    /// PKCS#8 DER private key; empty when sealed.
     pub private_pkcs8: Vec<u8>,
     /// The private key encrypted with the key-encryption key, when one is
     /// configured (then `private_pkcs8` is empty in the store).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed: Option<SealedKey>,
     /// Creation time, ms.
     pub created_at_ms: u64,
@@ -136,31 +204,14 @@ impl fmt::Debug for KeyRecord {
     }
 }
 
-mod b64 {
-    use base64::Engine;
-    use base64::engine::general_purpose::STANDARD;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&STANDARD.encode(v))
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s = String::deserialize(d)?;
-        STANDARD.decode(s).map_err(serde::de::Error::custom)
-    }
-}
-
 /// A user's data buckets (per tenant).
-#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq)]
 pub struct UserData {
     /// Readable and writable by the user's browser.
-    #[serde(default)]
     pub public: Map<String, Value>,
     /// Server only.
-    #[serde(default)]
     pub private: Map<String, Value>,
     /// A display identifier of the user (such as an email).
-    #[serde(default)]
     pub user_identifier: Option<String>,
 }
 
@@ -196,13 +247,11 @@ pub enum Exported {
 }
 
 /// A private key encrypted with the key-encryption key (AES-256-GCM).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SealedKey {
     /// The GCM nonce.
-    #[serde(with = "b64")]
     pub nonce: Vec<u8>,
     /// Ciphertext and tag.
-    #[serde(with = "b64")]
     pub ciphertext: Vec<u8>,
 }
 
@@ -212,7 +261,7 @@ impl fmt::Debug for SealedKey {
     }
 }
 
-/// What an [`SessionStore::update_session`] closure decided.
+/// What a [`Sessions::update_session`] closure decided.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     /// Leave the session as it is.
@@ -261,7 +310,7 @@ impl ListedSession {
     }
 }
 
-/// Which sessions [`SessionStore::list_sessions`] lists.
+/// Which sessions [`Sessions::list_sessions`] lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionQuery<'a> {
     /// Only handles after this one (`None`: from the first). It need not
@@ -281,7 +330,7 @@ impl SessionQuery<'_> {
     }
 }
 
-/// One page of [`SessionStore::list_sessions`].
+/// One page of [`Sessions::list_sessions`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionsPage {
     /// The sessions, in handle order (byte order).
@@ -360,171 +409,5 @@ impl StoreError {
             }
             Self::Locked(_) | Self::Unavailable(_) | Self::Corrupt(_) => false,
         }
-    }
-}
-
-/// The storage interface of sessiond.
-pub trait SessionStore: Send + Sync + 'static {
-    /// Inserts a new session and indexes it by user and by expiry.
-    fn create_session(&self, record: &SessionRecord) -> Result<(), StoreError>;
-
-    /// Reads a session, expired or not.
-    fn session(&self, handle: &str) -> Result<Option<SessionRecord>, StoreError>;
-
-    /// What checking an access token against the store needs of a session
-    /// (expired or not), read without decoding its payload and data.
-    fn session_lineage(&self, handle: &str) -> Result<Option<Lineage>, StoreError> {
-        Ok(self.session(handle)?.as_ref().map(Lineage::of))
-    }
-
-    /// Atomically reads a session and applies the closure's decision.
-    ///
-    /// The closure may run several times (on conflicts) and must not have
-    /// side effects beyond overwriting its own captured results. Returns the
-    /// decision that was applied.
-    fn update_session(
-        &self,
-        handle: &str,
-        decide: &mut dyn FnMut(Option<&SessionRecord>) -> Change,
-    ) -> Result<Change, StoreError>;
-
-    /// Removes sessions atomically; returns those that existed (expired or not).
-    fn delete_sessions(&self, handles: &[String]) -> Result<Vec<UserSession>, StoreError>;
-
-    /// Lists a user's sessions in one tenant, or in all tenants with `None`.
-    fn user_sessions(
-        &self,
-        user_id: &str,
-        tenant_id: Option<&str>,
-    ) -> Result<Vec<UserSession>, StoreError>;
-
-    /// Lists the sessions `query` matches, across users, in handle order.
-    ///
-    /// This default reads every stored record through [`Self::export`]; a
-    /// backend that keeps sessions in handle order overrides it with a scan
-    /// that starts at `query.after` and stops after the page.
-    fn list_sessions(&self, query: &SessionQuery<'_>) -> Result<SessionsPage, StoreError> {
-        list_sessions_by_export(self, query)
-    }
-
-    /// Removes up to `limit` sessions whose refresh expiry is at or before
-    /// `now_ms`; returns how many were removed.
-    fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError>;
-
-    /// A user's buckets, if any were ever written.
-    fn user_data(&self, tenant_id: &str, user_id: &str) -> Result<Option<UserData>, StoreError>;
-
-    /// Atomically replaces a user's buckets with what `change` makes of the
-    /// current ones (empty when there are none); `None` keeps them. The
-    /// closure may run several times and must be pure. Returns what is stored.
-    fn update_user_data(
-        &self,
-        tenant_id: &str,
-        user_id: &str,
-        change: &mut dyn FnMut(&UserData) -> Option<UserData>,
-    ) -> Result<UserData, StoreError>;
-
-    /// Hands every primary record to `visit`: sessions, buckets, keys,
-    /// secrets. Records present for the whole export are all visited.
-    fn export(
-        &self,
-        visit: &mut dyn FnMut(Exported) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError>;
-
-    /// Writes one exported record back, rebuilding its indexes.
-    fn import(&self, item: Exported) -> Result<(), StoreError>;
-
-    /// How many sessions are stored, expired or not.
-    fn count_sessions(&self) -> Result<u64, StoreError>;
-
-    /// Bytes the store occupies on disk.
-    fn size_on_disk(&self) -> Result<u64, StoreError>;
-
-    /// All stored signing keys.
-    fn keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
-
-    /// Inserts or replaces a signing key.
-    fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
-
-    /// Removes a signing key.
-    fn delete_key(&self, kid: &str) -> Result<(), StoreError>;
-
-    /// Returns the server secret called `name`, creating it with `make` the
-    /// first time (atomically: concurrent first calls agree on one value).
-    fn secret(&self, name: &str, make: &mut dyn FnMut() -> Vec<u8>) -> Result<Vec<u8>, StoreError>;
-
-    /// Replaces the secret called `name` with `new` if it is still
-    /// `current`; false (and nothing written) when it is not.
-    fn replace_secret(&self, name: &str, current: &[u8], new: &[u8]) -> Result<bool, StoreError>;
-
-    /// Resolves once every write that returned before this call is durable.
-    /// Concurrent callers share one flush.
-    fn durable(&self) -> BoxFuture<Result<(), StoreError>>;
-
-    /// The store's own id, which its backups carry, so that the log of one
-    /// store is never replayed into a backup of another.
-    fn store_id(&self) -> Option<String> {
-        None
-    }
-
-    /// Where the store's write-ahead log stands: a backup taken now is
-    /// brought up to date by replaying the log from here. `None` for a
-    /// store without such a log.
-    fn log_position(&self) -> Option<u64> {
-        None
-    }
-
-    /// A backup begun at log `position` was written whole: the log before
-    /// the previous backup's position is no longer needed.
-    fn backup_taken(&self, position: u64) -> Result<(), StoreError> {
-        let _ = position;
-        Ok(())
-    }
-
-    /// Whether the store takes writes now, and its changes; `None` for a
-    /// store that never stops taking them (or cannot tell).
-    fn writable(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
-        None
-    }
-}
-
-/// [`SessionStore::list_sessions`] for any backend: reads every record.
-pub(crate) fn list_sessions_by_export(
-    store: &(impl SessionStore + ?Sized),
-    query: &SessionQuery<'_>,
-) -> Result<SessionsPage, StoreError> {
-    let mut found = Vec::new();
-    store.export(&mut |item| {
-        if let Exported::Session(r) = item {
-            let listed = ListedSession::of(&r);
-            if query.after.is_none_or(|a| listed.handle.as_str() > a) && query.matches(&listed) {
-                found.push(listed);
-            }
-        }
-        Ok(())
-    })?;
-    found.sort_by(|a, b| a.handle.cmp(&b.handle));
-    let mut page = SessionsPage::default();
-    for session in found {
-        if !page.offer(session, query.limit) {
-            break;
-        }
-    }
-    Ok(page)
-}
-
-/// Runs a store call that touches many records (a revocation of hundreds of
-/// sessions, a sweep batch) without stalling the async worker's other
-/// tasks: on the multi-threaded runtime the worker hands its tasks over
-/// first; elsewhere (single-threaded test runtimes) it simply runs.
-///
-/// Single-record calls do not use it: a write only touches memory (the disk
-/// work is the log's sync, awaited through [`SessionStore::durable`]), and
-/// handing the worker over costs more CPU than such a call (measured: about
-/// 70 µs of server CPU per durable write).
-pub fn blocking<R>(call: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(call),
-        _ => call(),
     }
 }

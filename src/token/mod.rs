@@ -121,6 +121,12 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(digest::digest(&digest::SHA256, data))
 }
 
+/// SHA-256 of `data`, as the store keeps token hashes.
+pub fn sha256(data: &[u8]) -> crate::store::TokenHash {
+    let digest = digest::digest(&digest::SHA256, data);
+    crate::store::TokenHash(digest.as_ref().try_into().expect("a SHA-256 is 32 bytes"))
+}
+
 /// Compares two secrets in time independent of where they differ (their
 /// lengths are not secret).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {

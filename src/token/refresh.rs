@@ -9,8 +9,9 @@
 
 use aws_lc_rs::hmac;
 
-use super::{TokenError, b64url, b64url_decode, ct_eq, random_bytes, sha256_hex};
+use super::{TokenError, b64url, b64url_decode, ct_eq, random_bytes};
 use crate::ids::SessionHandle;
+use crate::store::TokenHash;
 
 const VERSION: u8 = 1;
 const MAC_LEN: usize = 16;
@@ -73,8 +74,8 @@ impl RefreshTokens {
 
 /// The hash under which a refresh token is stored (and carried in access
 /// tokens as `refreshTokenHash1`).
-pub fn hash(token: &str) -> String {
-    sha256_hex(token.as_bytes())
+pub fn hash(token: &str) -> TokenHash {
+    super::sha256(token.as_bytes())
 }
 
 #[cfg(test)]

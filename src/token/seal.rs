@@ -22,12 +22,12 @@ use std::sync::Arc;
 
 use super::KeyError;
 use super::kek::{self, Kek};
-use crate::store::{KeyRecord, SealedKey, SessionStore, StoreError};
+use crate::store::{KeyRecord, SealedKey, Store, StoreError};
 
 /// The store's keys and secrets, through the key-encryption key when there
 /// is one.
 pub struct Vault {
-    store: Arc<dyn SessionStore>,
+    store: Arc<dyn Store>,
     kek: Option<Arc<Kek>>,
 }
 
@@ -59,7 +59,7 @@ impl LoadedKeys {
 
 impl Vault {
     /// The vault of `store`, sealing with `kek` when given.
-    pub fn new(store: Arc<dyn SessionStore>, kek: Option<Arc<Kek>>) -> Self {
+    pub fn new(store: Arc<dyn Store>, kek: Option<Arc<Kek>>) -> Self {
         Self { store, kek }
     }
 
@@ -69,12 +69,13 @@ impl Vault {
     }
 
     /// The stored keys, opened.
-    pub fn load_keys(&self) -> Result<LoadedKeys, KeyError> {
+    pub async fn load_keys(&self) -> Result<LoadedKeys, KeyError> {
         let mut plaintext = 0;
         let mut stale = 0;
         let records = self
             .store
-            .keys()?
+            .keys()
+            .await?
             .into_iter()
             .map(|mut r| {
                 let Some(sealed) = r.sealed.take() else {
@@ -102,9 +103,9 @@ impl Vault {
     }
 
     /// Stores a key, sealed when there is a KEK.
-    pub fn put_key(&self, record: &KeyRecord) -> Result<(), KeyError> {
+    pub async fn put_key(&self, record: &KeyRecord) -> Result<(), KeyError> {
         match &self.kek {
-            None => self.store.put_key(record)?,
+            None => self.store.put_key(record).await?,
             Some(kek) => {
                 let (nonce, ciphertext) = kek.seal(record.kid.as_bytes(), &record.private_pkcs8);
                 let sealed = KeyRecord {
@@ -112,15 +113,15 @@ impl Vault {
                     sealed: Some(SealedKey { nonce, ciphertext }),
                     ..record.clone()
                 };
-                self.store.put_key(&sealed)?;
+                self.store.put_key(&sealed).await?;
             }
         }
         Ok(())
     }
 
     /// The server secret called `name`; see [`secret`].
-    pub fn secret(&self, name: &str, what: &str) -> Result<Vec<u8>, KeyError> {
-        secret(self.store.as_ref(), self.kek.as_deref(), name, what)
+    pub async fn secret(&self, name: &str, what: &str) -> Result<Vec<u8>, KeyError> {
+        secret(self.store.as_ref(), self.kek.as_deref(), name, what).await
     }
 }
 
@@ -140,8 +141,8 @@ fn open(
 /// The server secret called `name` in `store` (32 random bytes, made on a
 /// new store), sealed with `kek` when there is one; `what` names it for the
 /// operator. The caller makes a first write durable.
-pub fn secret(
-    store: &dyn SessionStore,
+pub async fn secret(
+    store: &dyn Store,
     kek: Option<&Kek>,
     name: &str,
     what: &str,
@@ -150,13 +151,15 @@ pub fn secret(
     // Bounded: only a concurrent writer of the same secret can make a
     // replacement miss, and one data directory has one server.
     for _ in 0..3 {
-        let stored = store.secret(name, &mut || {
-            let fresh = super::random_bytes::<32>().to_vec();
-            match kek {
-                Some(kek) => kek.seal_value(aad, &fresh),
-                None => fresh,
-            }
-        })?;
+        let stored = store
+            .secret(name, &mut || {
+                let fresh = super::random_bytes::<32>().to_vec();
+                match kek {
+                    Some(kek) => kek.seal_value(aad, &fresh),
+                    None => fresh,
+                }
+            })
+            .await?;
         let sealed = kek::is_sealed_value(&stored);
         let Some(kek) = kek else {
             if sealed {
@@ -173,7 +176,10 @@ pub fn secret(
         } else {
             (stored.clone(), "in plaintext")
         };
-        if store.replace_secret(name, &stored, &kek.seal_value(aad, &plaintext))? {
+        if store
+            .replace_secret(name, &stored, &kek.seal_value(aad, &plaintext))
+            .await?
+        {
             tracing::info!(was, "sealed {what} with the key-encryption key");
             return Ok(plaintext);
         }
@@ -184,7 +190,7 @@ pub fn secret(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryStore;
+    use crate::store::{KeysAndSecrets, MemoryStore};
     use crate::token::kek;
     use crate::token::refresh::RefreshTokens;
 
@@ -192,74 +198,93 @@ mod tests {
         Kek::from_text(&format!("{byte:02x}").repeat(32)).unwrap()
     }
 
-    fn stored(store: &dyn SessionStore) -> Vec<u8> {
+    async fn stored(store: &dyn Store) -> Vec<u8> {
         store
             .secret(RefreshTokens::SECRET_NAME, &mut || panic!("made already"))
+            .await
             .unwrap()
     }
 
     /// The refresh-token MAC secret, as the session rules open it.
-    fn mac_secret(store: &dyn SessionStore, kek: Option<&Kek>) -> Result<Vec<u8>, KeyError> {
+    async fn mac_secret(store: &dyn Store, kek: Option<&Kek>) -> Result<Vec<u8>, KeyError> {
         secret(
             store,
             kek,
             RefreshTokens::SECRET_NAME,
             RefreshTokens::SECRET_WHAT,
         )
+        .await
     }
 
-    #[test]
-    fn the_secret_is_sealed_with_a_kek_and_refused_without_it() {
+    #[tokio::test]
+    async fn the_secret_is_sealed_with_a_kek_and_refused_without_it() {
         let store = MemoryStore::shared();
 
         // Made on a new store: plaintext without a KEK, then sealed once
         // one is configured, and the same secret either way.
-        let plain = mac_secret(store.as_ref(), None).unwrap();
-        assert_eq!(stored(store.as_ref()), plain);
-        assert_eq!(mac_secret(store.as_ref(), Some(&kek(1))).unwrap(), plain);
-        let sealed = stored(store.as_ref());
+        let plain = mac_secret(store.as_ref(), None).await.unwrap();
+        assert_eq!(stored(store.as_ref()).await, plain);
+        assert_eq!(
+            mac_secret(store.as_ref(), Some(&kek(1))).await.unwrap(),
+            plain
+        );
+        let sealed = stored(store.as_ref()).await;
         assert!(kek::is_sealed_value(&sealed), "sealed in the store");
-        assert_eq!(mac_secret(store.as_ref(), Some(&kek(1))).unwrap(), plain);
-        assert_eq!(stored(store.as_ref()), sealed, "sealed once");
+        assert_eq!(
+            mac_secret(store.as_ref(), Some(&kek(1))).await.unwrap(),
+            plain
+        );
+        assert_eq!(stored(store.as_ref()).await, sealed, "sealed once");
 
         // Without the KEK, or with another, the start stops; nothing changes.
         for (other, says) in [
             (None, "no key-encryption key"),
             (Some(kek(2)), "does not open"),
         ] {
-            let err = mac_secret(store.as_ref(), other.as_ref()).unwrap_err();
+            let err = mac_secret(store.as_ref(), other.as_ref())
+                .await
+                .unwrap_err();
             assert!(err.to_string().contains(says), "{err}");
-            assert_eq!(stored(store.as_ref()), sealed, "never replaced");
+            assert_eq!(stored(store.as_ref()).await, sealed, "never replaced");
         }
 
         // A new KEK with the replaced one as its predecessor seals the
         // secret again under the new one; the old KEK alone no longer opens it.
         let rotating = kek(3).with_previous(kek(1));
-        assert_eq!(mac_secret(store.as_ref(), Some(&rotating)).unwrap(), plain);
-        let resealed = stored(store.as_ref());
+        assert_eq!(
+            mac_secret(store.as_ref(), Some(&rotating)).await.unwrap(),
+            plain
+        );
+        let resealed = stored(store.as_ref()).await;
         assert_ne!(resealed, sealed);
-        assert_eq!(mac_secret(store.as_ref(), Some(&kek(3))).unwrap(), plain);
-        assert_eq!(stored(store.as_ref()), resealed, "sealed again once");
-        let err = mac_secret(store.as_ref(), Some(&kek(1))).unwrap_err();
+        assert_eq!(
+            mac_secret(store.as_ref(), Some(&kek(3))).await.unwrap(),
+            plain
+        );
+        assert_eq!(stored(store.as_ref()).await, resealed, "sealed again once");
+        let err = mac_secret(store.as_ref(), Some(&kek(1))).await.unwrap_err();
         assert!(err.to_string().contains("does not open"), "{err}");
 
         // A new store with a KEK never holds the secret in plaintext.
         let store = MemoryStore::shared();
-        let secret = mac_secret(store.as_ref(), Some(&kek(1))).unwrap();
+        let secret = mac_secret(store.as_ref(), Some(&kek(1))).await.unwrap();
         assert_eq!(secret.len(), 32);
-        let value = stored(store.as_ref());
+        let value = stored(store.as_ref()).await;
         assert!(kek::is_sealed_value(&value) && !value.windows(32).any(|w| w == secret));
     }
 
     /// The formats data directories hold today keep opening: a secret
     /// sealed whole into one value, and a key record's nonce and ciphertext.
-    #[test]
-    fn both_stored_formats_open_and_a_key_without_its_kek_is_refused() {
+    #[tokio::test]
+    async fn both_stored_formats_open_and_a_key_without_its_kek_is_refused() {
         let store = MemoryStore::shared();
         let value = kek(1).seal_value(b"other-secret", &[5u8; 32]);
-        store.secret("other-secret", &mut || value.clone()).unwrap();
+        store
+            .secret("other-secret", &mut || value.clone())
+            .await
+            .unwrap();
         let vault = Vault::new(store.clone(), Some(Arc::new(kek(1))));
-        assert_eq!(vault.secret("other-secret", "it").unwrap(), [5u8; 32]);
+        assert_eq!(vault.secret("other-secret", "it").await.unwrap(), [5u8; 32]);
 
         let (nonce, ciphertext) = kek(1).seal(b"d-1", b"pkcs8");
         let record = KeyRecord {
@@ -273,14 +298,15 @@ mod tests {
             max_jwt_exp_ms: 0,
             is_static: false,
         };
-        store.put_key(&record).unwrap();
-        let loaded = vault.load_keys().unwrap();
+        store.put_key(&record).await.unwrap();
+        let loaded = vault.load_keys().await.unwrap();
         assert_eq!(loaded.records[0].private_pkcs8, b"pkcs8");
         assert!(loaded.records[0].sealed.is_none());
         assert!(!loaded.need_sealing(&vault));
 
         let err = Vault::new(store.clone(), None)
             .load_keys()
+            .await
             .err()
             .expect("refused");
         assert!(err.to_string().contains("no key-encryption key"), "{err}");

@@ -405,7 +405,7 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
 #[tokio::test]
 async fn keys_and_the_mac_secret_are_sealed_and_a_wrong_kek_refuses_to_start() {
     use base64::Engine;
-    use sessiond::store::SessionStore;
+    use sessiond::store::KeysAndSecrets;
     use sessiond::token::kek::Kek;
     let owned = |byte: u8| {
         Kek::from_text(&base64::engine::general_purpose::STANDARD.encode([byte; 32])).unwrap()
@@ -421,13 +421,14 @@ async fn keys_and_the_mac_secret_are_sealed_and_a_wrong_kek_refuses_to_start() {
     config.key_encryption_key = Some(kek(1));
     let dir = Arc::try_unwrap(dir).expect("the test holds the only handle");
     let data = dir.path().to_owned();
-    let mac = |data: &std::path::Path| {
+    let mac = async |data: &std::path::Path| {
         let store = open_store(data);
         store
             .secret("refresh-token-mac", &mut || panic!("the secret exists"))
+            .await
             .unwrap()
     };
-    let plain_mac = mac(&data);
+    let plain_mac = mac(&data).await;
     assert_eq!(plain_mac.len(), 32, "stored in plaintext without a KEK");
     let server = TestServer::start_in(dir, |c| c.key_encryption_key = Some(kek(1))).await;
     let mut c = server.sessions().await;
@@ -442,7 +443,7 @@ async fn keys_and_the_mac_secret_are_sealed_and_a_wrong_kek_refuses_to_start() {
 
     let sealed = {
         let store = open_store(&data);
-        let keys = store.keys().unwrap();
+        let keys = store.keys().await.unwrap();
         assert!(
             keys.iter()
                 .all(|k| k.private_pkcs8.is_empty() && k.sealed.is_some()),
@@ -450,7 +451,7 @@ async fn keys_and_the_mac_secret_are_sealed_and_a_wrong_kek_refuses_to_start() {
         );
         keys
     };
-    let sealed_mac = mac(&data);
+    let sealed_mac = mac(&data).await;
     assert!(
         sealed_mac.starts_with(b"sealed:") && !sealed_mac.windows(32).any(|w| w == plain_mac),
         "the MAC secret is sealed, not stored beside its sealed form"
@@ -471,12 +472,12 @@ async fn keys_and_the_mac_secret_are_sealed_and_a_wrong_kek_refuses_to_start() {
         );
         let store = open_store(&data);
         assert_eq!(
-            store.keys().unwrap(),
+            store.keys().await.unwrap(),
             sealed,
             "keys untouched, never regenerated"
         );
         drop(store);
-        assert_eq!(mac(&data), sealed_mac, "the MAC secret untouched");
+        assert_eq!(mac(&data).await, sealed_mac, "the MAC secret untouched");
     }
     drop(dir);
 }

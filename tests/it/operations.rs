@@ -458,7 +458,10 @@ async fn no_secret_reaches_the_log_even_at_trace() {
         ("rotated refresh token".into(), r2.clone()),
         ("third refresh token".into(), r3.clone()),
     ];
-    for key in sessiond::store::SessionStore::keys(store.as_ref()).unwrap() {
+    for key in sessiond::store::KeysAndSecrets::keys(store.as_ref())
+        .await
+        .unwrap()
+    {
         let middle =
             &key.private_pkcs8[key.private_pkcs8.len() / 2..key.private_pkcs8.len() / 2 + 24];
         secrets.push((
@@ -482,11 +485,12 @@ async fn no_secret_reaches_the_log_even_at_trace() {
             URL_SAFE_NO_PAD.encode(middle)[..28].to_owned(),
         ));
     }
-    let mac = sessiond::store::SessionStore::secret(
+    let mac = sessiond::store::KeysAndSecrets::secret(
         store.as_ref(),
         "refresh-token-mac",
         &mut || unreachable!(),
     )
+    .await
     .unwrap();
     secrets.push((
         "refresh MAC secret (hex)".into(),

@@ -40,14 +40,14 @@
 //! own flush: each write is applied to the trees, then its after-image is
 //! appended to the log while the write's lock stripe is still held (so the
 //! log orders the writes of one key as the trees did). One flusher thread
-//! answers [`SessionStore::durable`](crate::store::SessionStore::durable): it answers every waiter queued before
+//! answers [`Durability::durable`](crate::store::Durability::durable): it answers every waiter queued before
 //! it started with the result of one log write and `fdatasync` (group
 //! commit). A checkpoint thread flushes sled every second and deletes the
 //! log segments that flush covered; on open, what is left is replayed.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak, mpsc};
+use std::sync::{Arc, Mutex, Weak, mpsc};
 use std::time::Duration;
 
 use sled::Tree;
@@ -64,6 +64,7 @@ use crate::store::{Change, FlushObserver, StoreError};
 mod calls;
 mod trees;
 mod upgrade;
+mod write;
 
 /// How often sled is flushed and the log behind the flush dropped.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
@@ -253,17 +254,6 @@ impl SledInstance {
             .map_err(|e| StoreError::io("write-ahead log", &e))
     }
 
-    /// The lock stripe of one key of one tree.
-    fn stripe(&self, tree: TreeId, key: &[u8]) -> MutexGuard<'_, ()> {
-        self.lock_stripe(stripe_index(tree, key))
-    }
-
-    fn lock_stripe(&self, index: usize) -> MutexGuard<'_, ()> {
-        self.stripes[index]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Writes (or with `None` removes) one key of a single-tree record, and
     /// logs it.
     fn put_logged(
@@ -273,10 +263,11 @@ impl SledInstance {
         key: &[u8],
         value: Option<&[u8]>,
     ) -> Result<(), StoreError> {
-        let _order = self.stripe(id, key);
-        write_key(tree, key, value)?;
-        self.wal.append(id, key, value);
-        Ok(())
+        self.logged(id, &[key], |log| {
+            write_key(tree, key, value)?;
+            log.put(key, value);
+            Ok(())
+        })
     }
 
     /// The sweep's visit of one user index entry: nothing unless its filed
@@ -289,13 +280,15 @@ impl SledInstance {
             self.sessions.by_user.remove(key).map_err(backend)?;
             return Ok(false);
         };
-        let _order = self.stripe(TreeId::Sessions, handle.as_bytes());
-        match self.sessions.sweep_entry(key, handle, now_ms) {
-            Ok(true) => {
-                self.wal.append(TreeId::Sessions, handle.as_bytes(), None);
-                Ok(true)
+        let swept = self.logged(TreeId::Sessions, &[handle.as_bytes()], |log| {
+            let removed = self.sessions.sweep_entry(key, handle, now_ms)?;
+            if removed {
+                log.put(handle.as_bytes(), None);
             }
-            Ok(false) => Ok(false),
+            Ok(removed)
+        });
+        match swept {
+            Ok(removed) => Ok(removed),
             // One damaged record must not stop every later sweep at the
             // same place: it stays, and is reported.
             Err(StoreError::Corrupt(e)) => {

@@ -17,7 +17,7 @@
 //!   [`StoreError::Unavailable`] saying why, so a refused write is never
 //!   left half done in memory;
 //! - goes on answering reads from the open instance;
-//! - reports itself not writable ([`SessionStore::writable`]), which the
+//! - reports itself not writable ([`Durability::writable`](crate::store::Durability::writable)), which the
 //!   server turns into health NOT_SERVING and a metric;
 //! - checks the disk every [`PROBE_EVERY`] by writing and syncing
 //!   [`PROBE_BYTES`] in the data directory, and once that succeeds, closes
@@ -30,12 +30,16 @@
 //! whole before the failure; it is then found applied after the reopen, as
 //! after any crash. A write never comes back partly applied.
 //!
-//! Beside this handle: `instance` (one opening of sled: its trees, threads
-//! and calls), `wal` (the write-ahead log and its archive), `record` (the
-//! stored form of a session) and `dir` (the data directory before sled
+//! Beside this handle: `dispatch` (the store traits on it, and which calls
+//! run inline and which hand the async worker over), `instance` (one
+//! opening of sled: its trees, threads and calls), `wal` (the write-ahead
+//! log and its archive), `record` (the stored form of a session), `format`
+//! (that of keys and buckets) and `dir` (the data directory before sled
 //! opens it).
 
 pub(super) mod dir;
+mod dispatch;
+mod format;
 mod instance;
 pub(super) mod record;
 pub(super) mod wal;
@@ -51,10 +55,7 @@ use tokio::sync::watch;
 
 use self::dir as sled_dir;
 use self::instance::{FailureHook, SledInstance};
-use super::{
-    BoxFuture, Change, Exported, FlushObserver, KeyRecord, Lineage, SessionQuery, SessionRecord,
-    SessionStore, SessionsPage, StoreError, UserData, UserSession,
-};
+use super::{FlushObserver, StoreError};
 
 /// How often a store whose disk failed checks whether it can write again.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -459,123 +460,5 @@ fn recovery(store: Weak<SledStore>) {
         {
             store.reopen();
         }
-    }
-}
-
-impl SessionStore for SledStore {
-    fn create_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        self.write("create_session", |s| s.create_session(record))
-    }
-
-    fn session(&self, handle: &str) -> Result<Option<SessionRecord>, StoreError> {
-        self.read("session", |s| s.session(handle))
-    }
-
-    fn session_lineage(&self, handle: &str) -> Result<Option<Lineage>, StoreError> {
-        self.read("session_lineage", |s| s.session_lineage(handle))
-    }
-
-    fn update_session(
-        &self,
-        handle: &str,
-        decide: &mut dyn FnMut(Option<&SessionRecord>) -> Change,
-    ) -> Result<Change, StoreError> {
-        self.write("update_session", |s| s.update_session(handle, decide))
-    }
-
-    fn delete_sessions(&self, handles: &[String]) -> Result<Vec<UserSession>, StoreError> {
-        self.write("delete_sessions", |s| s.delete_sessions(handles))
-    }
-
-    fn user_sessions(
-        &self,
-        user_id: &str,
-        tenant_id: Option<&str>,
-    ) -> Result<Vec<UserSession>, StoreError> {
-        self.read("user_sessions", |s| s.user_sessions(user_id, tenant_id))
-    }
-
-    fn list_sessions(&self, query: &SessionQuery<'_>) -> Result<SessionsPage, StoreError> {
-        self.read("list_sessions", |s| s.list_sessions(query))
-    }
-
-    fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
-        self.write("sweep_expired", |s| s.sweep_expired(now_ms, limit))
-    }
-
-    fn user_data(&self, tenant_id: &str, user_id: &str) -> Result<Option<UserData>, StoreError> {
-        self.read("user_data", |s| s.user_data(tenant_id, user_id))
-    }
-
-    fn update_user_data(
-        &self,
-        tenant_id: &str,
-        user_id: &str,
-        change: &mut dyn FnMut(&UserData) -> Option<UserData>,
-    ) -> Result<UserData, StoreError> {
-        self.write("update_user_data", |s| {
-            s.update_user_data(tenant_id, user_id, change)
-        })
-    }
-
-    fn export(
-        &self,
-        visit: &mut dyn FnMut(Exported) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        self.read("export", |s| s.export(visit))
-    }
-
-    fn import(&self, item: Exported) -> Result<(), StoreError> {
-        self.write("import", |s| s.import(item))
-    }
-
-    fn count_sessions(&self) -> Result<u64, StoreError> {
-        self.read("count_sessions", |s| s.count_sessions())
-    }
-
-    fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.read("size_on_disk", |s| s.size_on_disk())
-    }
-
-    fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        self.read("keys", |s| s.keys())
-    }
-
-    fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        self.write("put_key", |s| s.put_key(key))
-    }
-
-    fn delete_key(&self, kid: &str) -> Result<(), StoreError> {
-        self.write("delete_key", |s| s.delete_key(kid))
-    }
-
-    fn secret(&self, name: &str, make: &mut dyn FnMut() -> Vec<u8>) -> Result<Vec<u8>, StoreError> {
-        self.write("secret", |s| s.secret(name, make))
-    }
-
-    fn replace_secret(&self, name: &str, current: &[u8], new: &[u8]) -> Result<bool, StoreError> {
-        self.write("replace_secret", |s| s.replace_secret(name, current, new))
-    }
-
-    fn durable(&self) -> BoxFuture<Result<(), StoreError>> {
-        let waited = self.instance().map(|s| s.durable());
-        let health = self.health.clone();
-        Box::pin(async move { health.watch(waited?.await.map_err(|e| e.during("durable"))) })
-    }
-
-    fn writable(&self) -> Option<watch::Receiver<bool>> {
-        Some(self.health.writable.subscribe())
-    }
-
-    fn store_id(&self) -> Option<String> {
-        Some(self.id.clone())
-    }
-
-    fn log_position(&self) -> Option<u64> {
-        self.instance().ok().map(|s| s.log_position())
-    }
-
-    fn backup_taken(&self, position: u64) -> Result<(), StoreError> {
-        self.write("backup_taken", |s| s.backup_taken(position))
     }
 }

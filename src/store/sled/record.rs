@@ -13,15 +13,22 @@
 //! access_payload, data                     u32 length + JSON object each
 //! ```
 //!
-//! A hash is `u8 1` + 32 bytes when it is 64 lowercase hex digits (a
-//! SHA-256, which every hash the service writes is), else `u8 0` + a u16
-//! length + UTF-8. An optional hash is `u8 0` when absent. The fixed part
-//! comes first, so [`decode_lineage`] reads what checking an access token
-//! against the store needs without parsing the JSON.
+//! A hash is `u8 1` + its 32 bytes. Records written before hashes were
+//! bytes in the store model may hold `u8 0` + a u16 length + UTF-8 (a hash
+//! that was not 64 lowercase hex digits); it is read as hex, and a text
+//! that is not a SHA-256 is a corrupt record. An optional hash is `u8 0`
+//! when absent. The fixed part comes first, so [`decode_lineage`] reads what
+//! checking an access token against the store needs without parsing the
+//! JSON.
+//!
+//! Version 1's JSON is this file's own ([`V1Session`]): the store model has
+//! no serde, so renaming a field of it never changes what old data
+//! directories hold.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::store::{Generation, SessionRecord};
+use crate::store::{Generation, Lineage, SessionRecord, TokenHash};
 
 /// Version byte of JSON records.
 pub(super) const V1: u8 = 1;
@@ -33,43 +40,77 @@ const V3: u8 = 3;
 const HASH_TEXT: u8 = 0;
 const HASH_SHA256: u8 = 1;
 
-/// What checking an access token against the store reads of a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lineage {
-    /// The session's user.
-    pub user_id: String,
-    /// The session's tenant.
-    pub tenant_id: String,
-    /// Refresh expiry, ms.
-    pub expires_at_ms: u64,
-    /// Hash of the current refresh token.
-    pub current_refresh_hash: String,
-    /// Hash of the previous refresh token, if any.
-    pub previous_refresh_hash: Option<String>,
+/// A session as version 1 stored it: JSON, hashes as hex.
+#[derive(Serialize, Deserialize)]
+pub(super) struct V1Session {
+    handle: String,
+    user_id: String,
+    tenant_id: String,
+    access_payload: Map<String, Value>,
+    data: Map<String, Value>,
+    created_at_ms: u64,
+    expires_at_ms: u64,
+    current: V1Generation,
+    previous: Option<V1Generation>,
+    rotated_at_ms: u64,
 }
 
-impl Lineage {
-    /// The lineage of a whole record.
-    pub fn of(r: &SessionRecord) -> Self {
-        Self {
-            user_id: r.user_id.clone(),
-            tenant_id: r.tenant_id.clone(),
-            expires_at_ms: r.expires_at_ms,
-            current_refresh_hash: r.current.refresh_hash.clone(),
-            previous_refresh_hash: r.previous.as_ref().map(|p| p.refresh_hash.clone()),
-        }
+#[derive(Serialize, Deserialize)]
+struct V1Generation {
+    refresh_hash: String,
+    anti_csrf_hash: Option<String>,
+}
+
+fn hex_hash(text: &str) -> Result<TokenHash, String> {
+    TokenHash::from_hex(text).ok_or_else(|| "a stored hash is not a SHA-256".to_owned())
+}
+
+impl TryFrom<V1Generation> for Generation {
+    type Error = String;
+    fn try_from(g: V1Generation) -> Result<Self, String> {
+        Ok(Self {
+            refresh_hash: hex_hash(&g.refresh_hash)?,
+            anti_csrf_hash: g.anti_csrf_hash.as_deref().map(hex_hash).transpose()?,
+        })
     }
 }
 
-impl From<SessionRecord> for Lineage {
-    /// The lineage of a record no longer needed: its strings move.
-    fn from(r: SessionRecord) -> Self {
-        Self {
+impl TryFrom<V1Session> for SessionRecord {
+    type Error = String;
+    fn try_from(r: V1Session) -> Result<Self, String> {
+        Ok(Self {
+            handle: r.handle,
             user_id: r.user_id,
             tenant_id: r.tenant_id,
+            access_payload: r.access_payload,
+            data: r.data,
+            created_at_ms: r.created_at_ms,
             expires_at_ms: r.expires_at_ms,
-            current_refresh_hash: r.current.refresh_hash,
-            previous_refresh_hash: r.previous.map(|p| p.refresh_hash),
+            current: r.current.try_into()?,
+            previous: r.previous.map(Generation::try_from).transpose()?,
+            rotated_at_ms: r.rotated_at_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+impl From<&SessionRecord> for V1Session {
+    fn from(r: &SessionRecord) -> Self {
+        let generation = |g: &Generation| V1Generation {
+            refresh_hash: g.refresh_hash.to_hex(),
+            anti_csrf_hash: g.anti_csrf_hash.as_ref().map(TokenHash::to_hex),
+        };
+        Self {
+            handle: r.handle.clone(),
+            user_id: r.user_id.clone(),
+            tenant_id: r.tenant_id.clone(),
+            access_payload: r.access_payload.clone(),
+            data: r.data.clone(),
+            created_at_ms: r.created_at_ms,
+            expires_at_ms: r.expires_at_ms,
+            current: generation(&r.current),
+            previous: r.previous.as_ref().map(generation),
+            rotated_at_ms: r.rotated_at_ms,
         }
     }
 }
@@ -121,7 +162,9 @@ fn binary(bytes: &[u8]) -> Option<Result<(Reader<'_>, Option<String>), String>> 
 pub(super) fn decode_session(handle: &str, bytes: &[u8]) -> Result<SessionRecord, String> {
     let Some(binary) = binary(bytes) else {
         return match bytes.split_first() {
-            Some((&V1, rest)) => serde_json::from_slice(rest).map_err(|e| e.to_string()),
+            Some((&V1, rest)) => serde_json::from_slice::<V1Session>(rest)
+                .map_err(|e| e.to_string())?
+                .try_into(),
             Some((v, _)) => Err(format!("unknown record version {v}")),
             None => Err("empty record".to_owned()),
         };
@@ -172,17 +215,9 @@ fn push_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&s.as_bytes()[..end]);
 }
 
-fn push_hash(out: &mut Vec<u8>, h: &str) {
-    match sha256_bytes(h) {
-        Some(raw) => {
-            out.push(HASH_SHA256);
-            out.extend_from_slice(&raw);
-        }
-        None => {
-            out.push(HASH_TEXT);
-            push_str(out, h);
-        }
-    }
+fn push_hash(out: &mut Vec<u8>, h: &TokenHash) {
+    out.push(HASH_SHA256);
+    out.extend_from_slice(&h.0);
 }
 
 fn push_generation(out: &mut Vec<u8>, g: &Generation) {
@@ -194,17 +229,6 @@ fn push_generation(out: &mut Vec<u8>, g: &Generation) {
             push_hash(out, h);
         }
     }
-}
-
-/// The 32 bytes of a lowercase hex SHA-256, which alone round-trips exactly.
-fn sha256_bytes(h: &str) -> Option<[u8; 32]> {
-    // Uppercase digits would come back lowercase: those stay text.
-    if !h.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
-        return None;
-    }
-    let mut raw = [0; 32];
-    hex::decode_to_slice(h, &mut raw).ok()?;
-    Some(raw)
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -261,15 +285,15 @@ impl Reader<'_> {
         })
     }
 
-    fn hash(&mut self) -> Result<String, String> {
+    fn hash(&mut self) -> Result<TokenHash, String> {
         match self.u8()? {
-            HASH_SHA256 => Ok(hex::encode(self.take(32)?)),
-            HASH_TEXT => self.str(),
+            HASH_SHA256 => Ok(TokenHash(self.take(32)?.try_into().expect("32 bytes"))),
+            HASH_TEXT => hex_hash(&self.str()?),
             t => Err(format!("unknown hash tag {t}")),
         }
     }
 
-    fn optional_hash(&mut self) -> Result<Option<String>, String> {
+    fn optional_hash(&mut self) -> Result<Option<TokenHash>, String> {
         match self.u8()? {
             0 => Ok(None),
             _ => self.hash().map(Some),
@@ -308,12 +332,11 @@ mod tests {
             created_at_ms: 1,
             expires_at_ms: u64::MAX,
             current: Generation {
-                refresh_hash: "ab".repeat(32),
-                anti_csrf_hash: Some("0f".repeat(32)),
+                refresh_hash: TokenHash([0xab; 32]),
+                anti_csrf_hash: Some(TokenHash([0x0f; 32])),
             },
             previous: Some(Generation {
-                // Not a SHA-256 (upper case): kept as text.
-                refresh_hash: "AB".repeat(32),
+                refresh_hash: TokenHash([0xcd; 32]),
                 anti_csrf_hash: None,
             }),
             rotated_at_ms: 42,
@@ -341,7 +364,7 @@ mod tests {
             "the key holds the handle"
         );
         let mut v1 = vec![V1];
-        serde_json::to_writer(&mut v1, &r).unwrap();
+        serde_json::to_writer(&mut v1, &V1Session::from(&r)).unwrap();
         assert_eq!(
             decode_session("", &v1).unwrap(),
             r,
@@ -362,6 +385,28 @@ mod tests {
         );
         assert_eq!(decode_lineage(&bytes).unwrap(), Lineage::of(&r));
         assert_eq!(decode_lineage(&v1).unwrap(), Lineage::of(&r));
+    }
+
+    #[test]
+    fn a_hash_stored_as_text_reads_as_its_bytes() {
+        let r = sample();
+        let bytes = encode_session(&r);
+        // The current refresh hash follows the version, the two strings and
+        // the three times.
+        let at = 1 + (2 + r.user_id.len()) + (2 + r.tenant_id.len()) + 24;
+        assert_eq!(bytes[at], HASH_SHA256);
+        let as_text = |text: &str| {
+            let mut old = bytes[..at].to_vec();
+            old.push(HASH_TEXT);
+            push_str(&mut old, text);
+            old.extend_from_slice(&bytes[at + 33..]);
+            decode_session(&r.handle, &old)
+        };
+        assert_eq!(
+            as_text(&"AB".repeat(32)).unwrap().current.refresh_hash,
+            TokenHash([0xab; 32])
+        );
+        assert!(as_text("not a hash").is_err());
     }
 
     #[test]

@@ -33,7 +33,7 @@ use super::kek::Kek;
 use super::seal::{LoadedKeys, Vault};
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
-use crate::store::{KeyRecord, SessionStore};
+use crate::store::{KeyRecord, Store};
 use crate::token::SigningAlgorithm;
 use signing::generate_pkcs8;
 
@@ -171,7 +171,7 @@ impl KeySet {
 
 /// The signing keys of the server.
 pub struct KeyRing {
-    store: Arc<dyn SessionStore>,
+    store: Arc<dyn Store>,
     vault: Vault,
     clock: SharedClock,
     config: KeyRingConfig,
@@ -202,7 +202,7 @@ impl KeyRing {
 
     /// Loads the keys from the store, generating the first ones on a new store.
     pub async fn open(
-        store: Arc<dyn SessionStore>,
+        store: Arc<dyn Store>,
         clock: SharedClock,
         config: KeyRingConfig,
         metrics: Arc<Metrics>,
@@ -215,7 +215,7 @@ impl KeyRing {
     /// keys without a KEK, or with another one, are an error: keys are never
     /// regenerated in their place, which would end every session.
     pub async fn open_sealed(
-        store: Arc<dyn SessionStore>,
+        store: Arc<dyn Store>,
         clock: SharedClock,
         config: KeyRingConfig,
         metrics: Arc<Metrics>,
@@ -223,7 +223,7 @@ impl KeyRing {
     ) -> Result<Self, KeyError> {
         let vault = Vault::new(store.clone(), kek);
         let now = clock.now_ms();
-        let loaded = vault.load_keys()?;
+        let loaded = vault.load_keys().await?;
         let reseal = loaded.need_sealing(&vault);
         let LoadedKeys {
             mut records,
@@ -233,7 +233,7 @@ impl KeyRing {
         let mut changed = false;
         if reseal {
             for r in &records {
-                vault.put_key(r)?;
+                vault.put_key(r).await?;
             }
             changed = true;
             if plaintext > 0 {
@@ -259,12 +259,12 @@ impl KeyRing {
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>();
             records.push(new_record(format!("s-{suffix}"), config, now, now, true).await?);
-            vault.put_key(records.last().expect("pushed"))?;
+            vault.put_key(records.last().expect("pushed")).await?;
             changed = true;
         }
         if !records.iter().any(|r| !r.is_static) {
             records.push(new_record(format!("d-{now}"), config, now, now, false).await?);
-            vault.put_key(records.last().expect("pushed"))?;
+            vault.put_key(records.last().expect("pushed")).await?;
             changed = true;
         }
         // Keys that may still sign must stay verifiable for the configured
@@ -281,7 +281,7 @@ impl KeyRing {
                 && r.max_token_lifetime_ms < config.access_lifetime_ms
             {
                 r.max_token_lifetime_ms = config.access_lifetime_ms;
-                vault.put_key(r)?;
+                vault.put_key(r).await?;
                 changed = true;
             }
         }
@@ -424,7 +424,7 @@ impl KeyRing {
             .collect();
         if !retired.is_empty() {
             for k in &retired {
-                self.store.delete_key(k.kid())?;
+                self.store.delete_key(k.kid()).await?;
             }
             self.store.durable().await?;
             let keys = keys_except(&set, |k| retired.iter().any(|r| r.kid() == k.kid()));
@@ -463,7 +463,7 @@ impl KeyRing {
             return Ok(());
         }
         let updated = set.by_kid[kid].with_max_jwt_exp(exp_ms);
-        self.vault.put_key(&updated.record)?;
+        self.vault.put_key(&updated.record).await?;
         self.store.durable().await?;
         let mut keys = keys_except(&set, |k| k.kid() == kid);
         keys.push(Arc::new(updated));
@@ -484,7 +484,7 @@ impl KeyRing {
             false,
         )
         .await?;
-        self.vault.put_key(&record)?;
+        self.vault.put_key(&record).await?;
         self.store.durable().await?;
         let kid = record.kid.clone();
         let mut keys = keys_except(set, |_| false);

@@ -89,7 +89,7 @@ async fn rotation_publishes_before_signing_and_retires_after_the_last_token() {
 
 #[tokio::test]
 async fn keys_left_under_either_kek_are_sealed_again_under_the_new_one() {
-    let store: Arc<dyn SessionStore> = MemoryStore::shared();
+    let store: Arc<dyn Store> = MemoryStore::shared();
     let clock = ManualClock::starting_now();
     let config = KeyRingConfig {
         algorithm: SigningAlgorithm::EdDSA,
@@ -115,7 +115,7 @@ async fn keys_left_under_either_kek_are_sealed_again_under_the_new_one() {
 
     // A change cut short: one key already sealed under the new KEK, the
     // others still under the old one.
-    let mut records = store.keys().unwrap();
+    let mut records = store.keys().await.unwrap();
     assert!(records.len() >= 2);
     let first = &mut records[0];
     let sealed = first.sealed.take().unwrap();
@@ -125,7 +125,7 @@ async fn keys_left_under_either_kek_are_sealed_again_under_the_new_one() {
         .plaintext;
     let (nonce, ciphertext) = kek(2).seal(first.kid.as_bytes(), &plain);
     first.sealed = Some(SealedKey { nonce, ciphertext });
-    store.put_key(first).unwrap();
+    store.put_key(first).await.unwrap();
 
     for alone in [1, 2] {
         let err = open(kek(alone)).await.unwrap_err().to_string();

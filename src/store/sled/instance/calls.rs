@@ -1,6 +1,8 @@
-//! The [`SessionStore`] calls on one [`SledInstance`]: each takes the lock
-//! stripe of what it writes, writes the trees, and appends the after-image
-//! to the write-ahead log before it lets the stripe go.
+//! The store calls on one [`SledInstance`], synchronous. Each write goes
+//! through the one write primitive (`write.rs`), which takes the lock
+//! stripe of what it writes and appends the after-images it is handed to the
+//! write-ahead log before it lets the stripe go; these calls only decide
+//! what to write.
 
 use std::sync::atomic::Ordering;
 
@@ -9,76 +11,77 @@ use tokio::sync::oneshot;
 use super::trees::{
     decode, encode, handle_of_user_key, split_user_data_key, user_data_key, user_prefix,
 };
-use super::{SledInstance, backend, stripe_index};
-use crate::store::sled::record::{self, Lineage};
+use super::{SledInstance, backend};
+use crate::store::Lineage;
+use crate::store::sled::format::{StoredKey, StoredUserData};
+use crate::store::sled::record;
 use crate::store::sled::wal::TreeId;
 use crate::store::{
     BoxFuture, Change, Exported, KeyRecord, ListedSession, SessionQuery, SessionRecord,
-    SessionStore, SessionsPage, StoreError, UserData, UserSession,
+    SessionsPage, StoreError, UserData, UserSession,
 };
 
-impl SessionStore for SledInstance {
-    fn create_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
+impl SledInstance {
+    pub(crate) fn create_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
         let bytes = record::encode_session(record);
         let key = record.handle.as_bytes();
-        let _order = self.stripe(TreeId::Sessions, key);
-        self.sessions.create(record, &bytes)?;
-        self.wal.append(TreeId::Sessions, key, Some(&bytes));
-        Ok(())
+        self.logged(TreeId::Sessions, &[key], |log| {
+            self.sessions.create(record, &bytes)?;
+            log.put(key, Some(&bytes));
+            Ok(())
+        })
     }
 
-    fn session(&self, handle: &str) -> Result<Option<SessionRecord>, StoreError> {
+    pub(crate) fn session(&self, handle: &str) -> Result<Option<SessionRecord>, StoreError> {
         self.sessions.read(handle)
     }
 
-    fn session_lineage(&self, handle: &str) -> Result<Option<Lineage>, StoreError> {
+    pub(crate) fn session_lineage(&self, handle: &str) -> Result<Option<Lineage>, StoreError> {
         self.sessions.lineage(handle)
     }
 
-    fn update_session(
+    pub(crate) fn update_session(
         &self,
         handle: &str,
         decide: &mut dyn FnMut(Option<&SessionRecord>) -> Change,
     ) -> Result<Change, StoreError> {
         let key = handle.as_bytes();
-        let _order = self.stripe(TreeId::Sessions, key);
-        let (change, stored) = self.sessions.apply(handle, decide)?;
-        match change {
-            Change::Keep => {}
-            Change::Put(_) => self.wal.append(TreeId::Sessions, key, Some(&stored)),
-            Change::Delete => self.wal.append(TreeId::Sessions, key, None),
-        }
-        Ok(change)
-    }
-
-    fn delete_sessions(&self, handles: &[String]) -> Result<Vec<UserSession>, StoreError> {
-        let mut stripes: Vec<usize> = handles
-            .iter()
-            .map(|h| stripe_index(TreeId::Sessions, h.as_bytes()))
-            .collect();
-        stripes.sort_unstable();
-        stripes.dedup();
-        // Taken in index order, so two multi-session deletes cannot deadlock.
-        let _order: Vec<_> = stripes.into_iter().map(|i| self.lock_stripe(i)).collect();
-        let mut removed = Vec::new();
-        for handle in handles {
-            if let Some(old) = self.sessions.read(handle)? {
-                self.sessions.write(handle, Some(&old), None)?;
-                removed.push(UserSession {
-                    handle: old.handle,
-                    tenant_id: old.tenant_id,
-                    expires_at_ms: old.expires_at_ms,
-                });
+        self.logged(TreeId::Sessions, &[key], |log| {
+            let (change, stored) = self.sessions.apply(handle, decide)?;
+            match change {
+                Change::Keep => {}
+                Change::Put(_) => log.put(key, Some(&stored)),
+                Change::Delete => log.put(key, None),
             }
-        }
-        for gone in &removed {
-            self.wal
-                .append(TreeId::Sessions, gone.handle.as_bytes(), None);
-        }
-        Ok(removed)
+            Ok(change)
+        })
     }
 
-    fn user_sessions(
+    pub(crate) fn delete_sessions(
+        &self,
+        handles: &[String],
+    ) -> Result<Vec<UserSession>, StoreError> {
+        let keys: Vec<&[u8]> = handles.iter().map(|h| h.as_bytes()).collect();
+        self.logged(TreeId::Sessions, &keys, |log| {
+            let mut removed = Vec::new();
+            for handle in handles {
+                if let Some(old) = self.sessions.read(handle)? {
+                    self.sessions.write(handle, Some(&old), None)?;
+                    removed.push(UserSession {
+                        handle: old.handle,
+                        tenant_id: old.tenant_id,
+                        expires_at_ms: old.expires_at_ms,
+                    });
+                }
+            }
+            for gone in &removed {
+                log.put(gone.handle.as_bytes(), None);
+            }
+            Ok(removed)
+        })
+    }
+
+    pub(crate) fn user_sessions(
         &self,
         user_id: &str,
         tenant_id: Option<&str>,
@@ -112,7 +115,10 @@ impl SessionStore for SledInstance {
         Ok(out)
     }
 
-    fn list_sessions(&self, query: &SessionQuery<'_>) -> Result<SessionsPage, StoreError> {
+    pub(crate) fn list_sessions(
+        &self,
+        query: &SessionQuery<'_>,
+    ) -> Result<SessionsPage, StoreError> {
         use std::ops::Bound::{Excluded, Unbounded};
         // The records tree is keyed by handle: the page is one range scan
         // from just after the cursor, reading each record's fixed part only.
@@ -131,7 +137,7 @@ impl SessionStore for SledInstance {
         Ok(page)
     }
 
-    fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
+    pub(crate) fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
         use std::ops::Bound::{Excluded, Included, Unbounded};
         if limit == 0 {
             return Ok(0);
@@ -178,48 +184,57 @@ impl SessionStore for SledInstance {
         Ok(removed)
     }
 
-    fn user_data(&self, tenant_id: &str, user_id: &str) -> Result<Option<UserData>, StoreError> {
+    pub(crate) fn user_data(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+    ) -> Result<Option<UserData>, StoreError> {
         match self
             .users
             .get(user_data_key(tenant_id, user_id))
             .map_err(backend)?
         {
-            Some(bytes) => decode(&bytes).map(Some).map_err(StoreError::Corrupt),
+            Some(bytes) => decode::<StoredUserData>(&bytes)
+                .map(|d| Some(d.into()))
+                .map_err(StoreError::Corrupt),
             None => Ok(None),
         }
     }
 
-    fn update_user_data(
+    pub(crate) fn update_user_data(
         &self,
         tenant_id: &str,
         user_id: &str,
         change: &mut dyn FnMut(&UserData) -> Option<UserData>,
     ) -> Result<UserData, StoreError> {
         let key = user_data_key(tenant_id, user_id);
-        let _order = self.stripe(TreeId::Users, &key);
-        // Compare-and-swap until no concurrent writer got in between.
-        loop {
-            let old = self.users.get(&key).map_err(backend)?;
-            let current = match &old {
-                Some(bytes) => decode(bytes).map_err(StoreError::Corrupt)?,
-                None => UserData::default(),
-            };
-            let Some(next) = change(&current) else {
-                return Ok(current);
-            };
-            let bytes = encode(&next);
-            let swapped = self
-                .users
-                .compare_and_swap(&key, old.as_ref(), Some(bytes.as_slice()))
-                .map_err(backend)?;
-            if swapped.is_ok() {
-                self.wal.append(TreeId::Users, &key, Some(&bytes));
-                return Ok(next);
+        self.logged(TreeId::Users, &[&key], |log| {
+            // Compare-and-swap until no concurrent writer got in between.
+            loop {
+                let old = self.users.get(&key).map_err(backend)?;
+                let current = match &old {
+                    Some(bytes) => decode::<StoredUserData>(bytes)
+                        .map_err(StoreError::Corrupt)?
+                        .into(),
+                    None => UserData::default(),
+                };
+                let Some(next) = change(&current) else {
+                    return Ok(current);
+                };
+                let bytes = encode(&StoredUserData::from(&next));
+                let swapped = self
+                    .users
+                    .compare_and_swap(&key, old.as_ref(), Some(bytes.as_slice()))
+                    .map_err(backend)?;
+                if swapped.is_ok() {
+                    log.put(&key, Some(&bytes));
+                    return Ok(next);
+                }
             }
-        }
+        })
     }
 
-    fn export(
+    pub(crate) fn export(
         &self,
         visit: &mut dyn FnMut(Exported) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
@@ -238,7 +253,9 @@ impl SessionStore for SledInstance {
             visit(Exported::UserData {
                 tenant_id,
                 user_id,
-                data: decode(&value).map_err(StoreError::Corrupt)?,
+                data: decode::<StoredUserData>(&value)
+                    .map_err(StoreError::Corrupt)?
+                    .into(),
             })?;
         }
         for key in self.keys()? {
@@ -256,7 +273,7 @@ impl SessionStore for SledInstance {
         Ok(())
     }
 
-    fn import(&self, item: Exported) -> Result<(), StoreError> {
+    pub(crate) fn import(&self, item: Exported) -> Result<(), StoreError> {
         match item {
             Exported::Session(record) => self.create_session(&record),
             Exported::UserData {
@@ -267,7 +284,7 @@ impl SessionStore for SledInstance {
                 &self.users,
                 TreeId::Users,
                 &user_data_key(&tenant_id, &user_id),
-                Some(&encode(&data)),
+                Some(&encode(&StoredUserData::from(&data))),
             ),
             Exported::Key(key) => self.put_key(&key),
             Exported::Secret { name, value } => self.put_logged(
@@ -279,76 +296,88 @@ impl SessionStore for SledInstance {
         }
     }
 
-    fn count_sessions(&self) -> Result<u64, StoreError> {
+    pub(crate) fn count_sessions(&self) -> Result<u64, StoreError> {
         Ok(self.sessions.live.load(Ordering::Relaxed).max(0) as u64)
     }
 
-    fn size_on_disk(&self) -> Result<u64, StoreError> {
+    pub(crate) fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk().map_err(backend)?
             + self.wal.size_on_disk()
             + self.archive.size_on_disk())
     }
 
-    fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+    pub(crate) fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         self.keys
             .iter()
             .values()
             .map(|v| {
                 let v = v.map_err(backend)?;
-                decode(&v).map_err(StoreError::Corrupt)
+                decode::<StoredKey>(&v)
+                    .map(KeyRecord::from)
+                    .map_err(StoreError::Corrupt)
             })
             .collect()
     }
 
-    fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+    pub(crate) fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         self.put_logged(
             &self.keys,
             TreeId::Keys,
             key.kid.as_bytes(),
-            Some(&encode(key)),
+            Some(&encode(&StoredKey::from(key))),
         )
     }
 
-    fn delete_key(&self, kid: &str) -> Result<(), StoreError> {
+    pub(crate) fn delete_key(&self, kid: &str) -> Result<(), StoreError> {
         self.put_logged(&self.keys, TreeId::Keys, kid.as_bytes(), None)
     }
 
-    fn secret(&self, name: &str, make: &mut dyn FnMut() -> Vec<u8>) -> Result<Vec<u8>, StoreError> {
+    pub(crate) fn secret(
+        &self,
+        name: &str,
+        make: &mut dyn FnMut() -> Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError> {
         if let Some(v) = self.secrets.get(name).map_err(backend)? {
             return Ok(v.to_vec());
         }
         let fresh = make();
-        let _order = self.stripe(TreeId::Secrets, name.as_bytes());
-        match self
-            .secrets
-            .compare_and_swap(name, None as Option<&[u8]>, Some(fresh.as_slice()))
-            .map_err(backend)?
-        {
-            Ok(()) => {
-                self.wal
-                    .append(TreeId::Secrets, name.as_bytes(), Some(&fresh));
-                Ok(fresh)
+        self.logged(TreeId::Secrets, &[name.as_bytes()], |log| {
+            match self
+                .secrets
+                .compare_and_swap(name, None as Option<&[u8]>, Some(fresh.as_slice()))
+                .map_err(backend)?
+            {
+                Ok(()) => {
+                    log.put(name.as_bytes(), Some(&fresh));
+                    Ok(fresh)
+                }
+                Err(cas) => cas
+                    .current
+                    .map(|v| v.to_vec())
+                    .ok_or_else(|| StoreError::Corrupt(format!("secret {name} vanished"))),
             }
-            Err(cas) => cas
-                .current
-                .map(|v| v.to_vec())
-                .ok_or_else(|| StoreError::Corrupt(format!("secret {name} vanished"))),
-        }
+        })
     }
 
-    fn replace_secret(&self, name: &str, current: &[u8], new: &[u8]) -> Result<bool, StoreError> {
-        let _order = self.stripe(TreeId::Secrets, name.as_bytes());
-        let swapped = self
-            .secrets
-            .compare_and_swap(name, Some(current), Some(new))
-            .map_err(backend)?;
-        if swapped.is_ok() {
-            self.wal.append(TreeId::Secrets, name.as_bytes(), Some(new));
-        }
-        Ok(swapped.is_ok())
+    pub(crate) fn replace_secret(
+        &self,
+        name: &str,
+        current: &[u8],
+        new: &[u8],
+    ) -> Result<bool, StoreError> {
+        self.logged(TreeId::Secrets, &[name.as_bytes()], |log| {
+            let swapped = self
+                .secrets
+                .compare_and_swap(name, Some(current), Some(new))
+                .map_err(backend)?;
+            if swapped.is_ok() {
+                log.put(name.as_bytes(), Some(new));
+            }
+            Ok(swapped.is_ok())
+        })
     }
 
-    fn durable(&self) -> BoxFuture<Result<(), StoreError>> {
+    pub(crate) fn durable(&self) -> BoxFuture<Result<(), StoreError>> {
         let (tx, rx) = oneshot::channel();
         let sent = self.flush_requests.send(tx);
         Box::pin(async move {

@@ -3,7 +3,7 @@ use serde_json::Map;
 use super::trees::{encode, push_lp, user_data_key, user_key, user_prefix};
 use super::upgrade::{OLD_EXPIRY_TREE, OLD_USER_TREE};
 use super::*;
-use crate::store::{SessionRecord, SessionStore, UserData};
+use crate::store::{SessionRecord, UserData};
 
 /// The instance alone, as the store opens it (the directory lock is
 /// the caller's, which these tests do without).
@@ -37,7 +37,7 @@ fn record(handle: &str, user: &str, expires_at_ms: u64) -> SessionRecord {
         created_at_ms: 1,
         expires_at_ms,
         current: Generation {
-            refresh_hash: "h".into(),
+            refresh_hash: crate::store::TokenHash([7; 32]),
             anti_csrf_hash: None,
         },
         previous: None,
@@ -106,7 +106,9 @@ async fn a_log_left_by_a_crash_is_replayed_on_open() {
     wal.append(
         TreeId::Users,
         &user_data_key("public", "alice"),
-        Some(&encode(&data)),
+        Some(&encode(&crate::store::sled::format::StoredUserData::from(
+            &data,
+        ))),
     );
     wal.append(TreeId::Secrets, b"s", Some(b"secret bytes"));
     wal.sync().unwrap();

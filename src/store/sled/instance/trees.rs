@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use sled::Tree;
 
 use super::backend;
-use crate::store::sled::record::{self, Lineage};
+use crate::store::Lineage;
+use crate::store::sled::record;
 use crate::store::{Change, SessionRecord, StoreError};
 
 pub(super) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
