@@ -66,6 +66,15 @@ impl PostgresStore {
     /// and brings its schema up to date. Fails when the server cannot be
     /// reached, or its schema is newer than this binary knows.
     pub async fn connect(url: &Secret, pool_size: usize) -> Result<Self, StoreError> {
+        let store = Self::open(url, pool_size, POOL_WAIT)?;
+        let mut client = store.client().await?;
+        schema::migrate(&mut client).await?;
+        Ok(store)
+    }
+
+    /// The pool, without a connection yet (nor the schema checked): calls
+    /// wait up to `pool_wait` for a free connection.
+    fn open(url: &Secret, pool_size: usize, pool_wait: Duration) -> Result<Self, StoreError> {
         let (url, tls) = tls::split_url(url.expose())?;
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             // The parser's messages name the option, never its value.
@@ -87,16 +96,13 @@ impl PostgresStore {
         };
         let pool = Pool::builder(manager)
             .max_size(pool_size.max(1))
-            .wait_timeout(Some(POOL_WAIT))
+            .wait_timeout(Some(pool_wait))
             .create_timeout(Some(CONNECT_TIMEOUT))
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Backend(format!("the database pool: {e}")))?;
-        let store = Self { pool };
-        let mut client = store.client().await?;
-        schema::migrate(&mut client).await?;
-        Ok(store)
+        Ok(Self { pool })
     }
 
     /// The schema version this binary writes (and the newest it opens).
@@ -213,3 +219,6 @@ fn to_db(ms: u64) -> Result<i64, StoreError> {
 fn from_db(ms: i64) -> Result<u64, StoreError> {
     u64::try_from(ms).map_err(|_| StoreError::Corrupt(format!("a negative time ({ms} ms)")))
 }
+
+#[cfg(test)]
+mod tests;
