@@ -105,6 +105,12 @@ impl PostgresStore {
         Ok(Self { pool })
     }
 
+    /// Checks `url` as [`connect`](Self::connect) reads it, without
+    /// connecting: its `sslmode`, its options, the trusted roots it names.
+    pub fn check_url(url: &Secret) -> Result<(), StoreError> {
+        Self::open(url, 1, POOL_WAIT).map(drop)
+    }
+
     /// The schema version this binary writes (and the newest it opens).
     pub fn schema_version() -> i32 {
         schema::latest()
