@@ -137,16 +137,34 @@ impl PostgresStore {
     }
 }
 
+/// How the client's messages begin for the failures that mean the server
+/// could not be reached or talked to (connecting, I/O, TLS, a timeout).
+const UNREACHABLE: &[&str] = &[
+    "error connecting to server",
+    "error communicating with the server",
+    "error performing TLS handshake",
+    "timeout waiting for server",
+    "connection closed",
+];
+
 /// A client error as a store error: the server unreachable, shutting down
 /// or out of resources is [`StoreError::Unavailable`]; anything else is
 /// [`StoreError::Backend`], naming the operation and the SQLSTATE (never
 /// the statement's values, which a server's detail message may quote).
 fn failure(op: &str, e: tokio_postgres::Error) -> StoreError {
     let Some(db) = e.as_db_error() else {
-        tracing::warn!(error = %e, op, "the session database cannot be reached");
-        return StoreError::Unavailable(
-            "the session database cannot be reached; retry later".into(),
-        );
+        // The client's error kinds are not public; its messages name them.
+        let message = e.to_string();
+        if e.is_closed() || UNREACHABLE.iter().any(|kind| message.starts_with(kind)) {
+            tracing::warn!(error = %e, op, "the session database cannot be reached");
+            return StoreError::Unavailable(
+                "the session database cannot be reached; retry later".into(),
+            );
+        }
+        if message.starts_with("error deserializing") {
+            return StoreError::Corrupt(format!("{op}: {message}"));
+        }
+        return StoreError::Backend(format!("{op}: {message}"));
     };
     let code = db.code().code();
     let unavailable = code.starts_with("08") // connection exception

@@ -149,3 +149,36 @@ async fn an_unreachable_server_is_unavailable_and_the_password_stays_out() {
         .to_string();
     assert!(!shown.contains("hunter2"), "{shown}");
 }
+
+#[tokio::test]
+async fn a_row_the_store_cannot_read_back_is_corrupt_not_an_outage() {
+    let Some(db) =
+        pg_harness::postgres("a_row_the_store_cannot_read_back_is_corrupt_not_an_outage")
+    else {
+        return;
+    };
+    let url = Secret::new(db.url.clone());
+    let store = PostgresStore::connect(&url, 1).await.unwrap();
+    db.cluster()
+        .sql(
+            &db.name,
+            "INSERT INTO sessiond_secrets (name, value) VALUES ('s', '\\x01'); \
+             INSERT INTO sessiond_keys VALUES ('k', 'EdDSA', '\\x01', '\\x02', NULL, 1, 1, 1, 0, false)",
+        )
+        .unwrap();
+    let e = store.keys().await.unwrap_err();
+    assert!(matches!(e, StoreError::Corrupt(_)), "{e:?}");
+    db.cluster()
+        .sql(
+            &db.name,
+            "INSERT INTO sessiond_sessions VALUES ('h', 'u', 'public', '[1]', '{}', 1, 9, \
+             decode(repeat('01', 32), 'hex'), NULL, NULL, NULL, 1)",
+        )
+        .unwrap();
+    let e = store.session("h").await.unwrap_err();
+    assert!(matches!(e, StoreError::Corrupt(_)), "{e:?}");
+    assert!(
+        store.session_lineage("h").await.unwrap().is_some(),
+        "the lineage does not read the payload"
+    );
+}
