@@ -127,3 +127,92 @@ async fn a_server_on_postgres_creates_checks_refreshes_and_revokes() {
         "0"
     );
 }
+
+/// A CA and a certificate for 127.0.0.1 signed by it, and another CA, as
+/// PEM files in a directory the server's user can read.
+fn database_pki() -> (tempfile::TempDir, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ca = |name: &str| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(dir.path().join(name), ca.pem()).unwrap();
+        ca
+    };
+    let issuer = ca("ca.pem");
+    ca("other-ca.pem");
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    std::fs::write(dir.path().join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("server.key"), key.serialize_pem()).unwrap();
+    let path = dir.path().to_owned();
+    (dir, path)
+}
+
+#[tokio::test]
+async fn the_store_speaks_tls_to_postgres_and_verify_full_checks_the_certificate() {
+    use sessiond::store::PostgresStore;
+    let test = "the_store_speaks_tls_to_postgres_and_verify_full_checks_the_certificate";
+    let Some(db) = harness::postgres_alone(test) else {
+        return;
+    };
+    let cluster = db.cluster();
+    let (_dir, pki) = database_pki();
+    cluster.hand_over(&pki.join("server.key")).unwrap();
+    for (setting, file) in [
+        ("ssl_cert_file", "server.pem"),
+        ("ssl_key_file", "server.key"),
+    ] {
+        let path = pki.join(file);
+        cluster
+            .sql(
+                "postgres",
+                &format!("ALTER SYSTEM SET {setting} = '{}'", path.display()),
+            )
+            .unwrap();
+    }
+    cluster
+        .sql("postgres", "ALTER SYSTEM SET ssl = on")
+        .unwrap();
+    cluster.sql("postgres", "SELECT pg_reload_conf()").unwrap();
+    assert_eq!(cluster.sql("postgres", "SHOW ssl").unwrap(), "on");
+
+    let encrypted = || {
+        cluster
+            .sql(
+                &db.name,
+                "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+                 WHERE ssl AND application_name = 'sessiond'",
+            )
+            .unwrap()
+    };
+    let verified = Secret::new(format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        db.url,
+        pki.join("ca.pem").display()
+    ));
+    let store = PostgresStore::connect(&verified, 1).await.unwrap();
+    assert_eq!(encrypted(), "1", "the store's connection is encrypted");
+    drop(store);
+
+    let unverified = Secret::new(format!("{}?sslmode=require", db.url));
+    let store = PostgresStore::connect(&unverified, 1).await.unwrap();
+    drop(store);
+
+    let wrong_ca = Secret::new(format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        db.url,
+        pki.join("other-ca.pem").display()
+    ));
+    let refused = PostgresStore::connect(&wrong_ca, 1).await.unwrap_err();
+    assert!(
+        matches!(refused, sessiond::store::StoreError::Unavailable(_)),
+        "a certificate from another CA is refused: {refused:?}"
+    );
+}
