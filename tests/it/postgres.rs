@@ -216,3 +216,52 @@ async fn the_store_speaks_tls_to_postgres_and_verify_full_checks_the_certificate
         "a certificate from another CA is refused: {refused:?}"
     );
 }
+
+#[tokio::test]
+async fn an_online_backup_of_a_server_on_postgres_restores_into_the_embedded_store() {
+    let test = "an_online_backup_of_a_server_on_postgres_restores_into_the_embedded_store";
+    let Some(db) = harness::postgres(test) else {
+        return;
+    };
+    let url = Secret::new(db.url.clone());
+    let server = TestServer::start_with(|c| c.database_url = Some(url.clone())).await;
+    let mut c = server.sessions().await;
+    let created = create(&mut c, "bob", json!({})).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sessiond.backup");
+    let addr = server.addr.to_string();
+    let (code, _, err) = crate::cli::sessiond(
+        ["backup", "--out", file.to_str().unwrap(), "--addr", &addr]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("1 server secret"), "{err}");
+
+    let data = dir.path().join("data");
+    let (code, _, err) = crate::cli::sessiond(
+        [
+            "restore",
+            file.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let target = tempfile::tempdir().unwrap();
+    std::fs::remove_dir(target.path()).unwrap();
+    std::fs::rename(&data, target.path()).unwrap();
+    let restored = TestServer::start_in(target, |_| {}).await;
+    let mut c = restored.sessions().await;
+    let got = verify(&mut c, &access(&created), true).await.unwrap();
+    assert_eq!(
+        got.session.unwrap().user_id,
+        "bob",
+        "session and keys came along"
+    );
+}
