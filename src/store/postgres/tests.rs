@@ -182,3 +182,25 @@ async fn a_row_the_store_cannot_read_back_is_corrupt_not_an_outage() {
         "the lineage does not read the payload"
     );
 }
+
+/// With one connection in the pool, a call that took a second one while
+/// holding the first would wait for itself until the pool's wait ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_refreshes_and_merges_need_one_connection_per_call() {
+    let test = "racing_refreshes_and_merges_need_one_connection_per_call";
+    let Some(db) = pg_harness::postgres(test) else {
+        return;
+    };
+    let url = Secret::new(db.url.clone());
+    let store: Arc<dyn crate::store::Store> =
+        Arc::new(PostgresStore::connect(&url, 1).await.unwrap());
+    let suite = async {
+        crate::store::conformance::concurrent_refreshes_leave_one_lineage(store.clone()).await;
+        crate::store::conformance::concurrent_bucket_merges_lose_nothing(store.clone()).await;
+        crate::store::conformance::keys_and_secrets(store).await;
+    };
+    // Far less than 32 racers would take if any call waited out the pool.
+    tokio::time::timeout(Duration::from_secs(60), suite)
+        .await
+        .expect("no call waited for a second connection");
+}
