@@ -39,7 +39,7 @@ use crate::pb::user_session_service_server::UserSessionServiceServer;
 use crate::reload::Live;
 use crate::session::{SessionConfig, SessionManager};
 use crate::store::FlushObserver;
-use crate::store::{SledStore, Store, StoreError};
+use crate::store::{PostgresStore, SledStore, Store, StoreError};
 use crate::token::KeyError;
 use crate::token::keys::{KeyRing, KeyRingConfig};
 use tokio::sync::mpsc;
@@ -162,11 +162,25 @@ async fn run(
         let metrics = metrics.clone();
         Arc::new(move |elapsed| metrics.flushed(elapsed))
     };
-    let sled = SledStore::open(&config.data_dir, config.store_cache_bytes, Some(on_flush))?;
-    sled.on_close(closed);
-    sled.set_reserved_space(config.store_reserved_bytes);
-    sled.set_log_archive_size(config.log_archive_bytes);
-    let store: Arc<dyn Store> = sled;
+    let store: Arc<dyn Store> = match &config.database_url {
+        Some(url) => {
+            // Nothing of a database store outlives `run`: no close to wait for.
+            drop(closed);
+            let store = PostgresStore::connect(url, config.database_pool_size).await?;
+            tracing::info!(
+                pool_size = config.database_pool_size,
+                "the store is in PostgreSQL"
+            );
+            Arc::new(store)
+        }
+        None => {
+            let sled = SledStore::open(&config.data_dir, config.store_cache_bytes, Some(on_flush))?;
+            sled.on_close(closed);
+            sled.set_reserved_space(config.store_reserved_bytes);
+            sled.set_log_archive_size(config.log_archive_bytes);
+            sled
+        }
+    };
     metrics.set_store(Arc::downgrade(&store));
     let keys = Arc::new(
         KeyRing::open_sealed(

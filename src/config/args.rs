@@ -11,6 +11,14 @@ use std::path::PathBuf;
 use clap::Args;
 use clap::parser::ValueSource;
 
+use crate::secret::Secret;
+
+/// A value that may hold a password, wrapped as it is read so that no
+/// `Debug` of the arguments shows it.
+fn secret_value(text: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(text))
+}
+
 /// Server settings as given on the command line or in the environment.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ServeArgs {
@@ -23,6 +31,20 @@ pub struct ServeArgs {
     /// Directory of the embedded store [default: ./data].
     #[arg(long, env = "SESSIOND_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// PostgreSQL database for sessions, buckets, keys and secrets, as
+    /// postgres://user:password@host:port/db?sslmode=disable|prefer|require|verify-full;
+    /// then --data-dir is not used [default: the embedded store in --data-dir].
+    #[arg(
+        long,
+        env = "SESSIOND_DATABASE_URL",
+        value_name = "URL",
+        value_parser = secret_value,
+        hide_env_values = true
+    )]
+    pub database_url: Option<Secret>,
+    /// Connections to the database each process keeps at most [default: 16].
+    #[arg(long, env = "SESSIOND_DATABASE_POOL_SIZE", value_name = "N")]
+    pub database_pool_size: Option<String>,
     /// API key callers send as `x-api-key` (repeatable): KEY for an admin key, or
     /// NAME:SCOPE:KEY with SCOPE verify, backend or admin; KEY may be sha256:<hex>.
     #[arg(

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::error::{ConfigError, bad};
+use crate::secret::Secret;
 
 /// The optional configuration file; keys are the flag names with underscores.
 #[derive(Debug, Default, Deserialize)]
@@ -18,6 +19,8 @@ use super::error::{ConfigError, bad};
 pub(super) struct FileConfig {
     pub(super) listen: Option<String>,
     pub(super) data_dir: Option<PathBuf>,
+    pub(super) database_url: Option<Secret>,
+    pub(super) database_pool_size: Option<u64>,
     #[serde(default)]
     pub(super) api_keys: Vec<String>,
     pub(super) access_token_lifetime: Option<String>,

@@ -105,6 +105,11 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
+    /// The PostgreSQL database to keep the store in instead of the
+    /// embedded one; its URL may hold a password.
+    pub database_url: Option<Secret>,
+    /// Connections to that database each process keeps at most.
+    pub database_pool_size: usize,
     /// Accepted `x-api-key` values; empty means loopback-only, no key needed.
     pub api_keys: Vec<ApiKey>,
     /// Access token lifetime.
@@ -173,6 +178,8 @@ impl Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             data_dir: data_dir.into(),
+            database_url: None,
+            database_pool_size: crate::store::DEFAULT_DATABASE_POOL_SIZE,
             api_keys: Vec::new(),
             access_token_lifetime: Duration::from_secs(3600),
             refresh_token_lifetime: Duration::from_secs(100 * 86_400),

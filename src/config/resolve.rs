@@ -41,6 +41,23 @@ impl Config {
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("./data")),
         );
+        c.database_url = args.database_url.clone().or(file.database_url);
+        if let Some(url) = &c.database_url {
+            check_database_url(url)?;
+        }
+        if let Some(n) = count_setting(
+            "database-pool-size",
+            &args.database_pool_size,
+            file.database_pool_size,
+        )? {
+            if !(1..=MAX_DATABASE_POOL_SIZE).contains(&n) {
+                return Err(bad(
+                    "database-pool-size",
+                    format!("must be between 1 and {MAX_DATABASE_POOL_SIZE}"),
+                ));
+            }
+            c.database_pool_size = n as usize;
+        }
         if let Some(v) = args.listen.as_ref().or(file.listen.as_ref()) {
             c.listen = v.trim().parse().map_err(|_| {
                 bad(
@@ -333,6 +350,23 @@ fn open_keks(
         }
         (None, None) => None,
     })
+}
+
+/// Most connections one process may keep to the database.
+const MAX_DATABASE_POOL_SIZE: u64 = 1000;
+
+/// Checks a database URL without connecting: its scheme, its `sslmode`,
+/// and that the client can read it. The error never repeats the URL, which
+/// may hold a password.
+fn check_database_url(url: &Secret) -> Result<(), ConfigError> {
+    let text = url.expose();
+    if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
+        return Err(bad(
+            "database-url",
+            "must be a postgres:// URL, such as postgres://user:password@host:5432/db?sslmode=require",
+        ));
+    }
+    crate::store::PostgresStore::check_url(url).map_err(|e| bad("database-url", e.to_string()))
 }
 
 fn size_setting(

@@ -264,3 +264,47 @@ fn file_values_apply_under_flags() {
     assert_eq!(e.setting, "config");
     assert!(e.message.contains("acess_token_lifetime"), "{e}");
 }
+
+#[test]
+fn a_database_url_and_pool_size_are_read_and_its_password_never_shown() {
+    let c = resolve(|_| {}).unwrap();
+    assert!(c.database_url.is_none(), "the embedded store by default");
+    assert_eq!(c.database_pool_size, 16);
+
+    let url = "postgres://sessiond:hunter2@db:5432/sessions?sslmode=require";
+    let args = parsed(&["--database-url", url, "--database-pool-size", "4"]);
+    assert!(!format!("{args:?}").contains("hunter2"));
+    let c = Config::resolve(&args).unwrap();
+    assert_eq!(c.database_url.as_ref().map(Secret::expose), Some(url));
+    assert_eq!(c.database_pool_size, 4);
+    assert!(!format!("{c:?}").contains("hunter2"), "{c:?}");
+
+    for bad_url in [
+        "mysql://sessiond:hunter2@db/sessions",
+        "postgres://sessiond:hunter2@db/sessions?sslmode=sometimes",
+        "postgres://sessiond:hunter2@db:port/sessions",
+    ] {
+        let e = Config::resolve(&parsed(&["--database-url", bad_url])).unwrap_err();
+        assert_eq!(e.setting, "database-url");
+        assert_eq!(e.origin, Origin::Flag("--database-url".into()));
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+    for size in ["0", "1001", "many"] {
+        let e = resolve(|a| a.database_pool_size = Some(size.into())).unwrap_err();
+        assert_eq!(e.setting, "database-pool-size", "{size}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sessiond.toml");
+    std::fs::write(
+        &path,
+        "database_url = \"postgresql://u:hunter2@db/s\"\ndatabase_pool_size = 32\n",
+    )
+    .unwrap();
+    let c = resolve(|a| a.config = Some(path.clone())).unwrap();
+    assert_eq!(
+        c.database_url.as_ref().map(Secret::expose),
+        Some("postgresql://u:hunter2@db/s")
+    );
+    assert_eq!(c.database_pool_size, 32);
+}

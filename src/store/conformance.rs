@@ -448,9 +448,60 @@ pub async fn concurrent_bucket_merges_lose_nothing(store: Arc<dyn Store>) {
     }
 }
 
+/// A throwaway PostgreSQL database per test (`tests/support/postgres.rs`).
+#[path = "../../tests/support/postgres.rs"]
+pub(super) mod pg_harness;
+
+/// A [`PostgresStore`](super::PostgresStore) in a database of the test's
+/// own, with the database's handle (which keeps its cluster running);
+/// `None` when PostgreSQL is missing and not required.
+pub(super) async fn postgres_store(test: &str) -> Option<(Arc<dyn Store>, pg_harness::Database)> {
+    let db = pg_harness::postgres(test)?;
+    let url = crate::secret::Secret::new(db.url.clone());
+    let store = super::PostgresStore::connect(&url, 16)
+        .await
+        .unwrap_or_else(|e| panic!("{test}: connecting to the test database: {e}"));
+    Some((Arc::new(store), db))
+}
+
+/// Calls `$case!(name)` for every test of the suite.
+macro_rules! for_each_case {
+    ($case:ident) => {
+        $case!(create_read_list_delete);
+        $case!(sessions_are_listed_in_pages_across_users);
+        $case!(concurrent_updates_lose_nothing);
+        $case!(update_moves_indexes_and_sweep_follows);
+        $case!(keys_and_secrets);
+        $case!(user_data_updates_are_atomic);
+        $case!(concurrent_refreshes_leave_one_lineage);
+        $case!(concurrent_bucket_merges_lose_nothing);
+    };
+}
+
 /// Instantiates the suite for a backend: `conformance_suite!(sled, open_fn)`
-/// where `open_fn(&Path) -> Arc<dyn Store>`.
+/// where `open_fn(&Path) -> Arc<dyn Store>`, or
+/// `conformance_suite!(postgres, async open_fn)` where
+/// `open_fn(test name).await -> Option<(Arc<dyn Store>, guard)>` (`None`:
+/// the backend's server is missing, and the test is skipped).
 macro_rules! conformance_suite {
+    ($backend:ident, async $open:path) => {
+        mod $backend {
+            use $crate::store::conformance as suite;
+
+            macro_rules! case {
+                ($name:ident) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        let Some((store, _guard)) = $open(stringify!($name)).await else {
+                            return;
+                        };
+                        suite::$name(store).await;
+                    }
+                };
+            }
+            for_each_case!(case);
+        }
+    };
     ($backend:ident, $open:expr) => {
         mod $backend {
             use $crate::store::conformance as suite;
@@ -464,14 +515,7 @@ macro_rules! conformance_suite {
                     }
                 };
             }
-            case!(create_read_list_delete);
-            case!(sessions_are_listed_in_pages_across_users);
-            case!(concurrent_updates_lose_nothing);
-            case!(update_moves_indexes_and_sweep_follows);
-            case!(keys_and_secrets);
-            case!(user_data_updates_are_atomic);
-            case!(concurrent_refreshes_leave_one_lineage);
-            case!(concurrent_bucket_merges_lose_nothing);
+            for_each_case!(case);
         }
     };
 }
@@ -489,3 +533,5 @@ conformance_suite!(
         crate::store::SledStore::open(dir, 8 << 20, None).unwrap()
     }
 );
+
+conformance_suite!(postgres, async crate::store::conformance::postgres_store);

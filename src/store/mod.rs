@@ -4,7 +4,8 @@
 //! and the key ring in `token/` depend only on them. They are async and
 //! split by concern ([`Sessions`], [`UserDataStore`], [`KeysAndSecrets`],
 //! [`Durability`]); callers hold all four as one `Arc<dyn Store>`. Each
-//! backend lives in its own module and is named after it ([`SledStore`]),
+//! backend lives in its own module and is named after it ([`SledStore`],
+//! [`PostgresStore`]),
 //! decides itself how its calls run (inline or off the async worker), and
 //! runs the same conformance suite (`store::conformance`).
 //!
@@ -18,6 +19,7 @@
 //!   (they hold refresh token hashes and user data).
 
 mod memory;
+mod postgres;
 mod sled;
 mod traits;
 
@@ -32,6 +34,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 pub use self::memory::MemoryStore;
+pub use self::postgres::{DEFAULT_POOL_SIZE as DEFAULT_DATABASE_POOL_SIZE, PostgresStore};
 pub use self::sled::SledStore;
 use self::sled::wal;
 pub(crate) use self::traits::list_sessions_by_export;

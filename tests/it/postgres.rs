@@ -1,9 +1,19 @@
 //! The throwaway PostgreSQL cluster the store tests run against
 //! (`tests/support/postgres.rs`): it takes SQL, keeps what was committed
-//! across an immediate stop, and serves again after a restart.
+//! across an immediate stop, and serves again after a restart. And the
+//! real server with its store in PostgreSQL (`--database-url`), over gRPC.
 
 #[path = "../support/postgres.rs"]
 mod harness;
+
+use serde_json::json;
+use sessiond::config::Secret;
+use sessiond::pb;
+use tonic::Code;
+
+use crate::helpers::{
+    TestServer, access, assert_status, create, handle, refresh, refresh_token, verify,
+};
 
 #[test]
 fn a_throwaway_cluster_keeps_committed_rows_across_an_immediate_stop() {
@@ -51,4 +61,207 @@ fn each_test_gets_a_database_of_its_own() {
         .sql(&b.name, "SELECT * FROM only_in_a")
         .unwrap_err();
     assert!(missing.contains("does not exist"), "{missing}");
+}
+
+#[tokio::test]
+async fn a_server_on_postgres_creates_checks_refreshes_and_revokes() {
+    let Some(db) = harness::postgres("a_server_on_postgres_creates_checks_refreshes_and_revokes")
+    else {
+        return;
+    };
+    let url = Secret::new(format!("{}?sslmode=disable", db.url));
+    let server = TestServer::start_with(|c| {
+        c.database_url = Some(url.clone());
+        c.database_pool_size = 4;
+    })
+    .await;
+    let mut c = server.sessions().await;
+    let created = create(&mut c, "alice", json!({"role": "admin"})).await;
+    let got = verify(&mut c, &access(&created), true).await.unwrap();
+    assert_eq!(got.session.unwrap().user_id, "alice");
+    assert_eq!(
+        db.cluster()
+            .sql(&db.name, "SELECT user_id FROM sessiond_sessions")
+            .unwrap(),
+        "alice",
+        "the session is a row of the database"
+    );
+    assert!(
+        std::fs::read_dir(server.data_dir())
+            .unwrap()
+            .next()
+            .is_none(),
+        "nothing is written to the data directory"
+    );
+
+    let refreshed = refresh(&mut c, &refresh_token(&created)).await.unwrap();
+    let new_access = refreshed.access_token.unwrap().token;
+    verify(&mut c, &new_access, true).await.unwrap();
+
+    // Another process on the same database sees the same sessions.
+    let server = server.restart().await;
+    let mut c = server.sessions().await;
+    verify(&mut c, &new_access, true).await.unwrap();
+    let revoked = c
+        .revoke_session(pb::RevokeSessionRequest {
+            session_handle: handle(&created),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(revoked.revoked);
+    assert_status(
+        verify(&mut c, &new_access, true).await,
+        Code::Unauthenticated,
+        "UNAUTHORISED",
+    );
+    assert_status(
+        refresh(&mut c, &refreshed.refresh_token.unwrap().token).await,
+        Code::Unauthenticated,
+        "UNAUTHORISED",
+    );
+    assert_eq!(
+        db.cluster()
+            .sql(&db.name, "SELECT count(*) FROM sessiond_sessions")
+            .unwrap(),
+        "0"
+    );
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it, and another CA, as
+/// PEM files in a directory the server's user can read.
+fn database_pki() -> (tempfile::TempDir, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ca = |name: &str| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(dir.path().join(name), ca.pem()).unwrap();
+        ca
+    };
+    let issuer = ca("ca.pem");
+    ca("other-ca.pem");
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    std::fs::write(dir.path().join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("server.key"), key.serialize_pem()).unwrap();
+    let path = dir.path().to_owned();
+    (dir, path)
+}
+
+#[tokio::test]
+async fn the_store_speaks_tls_to_postgres_and_verify_full_checks_the_certificate() {
+    use sessiond::store::PostgresStore;
+    let test = "the_store_speaks_tls_to_postgres_and_verify_full_checks_the_certificate";
+    let Some(db) = harness::postgres_alone(test) else {
+        return;
+    };
+    let cluster = db.cluster();
+    let (_dir, pki) = database_pki();
+    cluster.hand_over(&pki.join("server.key")).unwrap();
+    for (setting, file) in [
+        ("ssl_cert_file", "server.pem"),
+        ("ssl_key_file", "server.key"),
+    ] {
+        let path = pki.join(file);
+        cluster
+            .sql(
+                "postgres",
+                &format!("ALTER SYSTEM SET {setting} = '{}'", path.display()),
+            )
+            .unwrap();
+    }
+    cluster
+        .sql("postgres", "ALTER SYSTEM SET ssl = on")
+        .unwrap();
+    cluster.sql("postgres", "SELECT pg_reload_conf()").unwrap();
+    assert_eq!(cluster.sql("postgres", "SHOW ssl").unwrap(), "on");
+
+    let encrypted = || {
+        cluster
+            .sql(
+                &db.name,
+                "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+                 WHERE ssl AND application_name = 'sessiond'",
+            )
+            .unwrap()
+    };
+    let verified = Secret::new(format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        db.url,
+        pki.join("ca.pem").display()
+    ));
+    let store = PostgresStore::connect(&verified, 1).await.unwrap();
+    assert_eq!(encrypted(), "1", "the store's connection is encrypted");
+    drop(store);
+
+    let unverified = Secret::new(format!("{}?sslmode=require", db.url));
+    let store = PostgresStore::connect(&unverified, 1).await.unwrap();
+    drop(store);
+
+    let wrong_ca = Secret::new(format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        db.url,
+        pki.join("other-ca.pem").display()
+    ));
+    let refused = PostgresStore::connect(&wrong_ca, 1).await.unwrap_err();
+    assert!(
+        matches!(refused, sessiond::store::StoreError::Unavailable(_)),
+        "a certificate from another CA is refused: {refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_online_backup_of_a_server_on_postgres_restores_into_the_embedded_store() {
+    let test = "an_online_backup_of_a_server_on_postgres_restores_into_the_embedded_store";
+    let Some(db) = harness::postgres(test) else {
+        return;
+    };
+    let url = Secret::new(db.url.clone());
+    let server = TestServer::start_with(|c| c.database_url = Some(url.clone())).await;
+    let mut c = server.sessions().await;
+    let created = create(&mut c, "bob", json!({})).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sessiond.backup");
+    let addr = server.addr.to_string();
+    let (code, _, err) = crate::cli::sessiond(
+        ["backup", "--out", file.to_str().unwrap(), "--addr", &addr]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("1 server secret"), "{err}");
+
+    let data = dir.path().join("data");
+    let (code, _, err) = crate::cli::sessiond(
+        [
+            "restore",
+            file.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let target = tempfile::tempdir().unwrap();
+    std::fs::remove_dir(target.path()).unwrap();
+    std::fs::rename(&data, target.path()).unwrap();
+    let restored = TestServer::start_in(target, |_| {}).await;
+    let mut c = restored.sessions().await;
+    let got = verify(&mut c, &access(&created), true).await.unwrap();
+    assert_eq!(
+        got.session.unwrap().user_id,
+        "bob",
+        "session and keys came along"
+    );
 }

@@ -262,6 +262,20 @@ impl Cluster {
         userinfo.split_once(':').map(|(_, p)| p.to_string())
     }
 
+    /// Makes `path` the server's own, as PostgreSQL wants its TLS key
+    /// (owned by the user it runs as, mode 0600): when this module started
+    /// the server as another user, the file is given to that user.
+    pub fn hand_over(&self, path: &Path) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+        if let Some((uid, gid)) = self.owned.as_ref().and_then(|o| o.owner) {
+            chown(path, Some(uid), Some(gid))
+                .map_err(|e| format!("chown {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+
     /// Stops the server at once, as a crash or a lost database host would
     /// (`pg_ctl stop -m immediate`). Only for a cluster this module started.
     pub fn stop(&self) -> Result<(), String> {

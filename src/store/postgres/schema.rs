@@ -1,0 +1,124 @@
+//! The PostgreSQL store's schema: its migrations, embedded in the binary
+//! as SQL, and how they are applied when the store is opened.
+//!
+//! Migrations run in one transaction under a transaction-level advisory
+//! lock (`pg_advisory_xact_lock`), so that replicas starting together
+//! apply each one once, and a failed start leaves the schema as it was.
+//! Each applied version is recorded in `sessiond_schema`. A database whose
+//! recorded version is newer than the binary knows is refused: an older
+//! binary must never write to a schema it does not understand. Migrations
+//! are only ever appended; this module must never edit or reorder one that
+//! has shipped.
+
+use deadpool_postgres::Client;
+
+use super::{StoreError, failure};
+
+/// The advisory lock key the migrations are applied under (any constant
+/// that other applications sharing the database are unlikely to use).
+const LOCK: i64 = 0x5345_5353_494f_4e44; // "SESSIOND"
+
+/// The migrations, in order: `MIGRATIONS[i]` brings the schema to version
+/// `i + 1`.
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 1: sessions, buckets, keys and secrets.
+    r#"
+    CREATE TABLE sessiond_sessions (
+        handle text COLLATE "C" PRIMARY KEY,
+        user_id text NOT NULL,
+        tenant_id text NOT NULL,
+        access_payload jsonb NOT NULL,
+        data jsonb NOT NULL,
+        created_at_ms bigint NOT NULL,
+        expires_at_ms bigint NOT NULL,
+        refresh_hash bytea NOT NULL CHECK (length(refresh_hash) = 32),
+        anti_csrf_hash bytea CHECK (length(anti_csrf_hash) = 32),
+        previous_refresh_hash bytea CHECK (length(previous_refresh_hash) = 32),
+        previous_anti_csrf_hash bytea CHECK (length(previous_anti_csrf_hash) = 32),
+        rotated_at_ms bigint NOT NULL
+    );
+    -- Listing a user's sessions, in one tenant or in all of them.
+    CREATE INDEX sessiond_sessions_user ON sessiond_sessions (user_id, tenant_id);
+    -- Sweeping expired sessions.
+    CREATE INDEX sessiond_sessions_expiry ON sessiond_sessions (expires_at_ms);
+
+    CREATE TABLE sessiond_user_data (
+        tenant_id text NOT NULL,
+        user_id text NOT NULL,
+        public jsonb NOT NULL,
+        private jsonb NOT NULL,
+        user_identifier text,
+        PRIMARY KEY (tenant_id, user_id)
+    );
+
+    CREATE TABLE sessiond_keys (
+        kid text PRIMARY KEY,
+        alg text NOT NULL,
+        private_pkcs8 bytea NOT NULL,
+        sealed_nonce bytea,
+        sealed_ciphertext bytea,
+        created_at_ms bigint NOT NULL,
+        signs_from_ms bigint NOT NULL,
+        max_token_lifetime_ms bigint NOT NULL,
+        max_jwt_exp_ms bigint NOT NULL,
+        is_static boolean NOT NULL
+    );
+
+    CREATE TABLE sessiond_secrets (
+        name text PRIMARY KEY,
+        value bytea NOT NULL
+    );
+    "#,
+];
+
+/// The schema version this binary writes.
+pub(super) fn latest() -> i32 {
+    MIGRATIONS.len() as i32
+}
+
+/// Brings the schema to [`latest`]; returns how many migrations this call
+/// applied (none when another process already did).
+pub(super) async fn migrate(client: &mut Client) -> Result<usize, StoreError> {
+    let failed = |e| failure("applying the schema", e);
+    let tx = client.transaction().await.map_err(failed)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK])
+        .await
+        .map_err(failed)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS sessiond_schema (
+            version integer PRIMARY KEY,
+            applied_at timestamptz NOT NULL DEFAULT now()
+        )",
+    )
+    .await
+    .map_err(failed)?;
+    let found: i32 = tx
+        .query_one("SELECT coalesce(max(version), 0) FROM sessiond_schema", &[])
+        .await
+        .map_err(failed)?
+        .get(0);
+    if found > latest() {
+        return Err(StoreError::Backend(format!(
+            "the database's schema is version {found}, newer than this sessiond knows \
+             (version {}): run a sessiond at least as new as the one that upgraded it",
+            latest()
+        )));
+    }
+    let mut applied = 0;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = i as i32 + 1;
+        tx.batch_execute(sql).await.map_err(failed)?;
+        tx.execute(
+            "INSERT INTO sessiond_schema (version) VALUES ($1)",
+            &[&version],
+        )
+        .await
+        .map_err(failed)?;
+        applied += 1;
+    }
+    tx.commit().await.map_err(failed)?;
+    if applied > 0 {
+        tracing::info!(applied, version = latest(), "applied the database schema");
+    }
+    Ok(applied)
+}
