@@ -57,6 +57,14 @@ impl std::fmt::Debug for AccessClaims {
 }
 
 impl AccessClaims {
+    /// `Expired` once `now_ms` has reached the token's `exp`.
+    pub fn live_at(&self, now_ms: u64) -> Result<(), TokenError> {
+        if now_ms >= self.exp.saturating_mul(1000) {
+            return Err(TokenError::Expired);
+        }
+        Ok(())
+    }
+
     fn to_json(&self) -> Map<String, Value> {
         let mut m = self.payload.clone();
         m.insert("sub".into(), self.user_id.clone().into());
@@ -162,9 +170,7 @@ pub fn verify(keys: &KeyRing, token: &str, now_ms: u64) -> Result<AccessClaims, 
         _ => TokenError::Malformed,
     })?;
     let claims = AccessClaims::from_json(data.claims)?;
-    if now_ms >= claims.exp.saturating_mul(1000) {
-        return Err(TokenError::Expired);
-    }
+    claims.live_at(now_ms)?;
     Ok(claims)
 }
 

@@ -43,17 +43,13 @@ impl Verifier {
 
     /// The claims of `token` if it verifies and has not expired at `now_ms`.
     pub fn verify(&self, token: &str, now_ms: u64) -> Result<Arc<AccessClaims>, TokenError> {
-        let claims = match self.cache.get(token) {
-            Some(claims) => claims,
-            None => {
-                let claims = Arc::new(access::verify(&self.keys, token, now_ms)?);
-                self.cache.insert(token, claims.clone());
-                claims
-            }
-        };
-        if now_ms >= claims.exp.saturating_mul(1000) {
-            return Err(TokenError::Expired);
+        if let Some(claims) = self.cache.get(token) {
+            // Verified before; only its lifetime can have run out since.
+            claims.live_at(now_ms)?;
+            return Ok(claims);
         }
+        let claims = Arc::new(access::verify(&self.keys, token, now_ms)?);
+        self.cache.insert(token, claims.clone());
         Ok(claims)
     }
 }
