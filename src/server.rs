@@ -507,13 +507,32 @@ async fn sweeper(manager: Arc<SessionManager>, every: std::time::Duration) {
     }
 }
 
+/// Keeps the key ring current: reads it again from the store (keys other
+/// replicas added or retired) and rotates or retires keys when due, every
+/// [`RELOAD_INTERVAL`](crate::token::keys::RELOAD_INTERVAL). A failure is
+/// logged when it starts and when it ends, not on every tick (a database
+/// outage would fill the log); the ring in memory keeps serving meanwhile.
 async fn key_maintenance(keys: Arc<KeyRing>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    let mut tick = tokio::time::interval(crate::token::keys::RELOAD_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
     loop {
         tick.tick().await;
-        if let Err(e) = keys.maintain().await {
-            tracing::error!(error = %e, "signing key maintenance failed");
+        let upkeep = async {
+            keys.reload().await?;
+            keys.maintain().await
+        };
+        match upkeep.await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("signing key maintenance works again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::error!(error = %e, "signing key maintenance failed; retrying");
+            }
+            Err(_) => {}
         }
     }
 }

@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use serde_json::{Map, json};
 
-use super::{Change, Generation, KeyRecord, SessionQuery, SessionRecord, Store, TokenHash};
+use super::{Change, Generation, SessionQuery, SessionRecord, Store, TokenHash};
+
+mod keys;
+pub use keys::{keys_and_secrets, keys_are_added_once_per_place};
 
 fn record(handle: &str, user: &str, tenant: &str, expires_at_ms: u64) -> SessionRecord {
     SessionRecord {
@@ -258,50 +261,6 @@ pub async fn update_moves_indexes_and_sweep_follows(store: Arc<dyn Store>) {
     assert_eq!(saw, Some(true));
 }
 
-pub async fn keys_and_secrets(store: Arc<dyn Store>) {
-    let key = KeyRecord {
-        kid: "d-1".into(),
-        alg: "EdDSA".into(),
-        private_pkcs8: vec![1, 2, 3],
-        sealed: None,
-        created_at_ms: 1,
-        signs_from_ms: 1,
-        max_token_lifetime_ms: 10,
-        max_jwt_exp_ms: 0,
-        is_static: false,
-    };
-    store.put_key(&key).await.unwrap();
-    assert_eq!(store.keys().await.unwrap(), std::slice::from_ref(&key));
-    store.delete_key("d-1").await.unwrap();
-    assert!(store.keys().await.unwrap().is_empty());
-
-    let first = store.secret("s", &mut || vec![9; 4]).await.unwrap();
-    let again = store.secret("s", &mut || vec![7; 4]).await.unwrap();
-    assert_eq!(first, vec![9; 4]);
-    assert_eq!(again, first, "a secret is made once");
-    assert!(
-        !store.replace_secret("s", &[7; 4], &[1; 4]).await.unwrap(),
-        "only the current value is replaced"
-    );
-    assert!(
-        !store
-            .replace_secret("none", &[9; 4], &[1; 4])
-            .await
-            .unwrap()
-    );
-    assert!(store.replace_secret("s", &first, &[1; 4]).await.unwrap());
-    assert_eq!(
-        store.secret("s", &mut || vec![7; 4]).await.unwrap(),
-        vec![1; 4]
-    );
-    assert_eq!(
-        store.secret("none", &mut || vec![5; 4]).await.unwrap(),
-        vec![5; 4],
-        "a refused replacement creates nothing"
-    );
-    store.durable().await.unwrap();
-}
-
 pub async fn user_data_updates_are_atomic(store: Arc<dyn Store>) {
     assert!(store.user_data("public", "u").await.unwrap().is_none());
     let threads: Vec<_> = (0..8)
@@ -472,6 +431,7 @@ macro_rules! for_each_case {
         $case!(concurrent_updates_lose_nothing);
         $case!(update_moves_indexes_and_sweep_follows);
         $case!(keys_and_secrets);
+        $case!(keys_are_added_once_per_place);
         $case!(user_data_updates_are_atomic);
         $case!(concurrent_refreshes_leave_one_lineage);
         $case!(concurrent_bucket_merges_lose_nothing);

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    BoxFuture, Change, Durability, Exported, KeyRecord, KeysAndSecrets, SessionQuery,
+    BoxFuture, Change, Durability, Exported, KeyRecord, KeySlot, KeysAndSecrets, SessionQuery,
     SessionRecord, Sessions, SessionsPage, StoreError, UserData, UserDataStore, UserSession,
 };
 
@@ -180,8 +180,23 @@ impl KeysAndSecrets for MemoryStore {
     }
 
     async fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        self.lock().keys.insert(key.kid.clone(), key.clone());
+        let mut records = self.lock();
+        let key = match records.keys.get(&key.kid) {
+            Some(stored) => key.widened_by(stored),
+            None => key.clone(),
+        };
+        records.keys.insert(key.kid.clone(), key);
         Ok(())
+    }
+
+    async fn add_key(&self, key: &KeyRecord, slot: KeySlot<'_>) -> Result<bool, StoreError> {
+        let mut records = self.lock();
+        let keys: Vec<KeyRecord> = records.keys.values().cloned().collect();
+        if !slot.is_free(&keys) || records.keys.contains_key(&key.kid) {
+            return Ok(false);
+        }
+        records.keys.insert(key.kid.clone(), key.clone());
+        Ok(true)
     }
 
     async fn delete_key(&self, kid: &str) -> Result<(), StoreError> {

@@ -207,6 +207,55 @@ impl fmt::Debug for KeyRecord {
     }
 }
 
+impl KeyRecord {
+    /// This record, keeping the longer verification window of `stored`
+    /// (the record of the same key already in the store): a key's
+    /// `max_token_lifetime_ms` and `max_jwt_exp_ms` only ever grow, so two
+    /// processes noting tokens on one key at once never shorten it.
+    pub fn widened_by(&self, stored: &KeyRecord) -> KeyRecord {
+        KeyRecord {
+            max_token_lifetime_ms: self.max_token_lifetime_ms.max(stored.max_token_lifetime_ms),
+            max_jwt_exp_ms: self.max_jwt_exp_ms.max(stored.max_jwt_exp_ms),
+            ..self.clone()
+        }
+    }
+
+    /// The order of rotating keys: by when they sign, then by creation, then
+    /// by id, so that every process picks the same newest key.
+    pub fn rotation_order(&self) -> (u64, u64, &str) {
+        (self.signs_from_ms, self.created_at_ms, &self.kid)
+    }
+}
+
+/// The newest rotating key of `keys` (in [`KeyRecord::rotation_order`]).
+pub fn newest_rotating(keys: &[KeyRecord]) -> Option<&KeyRecord> {
+    keys.iter()
+        .filter(|k| !k.is_static)
+        .max_by(|a, b| a.rotation_order().cmp(&b.rotation_order()))
+}
+
+/// When [`KeysAndSecrets::add_key`] adds a key: the place in the key ring
+/// it is meant for, which must still be free. Processes that race for one
+/// place add one key between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySlot<'a> {
+    /// The static key: added when the store has none.
+    Static,
+    /// The successor of the rotating key named (`None`: the first rotating
+    /// key): added while that key is still the newest one stored.
+    After(Option<&'a str>),
+}
+
+impl KeySlot<'_> {
+    /// Whether this place is still free among the stored `keys`.
+    pub fn is_free(self, keys: &[KeyRecord]) -> bool {
+        match self {
+            Self::Static => !keys.iter().any(|k| k.is_static),
+            Self::After(kid) => newest_rotating(keys).map(|k| k.kid.as_str()) == kid,
+        }
+    }
+}
+
 /// A user's data buckets (per tenant).
 #[derive(Clone, Default, PartialEq)]
 pub struct UserData {

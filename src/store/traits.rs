@@ -12,8 +12,8 @@
 use async_trait::async_trait;
 
 use super::{
-    BoxFuture, Change, Exported, KeyRecord, Lineage, SessionQuery, SessionRecord, SessionsPage,
-    StoreError, UserData, UserSession,
+    BoxFuture, Change, Exported, KeyRecord, KeySlot, Lineage, SessionQuery, SessionRecord,
+    SessionsPage, StoreError, UserData, UserSession,
 };
 
 /// Sessions: created, read, updated atomically, listed, removed and swept.
@@ -91,8 +91,14 @@ pub trait KeysAndSecrets: Send + Sync {
     /// All stored signing keys.
     async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
 
-    /// Inserts or replaces a signing key.
+    /// Inserts or replaces a signing key. A stored key's verification
+    /// window is never shortened ([`KeyRecord::widened_by`]).
     async fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+
+    /// Inserts a new signing key if `slot` is still free
+    /// ([`KeySlot::is_free`]), checked and written in one step against every
+    /// other process sharing the store. Returns whether it was added.
+    async fn add_key(&self, key: &KeyRecord, slot: KeySlot<'_>) -> Result<bool, StoreError>;
 
     /// Removes a signing key.
     async fn delete_key(&self, kid: &str) -> Result<(), StoreError>;

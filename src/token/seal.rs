@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use super::KeyError;
 use super::kek::{self, Kek};
-use crate::store::{KeyRecord, SealedKey, Store, StoreError};
+use crate::store::{KeyRecord, KeySlot, SealedKey, Store, StoreError};
 
 /// The store's keys and secrets, through the key-encryption key when there
 /// is one.
@@ -104,19 +104,29 @@ impl Vault {
 
     /// Stores a key, sealed when there is a KEK.
     pub async fn put_key(&self, record: &KeyRecord) -> Result<(), KeyError> {
+        Ok(self.store.put_key(&self.stored(record)).await?)
+    }
+
+    /// Adds a new key to the store, sealed as [`Vault::put_key`] seals it,
+    /// if `slot` is still free
+    /// ([`KeysAndSecrets::add_key`](crate::store::KeysAndSecrets::add_key)).
+    pub async fn add_key(&self, record: &KeyRecord, slot: KeySlot<'_>) -> Result<bool, KeyError> {
+        Ok(self.store.add_key(&self.stored(record), slot).await?)
+    }
+
+    /// A key as the store keeps it: sealed when a KEK is configured.
+    fn stored(&self, record: &KeyRecord) -> KeyRecord {
         match &self.kek {
-            None => self.store.put_key(record).await?,
+            None => record.clone(),
             Some(kek) => {
                 let (nonce, ciphertext) = kek.seal(record.kid.as_bytes(), &record.private_pkcs8);
-                let sealed = KeyRecord {
+                KeyRecord {
                     private_pkcs8: Vec::new(),
                     sealed: Some(SealedKey { nonce, ciphertext }),
                     ..record.clone()
-                };
-                self.store.put_key(&sealed).await?;
+                }
             }
         }
-        Ok(())
     }
 
     /// The server secret called `name`; see [`secret`].

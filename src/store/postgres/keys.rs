@@ -2,6 +2,10 @@
 //! row per key id; a sealed key keeps its nonce and ciphertext, and an
 //! empty private key) and `sessiond_secrets` (name and bytes).
 //!
+//! A key is added by [`KeysAndSecrets::add_key`] under a transaction-level
+//! advisory lock, so that replicas racing to add the same successor add one.
+//! An upsert keeps the larger of the stored and given verification windows.
+//!
 //! A secret is created at most once (`INSERT ... ON CONFLICT DO NOTHING`,
 //! then the stored value is read back, so concurrent first calls on any
 //! replica agree), and replaced only by compare-and-swap in one `UPDATE`.
@@ -13,7 +17,11 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use super::{Failed, PostgresStore, from_db, to_db};
-use crate::store::{KeyRecord, KeysAndSecrets, SealedKey, StoreError};
+use crate::store::{KeyRecord, KeySlot, KeysAndSecrets, SealedKey, StoreError};
+
+/// The advisory lock key under which keys are added (distinct from the
+/// migrations' lock).
+const KEY_RING_LOCK: i64 = 0x5345_5353_4b45_5953; // "SESSKEYS"
 
 /// The columns of a key, in the order [`decode`] reads them.
 pub(super) const COLUMNS: &str = "kid, alg, private_pkcs8, sealed_nonce, sealed_ciphertext, \
@@ -43,7 +51,8 @@ pub(super) fn decode(row: &Row) -> Result<KeyRecord, Failed> {
     })
 }
 
-/// Writes a key, replacing one of the same id.
+/// Writes a key, replacing one of the same id but never shortening its
+/// verification window (see [`KeyRecord::widened_by`]).
 pub(super) async fn upsert(client: &impl GenericClient, key: &KeyRecord) -> Result<(), Failed> {
     let times = [
         to_db(key.created_at_ms)?,
@@ -62,8 +71,10 @@ pub(super) async fn upsert(client: &impl GenericClient, key: &KeyRecord) -> Resu
              private_pkcs8 = EXCLUDED.private_pkcs8, sealed_nonce = EXCLUDED.sealed_nonce, \
              sealed_ciphertext = EXCLUDED.sealed_ciphertext, \
              created_at_ms = EXCLUDED.created_at_ms, signs_from_ms = EXCLUDED.signs_from_ms, \
-             max_token_lifetime_ms = EXCLUDED.max_token_lifetime_ms, \
-             max_jwt_exp_ms = EXCLUDED.max_jwt_exp_ms, is_static = EXCLUDED.is_static",
+             max_token_lifetime_ms = GREATEST(sessiond_keys.max_token_lifetime_ms, \
+             EXCLUDED.max_token_lifetime_ms), \
+             max_jwt_exp_ms = GREATEST(sessiond_keys.max_jwt_exp_ms, EXCLUDED.max_jwt_exp_ms), \
+             is_static = EXCLUDED.is_static",
         )
         .await?;
     client
@@ -136,6 +147,31 @@ impl KeysAndSecrets for PostgresStore {
         upsert(&client, key)
             .await
             .map_err(|e| e.during("writing a key"))
+    }
+
+    async fn add_key(&self, key: &KeyRecord, slot: KeySlot<'_>) -> Result<bool, StoreError> {
+        let add = async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            // Every replica adding a key takes this lock first, so the ring
+            // read below is still the ring when the key is written.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&KEY_RING_LOCK])
+                .await?;
+            let sql = format!("SELECT {COLUMNS} FROM sessiond_keys");
+            let keys = tx
+                .query(&sql, &[])
+                .await?
+                .iter()
+                .map(decode)
+                .collect::<Result<Vec<_>, _>>()?;
+            if !slot.is_free(&keys) || keys.iter().any(|k| k.kid == key.kid) {
+                return Ok(false);
+            }
+            upsert(&tx, key).await?;
+            tx.commit().await?;
+            Ok(true)
+        };
+        add.await.map_err(|e: Failed| e.during("adding a key"))
     }
 
     async fn delete_key(&self, kid: &str) -> Result<(), StoreError> {

@@ -9,8 +9,9 @@ use tokio::sync::watch;
 
 use super::SledStore;
 use crate::store::{
-    BoxFuture, Change, Durability, Exported, KeyRecord, KeysAndSecrets, Lineage, SessionQuery,
-    SessionRecord, Sessions, SessionsPage, StoreError, UserData, UserDataStore, UserSession,
+    BoxFuture, Change, Durability, Exported, KeyRecord, KeySlot, KeysAndSecrets, Lineage,
+    SessionQuery, SessionRecord, Sessions, SessionsPage, StoreError, UserData, UserDataStore,
+    UserSession,
 };
 
 /// Runs a call that touches many records (a revocation of hundreds of
@@ -108,6 +109,10 @@ impl KeysAndSecrets for SledStore {
 
     async fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         self.write("put_key", |s| s.put_key(key))
+    }
+
+    async fn add_key(&self, key: &KeyRecord, slot: KeySlot<'_>) -> Result<bool, StoreError> {
+        self.write("add_key", |s| s.add_key(key, slot))
     }
 
     async fn delete_key(&self, kid: &str) -> Result<(), StoreError> {

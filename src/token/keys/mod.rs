@@ -15,17 +15,28 @@
 //! module: each is parsed once, when loaded, and signs here (jsonwebtoken
 //! would parse the PKCS#8 document again for every signature).
 //!
+//! Replicas sharing a store share one ring. Each place in it (the static
+//! key, the successor of the newest rotating key) is filled once: the store
+//! checks the place is free and writes the key in one step
+//! ([`KeysAndSecrets::add_key`](crate::store::KeysAndSecrets::add_key)), and
+//! a process that loses the race reads the ring again and takes the winner's
+//! key. Every server reads the ring again every [`RELOAD_INTERVAL`] and
+//! before any rotation or retirement, so a key one replica adds is published
+//! by all of them well before it signs, and no replica retires a key that
+//! another one has since signed a long-lived JWT with.
+//!
 //! Layout: this file holds the ring (loading, rotation, publication,
-//! retirement); `signing.rs` the keys themselves; sealing private keys
-//! with the key-encryption key is [`super::seal`]'s.
+//! retirement); `set.rs` the keys at one moment; `signing.rs` the keys
+//! themselves; sealing private keys with the key-encryption key is
+//! [`super::seal`]'s.
 
+mod set;
 mod signing;
 #[cfg(test)]
 mod tests;
 
 pub use signing::{Jwk, SigningKey};
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use super::KeyError;
@@ -33,12 +44,23 @@ use super::kek::Kek;
 use super::seal::{LoadedKeys, Vault};
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
-use crate::store::{KeyRecord, Store};
+use crate::store::{KeyRecord, KeySlot, Store};
 use crate::token::SigningAlgorithm;
+use set::KeySet;
 use signing::generate_pkcs8;
 
 /// How long a new rotating key is published before it signs.
 pub const PUBLISH_DELAY_MS: u64 = 60_000;
+
+/// How often a server reads the key ring again from the store
+/// ([`KeyRing::reload`]), to take keys that other replicas sharing it
+/// added or retired: well inside [`PUBLISH_DELAY_MS`], so that every replica
+/// publishes a new key long before any replica signs with it.
+pub const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How many times [`KeyRing::rotate_now`] tries to add a key when other
+/// processes keep adding theirs first.
+const ROTATE_TRIES: usize = 5;
 
 /// A key's place in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,82 +113,6 @@ pub struct KeyRingConfig {
     pub rotation_interval_ms: u64,
     /// Access token lifetime, ms (bounds how long a retired key must verify).
     pub access_lifetime_ms: u64,
-}
-
-/// The loaded keys at one moment.
-struct KeySet {
-    /// Rotating keys, oldest `signs_from` first.
-    rotating: Vec<Arc<SigningKey>>,
-    static_key: Arc<SigningKey>,
-    by_kid: HashMap<String, Arc<SigningKey>>,
-}
-
-impl KeySet {
-    fn load(records: Vec<KeyRecord>) -> Result<Option<Self>, KeyError> {
-        let keys = records
-            .into_iter()
-            .map(|r| SigningKey::load(r).map(Arc::new))
-            .collect::<Result<_, _>>()?;
-        Ok(Self::new(keys))
-    }
-
-    /// `None` without a static key or a rotating one.
-    fn new(keys: Vec<Arc<SigningKey>>) -> Option<Self> {
-        let mut rotating = Vec::new();
-        let mut static_key = None;
-        for key in keys {
-            if key.record.is_static {
-                static_key = Some(key);
-            } else {
-                rotating.push(key);
-            }
-        }
-        rotating.sort_by_key(|k| (k.record.signs_from_ms, k.record.created_at_ms));
-        let static_key = static_key?;
-        if rotating.is_empty() {
-            return None;
-        }
-        let by_kid = rotating
-            .iter()
-            .chain(std::iter::once(&static_key))
-            .map(|k| (k.record.kid.clone(), k.clone()))
-            .collect();
-        Some(Self {
-            rotating,
-            static_key,
-            by_kid,
-        })
-    }
-
-    /// The rotating key that signs at `now`.
-    fn signer(&self, now: u64) -> &Arc<SigningKey> {
-        self.rotating
-            .iter()
-            .rev()
-            .find(|k| k.record.signs_from_ms <= now)
-            .unwrap_or(&self.rotating[0])
-    }
-
-    /// When a key stops verifying; `None` while it may still sign.
-    fn retires_at(&self, key: &SigningKey) -> Option<u64> {
-        if key.record.is_static {
-            return None;
-        }
-        let successor = self
-            .rotating
-            .iter()
-            .find(|k| k.record.signs_from_ms > key.record.signs_from_ms)?;
-        let from = successor.record.signs_from_ms;
-        Some((from + key.record.max_token_lifetime_ms).max(key.record.max_jwt_exp_ms))
-    }
-
-    fn is_live(&self, key: &SigningKey, now: u64) -> bool {
-        self.retires_at(key).is_none_or(|t| now < t)
-    }
-
-    fn latest(&self) -> &Arc<SigningKey> {
-        self.rotating.last().expect("a key set has a rotating key")
-    }
 }
 
 /// The signing keys of the server.
@@ -253,18 +199,25 @@ impl KeyRing {
                 "a previous key-encryption key is configured, but no signing key was sealed under it"
             );
         }
+        // Processes sharing a new store race to make its first keys: each
+        // place is filled once, and the losers take the winners' keys.
+        let mut added = false;
         if !records.iter().any(|r| r.is_static) {
             let suffix = super::random_bytes::<8>()
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>();
-            records.push(new_record(format!("s-{suffix}"), config, now, now, true).await?);
-            vault.put_key(records.last().expect("pushed")).await?;
-            changed = true;
+            let key = new_record(format!("s-{suffix}"), config, now, now, true).await?;
+            vault.add_key(&key, KeySlot::Static).await?;
+            added = true;
         }
         if !records.iter().any(|r| !r.is_static) {
-            records.push(new_record(format!("d-{now}"), config, now, now, false).await?);
-            vault.put_key(records.last().expect("pushed")).await?;
+            let key = new_record(format!("d-{now}"), config, now, now, false).await?;
+            vault.add_key(&key, KeySlot::After(None)).await?;
+            added = true;
+        }
+        if added {
+            records = vault.load_keys().await?.records;
             changed = true;
         }
         // Keys that may still sign must stay verifiable for the configured
@@ -394,10 +347,41 @@ impl KeyRing {
     fn needs_maintenance(&self) -> bool {
         let set = self.snapshot();
         let now = self.clock.now_ms();
+        self.rotation_due(&set, now) || set.rotating.iter().any(|k| !set.is_live(k, now))
+    }
+
+    /// Whether `set` needs a successor key at `now`: its interval ends
+    /// within the publication delay, or the configured algorithm changed.
+    /// A change of algorithm waits until the newest key signs, so that
+    /// replicas configured differently for a while (a rolling change) add a
+    /// key at most once per publication delay between them.
+    fn rotation_due(&self, set: &KeySet, now: u64) -> bool {
         let latest = set.latest();
-        now >= self.next_rotation_ms(&set)
-            || latest.jwk().alg != self.config.algorithm.as_str()
-            || set.rotating.iter().any(|k| !set.is_live(k, now))
+        now >= self.next_rotation_ms(set)
+            || (latest.jwk().alg != self.config.algorithm.as_str()
+                && latest.record.signs_from_ms <= now)
+    }
+
+    /// Reads the ring again from the store, to take what other processes
+    /// sharing it did: keys they added, noted or retired. Keys whose record
+    /// did not change are kept as they are (not parsed again).
+    pub async fn reload(&self) -> Result<(), KeyError> {
+        let _guard = self.writer.lock().await;
+        self.reload_locked().await
+    }
+
+    /// [`KeyRing::reload`], for a caller holding the writer lock.
+    async fn reload_locked(&self) -> Result<(), KeyError> {
+        let records = self.vault.load_keys().await?.records;
+        let current = self.snapshot();
+        let keys = records
+            .into_iter()
+            .map(|r| match current.by_kid.get(&r.kid) {
+                Some(key) if key.record == r => Ok(key.clone()),
+                _ => SigningKey::load(r).map(Arc::new),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.replace(keys)
     }
 
     /// Starts a rotation when one is due (or the configured algorithm
@@ -408,11 +392,14 @@ impl KeyRing {
             return Ok(());
         }
         let _guard = self.writer.lock().await;
+        // Another process sharing the store may have done the work already.
+        self.reload_locked().await?;
+        if !self.needs_maintenance() {
+            return Ok(());
+        }
         let set = self.snapshot();
         let now = self.clock.now_ms();
-        let latest = set.latest();
-        if now >= self.next_rotation_ms(&set) || latest.jwk().alg != self.config.algorithm.as_str()
-        {
+        if self.rotation_due(&set, now) {
             self.add_successor(&set, now).await?;
         }
         let set = self.snapshot();
@@ -441,8 +428,17 @@ impl KeyRing {
     /// publication delay.
     pub async fn rotate_now(&self) -> Result<Arc<SigningKey>, KeyError> {
         let _guard = self.writer.lock().await;
-        let set = self.snapshot();
-        self.add_successor(&set, self.clock.now_ms()).await
+        // Each lost race reloads the ring, so the next try follows the key
+        // that won it; only a store changing faster than that runs out.
+        for _ in 0..ROTATE_TRIES {
+            let set = self.snapshot();
+            if let Some(key) = self.add_successor(&set, self.clock.now_ms()).await? {
+                return Ok(key);
+            }
+        }
+        Err(KeyError::Crypto(
+            "rotation: other processes kept adding keys; try again",
+        ))
     }
 
     /// Records that `kid` signed a JWT expiring at `exp_ms`, so the key keeps
@@ -463,6 +459,7 @@ impl KeyRing {
             return Ok(());
         }
         let updated = set.by_kid[kid].with_max_jwt_exp(exp_ms);
+        // The store keeps the longer window if another process noted one.
         self.vault.put_key(&updated.record).await?;
         self.store.durable().await?;
         let mut keys = keys_except(&set, |k| k.kid() == kid);
@@ -470,7 +467,14 @@ impl KeyRing {
         self.replace(keys)
     }
 
-    async fn add_successor(&self, set: &KeySet, now: u64) -> Result<Arc<SigningKey>, KeyError> {
+    /// Adds a successor to the newest key of `set`, which signs after the
+    /// publication delay. `None` when another process sharing the store
+    /// added one first: the ring is then reloaded and holds that one.
+    async fn add_successor(
+        &self,
+        set: &KeySet,
+        now: u64,
+    ) -> Result<Option<Arc<SigningKey>>, KeyError> {
         let mut created = now;
         while set.by_kid.contains_key(&format!("d-{created}")) {
             created += 1;
@@ -484,7 +488,11 @@ impl KeyRing {
             false,
         )
         .await?;
-        self.vault.put_key(&record).await?;
+        let after = KeySlot::After(Some(set.latest().kid()));
+        if !self.vault.add_key(&record, after).await? {
+            self.reload_locked().await?;
+            return Ok(None);
+        }
         self.store.durable().await?;
         let kid = record.kid.clone();
         let mut keys = keys_except(set, |_| false);
@@ -492,7 +500,7 @@ impl KeyRing {
         self.replace(keys)?;
         self.metrics.key_rotated();
         tracing::info!(kid = %kid, signs_from_ms = signs_from, "published a new signing key");
-        Ok(self.snapshot().by_kid[&kid].clone())
+        Ok(Some(self.snapshot().by_kid[&kid].clone()))
     }
 
     fn replace(&self, keys: Vec<Arc<SigningKey>>) -> Result<(), KeyError> {

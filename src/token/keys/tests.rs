@@ -145,3 +145,100 @@ async fn keys_left_under_either_kek_are_sealed_again_under_the_new_one() {
     let err = open(kek(1)).await.unwrap_err().to_string();
     assert!(err.contains("does not open"), "{err}");
 }
+
+/// Three rings on one store, as three replicas sharing a database.
+async fn replicas(alg: SigningAlgorithm) -> (Arc<ManualClock>, Arc<dyn Store>, Vec<KeyRing>) {
+    let store: Arc<dyn Store> = MemoryStore::shared();
+    let clock = ManualClock::starting_now();
+    let config = KeyRingConfig {
+        algorithm: alg,
+        rotation_interval_ms: 24 * HOUR,
+        access_lifetime_ms: HOUR,
+    };
+    let open = || KeyRing::open(store.clone(), clock.clone(), config, Metrics::shared());
+    let (a, b, c) = tokio::join!(open(), open(), open());
+    (clock, store, vec![a.unwrap(), b.unwrap(), c.unwrap()])
+}
+
+fn kids(ring: &KeyRing) -> Vec<String> {
+    ring.jwks().into_iter().map(|k| k.kid).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_on_a_new_store_share_one_set_of_keys() {
+    let (_clock, store, rings) = replicas(SigningAlgorithm::ES256).await;
+    assert_eq!(
+        store.keys().await.unwrap().len(),
+        2,
+        "one static, one rotating"
+    );
+    for ring in &rings {
+        assert_eq!(kids(ring), kids(&rings[0]));
+        assert_eq!(ring.signer().kid(), rings[0].signer().kid());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_rotation_adds_one_successor_however_many_replicas_see_it() {
+    let (clock, store, rings) = replicas(SigningAlgorithm::ES256).await;
+    let first = rings[0].signer().kid().to_owned();
+    clock.advance(Duration::from_millis(24 * HOUR - PUBLISH_DELAY_MS));
+    let (a, b, c) = tokio::join!(
+        rings[0].maintain(),
+        rings[1].maintain(),
+        rings[2].maintain()
+    );
+    for done in [a, b, c] {
+        done.unwrap();
+    }
+    assert_eq!(store.keys().await.unwrap().len(), 3, "one successor");
+    for ring in &rings {
+        assert_eq!(kids(ring).len(), 3);
+        assert_eq!(kids(ring), kids(&rings[0]), "every replica publishes it");
+        assert_eq!(ring.signer().kid(), first, "none signs with it yet");
+    }
+    clock.advance(Duration::from_millis(PUBLISH_DELAY_MS));
+    let second = rings[0].signer().kid().to_owned();
+    assert_ne!(second, first);
+    assert!(rings.iter().all(|r| r.signer().kid() == second));
+}
+
+#[tokio::test]
+async fn a_key_rotated_on_one_replica_is_published_by_the_others_after_a_reload() {
+    let (_clock, _store, rings) = replicas(SigningAlgorithm::ES256).await;
+    let new = rings[0].rotate_now().await.unwrap();
+    assert!(!kids(&rings[1]).contains(&new.kid().to_owned()));
+    rings[1].reload().await.unwrap();
+    assert_eq!(kids(&rings[1]), kids(&rings[0]));
+    assert!(rings[1].verifier(new.kid()).is_some());
+
+    // A rotation on a replica that has not reloaded yet follows the key
+    // another one added instead of branching off the same predecessor.
+    let newer = rings[2].rotate_now().await.unwrap();
+    rings[0].reload().await.unwrap();
+    rings[1].reload().await.unwrap();
+    let published = kids(&rings[0]);
+    assert_eq!(published.len(), 4, "{published:?}");
+    assert_eq!(published[0], newer.kid(), "newest first");
+    assert_eq!(published[1], new.kid());
+    assert!(rings.iter().all(|r| kids(r) == published));
+}
+
+#[tokio::test]
+async fn a_replica_never_retires_a_key_that_another_one_signed_a_long_jwt_with() {
+    let (clock, _store, rings) = replicas(SigningAlgorithm::ES256).await;
+    let first = rings[0].signer();
+    let long = crate::clock::Clock::now_ms(clock.as_ref()) + 100 * HOUR;
+    rings[1].note_jwt_expiry(first.kid(), long).await.unwrap();
+
+    clock.advance(Duration::from_millis(24 * HOUR - PUBLISH_DELAY_MS));
+    rings[0].maintain().await.unwrap();
+    clock.advance(Duration::from_millis(PUBLISH_DELAY_MS + 2 * HOUR));
+    // Replica 0 has not reloaded since replica 1 noted the JWT: by its own
+    // view the first key is retired, but it reads the ring before retiring.
+    rings[0].maintain().await.unwrap();
+    assert!(rings[0].verifier(first.kid()).is_some());
+    assert!(kids(&rings[2]).contains(&first.kid().to_owned()));
+    rings[2].reload().await.unwrap();
+    assert!(rings[2].verifier(first.kid()).is_some());
+}

@@ -11,15 +11,18 @@ use tokio::sync::oneshot;
 use super::trees::{
     decode, encode, handle_of_user_key, split_user_data_key, user_data_key, user_prefix,
 };
-use super::{SledInstance, backend};
+use super::{SledInstance, backend, write_key};
 use crate::store::Lineage;
 use crate::store::sled::format::{StoredKey, StoredUserData};
 use crate::store::sled::record;
 use crate::store::sled::wal::TreeId;
 use crate::store::{
-    BoxFuture, Change, Exported, KeyRecord, ListedSession, SessionQuery, SessionRecord,
+    BoxFuture, Change, Exported, KeyRecord, KeySlot, ListedSession, SessionQuery, SessionRecord,
     SessionsPage, StoreError, UserData, UserSession,
 };
+
+/// The lock stripe key of the key ring as a whole: every key write takes it.
+const RING: &[u8] = b"";
 
 impl SledInstance {
     pub(crate) fn create_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
@@ -319,17 +322,47 @@ impl SledInstance {
             .collect()
     }
 
+    /// Writes `key` under the key ring's stripe (which every key write
+    /// takes), so that reading the ring and the write that depends on it are
+    /// one step.
+    fn write_ring_key(
+        &self,
+        key: &KeyRecord,
+        decide: impl FnOnce(&[KeyRecord]) -> Option<KeyRecord>,
+    ) -> Result<bool, StoreError> {
+        self.logged(TreeId::Keys, &[RING, key.kid.as_bytes()], |log| {
+            let Some(key) = decide(&self.keys()?) else {
+                return Ok(false);
+            };
+            let value = encode(&StoredKey::from(&key));
+            write_key(&self.keys, key.kid.as_bytes(), Some(&value))?;
+            log.put(key.kid.as_bytes(), Some(&value));
+            Ok(true)
+        })
+    }
+
     pub(crate) fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        self.put_logged(
-            &self.keys,
-            TreeId::Keys,
-            key.kid.as_bytes(),
-            Some(&encode(&StoredKey::from(key))),
-        )
+        self.write_ring_key(key, |keys| {
+            Some(match keys.iter().find(|k| k.kid == key.kid) {
+                Some(stored) => key.widened_by(stored),
+                None => key.clone(),
+            })
+        })
+        .map(drop)
+    }
+
+    pub(crate) fn add_key(&self, key: &KeyRecord, slot: KeySlot<'_>) -> Result<bool, StoreError> {
+        self.write_ring_key(key, |keys| {
+            (slot.is_free(keys) && !keys.iter().any(|k| k.kid == key.kid)).then(|| key.clone())
+        })
     }
 
     pub(crate) fn delete_key(&self, kid: &str) -> Result<(), StoreError> {
-        self.put_logged(&self.keys, TreeId::Keys, kid.as_bytes(), None)
+        self.logged(TreeId::Keys, &[RING, kid.as_bytes()], |log| {
+            write_key(&self.keys, kid.as_bytes(), None)?;
+            log.put(kid.as_bytes(), None);
+            Ok(())
+        })
     }
 
     pub(crate) fn secret(
