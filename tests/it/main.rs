@@ -13,6 +13,7 @@ mod durability;
 mod helpers;
 mod keys;
 mod operations;
+mod outage;
 mod postgres;
 mod refresh;
 mod sessions;

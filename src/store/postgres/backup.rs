@@ -57,6 +57,10 @@ impl PostgresStore {
 
 #[async_trait]
 impl Durability for PostgresStore {
+    async fn writable(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.probe.as_ref().map(|p| p.subscribe())
+    }
+
     fn durable(&self) -> BoxFuture<Result<(), StoreError>> {
         // Every write returned after its transaction committed, with the
         // server's synchronous_commit as it is (on by default).

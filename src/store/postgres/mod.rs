@@ -13,12 +13,18 @@
 //! (`SELECT ... FOR UPDATE`) and are retried a bounded number of times on
 //! a serialization failure or a deadlock.
 //!
-//! Layout: `tls` (sslmode), `schema` (migrations), `sessions`, `user_data`,
-//! `keys` (keys and secrets), `backup` (durability, export, import). This
+//! Health follows the database (`health`): the store reports itself not
+//! writable while the server cannot take writes, and writable again once it
+//! can, with no restart.
+//!
+//! Layout: `tls` (sslmode), `schema` (migrations), `health` (the probe),
+//! `sessions`, `user_data`, `keys` (keys and secrets), `backup` (durability,
+//! export, import). This
 //! module must never log or return the database URL, which may hold a
 //! password, nor a record's contents.
 
 mod backup;
+mod health;
 mod keys;
 mod schema;
 mod sessions;
@@ -49,6 +55,8 @@ const RETRIES: usize = 20;
 /// The store in PostgreSQL; see the module documentation.
 pub struct PostgresStore {
     pool: Pool,
+    /// Whether the database takes writes; `None` until [`connect`](Self::connect).
+    probe: Option<health::Probe>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -66,9 +74,11 @@ impl PostgresStore {
     /// and brings its schema up to date. Fails when the server cannot be
     /// reached, or its schema is newer than this binary knows.
     pub async fn connect(url: &Secret, pool_size: usize) -> Result<Self, StoreError> {
-        let store = Self::open(url, pool_size, POOL_WAIT)?;
+        let mut store = Self::open(url, pool_size, POOL_WAIT)?;
         let mut client = store.client().await?;
         schema::migrate(&mut client).await?;
+        drop(client);
+        store.probe = Some(health::Probe::start(store.pool.clone()));
         Ok(store)
     }
 
@@ -102,7 +112,7 @@ impl PostgresStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Backend(format!("the database pool: {e}")))?;
-        Ok(Self { pool })
+        Ok(Self { pool, probe: None })
     }
 
     /// Checks `url` as [`connect`](Self::connect) reads it, without
