@@ -15,5 +15,6 @@ mod keys;
 mod operations;
 mod postgres;
 mod refresh;
+mod replicas;
 mod sessions;
 mod tls;

@@ -1,0 +1,336 @@
+//! Three sessiond processes on loopback sharing one PostgreSQL database,
+//! as replicas behind a load balancer run: what one replica acknowledges
+//! the others see, and theft and revocation found through one replica hold
+//! on all of them.
+//!
+//! Each replica is a real process of the binary, so nothing is shared but
+//! the database: each has its own cache of verified tokens and its own key
+//! ring in memory. Every replica gets the same API key; the signing keys and
+//! the refresh-token MAC secret come from the database.
+
+use std::process::Child;
+
+use serde_json::json;
+use sessiond::Clock;
+use sessiond::pb;
+use sessiond::pb::session_service_client::SessionServiceClient;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+use tonic_types::StatusExt;
+
+use crate::durability::spawn_binary_with;
+use crate::helpers::{
+    API_KEY, access, assert_status, handle, json, obj, refresh_token, wait_until,
+};
+use crate::postgres::harness;
+
+type Key = fn(Request<()>) -> Result<Request<()>, Status>;
+type Sessions = SessionServiceClient<InterceptedService<Channel, Key>>;
+
+/// Every call is a backend's, with the API key all replicas share.
+fn api_key(mut req: Request<()>) -> Result<Request<()>, Status> {
+    req.metadata_mut()
+        .insert("x-api-key", MetadataValue::from_static(API_KEY));
+    Ok(req)
+}
+
+/// One sessiond process of the binary.
+struct Replica {
+    name: &'static str,
+    _dir: tempfile::TempDir,
+    child: Option<Child>,
+    channel: Channel,
+}
+
+impl Replica {
+    /// Starts the binary with `args` and waits for its ready line.
+    async fn start(name: &'static str, args: Vec<String>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (child, addr) = spawn(dir.path(), &args).await;
+        let channel = connect(&addr).await;
+        Self {
+            name,
+            _dir: dir,
+            child: Some(child),
+            channel,
+        }
+    }
+
+    fn sessions(&self) -> Sessions {
+        SessionServiceClient::with_interceptor(self.channel.clone(), api_key as Key)
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn spawn(dir: &std::path::Path, args: &[String]) -> (Child, String) {
+    let (dir, args) = (dir.to_owned(), args.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (child, addr, _lines) = spawn_binary_with(&dir, &args);
+        (child, addr)
+    })
+    .await
+    .unwrap()
+}
+
+async fn connect(addr: &str) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// The arguments every replica on `db` gets, then `extra`.
+fn replica_args(db: &harness::Database, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--database-url",
+        &db.url,
+        "--database-pool-size",
+        "8",
+        "--api-key",
+        API_KEY,
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+/// A database of the test's own and three replicas A, B and C on it, each
+/// with `extra` arguments; `None` when PostgreSQL is missing (and not
+/// required). A starts first and makes the signing keys and secrets on the
+/// empty database; B and C start together once it is ready, and load them.
+async fn three_replicas(test: &str, extra: &[&str]) -> Option<(harness::Database, [Replica; 3])> {
+    let db = harness::postgres(test)?;
+    let args = replica_args(&db, extra);
+    let a = Replica::start("A", args.clone()).await;
+    let (b, c) = tokio::join!(
+        Replica::start("B", args.clone()),
+        Replica::start("C", args.clone()),
+    );
+    Some((db, [a, b, c]))
+}
+
+async fn create(
+    c: &mut Sessions,
+    user: &str,
+    data: serde_json::Value,
+) -> pb::CreateNewSessionResponse {
+    c.create_new_session(pb::CreateNewSessionRequest {
+        user_id: user.into(),
+        access_token_payload: Some(obj(json!({"role": "reader"}))),
+        session_data_in_database: Some(obj(data)),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+/// GetSession.
+async fn check(
+    c: &mut Sessions,
+    access: &str,
+    check_database: bool,
+) -> Result<pb::GetSessionResponse, Status> {
+    c.get_session(pb::GetSessionRequest {
+        access_token: access.into(),
+        check_database,
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+async fn refresh(c: &mut Sessions, token: &str) -> Result<pb::RefreshSessionResponse, Status> {
+    c.refresh_session(pb::RefreshSessionRequest {
+        refresh_token: token.into(),
+        disable_anti_csrf: true,
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+async fn info(c: &mut Sessions, handle: &str) -> Result<pb::GetSessionInformationResponse, Status> {
+    c.get_session_information(pb::GetSessionInformationRequest {
+        session_handle: handle.into(),
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+/// (access token, refresh token) of a refresh.
+fn tokens(r: &pb::RefreshSessionResponse) -> (String, String) {
+    (
+        r.access_token.clone().unwrap().token,
+        r.refresh_token.clone().unwrap().token,
+    )
+}
+
+/// The time a token was made, ms since the epoch.
+fn created_ms(token: &pb::Token) -> u64 {
+    let t = token.created_time.as_ref().unwrap();
+    t.seconds as u64 * 1000 + t.nanos as u64 / 1_000_000
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_made_on_one_replica_is_checked_and_refreshed_on_the_others() {
+    let test = "a_session_made_on_one_replica_is_checked_and_refreshed_on_the_others";
+    let Some((_db, [a, b, c])) = three_replicas(test, &[]).await else {
+        return;
+    };
+    let created = create(&mut a.sessions(), "alice", json!({"plan": "pro"})).await;
+
+    let got = check(&mut b.sessions(), &access(&created), true)
+        .await
+        .expect("B checks in the database a session A made");
+    let session = got.session.unwrap();
+    assert_eq!(session.session_handle, handle(&created));
+    assert_eq!(session.user_id, "alice");
+    assert_eq!(
+        json(session.access_token_payload.as_ref().unwrap())["role"],
+        "reader"
+    );
+
+    let refreshed = refresh(&mut c.sessions(), &refresh_token(&created))
+        .await
+        .expect("C refreshes a session A made");
+    assert_eq!(
+        refreshed.session.as_ref().unwrap().session_handle,
+        handle(&created)
+    );
+    let (new_access, new_refresh) = tokens(&refreshed);
+    assert_ne!(new_access, access(&created));
+    for r in [&a, &b, &c] {
+        check(&mut r.sessions(), &new_access, true)
+            .await
+            .unwrap_or_else(|s| panic!("{} checks the token C issued: {s:?}", r.name));
+        let info = info(&mut r.sessions(), &handle(&created)).await.unwrap();
+        assert_eq!(info.user_id, "alice");
+        assert_eq!(
+            json(info.session_data_in_database.as_ref().unwrap()),
+            json!({"plan": "pro"})
+        );
+    }
+
+    // The lineage goes on wherever the next refresh lands.
+    let (third_access, _) = tokens(
+        &refresh(&mut a.sessions(), &new_refresh)
+            .await
+            .expect("A refreshes the token C issued"),
+    );
+    check(&mut b.sessions(), &third_access, true)
+        .await
+        .expect("B checks the token A issued");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_token_reused_on_another_replica_is_theft_and_the_session_is_gone_everywhere() {
+    let test =
+        "a_refresh_token_reused_on_another_replica_is_theft_and_the_session_is_gone_everywhere";
+    // No grace period: any reuse of a rotated-out token is theft.
+    let Some((_db, [a, b, c])) = three_replicas(test, &["--refresh-grace-period", "0s"]).await
+    else {
+        return;
+    };
+    let created = create(&mut a.sessions(), "victim", json!({})).await;
+    let first_refresh = refresh_token(&created);
+    let refreshed = refresh(&mut c.sessions(), &first_refresh).await.unwrap();
+    let (new_access, new_refresh) = tokens(&refreshed);
+
+    // The window is `now <= rotated_at + 0`: a reuse within the very
+    // millisecond C rotated in would still be in it. Every replica reads
+    // the same system clock, so wait for it to pass that millisecond.
+    let rotated_at = created_ms(refreshed.refresh_token.as_ref().unwrap());
+    wait_until("the clock to pass the rotation", || {
+        sessiond::SystemClock.now_ms() > rotated_at
+    })
+    .await;
+    let status = assert_status(
+        refresh(&mut a.sessions(), &first_refresh).await,
+        Code::Unauthenticated,
+        "TOKEN_THEFT_DETECTED",
+    );
+    let details = status.get_error_details();
+    let info_of_theft = details.error_info().unwrap();
+    assert_eq!(info_of_theft.metadata["session_handle"], handle(&created));
+    assert_eq!(info_of_theft.metadata["user_id"], "victim");
+
+    for r in [&b, &c] {
+        for token in [&new_access, &access(&created)] {
+            assert_status(
+                check(&mut r.sessions(), token, true).await,
+                Code::Unauthenticated,
+                "UNAUTHORISED",
+            );
+        }
+        assert_status(
+            info(&mut r.sessions(), &handle(&created)).await,
+            Code::NotFound,
+            "SESSION_NOT_FOUND",
+        );
+    }
+    // The legitimate branch died with the session.
+    assert_status(
+        refresh(&mut b.sessions(), &new_refresh).await,
+        Code::Unauthenticated,
+        "UNAUTHORISED",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_revoked_on_one_replica_is_refused_by_check_database_on_another() {
+    let test = "a_session_revoked_on_one_replica_is_refused_by_check_database_on_another";
+    let Some((_db, [a, b, c])) = three_replicas(test, &[]).await else {
+        return;
+    };
+    let created = create(&mut a.sessions(), "bob", json!({})).await;
+    // C has verified the token (and keeps it in its cache) before B revokes.
+    check(&mut c.sessions(), &access(&created), false)
+        .await
+        .unwrap();
+    check(&mut c.sessions(), &access(&created), true)
+        .await
+        .unwrap();
+
+    let revoked = b
+        .sessions()
+        .revoke_session(pb::RevokeSessionRequest {
+            session_handle: handle(&created),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(revoked.revoked);
+
+    assert_status(
+        check(&mut c.sessions(), &access(&created), true).await,
+        Code::Unauthenticated,
+        "UNAUTHORISED",
+    );
+    check(&mut c.sessions(), &access(&created), false)
+        .await
+        .expect("without check_database a token verifies until it expires (documented)");
+    assert_status(
+        refresh(&mut a.sessions(), &refresh_token(&created)).await,
+        Code::Unauthenticated,
+        "UNAUTHORISED",
+    );
+    assert_status(
+        info(&mut a.sessions(), &handle(&created)).await,
+        Code::NotFound,
+        "SESSION_NOT_FOUND",
+    );
+}
