@@ -1,7 +1,8 @@
 //! Three sessiond processes on loopback sharing one PostgreSQL database,
 //! as replicas behind a load balancer run: what one replica acknowledges
-//! the others see, and theft and revocation found through one replica hold
-//! on all of them.
+//! the others see, theft and revocation found through one replica hold on
+//! all of them, and concurrent refreshes spread over them leave one
+//! lineage.
 //!
 //! Each replica is a real process of the binary, so nothing is shared but
 //! the database: each has its own cache of verified tokens and its own key
@@ -9,6 +10,7 @@
 //! the refresh-token MAC secret come from the database.
 
 use std::process::Child;
+use std::sync::Arc;
 
 use serde_json::json;
 use sessiond::Clock;
@@ -22,7 +24,7 @@ use tonic_types::StatusExt;
 
 use crate::durability::spawn_binary_with;
 use crate::helpers::{
-    API_KEY, access, assert_status, handle, json, obj, refresh_token, wait_until,
+    API_KEY, access, assert_status, handle, http_get, json, obj, refresh_token, wait_until,
 };
 use crate::postgres::harness;
 
@@ -41,6 +43,7 @@ struct Replica {
     name: &'static str,
     _dir: tempfile::TempDir,
     child: Option<Child>,
+    addr: String,
     channel: Channel,
 }
 
@@ -54,12 +57,22 @@ impl Replica {
             name,
             _dir: dir,
             child: Some(child),
+            addr,
             channel,
         }
     }
 
     fn sessions(&self) -> Sessions {
         SessionServiceClient::with_interceptor(self.channel.clone(), api_key as Key)
+    }
+
+    /// The value of a counter series (`name{labels}`) on `/metrics`.
+    async fn counter(&self, series: &str) -> u64 {
+        let (status, _, body) = http_get(self.addr.parse().unwrap(), "/metrics").await;
+        assert!(status.contains("200"), "{status}");
+        body.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0, |v| v.trim().parse().unwrap())
     }
 }
 
@@ -333,4 +346,88 @@ async fn a_session_revoked_on_one_replica_is_refused_by_check_database_on_anothe
         Code::NotFound,
         "SESSION_NOT_FOUND",
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_refreshes_of_one_token_spread_over_three_replicas_leave_one_lineage() {
+    let test = "concurrent_refreshes_of_one_token_spread_over_three_replicas_leave_one_lineage";
+    // The longest grace period there is, so that every racer is within it
+    // however slow the machine.
+    let Some((_db, r)) = three_replicas(test, &["--refresh-grace-period", "300s"]).await else {
+        return;
+    };
+    let r = Arc::new(r);
+    let created = create(&mut r[0].sessions(), "racer", json!({})).await;
+    let first_refresh = refresh_token(&created);
+    const RACERS: usize = 32;
+    let start = Arc::new(tokio::sync::Barrier::new(RACERS));
+    let racers: Vec<_> = (0..RACERS)
+        .map(|i| {
+            let mut client = r[i % 3].sessions();
+            let (token, start) = (first_refresh.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                refresh(&mut client, &token).await
+            })
+        })
+        .collect();
+    let mut issued = Vec::new();
+    for (i, racer) in racers.into_iter().enumerate() {
+        match racer.await.unwrap() {
+            Ok(refreshed) => issued.push(tokens(&refreshed)),
+            Err(s) => panic!(
+                "racer {i} on {}: within the grace period a refresh of the token \
+                 rotates or rotates again, never fails: {s:?}",
+                r[i % 3].name
+            ),
+        }
+    }
+
+    // One rotation of the current token; every other racer found it
+    // rotated already and rotated its previous token again.
+    let mut rotated = 0;
+    let mut retried = 0;
+    for replica in r.iter() {
+        rotated += replica
+            .counter("sessiond_refreshes_total{outcome=\"rotated\"}")
+            .await;
+        retried += replica
+            .counter("sessiond_refreshes_total{outcome=\"retried\"}")
+            .await;
+    }
+    assert_eq!((rotated, retried), (1, RACERS as u64 - 1));
+
+    // Exactly one of the 32 lineages is live, and every replica agrees
+    // which.
+    let mut live_on = Vec::new();
+    for replica in r.iter() {
+        let mut client = replica.sessions();
+        let mut live = Vec::new();
+        for (i, (access_token, _)) in issued.iter().enumerate() {
+            match check(&mut client, access_token, true).await {
+                Ok(_) => live.push(i),
+                Err(s) => assert_eq!(s.code(), Code::Unauthenticated, "{s:?}"),
+            }
+        }
+        assert_eq!(live.len(), 1, "live lineages on {}: {live:?}", replica.name);
+        live_on.push(live[0]);
+    }
+    assert!(live_on.iter().all(|&l| l == live_on[0]), "{live_on:?}");
+
+    // No rotation was lost: the first token is still the previous one (two
+    // rotations of the current token would have made it two generations
+    // old, and its use theft), so it may rotate again, and what that gives
+    // continues the lineage on another replica.
+    let (again_access, again_refresh) = tokens(
+        &refresh(&mut r[1].sessions(), &first_refresh)
+            .await
+            .expect("the first token is still the previous one"),
+    );
+    check(&mut r[2].sessions(), &again_access, true)
+        .await
+        .unwrap();
+    let (next_access, _) = tokens(&refresh(&mut r[0].sessions(), &again_refresh).await.unwrap());
+    check(&mut r[1].sessions(), &next_access, true)
+        .await
+        .unwrap();
 }
