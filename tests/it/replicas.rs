@@ -1,8 +1,9 @@
 //! Three sessiond processes on loopback sharing one PostgreSQL database,
 //! as replicas behind a load balancer run: what one replica acknowledges
 //! the others see, theft and revocation found through one replica hold on
-//! all of them, and concurrent refreshes spread over them leave one
-//! lineage.
+//! all of them, concurrent refreshes spread over them leave one lineage,
+//! and a replica killed with SIGKILL under load loses nothing it
+//! acknowledged while the others keep serving.
 //!
 //! Each replica is a real process of the binary, so nothing is shared but
 //! the database: each has its own cache of verified tokens and its own key
@@ -11,11 +12,13 @@
 
 use std::process::Child;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use serde_json::json;
 use sessiond::Clock;
 use sessiond::pb;
 use sessiond::pb::session_service_client::SessionServiceClient;
+use sessiond::pb::user_session_service_client::UserSessionServiceClient;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -30,6 +33,7 @@ use crate::postgres::harness;
 
 type Key = fn(Request<()>) -> Result<Request<()>, Status>;
 type Sessions = SessionServiceClient<InterceptedService<Channel, Key>>;
+type Buckets = UserSessionServiceClient<InterceptedService<Channel, Key>>;
 
 /// Every call is a backend's, with the API key all replicas share.
 fn api_key(mut req: Request<()>) -> Result<Request<()>, Status> {
@@ -41,7 +45,8 @@ fn api_key(mut req: Request<()>) -> Result<Request<()>, Status> {
 /// One sessiond process of the binary.
 struct Replica {
     name: &'static str,
-    _dir: tempfile::TempDir,
+    args: Vec<String>,
+    dir: tempfile::TempDir,
     child: Option<Child>,
     addr: String,
     channel: Channel,
@@ -55,7 +60,8 @@ impl Replica {
         let channel = connect(&addr).await;
         Self {
             name,
-            _dir: dir,
+            args,
+            dir,
             child: Some(child),
             addr,
             channel,
@@ -64,6 +70,26 @@ impl Replica {
 
     fn sessions(&self) -> Sessions {
         SessionServiceClient::with_interceptor(self.channel.clone(), api_key as Key)
+    }
+
+    fn buckets(&self) -> Buckets {
+        UserSessionServiceClient::with_interceptor(self.channel.clone(), api_key as Key)
+    }
+
+    /// SIGKILL: no shutdown, no draining, connections cut.
+    fn kill(&mut self) {
+        let mut child = self.child.take().expect("the replica runs");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Starts the binary again with the same arguments (on a new port).
+    async fn restart(&mut self) {
+        assert!(self.child.is_none(), "replica {} still runs", self.name);
+        let (child, addr) = spawn(self.dir.path(), &self.args).await;
+        self.channel = connect(&addr).await;
+        self.child = Some(child);
+        self.addr = addr;
     }
 
     /// The value of a counter series (`name{labels}`) on `/metrics`.
@@ -430,4 +456,241 @@ async fn concurrent_refreshes_of_one_token_spread_over_three_replicas_leave_one_
     check(&mut r[1].sessions(), &next_access, true)
         .await
         .unwrap();
+}
+
+/// What a writer of the load had acknowledged for one session.
+struct Acked {
+    handle: String,
+    data: serde_json::Value,
+    access: String,
+    refresh: String,
+    /// A refresh of it was in flight when its replica died: whether it was
+    /// applied is unknown.
+    in_doubt: bool,
+}
+
+/// What one writer had acknowledged: sessions, and the keys it merged into
+/// a public bucket that writers on the other replicas merge into too.
+struct Written {
+    replica: usize,
+    user: String,
+    sessions: Vec<Acked>,
+    bucket_user: String,
+    bucket_keys: Vec<String>,
+    failure: Option<Status>,
+}
+
+/// A writer on one replica: creates a session of `user`, refreshes it,
+/// merges a key of its own into the bucket of `bucket_user`, and again,
+/// until `stop` is set (or 10,000 rounds) or a call fails.
+async fn writer(
+    replica: usize,
+    mut sessions: Sessions,
+    mut buckets: Buckets,
+    (user, bucket_user): (String, String),
+    stop: Arc<AtomicBool>,
+    rounds: Arc<AtomicUsize>,
+) -> Written {
+    let mut w = Written {
+        replica,
+        user,
+        sessions: Vec::new(),
+        bucket_user,
+        bucket_keys: Vec::new(),
+        failure: None,
+    };
+    for i in 0..10_000 {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let data = json!({"user": w.user, "round": i.to_string()});
+        let created = sessions
+            .create_new_session(pb::CreateNewSessionRequest {
+                user_id: w.user.clone(),
+                session_data_in_database: Some(obj(data.clone())),
+                ..Default::default()
+            })
+            .await;
+        let created = match created {
+            Ok(c) => c.into_inner(),
+            Err(s) => {
+                w.failure = Some(s);
+                break;
+            }
+        };
+        w.sessions.push(Acked {
+            handle: handle(&created),
+            data,
+            access: access(&created),
+            refresh: refresh_token(&created),
+            in_doubt: false,
+        });
+        let last = w.sessions.last_mut().unwrap();
+        match refresh(&mut sessions, &last.refresh).await {
+            Ok(r) => (last.access, last.refresh) = tokens(&r),
+            Err(s) => {
+                last.in_doubt = true;
+                w.failure = Some(s);
+                break;
+            }
+        }
+        let key = format!("{}-{i}", w.user);
+        let merged = buckets
+            .update_user_session(pb::UpdateUserSessionRequest {
+                bucket: pb::Bucket::Public as i32,
+                data: Some(obj(json!({ key.clone(): i }))),
+                user_id: w.bucket_user.clone(),
+                ..Default::default()
+            })
+            .await;
+        if let Err(s) = merged {
+            w.failure = Some(s);
+            break;
+        }
+        w.bucket_keys.push(key);
+        rounds.fetch_add(1, Ordering::Relaxed);
+    }
+    w
+}
+
+/// Checks through `replica` that every acknowledged write is there.
+async fn everything_acknowledged_is_on(replica: &Replica, written: &[Written]) {
+    let (mut sessions, mut buckets) = (replica.sessions(), replica.buckets());
+    for w in written {
+        for s in &w.sessions {
+            let info = info(&mut sessions, &s.handle).await.unwrap_or_else(|e| {
+                panic!(
+                    "{}: session {} acknowledged by replica {} is lost: {e:?}",
+                    replica.name, s.handle, w.replica
+                )
+            });
+            assert_eq!(
+                json(info.session_data_in_database.as_ref().unwrap()),
+                s.data
+            );
+            check(&mut sessions, &s.access, true)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{}: the last acknowledged access token of session {} is refused: {e:?}",
+                        replica.name, s.handle
+                    )
+                });
+        }
+        let bucket = buckets
+            .get_user_session(pb::GetUserSessionRequest {
+                bucket: pb::Bucket::Public as i32,
+                user_id: w.bucket_user.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let public = json(bucket.public.as_ref().unwrap());
+        for key in &w.bucket_keys {
+            assert!(
+                public.get(key).is_some(),
+                "{}: key {key} of bucket {} acknowledged by replica {} is lost",
+                replica.name,
+                w.bucket_user,
+                w.replica
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_a_replica_under_load_loses_nothing_acknowledged() {
+    let test = "kill_9_of_a_replica_under_load_loses_nothing_acknowledged";
+    let Some((_db, mut r)) = three_replicas(test, &[]).await else {
+        return;
+    };
+    let before = create(&mut r[0].sessions(), "early", json!({})).await;
+
+    const WRITERS_EACH: usize = 3;
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds: [Arc<AtomicUsize>; 3] = Default::default();
+    let writers: Vec<_> = (0..3 * WRITERS_EACH)
+        .map(|w| {
+            let at = w % 3;
+            tokio::spawn(writer(
+                at,
+                r[at].sessions(),
+                r[at].buckets(),
+                (format!("writer-{w}"), format!("bucket-{}", w / 3)),
+                stop.clone(),
+                rounds[at].clone(),
+            ))
+        })
+        .collect();
+    wait_until("the load to get going on every replica", || {
+        rounds.iter().all(|n| n.load(Ordering::Relaxed) >= 20)
+    })
+    .await;
+    r[0].kill();
+
+    // The other two keep serving: their writers go on, and a session A made
+    // before it died is checked and refreshed on them.
+    let (b_then, c_then) = (
+        rounds[1].load(Ordering::Relaxed),
+        rounds[2].load(Ordering::Relaxed),
+    );
+    wait_until("B and C to go on writing after A died", || {
+        rounds[1].load(Ordering::Relaxed) >= b_then + 50
+            && rounds[2].load(Ordering::Relaxed) >= c_then + 50
+    })
+    .await;
+    for replica in &r[1..] {
+        let mut c = replica.sessions();
+        check(&mut c, &access(&before), true).await.unwrap();
+        let made = create(&mut c, "after-the-kill", json!({})).await;
+        check(&mut c, &access(&made), true).await.unwrap();
+    }
+    refresh(&mut r[2].sessions(), &refresh_token(&before))
+        .await
+        .expect("C refreshes a session A made before it died");
+    stop.store(true, Ordering::Relaxed);
+    let mut written = Vec::new();
+    for w in writers {
+        written.push(w.await.unwrap());
+    }
+    for w in &written {
+        if w.replica != 0 {
+            assert!(
+                w.failure.is_none(),
+                "a writer on a live replica failed: {:?}",
+                w.failure
+            );
+        } else {
+            // Cut off by the kill, not refused by sessiond (whose statuses
+            // carry ErrorInfo).
+            let failure = w.failure.as_ref().expect("the kill stopped A's writers");
+            assert!(
+                failure.get_error_details().error_info().is_none(),
+                "{failure:?}"
+            );
+        }
+    }
+    // The killed replica starts again into the same state.
+    r[0].restart().await;
+    for replica in r.iter() {
+        everything_acknowledged_is_on(replica, &written).await;
+    }
+    let made = create(&mut r[0].sessions(), "after-the-restart", json!({})).await;
+    check(&mut r[1].sessions(), &access(&made), true)
+        .await
+        .expect("the restarted replica serves again");
+    // Every acknowledged refresh token is the session's current one: each
+    // refreshes, on a replica other than the one that issued it.
+    for w in &written {
+        let mut c = r[(w.replica + 1) % 3].sessions();
+        for s in w.sessions.iter().filter(|s| !s.in_doubt) {
+            refresh(&mut c, &s.refresh).await.unwrap_or_else(|e| {
+                panic!(
+                    "the acknowledged refresh token of {} is refused: {e:?}",
+                    s.handle
+                )
+            });
+        }
+    }
 }
