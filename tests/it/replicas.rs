@@ -149,7 +149,9 @@ fn replica_args(db: &harness::Database, extra: &[&str]) -> Vec<String> {
 /// A database of the test's own and three replicas A, B and C on it, each
 /// with `extra` arguments; `None` when PostgreSQL is missing (and not
 /// required). A starts first and makes the signing keys and secrets on the
-/// empty database; B and C start together once it is ready, and load them.
+/// empty database; B and C start together once it is ready, and load them
+/// (replicas that all start together do not yet agree on keys: see
+/// [`replicas_started_together_on_an_empty_database_verify_each_others_tokens`]).
 async fn three_replicas(test: &str, extra: &[&str]) -> Option<(harness::Database, [Replica; 3])> {
     let db = harness::postgres(test)?;
     let args = replica_args(&db, extra);
@@ -691,6 +693,37 @@ async fn kill_9_of_a_replica_under_load_loses_nothing_acknowledged() {
                     s.handle
                 )
             });
+        }
+    }
+}
+
+/// The replicas of a new deployment often start at once on an empty
+/// database. Each finds no signing key, makes its own and signs with it,
+/// and its key ring reads the database's keys only at start: a token one
+/// issues is "signed with an unknown key" on the others until they
+/// restart. Ignored until the key ring learns keys other replicas store;
+/// run it with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "replicas started together on an empty database each make their own signing key \
+            and do not know the others' (the key ring reads stored keys only at start)"]
+async fn replicas_started_together_on_an_empty_database_verify_each_others_tokens() {
+    let test = "replicas_started_together_on_an_empty_database_verify_each_others_tokens";
+    let Some(db) = harness::postgres(test) else {
+        return;
+    };
+    let args = replica_args(&db, &[]);
+    let r = tokio::join!(
+        Replica::start("A", args.clone()),
+        Replica::start("B", args.clone()),
+        Replica::start("C", args.clone()),
+    );
+    let r = [r.0, r.1, r.2];
+    for from in &r {
+        let made = create(&mut from.sessions(), "u", json!({})).await;
+        for to in &r {
+            check(&mut to.sessions(), &access(&made), true)
+                .await
+                .unwrap_or_else(|s| panic!("{} made, {} checked: {s:?}", from.name, to.name));
         }
     }
 }
