@@ -16,5 +16,6 @@ mod operations;
 mod outage;
 mod postgres;
 mod refresh;
+mod replicas;
 mod sessions;
 mod tls;

@@ -146,7 +146,7 @@ async fn a_database_outage_under_load_fails_fast_and_loses_nothing_acknowledged(
         worker.await.unwrap();
     }
 
-    let seen = seen.lock().unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
     assert_eq!(seen.hung, 0, "calls hung during the outage");
     assert!(!seen.failures.is_empty(), "the load ran into the outage");
     assert!(

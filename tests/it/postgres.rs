@@ -4,7 +4,7 @@
 //! real server with its store in PostgreSQL (`--database-url`), over gRPC.
 
 #[path = "../support/postgres.rs"]
-pub(crate) mod harness;
+pub mod harness;
 
 use serde_json::json;
 use sessiond::config::Secret;
