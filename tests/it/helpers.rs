@@ -45,12 +45,22 @@ impl TestServer {
 
     /// Starts a server on an existing data directory.
     pub async fn start_in(dir: tempfile::TempDir, configure: impl FnOnce(&mut Config)) -> Self {
+        Self::start_on(dir, ManualClock::starting_now(), configure).await
+    }
+
+    /// Starts a server that reads `clock`, which other servers may share
+    /// (replicas whose time a test moves together).
+    pub async fn start_on(
+        dir: tempfile::TempDir,
+        clock: Arc<ManualClock>,
+        configure: impl FnOnce(&mut Config),
+    ) -> Self {
         let dir = Arc::new(dir);
         let mut config = Config::with_data_dir(dir.path());
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.drain_timeout = Duration::from_secs(5);
         configure(&mut config);
-        Self::launch(dir, ManualClock::starting_now(), config).await
+        Self::launch(dir, clock, config).await
     }
 
     async fn launch(dir: Arc<tempfile::TempDir>, clock: Arc<ManualClock>, config: Config) -> Self {

@@ -326,15 +326,16 @@ impl KeyRing {
 
     /// Seconds a JWKS response may be cached (`Cache-Control: max-age`):
     /// until the next scheduled key, and never longer than the publication
-    /// delay, so that a key published by an unscheduled rotation (the
-    /// RotateSigningKey RPC, an algorithm change) is in every cache before it
-    /// signs.
+    /// delay less the [`RELOAD_INTERVAL`], so that a key published by an
+    /// unscheduled rotation (the RotateSigningKey RPC, an algorithm change)
+    /// on any replica is in every cache before it signs: every replica
+    /// publishes it within one reload interval, and a JWKS fetched before
+    /// then expires before the delay ends.
     pub fn jwks_max_age_secs(&self) -> u64 {
         let set = self.snapshot();
         let next = self.next_rotation_ms(&set);
-        next.saturating_sub(self.clock.now_ms())
-            .min(PUBLISH_DELAY_MS)
-            / 1000
+        let cap = PUBLISH_DELAY_MS - RELOAD_INTERVAL.as_millis() as u64;
+        next.saturating_sub(self.clock.now_ms()).min(cap) / 1000
     }
 
     fn next_rotation_ms(&self, set: &KeySet) -> u64 {
