@@ -7,7 +7,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::store::{Generation, KeyRecord, SealedKey, SessionRecord, TokenHash, UserData};
+use crate::secret::sealed;
+use crate::store::{Generation, KeyRecord, SessionRecord, TokenHash, UserData};
 
 /// A session entry's value.
 #[derive(Serialize, Deserialize)]
@@ -148,10 +149,15 @@ impl From<&KeyRecord> for KeyJson {
         Self {
             kid: k.kid.clone(),
             alg: k.alg.clone(),
-            private_pkcs8: k.private_pkcs8.clone(),
-            sealed: k.sealed.as_ref().map(|s| SealedJson {
-                nonce: s.nonce.clone(),
-                ciphertext: s.ciphertext.clone(),
+            // A sealed key keeps its nonce and ciphertext in fields of
+            // their own, as earlier releases wrote it.
+            private_pkcs8: match sealed::split(&k.private_key) {
+                Some(_) => Vec::new(),
+                None => k.private_key.clone(),
+            },
+            sealed: sealed::split(&k.private_key).map(|(nonce, ciphertext)| SealedJson {
+                nonce: nonce.to_vec(),
+                ciphertext: ciphertext.to_vec(),
             }),
             created_at_ms: k.created_at_ms,
             signs_from_ms: k.signs_from_ms,
@@ -167,11 +173,10 @@ impl From<KeyJson> for KeyRecord {
         Self {
             kid: k.kid,
             alg: k.alg,
-            private_pkcs8: k.private_pkcs8,
-            sealed: k.sealed.map(|s| SealedKey {
-                nonce: s.nonce,
-                ciphertext: s.ciphertext,
-            }),
+            private_key: match k.sealed {
+                Some(s) => sealed::join(&s.nonce, &s.ciphertext),
+                None => k.private_pkcs8,
+            },
             created_at_ms: k.created_at_ms,
             signs_from_ms: k.signs_from_ms,
             max_token_lifetime_ms: k.max_token_lifetime_ms,

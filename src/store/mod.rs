@@ -180,11 +180,9 @@ pub struct KeyRecord {
     pub kid: String,
     /// JOSE algorithm name.
     pub alg: String,
-    /// PKCS#8 DER private key; empty when sealed.
-    pub private_pkcs8: Vec<u8>,
-    /// The private key encrypted with the key-encryption key, when one is
-    /// configured (then `private_pkcs8` is empty in the store).
-    pub sealed: Option<SealedKey>,
+    /// The private key as the key ring hands it over: opaque bytes the store
+    /// keeps as they are (PKCS#8, or sealed under the key-encryption key).
+    pub private_key: Vec<u8>,
     /// Creation time, ms.
     pub created_at_ms: u64,
     /// When the key starts signing, ms.
@@ -296,21 +294,6 @@ pub enum Exported {
         /// Its bytes.
         value: Vec<u8>,
     },
-}
-
-/// A private key encrypted with the key-encryption key (AES-256-GCM).
-#[derive(Clone, PartialEq, Eq)]
-pub struct SealedKey {
-    /// The GCM nonce.
-    pub nonce: Vec<u8>,
-    /// Ciphertext and tag.
-    pub ciphertext: Vec<u8>,
-}
-
-impl fmt::Debug for SealedKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SealedKey(..)")
-    }
 }
 
 /// What a [`Sessions::update_session`] closure decided.

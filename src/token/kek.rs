@@ -12,14 +12,11 @@ use aws_lc_rs::aead::{AES_256_GCM, Aad, Nonce, RandomizedNonceKey};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 
-/// What a secret sealed whole into one value starts with (see
-/// [`Kek::seal_value`]); the nonce and the ciphertext follow.
-const SEALED_VALUE: &[u8] = b"sealed:aes-256-gcm:";
-const NONCE_LEN: usize = 12;
+use crate::secret::sealed;
 
 /// Whether a stored value is one [`Kek::seal_value`] made.
 pub fn is_sealed_value(value: &[u8]) -> bool {
-    value.starts_with(SEALED_VALUE)
+    sealed::is_sealed(value)
 }
 
 /// Why a store holding `what` sealed cannot start without a KEK.
@@ -137,14 +134,13 @@ impl Kek {
     /// the nonce, then the ciphertext with its tag.
     pub fn seal_value(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
         let (nonce, ciphertext) = self.seal(aad, plaintext);
-        [SEALED_VALUE, &nonce, &ciphertext].concat()
+        sealed::join(&nonce, &ciphertext)
     }
 
     /// Opens what [`Kek::seal_value`] made; `None` when it was not made so,
     /// or not with this KEK (or the previous one) and `aad`.
     pub fn open_value(&self, aad: &[u8], value: &[u8]) -> Option<Opened> {
-        let rest = value.strip_prefix(SEALED_VALUE)?;
-        let (nonce, ciphertext) = rest.split_at_checked(NONCE_LEN)?;
+        let (nonce, ciphertext) = sealed::split(value)?;
         self.open(aad, nonce, ciphertext)
     }
 }
@@ -198,7 +194,10 @@ mod tests {
             kek.open_value(b"mac", &secret).is_none(),
             "not a sealed value"
         );
-        assert!(kek.open_value(b"mac", SEALED_VALUE).is_none(), "cut short");
+        assert!(
+            kek.open_value(b"mac", sealed::PREFIX).is_none(),
+            "cut short"
+        );
     }
 
     #[test]

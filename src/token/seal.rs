@@ -11,18 +11,16 @@
 //! - something sealed, without the KEK that sealed it, is refused, never
 //!   replaced: new keys or a new secret would end every session.
 //!
-//! Two sealed formats are read, the ones data directories hold: a key
-//! record's [`SealedKey`] (nonce and ciphertext beside the record's other
-//! fields), and a secret's single value ([`Kek::seal_value`]). Each kind is
-//! written in its own format, so every store stays readable by the release
-//! that wrote it. This module never logs or returns in an error a key,
-//! secret or plaintext.
+//! Keys and secrets are sealed into one format, a single value
+//! ([`Kek::seal_value`], laid out as [`crate::secret::sealed`] says), which
+//! the store keeps as opaque bytes. This module never logs or returns in an
+//! error a key, secret or plaintext.
 
 use std::sync::Arc;
 
 use super::KeyError;
 use super::kek::{self, Kek};
-use crate::store::{KeyRecord, KeySlot, SealedKey, Store, StoreError};
+use crate::store::{KeyRecord, KeySlot, Store, StoreError};
 
 /// The store's keys and secrets, through the key-encryption key when there
 /// is one.
@@ -78,20 +76,20 @@ impl Vault {
             .await?
             .into_iter()
             .map(|mut r| {
-                let Some(sealed) = r.sealed.take() else {
+                if !kek::is_sealed_value(&r.private_key) {
                     plaintext += 1;
                     return Ok(r);
-                };
+                }
                 let what = if self.kek.is_some() {
                     format!("signing key {}", r.kid)
                 } else {
                     "the signing keys".to_owned()
                 };
                 let opened = open(self.kek.as_deref(), &what, |kek| {
-                    kek.open(r.kid.as_bytes(), &sealed.nonce, &sealed.ciphertext)
+                    kek.open_value(r.kid.as_bytes(), &r.private_key)
                 })?;
                 stale += usize::from(opened.stale);
-                r.private_pkcs8 = opened.plaintext;
+                r.private_key = opened.plaintext;
                 Ok(r)
             })
             .collect::<Result<Vec<_>, KeyError>>()?;
@@ -118,14 +116,10 @@ impl Vault {
     fn stored(&self, record: &KeyRecord) -> KeyRecord {
         match &self.kek {
             None => record.clone(),
-            Some(kek) => {
-                let (nonce, ciphertext) = kek.seal(record.kid.as_bytes(), &record.private_pkcs8);
-                KeyRecord {
-                    private_pkcs8: Vec::new(),
-                    sealed: Some(SealedKey { nonce, ciphertext }),
-                    ..record.clone()
-                }
-            }
+            Some(kek) => KeyRecord {
+                private_key: kek.seal_value(record.kid.as_bytes(), &record.private_key),
+                ..record.clone()
+            },
         }
     }
 
@@ -296,12 +290,10 @@ mod tests {
         let vault = Vault::new(store.clone(), Some(Arc::new(kek(1))));
         assert_eq!(vault.secret("other-secret", "it").await.unwrap(), [5u8; 32]);
 
-        let (nonce, ciphertext) = kek(1).seal(b"d-1", b"pkcs8");
         let record = KeyRecord {
             kid: "d-1".into(),
             alg: "EdDSA".into(),
-            private_pkcs8: Vec::new(),
-            sealed: Some(SealedKey { nonce, ciphertext }),
+            private_key: kek(1).seal_value(b"d-1", b"pkcs8"),
             created_at_ms: 1,
             signs_from_ms: 1,
             max_token_lifetime_ms: 1,
@@ -310,8 +302,7 @@ mod tests {
         };
         store.put_key(&record).await.unwrap();
         let loaded = vault.load_keys().await.unwrap();
-        assert_eq!(loaded.records[0].private_pkcs8, b"pkcs8");
-        assert!(loaded.records[0].sealed.is_none());
+        assert_eq!(loaded.records[0].private_key, b"pkcs8");
         assert!(!loaded.need_sealing(&vault));
 
         let err = Vault::new(store.clone(), None)

@@ -446,7 +446,7 @@ async fn keys_and_the_mac_secret_are_sealed_and_a_wrong_kek_refuses_to_start() {
         let keys = store.keys().await.unwrap();
         assert!(
             keys.iter()
-                .all(|k| k.private_pkcs8.is_empty() && k.sealed.is_some()),
+                .all(|k| sessiond::secret::sealed::is_sealed(&k.private_key)),
             "no plaintext key left"
         );
         keys

@@ -462,8 +462,7 @@ async fn no_secret_reaches_the_log_even_at_trace() {
         .await
         .unwrap()
     {
-        let middle =
-            &key.private_pkcs8[key.private_pkcs8.len() / 2..key.private_pkcs8.len() / 2 + 24];
+        let middle = &key.private_key[key.private_key.len() / 2..key.private_key.len() / 2 + 24];
         secrets.push((
             format!("{} private key (base64)", key.kid),
             STANDARD.encode(middle)[..28].to_owned(),

@@ -8,8 +8,7 @@ pub async fn keys_and_secrets(store: Arc<dyn Store>) {
     let key = KeyRecord {
         kid: "d-1".into(),
         alg: "EdDSA".into(),
-        private_pkcs8: vec![1, 2, 3],
-        sealed: None,
+        private_key: vec![1, 2, 3],
         created_at_ms: 1,
         signs_from_ms: 1,
         max_token_lifetime_ms: 10,
@@ -52,8 +51,7 @@ pub async fn keys_are_added_once_per_place(store: Arc<dyn Store>) {
     let key = |kid: &str, signs_from_ms: u64, is_static: bool| KeyRecord {
         kid: kid.into(),
         alg: "ES256".into(),
-        private_pkcs8: kid.as_bytes().to_vec(),
-        sealed: None,
+        private_key: kid.as_bytes().to_vec(),
         created_at_ms: signs_from_ms,
         signs_from_ms,
         max_token_lifetime_ms: 10,

@@ -1,6 +1,6 @@
 //! Signing keys and server secrets in PostgreSQL: `sessiond_keys` (one
-//! row per key id; a sealed key keeps its nonce and ciphertext, and an
-//! empty private key) and `sessiond_secrets` (name and bytes).
+//! row per key id, its private key as the opaque bytes the key ring hands
+//! over) and `sessiond_secrets` (name and bytes).
 //!
 //! A key is added by [`KeysAndSecrets::add_key`] under a transaction-level
 //! advisory lock, so that replicas racing to add the same successor add one.
@@ -17,37 +17,27 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use super::{Failed, PostgresStore, from_db, to_db};
-use crate::store::{KeyRecord, KeySlot, KeysAndSecrets, SealedKey, StoreError};
+use crate::store::{KeyRecord, KeySlot, KeysAndSecrets, StoreError};
 
 /// The advisory lock key under which keys are added (distinct from the
 /// migrations' lock).
 const KEY_RING_LOCK: i64 = 0x5345_5353_4b45_5953; // "SESSKEYS"
 
 /// The columns of a key, in the order [`decode`] reads them.
-pub(super) const COLUMNS: &str = "kid, alg, private_pkcs8, sealed_nonce, sealed_ciphertext, \
-     created_at_ms, signs_from_ms, max_token_lifetime_ms, max_jwt_exp_ms, is_static";
+pub(super) const COLUMNS: &str = "kid, alg, private_key, created_at_ms, signs_from_ms, \
+     max_token_lifetime_ms, max_jwt_exp_ms, is_static";
 
 /// A key from a row of [`COLUMNS`].
 pub(super) fn decode(row: &Row) -> Result<KeyRecord, Failed> {
-    let sealed = match (row.try_get(3)?, row.try_get(4)?) {
-        (Some(nonce), Some(ciphertext)) => Some(SealedKey { nonce, ciphertext }),
-        (None, None) => None,
-        _ => {
-            return Err(
-                StoreError::Corrupt("a sealed key lacks its nonce or ciphertext".into()).into(),
-            );
-        }
-    };
     Ok(KeyRecord {
         kid: row.try_get(0)?,
         alg: row.try_get(1)?,
-        private_pkcs8: row.try_get(2)?,
-        sealed,
-        created_at_ms: from_db(row.try_get(5)?)?,
-        signs_from_ms: from_db(row.try_get(6)?)?,
-        max_token_lifetime_ms: from_db(row.try_get(7)?)?,
-        max_jwt_exp_ms: from_db(row.try_get(8)?)?,
-        is_static: row.try_get(9)?,
+        private_key: row.try_get(2)?,
+        created_at_ms: from_db(row.try_get(3)?)?,
+        signs_from_ms: from_db(row.try_get(4)?)?,
+        max_token_lifetime_ms: from_db(row.try_get(5)?)?,
+        max_jwt_exp_ms: from_db(row.try_get(6)?)?,
+        is_static: row.try_get(7)?,
     })
 }
 
@@ -60,17 +50,14 @@ pub(super) async fn upsert(client: &impl GenericClient, key: &KeyRecord) -> Resu
         to_db(key.max_token_lifetime_ms)?,
         to_db(key.max_jwt_exp_ms)?,
     ];
-    let nonce = key.sealed.as_ref().map(|s| &s.nonce[..]);
-    let ciphertext = key.sealed.as_ref().map(|s| &s.ciphertext[..]);
     let statement = client
         .prepare_cached(
-            "INSERT INTO sessiond_keys (kid, alg, private_pkcs8, sealed_nonce, \
-             sealed_ciphertext, created_at_ms, signs_from_ms, max_token_lifetime_ms, \
-             max_jwt_exp_ms, is_static) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+            "INSERT INTO sessiond_keys (kid, alg, private_key, created_at_ms, signs_from_ms, \
+             max_token_lifetime_ms, max_jwt_exp_ms, is_static) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (kid) DO UPDATE SET alg = EXCLUDED.alg, \
-             private_pkcs8 = EXCLUDED.private_pkcs8, sealed_nonce = EXCLUDED.sealed_nonce, \
-             sealed_ciphertext = EXCLUDED.sealed_ciphertext, \
-             created_at_ms = EXCLUDED.created_at_ms, signs_from_ms = EXCLUDED.signs_from_ms, \
+             private_key = EXCLUDED.private_key, created_at_ms = EXCLUDED.created_at_ms, \
+             signs_from_ms = EXCLUDED.signs_from_ms, \
              max_token_lifetime_ms = GREATEST(sessiond_keys.max_token_lifetime_ms, \
              EXCLUDED.max_token_lifetime_ms), \
              max_jwt_exp_ms = GREATEST(sessiond_keys.max_jwt_exp_ms, EXCLUDED.max_jwt_exp_ms), \
@@ -83,9 +70,7 @@ pub(super) async fn upsert(client: &impl GenericClient, key: &KeyRecord) -> Resu
             &[
                 &key.kid,
                 &key.alg,
-                &key.private_pkcs8,
-                &nonce,
-                &ciphertext,
+                &key.private_key,
                 &times[0],
                 &times[1],
                 &times[2],

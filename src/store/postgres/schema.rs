@@ -69,6 +69,22 @@ pub(super) const MIGRATIONS: &[&str] = &[
         value bytea NOT NULL
     );
     "#,
+    // 2: a key's private key in one opaque column, as the key ring hands it
+    // over. A key sealed under version 1 kept its nonce and ciphertext apart;
+    // joined behind the sealed-value prefix they are the one sealed value
+    // the key ring reads (`crate::secret::sealed`).
+    r#"
+    ALTER TABLE sessiond_keys ADD COLUMN private_key bytea;
+    UPDATE sessiond_keys SET private_key = CASE
+        WHEN sealed_nonce IS NULL THEN private_pkcs8
+        ELSE convert_to('sealed:aes-256-gcm:', 'UTF8') || sealed_nonce || sealed_ciphertext
+    END;
+    ALTER TABLE sessiond_keys
+        ALTER COLUMN private_key SET NOT NULL,
+        DROP COLUMN private_pkcs8,
+        DROP COLUMN sealed_nonce,
+        DROP COLUMN sealed_ciphertext;
+    "#,
 ];
 
 /// The schema version this binary writes.

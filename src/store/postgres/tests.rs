@@ -73,6 +73,49 @@ async fn replicas_starting_together_apply_the_schema_once() {
 }
 
 #[tokio::test]
+async fn keys_written_under_schema_1_read_the_same_after_the_upgrade() {
+    let test = "keys_written_under_schema_1_read_the_same_after_the_upgrade";
+    let Some(db) = pg_harness::postgres(test) else {
+        return;
+    };
+    let at_version_1 = format!(
+        "CREATE TABLE sessiond_schema (version integer PRIMARY KEY, \
+         applied_at timestamptz NOT NULL DEFAULT now()); \
+         INSERT INTO sessiond_schema (version) VALUES (1); {} \
+         INSERT INTO sessiond_keys VALUES \
+         ('d-1', 'ES256', '', '\\x{}', '\\x0304', 1, 2, 3, 4, false), \
+         ('s-1', 'ES256', '\\x3082', NULL, NULL, 1, 1, 3, 0, true)",
+        schema::MIGRATIONS[0],
+        "01".repeat(12)
+    );
+    db.cluster().sql(&db.name, &at_version_1).unwrap();
+    let store = PostgresStore::connect(&Secret::new(db.url.clone()), 1)
+        .await
+        .unwrap();
+    assert_eq!(versions(&db), all_versions());
+    let mut keys = store.keys().await.unwrap();
+    keys.sort_by(|a, b| a.kid.cmp(&b.kid));
+    assert_eq!(
+        keys[0].private_key,
+        crate::secret::sealed::join(&[1; 12], &[3, 4]),
+        "a sealed key is the one sealed value"
+    );
+    assert_eq!(
+        keys[1].private_key,
+        [0x30, 0x82],
+        "a plaintext key as it was"
+    );
+    assert_eq!(
+        (
+            keys[0].signs_from_ms,
+            keys[0].max_jwt_exp_ms,
+            keys[1].is_static
+        ),
+        (2, 4, true)
+    );
+}
+
+#[tokio::test]
 async fn a_schema_newer_than_the_binary_is_refused() {
     let Some(db) = pg_harness::postgres("a_schema_newer_than_the_binary_is_refused") else {
         return;
@@ -163,7 +206,9 @@ async fn a_row_the_store_cannot_read_back_is_corrupt_not_an_outage() {
         .sql(
             &db.name,
             "INSERT INTO sessiond_secrets (name, value) VALUES ('s', '\\x01'); \
-             INSERT INTO sessiond_keys VALUES ('k', 'EdDSA', '\\x01', '\\x02', NULL, 1, 1, 1, 0, false)",
+             INSERT INTO sessiond_keys (kid, alg, private_key, created_at_ms, signs_from_ms, \
+             max_token_lifetime_ms, max_jwt_exp_ms, is_static) \
+             VALUES ('k', 'EdDSA', '\\x01', -1, 1, 1, 0, false)",
         )
         .unwrap();
     let e = store.keys().await.unwrap_err();

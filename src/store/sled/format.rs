@@ -9,7 +9,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::store::{KeyRecord, SealedKey, UserData};
+use crate::secret::sealed;
+use crate::store::{KeyRecord, UserData};
 
 /// A user's buckets as stored.
 #[derive(Serialize, Deserialize)]
@@ -71,10 +72,15 @@ impl From<&KeyRecord> for StoredKey {
         Self {
             kid: k.kid.clone(),
             alg: k.alg.clone(),
-            private_pkcs8: k.private_pkcs8.clone(),
-            sealed: k.sealed.as_ref().map(|s| StoredSealed {
-                nonce: s.nonce.clone(),
-                ciphertext: s.ciphertext.clone(),
+            // A sealed key keeps its nonce and ciphertext in fields of
+            // their own, as earlier releases wrote it.
+            private_pkcs8: match sealed::split(&k.private_key) {
+                Some(_) => Vec::new(),
+                None => k.private_key.clone(),
+            },
+            sealed: sealed::split(&k.private_key).map(|(nonce, ciphertext)| StoredSealed {
+                nonce: nonce.to_vec(),
+                ciphertext: ciphertext.to_vec(),
             }),
             created_at_ms: k.created_at_ms,
             signs_from_ms: k.signs_from_ms,
@@ -90,11 +96,10 @@ impl From<StoredKey> for KeyRecord {
         Self {
             kid: k.kid,
             alg: k.alg,
-            private_pkcs8: k.private_pkcs8,
-            sealed: k.sealed.map(|s| SealedKey {
-                nonce: s.nonce,
-                ciphertext: s.ciphertext,
-            }),
+            private_key: match k.sealed {
+                Some(s) => sealed::join(&s.nonce, &s.ciphertext),
+                None => k.private_pkcs8,
+            },
             created_at_ms: k.created_at_ms,
             signs_from_ms: k.signs_from_ms,
             max_token_lifetime_ms: k.max_token_lifetime_ms,
@@ -132,11 +137,7 @@ mod tests {
         let key = KeyRecord {
             kid: "d-1".into(),
             alg: "EdDSA".into(),
-            private_pkcs8: Vec::new(),
-            sealed: Some(SealedKey {
-                nonce: vec![1, 2],
-                ciphertext: vec![3, 4],
-            }),
+            private_key: sealed::join(&[1; 12], &[3, 4]),
             created_at_ms: 1,
             signs_from_ms: 2,
             max_token_lifetime_ms: 3,
@@ -146,13 +147,12 @@ mod tests {
         let stored = serde_json::to_string(&StoredKey::from(&key)).unwrap();
         assert_eq!(
             stored,
-            r#"{"kid":"d-1","alg":"EdDSA","private_pkcs8":"","sealed":{"nonce":"AQI=","ciphertext":"AwQ="},"created_at_ms":1,"signs_from_ms":2,"max_token_lifetime_ms":3,"max_jwt_exp_ms":4,"is_static":false}"#
+            r#"{"kid":"d-1","alg":"EdDSA","private_pkcs8":"","sealed":{"nonce":"AQEBAQEBAQEBAQEB","ciphertext":"AwQ="},"created_at_ms":1,"signs_from_ms":2,"max_token_lifetime_ms":3,"max_jwt_exp_ms":4,"is_static":false}"#
         );
         let read: StoredKey = serde_json::from_str(&stored).unwrap();
         assert!(KeyRecord::from(read) == key);
         let plain = KeyRecord {
-            private_pkcs8: vec![5],
-            sealed: None,
+            private_key: vec![5],
             ..key
         };
         let stored = serde_json::to_string(&StoredKey::from(&plain)).unwrap();

@@ -530,8 +530,7 @@ async fn new_record(
     Ok(KeyRecord {
         kid,
         alg: alg.as_str().to_owned(),
-        private_pkcs8,
-        sealed: None,
+        private_key: private_pkcs8,
         created_at_ms,
         signs_from_ms,
         max_token_lifetime_ms: config.access_lifetime_ms,

@@ -161,7 +161,8 @@ impl SigningKey {
     }
 
     pub(super) fn load(record: KeyRecord) -> Result<Self, KeyError> {
-        let pkcs8 = record.private_pkcs8.as_slice();
+        // In the ring, the private key is opened: PKCS#8.
+        let pkcs8 = record.private_key.as_slice();
         let kid = record.kid.clone();
         let jwk = |kty, alg| Jwk {
             kty,

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::clock::ManualClock;
-use crate::store::{MemoryStore, SealedKey};
+use crate::store::MemoryStore;
 use jsonwebtoken::DecodingKey;
 use std::time::Duration;
 
@@ -118,13 +118,11 @@ async fn keys_left_under_either_kek_are_sealed_again_under_the_new_one() {
     let mut records = store.keys().await.unwrap();
     assert!(records.len() >= 2);
     let first = &mut records[0];
-    let sealed = first.sealed.take().unwrap();
     let plain = kek(1)
-        .open(first.kid.as_bytes(), &sealed.nonce, &sealed.ciphertext)
+        .open_value(first.kid.as_bytes(), &first.private_key)
         .unwrap()
         .plaintext;
-    let (nonce, ciphertext) = kek(2).seal(first.kid.as_bytes(), &plain);
-    first.sealed = Some(SealedKey { nonce, ciphertext });
+    first.private_key = kek(2).seal_value(first.kid.as_bytes(), &plain);
     store.put_key(first).await.unwrap();
 
     for alone in [1, 2] {
