@@ -3,14 +3,39 @@
 //! export and import for backups.
 //!
 //! An export reads every table in one read-only `REPEATABLE READ`
-//! transaction, so a backup is one consistent snapshot. This module must
+//! transaction, so a backup is one consistent snapshot, a batch of rows at
+//! a time. This module must
 //! never relax the server's `synchronous_commit`, nor make `durable` wait
 //! on anything: there is nothing left to flush.
 
 use async_trait::async_trait;
+use deadpool_postgres::Transaction;
+use tokio_postgres::Row;
 
 use super::{Failed, PostgresStore, keys, sessions, user_data};
 use crate::store::{BoxFuture, Durability, Exported, StoreError};
+
+/// Rows an export reads from the server at a time.
+const EXPORT_BATCH: i32 = 1000;
+
+/// Hands every row `sql` selects in `tx` to `each`, reading them in batches
+/// of [`EXPORT_BATCH`] through a portal, so that an export of any size
+/// holds one batch in memory.
+async fn each_row(
+    tx: &Transaction<'_>,
+    sql: &str,
+    mut each: impl FnMut(&Row) -> Result<(), Failed>,
+) -> Result<(), Failed> {
+    let statement = tx.prepare(sql).await?;
+    let portal = tx.bind(&statement, &[]).await?;
+    loop {
+        let rows = tx.query_portal(&portal, EXPORT_BATCH).await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        rows.iter().try_for_each(&mut each)?;
+    }
+}
 
 impl PostgresStore {
     async fn try_export(
@@ -25,31 +50,32 @@ impl PostgresStore {
             .start()
             .await?;
         let sql = format!("SELECT {} FROM sessiond_sessions", sessions::COLUMNS);
-        for row in tx.query(&sql, &[]).await? {
-            visit(Exported::Session(sessions::decode(&row)?))?;
-        }
+        each_row(&tx, &sql, |row| {
+            Ok(visit(Exported::Session(sessions::decode(row)?))?)
+        })
+        .await?;
         let sql = "SELECT public, private, user_identifier, tenant_id, user_id \
                    FROM sessiond_user_data";
-        for row in tx.query(sql, &[]).await? {
-            visit(Exported::UserData {
-                data: user_data::decode(&row)?,
+        each_row(&tx, sql, |row| {
+            Ok(visit(Exported::UserData {
+                data: user_data::decode(row)?,
                 tenant_id: row.try_get(3)?,
                 user_id: row.try_get(4)?,
-            })?;
-        }
+            })?)
+        })
+        .await?;
         let sql = format!("SELECT {} FROM sessiond_keys", keys::COLUMNS);
-        for row in tx.query(&sql, &[]).await? {
-            visit(Exported::Key(keys::decode(&row)?))?;
-        }
-        for row in tx
-            .query("SELECT name, value FROM sessiond_secrets", &[])
-            .await?
-        {
-            visit(Exported::Secret {
+        each_row(&tx, &sql, |row| {
+            Ok(visit(Exported::Key(keys::decode(row)?))?)
+        })
+        .await?;
+        each_row(&tx, "SELECT name, value FROM sessiond_secrets", |row| {
+            Ok(visit(Exported::Secret {
                 name: row.try_get(0)?,
                 value: row.try_get(1)?,
-            })?;
-        }
+            })?)
+        })
+        .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -116,6 +116,36 @@ async fn keys_written_under_schema_1_read_the_same_after_the_upgrade() {
 }
 
 #[tokio::test]
+async fn an_export_reads_every_row_of_a_table_larger_than_its_batch() {
+    let test = "an_export_reads_every_row_of_a_table_larger_than_its_batch";
+    let Some(db) = pg_harness::postgres(test) else {
+        return;
+    };
+    let store = PostgresStore::connect(&Secret::new(db.url.clone()), 1)
+        .await
+        .unwrap();
+    db.cluster()
+        .sql(
+            &db.name,
+            "INSERT INTO sessiond_sessions (handle, user_id, tenant_id, access_payload, data, \
+             created_at_ms, expires_at_ms, refresh_hash, rotated_at_ms) \
+             SELECT 'h' || i, 'u' || i, 'public', '{}', '{}', 1, 9, \
+             decode(repeat('01', 32), 'hex'), 1 FROM generate_series(1, 2500) AS i",
+        )
+        .unwrap();
+    let mut handles = std::collections::BTreeSet::new();
+    crate::store::Durability::export(&store, &mut |item| {
+        if let crate::store::Exported::Session(r) = item {
+            handles.insert(r.handle);
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(handles.len(), 2500, "every session, once");
+}
+
+#[tokio::test]
 async fn a_schema_newer_than_the_binary_is_refused() {
     let Some(db) = pg_harness::postgres("a_schema_newer_than_the_binary_is_refused") else {
         return;
