@@ -35,6 +35,22 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of gateway check decisions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
+    /// The front end that asked: `grpc` (ext_authz) or `http` (`/authz`).
+    pub front: &'static str,
+    /// What it answered.
+    pub outcome: &'static str,
+}
+
+/// Labels of gateway check latencies.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FrontLabels {
+    /// The front end that asked.
+    pub front: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -57,6 +73,8 @@ pub struct Metrics {
     store_bytes: Gauge,
     store_writable: Gauge,
     claim_provider_calls: Family<OutcomeLabels, Counter>,
+    authz_decisions: Family<AuthzLabels, Counter>,
+    authz_latency: HistogramFamily<FrontLabels>,
     store: OnceLock<Weak<dyn Store>>,
 }
 
@@ -150,6 +168,21 @@ impl Metrics {
             "Calls to application ClaimProviders by outcome: value, no_value, error",
             claim_provider_calls.clone(),
         );
+        let authz_decisions = Family::<AuthzLabels, Counter>::default();
+        registry.register(
+            "sessiond_authz_decisions",
+            "Gateway checks by front end (grpc: ext_authz Check, http: /authz) and outcome: \
+             allowed, unauthorised, try_refresh_token, invalid_claims, bad_policy, \
+             store_unavailable, error",
+            authz_decisions.clone(),
+        );
+        let authz_latency: HistogramFamily<FrontLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "sessiond_authz_decision_duration_seconds",
+            "Time a gateway check's decision took, by front end",
+            authz_latency.clone(),
+        );
         Self {
             registry,
             requests,
@@ -164,6 +197,8 @@ impl Metrics {
             store_bytes,
             store_writable,
             claim_provider_calls,
+            authz_decisions,
+            authz_latency,
             store: OnceLock::new(),
         }
     }
@@ -222,6 +257,16 @@ impl Metrics {
         self.claim_provider_calls
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
+    }
+
+    /// A gateway check by `front` ended with `outcome` after `elapsed`.
+    pub fn authz_decision(&self, front: &'static str, outcome: &'static str, elapsed: Duration) {
+        self.authz_decisions
+            .get_or_create(&AuthzLabels { front, outcome })
+            .inc();
+        self.authz_latency
+            .get_or_create(&FrontLabels { front })
+            .observe(elapsed.as_secs_f64());
     }
 
     /// The metrics in the text exposition format.

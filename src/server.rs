@@ -17,6 +17,8 @@ use tonic_health::ServingStatus;
 use crate::api::ApiKeys;
 use crate::api::admin::AdminApi;
 use crate::api::auth::AuthLayer;
+use crate::api::authz::Gate;
+use crate::api::authz::envoy::EnvoyAuthz;
 use crate::api::connect::ConnectLayer;
 use crate::api::details::DetailsLayer;
 use crate::api::guard::GuardLayer;
@@ -42,6 +44,7 @@ use crate::store::FlushObserver;
 use crate::store::{PostgresStore, SledStore, Store, StoreError};
 use crate::token::KeyError;
 use crate::token::keys::{KeyRing, KeyRingConfig};
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::sync::mpsc;
 
 pub use crate::logging::LIFECYCLE_TARGET;
@@ -255,9 +258,22 @@ async fn run(
     let api_keys = ApiKeys::new(&config.api_keys);
     let limits = config.limits.clone();
     let max_message = limits.max_message_bytes;
+    let gate = Arc::new(
+        Gate::new(
+            manager.clone(),
+            config.authz_cookie_name.clone(),
+            config.authz_claim_headers.clone(),
+            metrics.clone(),
+        )
+        .map_err(ServeError::Connect)?,
+    );
     let mut routes = Routes::builder();
     routes
         .add_service(health_service)
+        .add_service(
+            AuthorizationServer::new(EnvoyAuthz::new(gate.clone()))
+                .max_decoding_message_size(max_message),
+        )
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(
@@ -311,7 +327,14 @@ async fn run(
             crate::api::connect::descriptors().map_err(ServeError::Connect)?,
             max_message,
         ))
-        .merge(crate::http::router(jwt, metrics.clone()))
+        .merge(crate::http::router(
+            jwt,
+            metrics.clone(),
+            crate::http::Authz {
+                gate: gate.clone(),
+                keys: api_keys.clone(),
+            },
+        ))
         .fallback(crate::http::not_found);
     let cors_origins = Live::new(config.cors_origins.clone());
     let router = router.layer(crate::http::cors(cors_origins.clone()));

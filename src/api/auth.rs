@@ -3,7 +3,8 @@
 //!
 //! tonic interceptors cannot see the method, so the rules live here:
 //! health and reflection are open; GetSession, ValidateClaimsInJwtPayload,
-//! GetJwks and GetOpenIdDiscoveryConfiguration need `verify`;
+//! GetJwks, GetOpenIdDiscoveryConfiguration and the gateway check
+//! (`envoy.service.auth.v3.Authorization/Check`) need `verify`;
 //! RotateSigningKey and AdminService need `admin`; every other
 //! SessionService and JwtService method needs `backend`. UserSessionService
 //! authenticates end users itself; a key presented to it must be valid, and
@@ -47,6 +48,7 @@ fn need(path: &str) -> Need {
         ("sessiond.v1.JwtService", _) => Need::Key(Scope::Backend),
         ("sessiond.v1.AdminService", _) => Need::Key(Scope::Admin),
         ("sessiond.v1.UserSessionService", _) => Need::Handler,
+        ("envoy.service.auth.v3.Authorization", _) => Need::Key(Scope::Verify),
         _ => Need::Nothing,
     }
 }
@@ -88,32 +90,44 @@ impl<S> Authenticate<S> {
         if need == Need::Nothing {
             return Ok(None);
         }
-        let identity = self.keys.identify(req.headers())?;
         let Need::Key(scope) = need else {
-            return Ok(identity);
+            return self.keys.identify(req.headers());
         };
-        if self.keys.is_open() {
-            return Ok(None);
-        }
-        match identity {
-            None => Err(missing_key("this call needs an x-api-key")),
-            Some(id) if id.scope >= scope => Ok(Some(id)),
-            Some(id) => Err(super::error::status(
-                Reason::PermissionDenied,
-                format!(
-                    "the API key `{}` has scope {}; this call needs scope {}",
-                    id.name,
-                    id.scope.as_str(),
-                    scope.as_str()
-                ),
-                [
-                    ("key_scope".to_owned(), id.scope.as_str().to_owned()),
-                    ("required_scope".to_owned(), scope.as_str().to_owned()),
-                ]
-                .into(),
-                None,
-            )),
-        }
+        require(&self.keys, req.headers(), scope)
+    }
+}
+
+/// Checks that `headers` carry a key of at least `scope` among `keys`
+/// (anything passes when no key is configured): the caller's identity, or
+/// the status to answer. For routes outside the gRPC services, such as the
+/// HTTP gateway check.
+pub fn require(
+    keys: &ApiKeys,
+    headers: &http::HeaderMap,
+    scope: Scope,
+) -> Result<Option<KeyIdentity>, tonic::Status> {
+    let identity = keys.identify(headers)?;
+    if keys.is_open() {
+        return Ok(None);
+    }
+    match identity {
+        None => Err(missing_key("this call needs an x-api-key")),
+        Some(id) if id.scope >= scope => Ok(Some(id)),
+        Some(id) => Err(super::error::status(
+            Reason::PermissionDenied,
+            format!(
+                "the API key `{}` has scope {}; this call needs scope {}",
+                id.name,
+                id.scope.as_str(),
+                scope.as_str()
+            ),
+            [
+                ("key_scope".to_owned(), id.scope.as_str().to_owned()),
+                ("required_scope".to_owned(), scope.as_str().to_owned()),
+            ]
+            .into(),
+            None,
+        )),
     }
 }
 
@@ -186,6 +200,11 @@ mod tests {
             Need::Handler
         );
         assert_eq!(key("/grpc.health.v1.Health/Check"), Need::Nothing);
+        assert_eq!(
+            key("/envoy.service.auth.v3.Authorization/Check"),
+            Need::Key(Scope::Verify),
+            "a gateway check verifies a session, as GetSession does"
+        );
         assert_eq!(
             key("/sessiond.v1.SessionService/Unknown"),
             Need::Key(Scope::Backend)

@@ -6,6 +6,7 @@
 //! imports generated code.
 
 pub mod admin;
+pub mod authz;
 pub mod claims;
 pub mod codec;
 pub mod connect;

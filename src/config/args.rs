@@ -119,6 +119,17 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub cors_origins: Vec<String>,
+    /// Cookie the gateway checks (ext_authz, /authz) read an access token from when no Bearer token is sent [default: sAccessToken].
+    #[arg(long, env = "SESSIOND_AUTHZ_COOKIE_NAME", value_name = "NAME")]
+    pub authz_cookie_name: Option<String>,
+    /// Access token claim a gateway check forwards upstream as a header, such as st-role=x-user-roles (repeatable).
+    #[arg(
+        long = "authz-claim-header",
+        env = "SESSIOND_AUTHZ_CLAIM_HEADERS",
+        value_name = "CLAIM=HEADER",
+        value_delimiter = ','
+    )]
+    pub authz_claim_headers: Vec<String>,
     /// Largest public or private bucket, in bytes of JSON [default: 64KiB].
     #[arg(long, env = "SESSIOND_MAX_BUCKET_SIZE", value_name = "BYTES")]
     pub max_bucket_size: Option<String>,

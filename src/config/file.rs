@@ -42,6 +42,9 @@ pub(super) struct FileConfig {
     pub(super) client_secrets: BTreeMap<String, String>,
     #[serde(default)]
     pub(super) cors_origins: Vec<String>,
+    pub(super) authz_cookie_name: Option<String>,
+    #[serde(default)]
+    pub(super) authz_claim_headers: BTreeMap<String, String>,
     pub(super) max_bucket_size: Option<FileSize>,
     pub(super) store_cache_size: Option<FileSize>,
     pub(super) store_reserved_space: Option<FileSize>,

@@ -144,6 +144,11 @@ pub struct Config {
     pub client_secrets: Vec<(String, Secret)>,
     /// Browser origins allowed by CORS.
     pub cors_origins: Vec<String>,
+    /// Cookie a gateway check reads the access token from, after the
+    /// `authorization: Bearer` header.
+    pub authz_cookie_name: String,
+    /// Claims a gateway check forwards upstream: (claim, header name).
+    pub authz_claim_headers: Vec<(String, String)>,
     /// Largest bucket, bytes of JSON.
     pub max_bucket_bytes: usize,
     /// Bytes of the embedded store's page cache.
@@ -197,6 +202,8 @@ impl Config {
             claim_provider_timeout: Duration::from_secs(2),
             client_secrets: Vec::new(),
             cors_origins: Vec::new(),
+            authz_cookie_name: "sAccessToken".to_owned(),
+            authz_claim_headers: Vec::new(),
             max_bucket_bytes: 64 * 1024,
             store_cache_bytes: DEFAULT_STORE_CACHE_BYTES,
             store_reserved_bytes: 64 << 20,

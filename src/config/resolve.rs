@@ -191,6 +191,23 @@ impl Config {
         } else {
             args.cors_origins.clone()
         };
+        if let Some(name) = args.authz_cookie_name.clone().or(file.authz_cookie_name) {
+            c.authz_cookie_name = name;
+        }
+        c.authz_claim_headers = if args.authz_claim_headers.is_empty() {
+            file.authz_claim_headers.into_iter().collect()
+        } else {
+            args.authz_claim_headers
+                .iter()
+                .map(|p| {
+                    p.split_once('=')
+                        .map(|(c, h)| (c.trim().to_owned(), h.trim().to_owned()))
+                        .ok_or_else(|| {
+                            bad("authz-claim-header", format!("`{p}` is not CLAIM=HEADER"))
+                        })
+                })
+                .collect::<Result<_, _>>()?
+        };
         if let Some(n) = size_setting(
             "max-bucket-size",
             &args.max_bucket_size,

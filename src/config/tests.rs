@@ -308,3 +308,34 @@ fn a_database_url_and_pool_size_are_read_and_its_password_never_shown() {
     );
     assert_eq!(c.database_pool_size, 32);
 }
+
+#[test]
+fn gateway_check_settings_are_checked_and_header_names_lowercased() {
+    let c = resolve(|a| {
+        a.authz_cookie_name = Some("sid".into());
+        a.authz_claim_headers = vec!["st-role=X-User-Roles".into(), "email=x-email".into()];
+    })
+    .unwrap();
+    assert_eq!(c.authz_cookie_name, "sid");
+    assert_eq!(
+        c.authz_claim_headers,
+        [
+            ("st-role".to_owned(), "x-user-roles".to_owned()),
+            ("email".to_owned(), "x-email".to_owned())
+        ]
+    );
+    assert_eq!(resolve(|_| {}).unwrap().authz_cookie_name, "sAccessToken");
+    for bad in [
+        vec!["st-role"],
+        vec!["=x-role"],
+        vec!["st-role=x role"],
+        vec!["st-role=x-user-id"],
+        vec!["a=x-same", "b=X-Same"],
+    ] {
+        let e = resolve(|a| a.authz_claim_headers = bad.iter().map(|s| s.to_string()).collect())
+            .unwrap_err();
+        assert_eq!(e.setting, "authz-claim-header", "{bad:?}");
+    }
+    let e = resolve(|a| a.authz_cookie_name = Some("s id;".into())).unwrap_err();
+    assert_eq!(e.setting, "authz-cookie-name");
+}

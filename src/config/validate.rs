@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::error::{ConfigError, bad};
 use super::{Config, KeySecret, MAX_REFRESH_GRACE};
+use crate::api::authz::IDENTITY_HEADERS;
 
 impl Config {
     /// Checks the relations and ranges of every setting (what the TLS and
@@ -162,6 +163,7 @@ impl Config {
             }
             *origin = o;
         }
+        self.check_authz()?;
         if !(1024..=16 * 1024 * 1024).contains(&self.max_bucket_bytes) {
             return Err(bad("max-bucket-size", "must be between 1KiB and 16MiB"));
         }
@@ -220,6 +222,50 @@ impl Config {
         }
         if l.idle_timeout < secs(1) {
             return Err(bad("idle-timeout", "must be at least 1s"));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The gateway checks' cookie name and claim headers.
+    fn check_authz(&mut self) -> Result<(), ConfigError> {
+        // RFC 6265: a cookie name is an HTTP token.
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        };
+        if !token(&self.authz_cookie_name) {
+            return Err(bad(
+                "authz-cookie-name",
+                format!("`{}` is not a cookie name", self.authz_cookie_name),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (claim, header) in &mut self.authz_claim_headers {
+            if claim.is_empty() {
+                return Err(bad("authz-claim-header", "the claim before `=` is empty"));
+            }
+            *header = header.to_ascii_lowercase();
+            if !token(header) || http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                return Err(bad(
+                    "authz-claim-header",
+                    format!("`{header}` is not a header name"),
+                ));
+            }
+            if IDENTITY_HEADERS.contains(&header.as_str()) {
+                return Err(bad(
+                    "authz-claim-header",
+                    format!("`{header}` is set by every allowed check already"),
+                ));
+            }
+            if !seen.insert(header.clone()) {
+                return Err(bad(
+                    "authz-claim-header",
+                    format!("`{header}` is named twice"),
+                ));
+            }
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 
 mod admin;
 mod adversarial;
+mod authz;
 mod buckets;
 mod callers;
 mod claims;

@@ -1,6 +1,7 @@
 //! Plain HTTP on the gRPC port: `GET /.well-known/jwks.json` and
 //! `GET /.well-known/openid-configuration` (public, like the keys they
-//! publish), the 404 for unknown paths, and CORS for browser origins.
+//! publish), `/metrics`, the gateway check on `/authz` ([`authz`]), the 404
+//! for unknown paths, and CORS for browser origins.
 
 use std::sync::Arc;
 
@@ -9,9 +10,13 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::{Json, Router};
 use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub mod authz;
+
+pub use authz::Authz;
 
 use crate::jwt::JwtIssuer;
 use crate::metrics::Metrics;
@@ -61,12 +66,18 @@ struct Shared {
 }
 
 /// The HTTP routes.
-pub fn router(issuer: Arc<JwtIssuer>, metrics: Arc<Metrics>) -> Router {
+pub fn router(issuer: Arc<JwtIssuer>, metrics: Arc<Metrics>, authz: Authz) -> Router {
+    let gateway = Router::new()
+        .route("/authz", any(authz::check))
+        .route("/authz/", any(authz::check))
+        .route("/authz/{*path}", any(authz::check))
+        .with_state(authz);
     Router::new()
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/metrics", get(prometheus))
         .with_state(Shared { issuer, metrics })
+        .merge(gateway)
 }
 
 async fn prometheus(State(shared): State<Shared>) -> impl IntoResponse {
