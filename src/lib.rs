@@ -78,6 +78,26 @@ pub mod pb {
     /// The encoded descriptor set of `proto/`, for reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/sessiond_descriptor.bin"));
+
+    /// The encoded descriptor set of Envoy's external authorization API
+    /// (`envoy.service.auth.v3.Authorization` and the messages it uses), for
+    /// reflection: compiled from the wire-compatible subset of Envoy's protos
+    /// in `proto/envoy/`. No Rust code is generated from it; the service's
+    /// types are those of the `envoy-types` crate.
+    ///
+    /// It is not self-contained: it imports google.rpc.Status from
+    /// `status.proto`, the file of `tonic_types::pb::FILE_DESCRIPTOR_SET`.
+    /// Register it with the reflection builder's
+    /// `register_encoded_file_descriptor_set` last, after
+    /// [`FILE_DESCRIPTOR_SET`], `tonic_types::pb::FILE_DESCRIPTOR_SET` and
+    /// `tonic_health::pb::FILE_DESCRIPTOR_SET`: reflection keeps the first
+    /// copy of each file name, so the `google/protobuf/*.proto` files this set
+    /// shares with the others are then served from theirs. A descriptor pool
+    /// built from these sets must skip repeated file names the same way (as
+    /// `api::connect::descriptors` does). `api::envoy_descriptor_tests` serves
+    /// reflection in this order and resolves `Check` through it.
+    pub const ENVOY_AUTHZ_FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/envoy_authz_descriptor.bin"));
 }
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};

@@ -24,6 +24,11 @@ pub mod user_session;
 
 pub mod auth;
 
+#[cfg(test)]
+mod envoy_descriptor_tests;
+#[cfg(test)]
+mod envoy_reflection_tests;
+
 use tonic::Status;
 
 use crate::error::Reason;
