@@ -50,11 +50,12 @@ use tokio::sync::mpsc;
 pub use crate::logging::LIFECYCLE_TARGET;
 
 /// Services whose health is reported (besides the server as a whole, "").
-const SERVICES: [&str; 4] = [
+const SERVICES: [&str; 5] = [
     "sessiond.v1.SessionService",
     "sessiond.v1.JwtService",
     "sessiond.v1.UserSessionService",
     "sessiond.v1.AdminService",
+    "envoy.service.auth.v3.Authorization",
 ];
 
 /// The standard services served beside [`SERVICES`].
@@ -251,7 +252,9 @@ async fn run(
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                // After tonic-types' set, whose `status.proto` it imports.
+                .register_encoded_file_descriptor_set(crate::pb::ENVOY_AUTHZ_FILE_DESCRIPTOR_SET),
             |builder, name| builder.with_service_name(name),
         )
     };

@@ -59,8 +59,9 @@ fn code_name(headers: &HeaderMap) -> Option<&'static str> {
 fn known_methods() -> &'static HashMap<String, (&'static str, &'static str)> {
     static METHODS: OnceLock<HashMap<String, (&'static str, &'static str)>> = OnceLock::new();
     METHODS.get_or_init(|| {
-        let sets: [&[u8]; 4] = [
+        let sets: [&[u8]; 5] = [
             crate::pb::FILE_DESCRIPTOR_SET,
+            crate::pb::ENVOY_AUTHZ_FILE_DESCRIPTOR_SET,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,

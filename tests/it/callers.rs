@@ -109,6 +109,7 @@ async fn reflection_lists_the_services() {
     assert_eq!(
         names,
         [
+            "envoy.service.auth.v3.Authorization",
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",

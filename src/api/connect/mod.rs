@@ -83,12 +83,15 @@ const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::n
 );
 
 /// The descriptors JSON is transcoded with: the ones reflection publishes
-/// (sessiond's, `google.rpc`, health) and reflection's own.
+/// (sessiond's, `google.rpc`, health, Envoy's external authorization) and
+/// reflection's own.
 pub fn descriptors() -> Result<DescriptorPool, String> {
-    let sets: [&[u8]; 5] = [
+    let sets: [&[u8]; 6] = [
         crate::pb::FILE_DESCRIPTOR_SET,
         tonic_types::pb::FILE_DESCRIPTOR_SET,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
+        // After tonic-types' set, whose `status.proto` it imports.
+        crate::pb::ENVOY_AUTHZ_FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
     ];
