@@ -158,14 +158,7 @@ impl Config {
         c.claim_providers = if args.claim_providers.is_empty() {
             file.claim_providers.into_iter().collect()
         } else {
-            args.claim_providers
-                .iter()
-                .map(|p| {
-                    p.split_once('=')
-                        .map(|(k, u)| (k.trim().to_owned(), u.trim().to_owned()))
-                        .ok_or_else(|| bad("claim-provider", format!("`{p}` is not KEY=URL")))
-                })
-                .collect::<Result<_, _>>()?
+            pairs("claim-provider", "KEY=URL", &args.claim_providers)?
         };
         c.default_claim_provider = args
             .default_claim_provider
@@ -197,16 +190,11 @@ impl Config {
         c.authz_claim_headers = if args.authz_claim_headers.is_empty() {
             file.authz_claim_headers.into_iter().collect()
         } else {
-            args.authz_claim_headers
-                .iter()
-                .map(|p| {
-                    p.split_once('=')
-                        .map(|(c, h)| (c.trim().to_owned(), h.trim().to_owned()))
-                        .ok_or_else(|| {
-                            bad("authz-claim-header", format!("`{p}` is not CLAIM=HEADER"))
-                        })
-                })
-                .collect::<Result<_, _>>()?
+            pairs(
+                "authz-claim-header",
+                "CLAIM=HEADER",
+                &args.authz_claim_headers,
+            )?
         };
         if let Some(n) = size_setting(
             "max-bucket-size",
@@ -428,4 +416,21 @@ fn read_kek(
         )?))),
         None => Ok(std::env::var(env).ok().map(Secret::new)),
     }
+}
+
+/// `NAME=VALUE` settings as pairs, trimmed; `form` names the shape in the
+/// error for one without `=`.
+fn pairs(
+    setting: &'static str,
+    form: &str,
+    given: &[String],
+) -> Result<Vec<(String, String)>, ConfigError> {
+    given
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| bad(setting, format!("`{p}` is not {form}")))
+        })
+        .collect()
 }

@@ -18,8 +18,6 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sessiond::pb;
 use tonic::Code;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_client::HealthClient;
 
 use crate::helpers::*;
 
@@ -84,17 +82,6 @@ fn fill(dir: &Path, leave: u64) -> PathBuf {
     }
     let _ = file.sync_all();
     path
-}
-
-async fn health(server: &TestServer) -> i32 {
-    HealthClient::new(server.channel().await)
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
 }
 
 async fn writable_metric(server: &TestServer) -> String {

@@ -477,6 +477,20 @@ pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// The server's overall health status (1: SERVING, 2: NOT_SERVING).
+pub async fn health(server: &TestServer) -> i32 {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    HealthClient::new(server.channel().await)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
 /// A request that replaces a session's data with `{"v": value}`.
 pub fn data_update(handle: &str, value: &str) -> pb::UpdateSessionDataInDatabaseRequest {
     pb::UpdateSessionDataInDatabaseRequest {

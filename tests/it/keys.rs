@@ -374,7 +374,7 @@ async fn a_key_rotated_on_one_replica_is_published_by_all_before_it_signs() {
     let Some(db) = crate::postgres::harness::postgres(test) else {
         return;
     };
-    let url = sessiond::config::Secret::new(format!("{}?sslmode=disable", db.url));
+    let url = crate::postgres::url_of(&db);
     let clock = sessiond::ManualClock::starting_now();
     let start = || {
         TestServer::start_on(tempfile::tempdir().unwrap(), clock.clone(), |c| {

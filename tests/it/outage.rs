@@ -9,30 +9,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sessiond::config::Secret;
 use sessiond::pb;
 use tonic::Code;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_client::HealthClient;
 
 use crate::helpers::{
-    TestServer, access, assert_status, create, handle, refresh, refresh_token, session_info, verify,
+    TestServer, access, assert_status, create, handle, health, refresh, refresh_token,
+    session_info, verify,
 };
 use crate::postgres::harness;
 
 /// Longer than any call may take: a call still running then hangs.
 const CALL_LIMIT: Duration = Duration::from_secs(20);
-
-async fn health(server: &TestServer) -> i32 {
-    HealthClient::new(server.channel().await)
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-}
 
 async fn wait_for_health(server: &TestServer, status: i32, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -61,12 +48,7 @@ async fn a_database_outage_under_load_fails_fast_and_loses_nothing_acknowledged(
     let Some(db) = harness::postgres_alone(test) else {
         return;
     };
-    let url = Secret::new(format!("{}?sslmode=disable", db.url));
-    let server = TestServer::start_with(|c| {
-        c.database_url = Some(url.clone());
-        c.database_pool_size = 4;
-    })
-    .await;
+    let server = crate::postgres::server_on(&db).await;
     let mut c = server.sessions().await;
     let before = create(&mut c, "before", json!({})).await;
 

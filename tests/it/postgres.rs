@@ -63,18 +63,28 @@ fn each_test_gets_a_database_of_its_own() {
     assert!(missing.contains("does not exist"), "{missing}");
 }
 
+/// The URL a test server reaches `db` at (no TLS on loopback).
+pub fn url_of(db: &harness::Database) -> Secret {
+    Secret::new(format!("{}?sslmode=disable", db.url))
+}
+
+/// A server with its store in `db`, with a small pool.
+pub async fn server_on(db: &harness::Database) -> TestServer {
+    let url = url_of(db);
+    TestServer::start_with(|c| {
+        c.database_url = Some(url);
+        c.database_pool_size = 4;
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_server_on_postgres_creates_checks_refreshes_and_revokes() {
     let Some(db) = harness::postgres("a_server_on_postgres_creates_checks_refreshes_and_revokes")
     else {
         return;
     };
-    let url = Secret::new(format!("{}?sslmode=disable", db.url));
-    let server = TestServer::start_with(|c| {
-        c.database_url = Some(url.clone());
-        c.database_pool_size = 4;
-    })
-    .await;
+    let server = server_on(&db).await;
     let mut c = server.sessions().await;
     let created = create(&mut c, "alice", json!({"role": "admin"})).await;
     let got = verify(&mut c, &access(&created), true).await.unwrap();
