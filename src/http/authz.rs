@@ -13,7 +13,10 @@
 //!   every configured claim header (empty when the token lacks the claim),
 //!   so that a proxy copying them upstream replaces whatever the client sent.
 //! - Refused: 401 or 403 (400 for a location's bad policy, 503 while the
-//!   store is unavailable) with the JSON body `reason`, `message`.
+//!   store is unavailable) with the JSON body `reason`, `message`, and the
+//!   reason again in [`REASON_HEADER`]: nginx's `auth_request` drops the
+//!   body of the answer it asked for, but can read a header of it
+//!   (`auth_request_set`) and put it in the refusal it sends.
 
 use std::sync::Arc;
 
@@ -29,6 +32,9 @@ use crate::api::authz::{
     Gate,
 };
 use crate::api::keys::Scope;
+
+/// The response header that repeats a refusal's `reason`.
+pub const REASON_HEADER: &str = "x-sessiond-reason";
 
 /// What the `/authz` routes need.
 #[derive(Debug, Clone)]
@@ -110,6 +116,7 @@ fn refusal(denial: Denial) -> Response {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
+        .header(REASON_HEADER, denial.reason.as_str())
         .body(Body::from(denial.body))
         .unwrap_or_else(|_| status.into_response())
 }

@@ -396,15 +396,17 @@ async fn forward_auth_answers_with_the_same_decision_over_http() {
     assert!(!headers.contains_key("x-user-id"), "nothing of the session");
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["reason"], "INVALID_CLAIMS");
+    assert_eq!(headers["x-sessiond-reason"], "INVALID_CLAIMS", "for nginx");
 
     // The caller must show a verify key.
-    let (code, _, body) =
+    let (code, headers, body) =
         forward(server.addr, "GET", "/authz", &[("authorization", &bearer)]).await;
     assert_eq!(code, 401);
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap()["reason"],
         "MISSING_CREDENTIALS"
     );
+    assert_eq!(headers["x-sessiond-reason"], "MISSING_CREDENTIALS");
 
     // Both front ends are counted.
     let (_, _, metrics) = http_get(server.addr, "/metrics").await;
