@@ -11,6 +11,7 @@ mod cli;
 mod connect;
 mod disk_full;
 mod durability;
+mod envoy_example;
 mod gateway;
 mod helpers;
 mod keys;
