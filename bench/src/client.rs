@@ -81,6 +81,8 @@ pub(crate) struct Methods {
     pub(crate) revoke: Uri,
     pub(crate) bucket_get: Uri,
     pub(crate) bucket_update: Uri,
+    pub(crate) authz_grpc: Uri,
+    pub(crate) authz_http: Uri,
 }
 
 impl Methods {
@@ -100,6 +102,8 @@ impl Methods {
             revoke: session("RevokeSession"),
             bucket_get: user("GetUserSession"),
             bucket_update: user("UpdateUserSession"),
+            authz_grpc: uri("/envoy.service.auth.v3.Authorization/Check"),
+            authz_http: uri("/authz/orders"),
         }
     }
 }
@@ -180,6 +184,46 @@ impl Client {
         member.refresh = r.refresh_token.map(|t| t.token).unwrap_or_default();
         member.access = r.access_token.map(|t| t.token).unwrap_or_default();
         Ok(())
+    }
+
+    /// An Envoy ext_authz Check of a GET with `token` as its Bearer token;
+    /// a denial is an error.
+    pub(crate) async fn authz_grpc(&self, token: &str) -> Result<(), Status> {
+        use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse};
+        use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+        use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+        let request = CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Request {
+                    http: Some(HttpRequest {
+                        method: "GET".into(),
+                        path: "/orders".into(),
+                        host: "app.example.com".into(),
+                        headers: [("authorization".to_owned(), format!("Bearer {token}"))].into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        };
+        let reply = self
+            .conn
+            .unary(&self.methods.authz_grpc, &request, self.server())
+            .await?;
+        let r: CheckResponse = decode(reply)?;
+        match r.status.map_or(0, |s| s.code) {
+            0 => Ok(()),
+            code => Err(Status::new(code.into(), "the check denied the request")),
+        }
+    }
+
+    /// A forward-auth check (`/authz`) of a GET with `token` as its Bearer
+    /// token, over the same HTTP/2 connection; a denial is an error.
+    pub(crate) async fn authz_http(&self, token: &str) -> Result<(), Status> {
+        let mut headers = vec![Self::bearer(token).expect("a bearer header")];
+        headers.extend(self.server());
+        self.conn.get(&self.methods.authz_http, headers).await
     }
 
     pub(crate) async fn revoke(&self, handle: String) -> Result<(), Status> {

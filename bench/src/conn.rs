@@ -101,6 +101,33 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// A plain HTTP GET of `uri` with `headers`: `Ok` for 200 (its body
+    /// drained), else the status as a gRPC one.
+    pub(crate) async fn get(
+        &self,
+        uri: &Uri,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    ) -> Result<(), Status> {
+        let mut request = http::Request::new(());
+        *request.uri_mut() = uri.clone();
+        request.headers_mut().extend(headers);
+        let transport = h2_status;
+        let mut send = self.send.clone().ready().await.map_err(transport)?;
+        let (response, _) = send.send_request(request, true).map_err(transport)?;
+        let (parts, mut body) = response.await.map_err(transport)?.into_parts();
+        while let Some(chunk) = body.data().await {
+            let _ = body
+                .flow_control()
+                .release_capacity(chunk.map_err(transport)?.len());
+        }
+        if parts.status != StatusCode::OK {
+            return Err(http_status(parts.status));
+        }
+        Ok(())
+    }
+}
+
 /// The gRPC status of a stream or connection error (gRPC's HTTP/2 mapping).
 pub(crate) fn h2_status(e: h2::Error) -> Status {
     let code = match e.reason() {

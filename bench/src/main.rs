@@ -63,6 +63,10 @@ enum Scenario {
     BucketUpdate,
     /// 90% get, 5% refresh, 3% create, 2% revoke.
     Mixed,
+    /// Envoy ext_authz Check of a Bearer token (envoy.service.auth.v3).
+    AuthzGrpc,
+    /// HTTP forward-auth check (/authz) of a Bearer token.
+    AuthzHttp,
 }
 
 impl Scenario {
@@ -76,6 +80,8 @@ impl Scenario {
             Self::BucketGet => "bucket-get",
             Self::BucketUpdate => "bucket-update",
             Self::Mixed => "mixed",
+            Self::AuthzGrpc => "authz-grpc",
+            Self::AuthzHttp => "authz-http",
         }
     }
 }

@@ -98,6 +98,8 @@ pub(crate) async fn one(
             result
         }
         Scenario::BucketGet => client.bucket_get(&member.access).await,
+        Scenario::AuthzGrpc => client.authz_grpc(&member.access).await,
+        Scenario::AuthzHttp => client.authz_http(&member.access).await,
         Scenario::BucketUpdate => {
             let mut data = Struct::default();
             data.fields.insert(
