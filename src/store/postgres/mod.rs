@@ -118,23 +118,26 @@ impl PostgresStore {
 
     /// One pooled connection, waiting a bounded time for it.
     async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
-        self.pool.get().await.map_err(|e| match e {
-            PoolError::Timeout(_) => {
-                tracing::warn!("no database connection became free in time");
-                StoreError::Unavailable(
-                    "the session database is busy: no connection became free in time; retry later"
-                        .into(),
-                )
-            }
-            PoolError::Backend(e) => failure("connecting to the database", e),
-            e => {
-                tracing::warn!(error = %e, "no database connection");
-                StoreError::Unavailable(
-                    "the session database cannot be reached; retry later".into(),
-                )
-            }
-        })
+        checkout(&self.pool).await
     }
+}
+
+/// One connection of `pool`, waiting a bounded time for it.
+async fn checkout(pool: &Pool) -> Result<deadpool_postgres::Client, StoreError> {
+    pool.get().await.map_err(|e| match e {
+        PoolError::Timeout(_) => {
+            tracing::warn!("no database connection became free in time");
+            StoreError::Unavailable(
+                "the session database is busy: no connection became free in time; retry later"
+                    .into(),
+            )
+        }
+        PoolError::Backend(e) => failure("connecting to the database", e),
+        e => {
+            tracing::warn!(error = %e, "no database connection");
+            StoreError::Unavailable("the session database cannot be reached; retry later".into())
+        }
+    })
 }
 
 /// How the client's messages begin for the failures that mean the server
