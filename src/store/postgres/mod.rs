@@ -9,16 +9,20 @@
 //! server cannot be reached. Every write returns once its transaction has
 //! committed (the server's `synchronous_commit` is never relaxed), so
 //! [`Durability::durable`](super::Durability::durable) resolves at once.
-//! Read-decide-write calls run in one transaction that locks the row
-//! (`SELECT ... FOR UPDATE`) and are retried a bounded number of times on
-//! a serialization failure or a deadlock.
+//! A read-decide-write call on a session is a compare-and-swap on the
+//! row's version, which takes the row's lock (`SELECT ... FOR UPDATE`)
+//! once contended; one on buckets always takes it. Either is retried a
+//! bounded number of times on a serialization failure or a deadlock.
+//! Concurrent calls of one kind share statements (`batch`).
 //!
-//! Layout: `tls` (sslmode), `schema` (migrations), `sessions`, `user_data`,
+//! Layout: `tls` (sslmode), `schema` (migrations), `batch` (statements
+//! shared by concurrent calls), `sessions`, `user_data`,
 //! `keys` (keys and secrets), `backup` (durability, export, import). This
 //! module must never log or return the database URL, which may hold a
 //! password, nor a record's contents.
 
 mod backup;
+mod batch;
 mod keys;
 mod schema;
 mod sessions;
@@ -49,6 +53,7 @@ const RETRIES: usize = 20;
 /// The store in PostgreSQL; see the module documentation.
 pub struct PostgresStore {
     pool: Pool,
+    batches: sessions::Batches,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -102,7 +107,8 @@ impl PostgresStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Backend(format!("the database pool: {e}")))?;
-        Ok(Self { pool })
+        let batches = sessions::Batches::new(&pool, pool_size);
+        Ok(Self { pool, batches })
     }
 
     /// Checks `url` as [`connect`](Self::connect) reads it, without
