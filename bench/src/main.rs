@@ -9,7 +9,11 @@
 //! on a shared machine the neighbours move between two scenarios run one
 //! after the other, and interleaving spreads that over every scenario.
 //! Without `--addr` it starts the `sessiond` binary found beside it on a
-//! temporary data directory.
+//! temporary data directory, or on the PostgreSQL database of
+//! `--database-url`; with `--pgbench` as well, pgbench's references run
+//! against that database before each round and after the last, and each
+//! scenario that writes or reads the database is also reported as a
+//! fraction of them (module `pgbench`).
 //!
 //! Calls go over bare HTTP/2 connections (the h2 crate), each request framed
 //! in one buffer and sent as HEADERS plus a single DATA frame that ends the stream,
@@ -24,10 +28,11 @@
 //! the whole run (population, rounds, the table and the JSON); `conn` is one
 //! HTTP/2 connection, `client` the calls the scenarios make, `run` the
 //! workers of one scenario and what they measure, `report` a scenario's
-//! results.
+//! results, `pgbench` PostgreSQL's reference.
 
 mod client;
 mod conn;
+mod pgbench;
 mod report;
 mod run;
 
@@ -42,7 +47,8 @@ use sessiond::text::count;
 
 use crate::client::{Client, Methods, payload};
 use crate::conn::Conn;
-use crate::report::{Outcome, outcome, us};
+use crate::pgbench::{Measured, Pgbench, Reference};
+use crate::report::{Outcome, median, outcome, us};
 use crate::run::{Tally, run};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -135,15 +141,43 @@ struct Args {
     /// An argument for the started server, such as --server-arg=--signing-algorithm=RS256 (repeatable).
     #[arg(long, allow_hyphen_values = true)]
     server_arg: Vec<String>,
+    /// Run the started server on this PostgreSQL database (its
+    /// --database-url, e.g. postgres://user@127.0.0.1:5432/bench?sslmode=disable)
+    /// instead of sled; with --pgbench, also the database pgbench runs on.
+    #[arg(long, env = "SESSIOND_BENCH_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// With --database-url: create pgbench's tables in that database, run
+    /// pgbench (16 clients: single-row inserts, then primary-key selects
+    /// with -S, --duration each) before each round and after the last, and
+    /// report each durable write as a fraction of the inserts and each
+    /// database read as a fraction of the selects, against the mean of the
+    /// pgbench runs around its round.
+    #[arg(long, requires = "database_url")]
+    pgbench: bool,
+    /// The pgbench program to run.
+    #[arg(long, default_value = "pgbench")]
+    pgbench_path: String,
+    /// pgbench's scale factor (-s) for its tables.
+    #[arg(long, default_value_t = 10)]
+    pgbench_scale: u32,
 }
 
 /// The sessiond binary beside this one, on a temporary data directory.
-fn start_server(extra: &[String]) -> (Child, String, tempfile::TempDir) {
+/// With a database URL, the server runs on it (passed in its environment,
+/// where other users' `ps` does not show a password).
+fn start_server(
+    extra: &[String],
+    database_url: Option<&str>,
+) -> (Child, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let exe = std::env::current_exe()
         .expect("own path")
         .with_file_name("sessiond");
-    let mut child = Command::new(&exe)
+    let mut command = Command::new(&exe);
+    if let Some(url) = database_url {
+        command.env("SESSIOND_DATABASE_URL", url);
+    }
+    let mut child = command
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .args(extra)
@@ -187,8 +221,13 @@ fn main() -> ExitCode {
     let addr = match &args.addr {
         Some(a) => a.clone(),
         None => {
-            let (child, addr, dir) = start_server(&args.server_arg);
-            eprintln!("started sessiond at {addr}");
+            let (child, addr, dir) = start_server(&args.server_arg, args.database_url.as_deref());
+            let on = if args.database_url.is_some() {
+                "on PostgreSQL"
+            } else {
+                "on sled"
+            };
+            eprintln!("started sessiond at {addr} {on}");
             server = Some((child, dir));
             addr
         }
@@ -237,6 +276,17 @@ async fn bench(args: &Args, addr: &str) -> Result<(), String> {
         duration,
         count(args.population as u64, "session", "sessions"),
     );
+    let pgbench = match (&args.database_url, args.pgbench) {
+        (Some(url), true) => {
+            let (program, scale) = (args.pgbench_path.clone(), args.pgbench_scale);
+            let url = url.clone();
+            eprintln!("creating pgbench's tables (scale {scale})");
+            Some(blocking(move || Pgbench::init(&program, &url, scale, duration)).await?)
+        }
+        _ => None,
+    };
+    let pgbench = pgbench.map(Arc::new);
+    let mut references: Vec<Measured> = Vec::new();
     let mut population = Vec::with_capacity(args.population);
     for chunk in (0..args.population.max(1)).collect::<Vec<_>>().chunks(64) {
         let calls: Vec<_> = chunk
@@ -264,7 +314,11 @@ async fn bench(args: &Args, addr: &str) -> Result<(), String> {
     // throughput over the same round's health throughput.
     let mut totals: Vec<Tally> = args.scenarios.iter().map(|_| Tally::new()).collect();
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); args.scenarios.len()];
+    let mut throughputs_by_round: Vec<Vec<f64>> = Vec::new();
     for round in 1..=args.rounds {
+        if let Some(pgbench) = &pgbench {
+            references.push(reference(pgbench).await?);
+        }
         let mut throughputs = Vec::with_capacity(args.scenarios.len());
         for (i, scenario) in args.scenarios.iter().enumerate() {
             let tally = run(
@@ -299,6 +353,10 @@ async fn bench(args: &Args, addr: &str) -> Result<(), String> {
                 r.push(t / health);
             }
         }
+        throughputs_by_round.push(throughputs);
+    }
+    if let Some(pgbench) = &pgbench {
+        references.push(reference(pgbench).await?);
     }
     let rounds = u32::try_from(args.rounds).unwrap_or(u32::MAX);
     let seconds = duration.saturating_mul(rounds).as_secs_f64();
@@ -346,6 +404,10 @@ async fn bench(args: &Args, addr: &str) -> Result<(), String> {
             errors
         );
     }
+    let against = against_pgbench(&args.scenarios, &throughputs_by_round, &references);
+    if !references.is_empty() {
+        print_pgbench(&against, &references);
+    }
     if let Some(path) = &args.json {
         let report = serde_json::json!({
             "connections": clients.len(),
@@ -356,9 +418,103 @@ async fn bench(args: &Args, addr: &str) -> Result<(), String> {
             "population": args.population,
             "payload_bytes": args.payload_bytes,
             "results": outcomes,
+            "pgbench": (!references.is_empty()).then(|| serde_json::json!({
+                "runs": references,
+                "ratios": against,
+            })),
         });
         std::fs::write(path, serde_json::to_string_pretty(&report).expect("JSON"))
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(())
+}
+
+/// One measurement of pgbench's references, run off the runtime's thread.
+async fn reference(pgbench: &Arc<Pgbench>) -> Result<Measured, String> {
+    let pgbench = pgbench.clone();
+    eprintln!("pgbench");
+    let measured = blocking(move || pgbench.measure()).await?;
+    eprintln!(
+        "{:<14} {:>10.0} tps\n{:<14} {:>10.0} tps",
+        "  inserts", measured.inserts, "  selects", measured.selects
+    );
+    Ok(measured)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("pgbench's thread failed: {e}"))?
+}
+
+/// A scenario's throughput as a fraction of its pgbench reference.
+#[derive(Debug, serde::Serialize)]
+struct AgainstPgbench {
+    scenario: &'static str,
+    reference: &'static str,
+    /// The median of `ratios_by_round`.
+    ratio: Option<f64>,
+    /// Throughput over the mean of the pgbench runs before and after the
+    /// same round, per round.
+    ratios_by_round: Vec<f64>,
+}
+
+/// Each compared scenario against the pgbench runs around its rounds
+/// (`references[r]` before round `r`, the last after the last round).
+fn against_pgbench(
+    scenarios: &[Scenario],
+    throughputs_by_round: &[Vec<f64>],
+    references: &[Measured],
+) -> Vec<AgainstPgbench> {
+    if references.len() != throughputs_by_round.len() + 1 {
+        return Vec::new();
+    }
+    scenarios
+        .iter()
+        .enumerate()
+        .filter_map(|(i, scenario)| {
+            let reference = Reference::of(*scenario)?;
+            let ratios_by_round: Vec<f64> = throughputs_by_round
+                .iter()
+                .enumerate()
+                .map(|(r, throughputs)| {
+                    let around =
+                        (references[r].get(reference) + references[r + 1].get(reference)) / 2.0;
+                    throughputs[i] / around
+                })
+                .collect();
+            Some(AgainstPgbench {
+                scenario: scenario.name(),
+                reference: reference.name(),
+                ratio: median(&ratios_by_round),
+                ratios_by_round,
+            })
+        })
+        .collect()
+}
+
+fn print_pgbench(against: &[AgainstPgbench], references: &[Measured]) {
+    let runs = |f: fn(&Measured) -> f64| {
+        references
+            .iter()
+            .map(|m| format!("{:.0}", f(m)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("\n| pgbench, 16 clients | tps, run by run |\n|---|---|");
+    println!("| inserts | {} |", runs(|m| m.inserts));
+    println!("| selects (-S) | {} |", runs(|m| m.selects));
+    println!("\n| scenario | × pgbench | range | of |\n|---|---:|---:|---|");
+    for a in against {
+        let lo = a.ratios_by_round.iter().copied().reduce(f64::min);
+        let hi = a.ratios_by_round.iter().copied().reduce(f64::max);
+        let range = match (lo, hi) {
+            (Some(lo), Some(hi)) => format!("{lo:.2}–{hi:.2}"),
+            _ => "-".to_owned(),
+        };
+        let ratio = a.ratio.map_or("-".to_owned(), |r| format!("{r:.2}"));
+        println!("| {} | {ratio} | {range} | {} |", a.scenario, a.reference);
+    }
 }

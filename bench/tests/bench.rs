@@ -19,6 +19,10 @@ use tonic_health::pb::health_client::HealthClient;
 
 const API_KEY: &str = "test-api-key-0123456789";
 
+/// A throwaway PostgreSQL database per test (`tests/support/postgres.rs`).
+#[path = "../../tests/support/postgres.rs"]
+mod pg_harness;
+
 /// A server running in this process on a temporary data directory; it is
 /// stopped when dropped.
 struct TestServer {
@@ -295,4 +299,118 @@ async fn mixed_revokes_only_its_own_sessions_so_later_scenarios_find_the_populat
             .unwrap_or_else(|| panic!("no {scenario} row: {stdout}"));
         assert!(row.ends_with("| 0 |"), "{scenario} had errors: {row}");
     }
+}
+
+/// pgbench: on `PATH`, or beside the server binaries of the Debian package.
+fn pgbench() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let on_path = std::env::split_paths(&path).map(|dir| dir.join("pgbench"));
+    let debian = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin").join("pgbench"));
+    on_path.chain(debian).find(|p| p.exists())
+}
+
+#[tokio::test]
+async fn on_postgres_pgbench_runs_around_each_round_and_is_the_reference_of_its_scenarios() {
+    let test = "on_postgres_pgbench_runs_around_each_round_and_is_the_reference_of_its_scenarios";
+    let Some(db) = pg_harness::postgres(test) else {
+        return;
+    };
+    let Some(pgbench) = pgbench() else {
+        if std::env::var(pg_harness::REQUIRE).is_ok_and(|v| v == "1") {
+            panic!(
+                "{test}: pgbench is required ({}=1) but was not found",
+                pg_harness::REQUIRE
+            );
+        }
+        eprintln!(
+            "{test}: skipped, no pgbench; to run it: {}",
+            pg_harness::INSTALL
+        );
+        return;
+    };
+    let url = db.url.clone();
+    let server = TestServer::start_with(|c| {
+        c.database_url = Some(sessiond::secret::Secret::new(url));
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let (addr, path, url) = (server.addr.to_string(), json.clone(), db.url.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_sessiond-bench"))
+            .args(["--addr", &addr, "--scenarios", "health,get-db,create"])
+            .args(["--rounds", "2", "--connections", "1", "--concurrency", "2"])
+            .args(["--duration", "1s", "--warmup", "0s", "--population", "4"])
+            .args(["--database-url", &url, "--pgbench", "--pgbench-scale", "1"])
+            .arg("--pgbench-path")
+            .arg(&pgbench)
+            .arg("--json")
+            .arg(&path)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        !stdout.contains(&db.url) && !stderr.contains(&db.url),
+        "the database URL is never printed"
+    );
+    assert!(stdout.contains("| get-db |") && stdout.contains("pgbench selects"));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let runs = report["pgbench"]["runs"].as_array().unwrap();
+    assert_eq!(
+        runs.len(),
+        3,
+        "before each of two rounds and after the last"
+    );
+    for run in runs {
+        assert!(run["inserts"].as_f64().unwrap() > 0.0, "{run}");
+        assert!(run["selects"].as_f64().unwrap() > 0.0, "{run}");
+    }
+    let ratios = report["pgbench"]["ratios"].as_array().unwrap();
+    let compared: Vec<(&str, &str)> = ratios
+        .iter()
+        .map(|r| {
+            (
+                r["scenario"].as_str().unwrap(),
+                r["reference"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        compared,
+        [("get-db", "pgbench selects"), ("create", "pgbench inserts")],
+        "health is compared with nothing"
+    );
+    for (r, result) in ratios
+        .iter()
+        .zip(&report["results"].as_array().unwrap()[1..])
+    {
+        let by_round: Vec<f64> = r["ratios_by_round"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(by_round.len(), 2, "{r}");
+        assert!(by_round.iter().all(|&x| x > 0.0), "{r}");
+        assert_eq!(result["errors"], serde_json::json!({}), "{result}");
+    }
+    let rows = db
+        .cluster()
+        .sql(&db.name, "SELECT count(*) FROM sessiond_sessions")
+        .unwrap();
+    assert!(
+        rows.trim().parse::<u64>().unwrap() > 4,
+        "the server ran on the database"
+    );
 }

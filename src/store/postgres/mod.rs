@@ -9,21 +9,25 @@
 //! server cannot be reached. Every write returns once its transaction has
 //! committed (the server's `synchronous_commit` is never relaxed), so
 //! [`Durability::durable`](super::Durability::durable) resolves at once.
-//! Read-decide-write calls run in one transaction that locks the row
-//! (`SELECT ... FOR UPDATE`) and are retried a bounded number of times on
-//! a serialization failure or a deadlock.
+//! A read-decide-write call on a session is a compare-and-swap on the
+//! row's version, which takes the row's lock (`SELECT ... FOR UPDATE`)
+//! once contended; one on buckets always takes it. Either is retried a
+//! bounded number of times on a serialization failure or a deadlock.
+//! Concurrent calls of one kind share statements (`batch`).
 //!
 //! Health follows the database (`health`): the store reports itself not
 //! writable while the server cannot take writes, and writable again once it
 //! can, with no restart.
 //!
 //! Layout: `tls` (sslmode), `schema` (migrations), `health` (the probe),
-//! `sessions`, `user_data`, `keys` (keys and secrets), `backup` (durability,
-//! export, import). This
+//! `batch` (statements shared by concurrent calls), `sessions`,
+//! `user_data`, `keys` (keys and secrets), `backup` (durability, export,
+//! import). This
 //! module must never log or return the database URL, which may hold a
 //! password, nor a record's contents.
 
 mod backup;
+mod batch;
 mod health;
 mod keys;
 mod schema;
@@ -55,6 +59,7 @@ const RETRIES: usize = 20;
 /// The store in PostgreSQL; see the module documentation.
 pub struct PostgresStore {
     pool: Pool,
+    batches: sessions::Batches,
     /// Whether the database takes writes; `None` until [`connect`](Self::connect).
     probe: Option<health::Probe>,
 }
@@ -112,7 +117,12 @@ impl PostgresStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Backend(format!("the database pool: {e}")))?;
-        Ok(Self { pool, probe: None })
+        let batches = sessions::Batches::new(&pool, pool_size);
+        Ok(Self {
+            pool,
+            batches,
+            probe: None,
+        })
     }
 
     /// Checks `url` as [`connect`](Self::connect) reads it, without
@@ -128,23 +138,26 @@ impl PostgresStore {
 
     /// One pooled connection, waiting a bounded time for it.
     async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
-        self.pool.get().await.map_err(|e| match e {
-            PoolError::Timeout(_) => {
-                tracing::warn!("no database connection became free in time");
-                StoreError::Unavailable(
-                    "the session database is busy: no connection became free in time; retry later"
-                        .into(),
-                )
-            }
-            PoolError::Backend(e) => failure("connecting to the database", e),
-            e => {
-                tracing::warn!(error = %e, "no database connection");
-                StoreError::Unavailable(
-                    "the session database cannot be reached; retry later".into(),
-                )
-            }
-        })
+        checkout(&self.pool).await
     }
+}
+
+/// One connection of `pool`, waiting a bounded time for it.
+async fn checkout(pool: &Pool) -> Result<deadpool_postgres::Client, StoreError> {
+    pool.get().await.map_err(|e| match e {
+        PoolError::Timeout(_) => {
+            tracing::warn!("no database connection became free in time");
+            StoreError::Unavailable(
+                "the session database is busy: no connection became free in time; retry later"
+                    .into(),
+            )
+        }
+        PoolError::Backend(e) => failure("connecting to the database", e),
+        e => {
+            tracing::warn!(error = %e, "no database connection");
+            StoreError::Unavailable("the session database cannot be reached; retry later".into())
+        }
+    })
 }
 
 /// How the client's messages begin for the failures that mean the server

@@ -2,19 +2,29 @@
 //! (payload and data as `jsonb`, token hashes as 32-byte `bytea`), the
 //! row format and [`Sessions`] on it.
 //!
-//! [`Sessions::update_session`] reads, decides and writes in one
-//! transaction on one connection, holding the row's lock
-//! (`SELECT ... FOR UPDATE`) from the read to the commit, so refreshes
-//! racing on several replicas are serialised. Sweeping deletes in batches
-//! of rows no one else holds (`FOR UPDATE SKIP LOCKED`). This module must
-//! never run a caller's closure outside the transaction whose lock it
-//! decided on, nor hold a second pooled connection during a call.
+//! Reads by handle, inserts and compare-and-swap updates go through
+//! [`batch`](super::batch): concurrent calls share one statement and, for
+//! writes, one commit. [`Sessions::update_session`] is a compare-and-swap:
+//! it reads the row with its version (PostgreSQL's `xmin`, which every
+//! write of the row changes, whoever makes it), decides, and writes with a
+//! statement that changes the row only if it still has that version
+//! (`UPDATE ... WHERE handle = ... AND xmin = ...`), in a single-statement
+//! transaction that returns once committed. A write that finds the row
+//! changed reads again; after [`OPTIMISTIC`] such losses the call takes
+//! the row's lock instead (`SELECT ... FOR UPDATE`, then the write, in one
+//! transaction), so refreshes racing on several replicas are serialised
+//! either way and a contended session still makes progress. Sweeping
+//! deletes in batches of rows no one else holds (`FOR UPDATE SKIP
+//! LOCKED`). This module must never write a caller's decision to a row
+//! other than the one it was decided on, nor hold a second pooled
+//! connection during a call.
 
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use serde_json::{Map, Value};
 use tokio_postgres::Row;
-use tokio_postgres::types::Json;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{Json, ToSql};
 
 use super::{Failed, PostgresStore, from_db, to_db};
 use crate::store::{
@@ -23,15 +33,27 @@ use crate::store::{
 };
 
 /// The columns of a whole record, in the order [`decode`] reads them.
-pub(super) const COLUMNS: &str = "handle, user_id, tenant_id, access_payload, data, \
-     created_at_ms, expires_at_ms, refresh_hash, anti_csrf_hash, previous_refresh_hash, \
-     previous_anti_csrf_hash, rotated_at_ms";
+macro_rules! columns {
+    () => {
+        "handle, user_id, tenant_id, access_payload, data, created_at_ms, expires_at_ms, \
+         refresh_hash, anti_csrf_hash, previous_refresh_hash, previous_anti_csrf_hash, \
+         rotated_at_ms"
+    };
+}
+
+/// The columns of a whole record, in the order [`decode`] reads them.
+pub(super) const COLUMNS: &str = columns!();
+
+mod batches;
+
+pub(super) use batches::Batches;
+use batches::Swap;
 
 /// Writes a whole record, whether or not its handle exists.
-const UPSERT: &str = "INSERT INTO sessiond_sessions (handle, user_id, tenant_id, \
-     access_payload, data, created_at_ms, expires_at_ms, refresh_hash, anti_csrf_hash, \
-     previous_refresh_hash, previous_anti_csrf_hash, rotated_at_ms) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+const UPSERT: &str = concat!(
+    "INSERT INTO sessiond_sessions (",
+    columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
      ON CONFLICT (handle) DO UPDATE SET user_id = EXCLUDED.user_id, \
      tenant_id = EXCLUDED.tenant_id, access_payload = EXCLUDED.access_payload, \
      data = EXCLUDED.data, created_at_ms = EXCLUDED.created_at_ms, \
@@ -39,10 +61,121 @@ const UPSERT: &str = "INSERT INTO sessiond_sessions (handle, user_id, tenant_id,
      anti_csrf_hash = EXCLUDED.anti_csrf_hash, \
      previous_refresh_hash = EXCLUDED.previous_refresh_hash, \
      previous_anti_csrf_hash = EXCLUDED.previous_anti_csrf_hash, \
-     rotated_at_ms = EXCLUDED.rotated_at_ms";
+     rotated_at_ms = EXCLUDED.rotated_at_ms"
+);
+
+/// Writes a new record; fails with a unique violation if its handle exists.
+const INSERT: &str = concat!(
+    "INSERT INTO sessiond_sessions (",
+    columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+);
+
+/// Writes a record where there was none; no row when there is one now.
+const INSERT_IF_ABSENT: &str = concat!(
+    "INSERT INTO sessiond_sessions (",
+    columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+     ON CONFLICT (handle) DO NOTHING"
+);
+
+/// Rewrites a record if the row is still at version `$13`.
+const UPDATE_IF: &str = "UPDATE sessiond_sessions SET user_id = $2, tenant_id = $3, \
+     access_payload = $4, data = $5, created_at_ms = $6, expires_at_ms = $7, \
+     refresh_hash = $8, anti_csrf_hash = $9, previous_refresh_hash = $10, \
+     previous_anti_csrf_hash = $11, rotated_at_ms = $12 \
+     WHERE handle = $1 AND xmin::text = $13";
+
+/// [`UPDATE_IF`] for a record whose payload and data stay as they are (a
+/// refresh): neither is sent nor parsed again.
+const UPDATE_LINEAGE_IF: &str = "UPDATE sessiond_sessions SET user_id = $2, tenant_id = $3, \
+     created_at_ms = $4, expires_at_ms = $5, refresh_hash = $6, anti_csrf_hash = $7, \
+     previous_refresh_hash = $8, previous_anti_csrf_hash = $9, rotated_at_ms = $10 \
+     WHERE handle = $1 AND xmin::text = $11";
+
+/// Deletes a record if the row is still at version `$2`.
+const DELETE_IF: &str = "DELETE FROM sessiond_sessions WHERE handle = $1 AND xmin::text = $2";
 
 /// Sessions deleted by one statement of a sweep.
 const SWEEP_BATCH: usize = 500;
+
+/// Compare-and-swap attempts of an update before it locks the row.
+const OPTIMISTIC: usize = 3;
+
+/// A row's version: its `xmin` as text. Any write of the row changes it.
+type Version = String;
+
+/// A record's columns as statements bind them: `$1` the handle, then the
+/// columns of [`COLUMNS`] in order.
+struct Bound<'a> {
+    handle: &'a str,
+    record: &'a SessionRecord,
+    payload: Json<&'a Map<String, Value>>,
+    data: Json<&'a Map<String, Value>>,
+    created: i64,
+    expires: i64,
+    refresh: &'a [u8],
+    anti_csrf: Option<&'a [u8]>,
+    previous: Option<&'a [u8]>,
+    previous_anti_csrf: Option<&'a [u8]>,
+    rotated: i64,
+}
+
+impl<'a> Bound<'a> {
+    fn new(handle: &'a str, record: &'a SessionRecord) -> Result<Self, StoreError> {
+        Ok(Self {
+            handle,
+            record,
+            payload: Json(&record.access_payload),
+            data: Json(&record.data),
+            created: to_db(record.created_at_ms)?,
+            expires: to_db(record.expires_at_ms)?,
+            refresh: &record.current.refresh_hash.0[..],
+            anti_csrf: record.current.anti_csrf_hash.as_ref().map(|h| &h.0[..]),
+            previous: record.previous.as_ref().map(|p| &p.refresh_hash.0[..]),
+            previous_anti_csrf: record
+                .previous
+                .as_ref()
+                .and_then(|p| p.anti_csrf_hash.as_ref())
+                .map(|h| &h.0[..]),
+            rotated: to_db(record.rotated_at_ms)?,
+        })
+    }
+
+    /// `$1` to `$12`.
+    fn all(&self) -> [&(dyn ToSql + Sync); 12] {
+        [
+            &self.handle,
+            &self.record.user_id,
+            &self.record.tenant_id,
+            &self.payload,
+            &self.data,
+            &self.created,
+            &self.expires,
+            &self.refresh,
+            &self.anti_csrf,
+            &self.previous,
+            &self.previous_anti_csrf,
+            &self.rotated,
+        ]
+    }
+
+    /// `$1` to `$10` of [`UPDATE_LINEAGE_IF`]: all but payload and data.
+    fn lineage(&self) -> [&(dyn ToSql + Sync); 10] {
+        [
+            &self.handle,
+            &self.record.user_id,
+            &self.record.tenant_id,
+            &self.created,
+            &self.expires,
+            &self.refresh,
+            &self.anti_csrf,
+            &self.previous,
+            &self.previous_anti_csrf,
+            &self.rotated,
+        ]
+    }
+}
 
 /// Writes `record` under `handle`.
 pub(super) async fn upsert(
@@ -50,39 +183,41 @@ pub(super) async fn upsert(
     handle: &str,
     record: &SessionRecord,
 ) -> Result<(), Failed> {
-    let (created, expires, rotated) = (
-        to_db(record.created_at_ms)?,
-        to_db(record.expires_at_ms)?,
-        to_db(record.rotated_at_ms)?,
-    );
-    let anti_csrf = record.current.anti_csrf_hash.as_ref().map(|h| &h.0[..]);
-    let previous = record.previous.as_ref().map(|p| &p.refresh_hash.0[..]);
-    let previous_anti_csrf = record
-        .previous
-        .as_ref()
-        .and_then(|p| p.anti_csrf_hash.as_ref())
-        .map(|h| &h.0[..]);
+    let bound = Bound::new(handle, record)?;
     let statement = client.prepare_cached(UPSERT).await?;
-    client
-        .execute(
-            &statement,
-            &[
-                &handle,
-                &record.user_id,
-                &record.tenant_id,
-                &Json(&record.access_payload),
-                &Json(&record.data),
-                &created,
-                &expires,
-                &&record.current.refresh_hash.0[..],
-                &anti_csrf,
-                &previous,
-                &previous_anti_csrf,
-                &rotated,
-            ],
-        )
-        .await?;
+    client.execute(&statement, &bound.all()).await?;
     Ok(())
+}
+
+/// Inserts a new record; one whose handle is taken already (never, for a
+/// random one) is overwritten, as every backend does.
+async fn insert(client: &impl GenericClient, record: &SessionRecord) -> Result<(), Failed> {
+    let bound = Bound::new(&record.handle, record)?;
+    let statement = client.prepare_cached(INSERT).await?;
+    match client.execute(&statement, &bound.all()).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            upsert(client, &record.handle, record).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `record` to be stored under `handle`.
+fn with_handle(handle: &str, record: &SessionRecord) -> SessionRecord {
+    let mut record = record.clone();
+    handle.clone_into(&mut record.handle);
+    record
+}
+
+/// Writes `next` where there was no row; false when there is one now.
+async fn insert_if_absent(
+    client: &impl GenericClient,
+    next: &SessionRecord,
+) -> Result<bool, Failed> {
+    let bound = Bound::new(&next.handle, next)?;
+    let statement = client.prepare_cached(INSERT_IF_ABSENT).await?;
+    Ok(client.execute(&statement, &bound.all()).await? == 1)
 }
 
 fn hash(bytes: Vec<u8>) -> Result<TokenHash, StoreError> {
@@ -141,17 +276,46 @@ fn user_session(row: &Row) -> Result<UserSession, Failed> {
     })
 }
 
+/// The failure a batched read answered, which names its operation.
+fn answered(e: Failed) -> StoreError {
+    match e {
+        Failed::Store(e) => e,
+        Failed::Db(e) => super::failure("reading a session", e),
+    }
+}
+
 impl PostgresStore {
-    async fn read_session(&self, handle: &str) -> Result<Option<SessionRecord>, Failed> {
-        let client = self.client().await?;
-        let sql = format!("SELECT {COLUMNS} FROM sessiond_sessions WHERE handle = $1");
-        let statement = client.prepare_cached(&sql).await?;
-        client
-            .query_opt(&statement, &[&handle])
-            .await?
-            .as_ref()
-            .map(decode)
-            .transpose()
+    /// One compare-and-swap attempt at [`Sessions::update_session`]: the
+    /// decision applied, or `None` when the row changed after it was read.
+    async fn try_swap(
+        &self,
+        handle: &str,
+        decide: &mut (dyn for<'r> FnMut(Option<&'r SessionRecord>) -> Change + Send),
+    ) -> Result<Option<Change>, Failed> {
+        let current = self.batches.records.call(handle.to_owned()).await?;
+        let change = decide(current.as_ref().map(|(record, _)| record));
+        let applied = match (&change, current) {
+            (Change::Keep, _) | (Change::Delete, None) => true,
+            (Change::Delete, Some((_, version))) => {
+                let client = self.client().await?;
+                let statement = client.prepare_cached(DELETE_IF).await?;
+                client.execute(&statement, &[&handle, &version]).await? == 1
+            }
+            (Change::Put(next), None) => {
+                let client = self.client().await?;
+                insert_if_absent(&client, &with_handle(handle, next)).await?
+            }
+            (Change::Put(next), Some((was, version))) => {
+                let swap = Swap {
+                    handle: handle.to_owned(),
+                    version,
+                    same_json: was.access_payload == next.access_payload && was.data == next.data,
+                    next: with_handle(handle, next),
+                };
+                self.batches.swaps.call(swap).await?
+            }
+        };
+        Ok(applied.then_some(change))
     }
 
     /// One attempt at [`Sessions::update_session`], in one transaction.
@@ -200,44 +364,29 @@ impl PostgresStore {
 #[async_trait]
 impl Sessions for PostgresStore {
     async fn create_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        let op = "creating a session";
-        let client = self.client().await?;
-        upsert(&client, &record.handle, record)
+        self.batches
+            .inserts
+            .call(record.clone())
             .await
-            .map_err(|e| e.during(op))
+            .map_err(|e| e.during("creating a session"))
     }
 
     async fn session(&self, handle: &str) -> Result<Option<SessionRecord>, StoreError> {
-        self.read_session(handle)
+        Ok(self
+            .batches
+            .records
+            .call(handle.to_owned())
             .await
-            .map_err(|e| e.during("reading a session"))
+            .map_err(answered)?
+            .map(|(record, _)| record))
     }
 
     async fn session_lineage(&self, handle: &str) -> Result<Option<Lineage>, StoreError> {
-        let read = async {
-            let client = self.client().await?;
-            let statement = client
-                .prepare_cached(
-                    "SELECT user_id, tenant_id, expires_at_ms, refresh_hash, \
-                     previous_refresh_hash FROM sessiond_sessions WHERE handle = $1",
-                )
-                .await?;
-            let Some(row) = client.query_opt(&statement, &[&handle]).await? else {
-                return Ok(None);
-            };
-            Ok(Some(Lineage {
-                user_id: row.try_get(0)?,
-                tenant_id: row.try_get(1)?,
-                expires_at_ms: from_db(row.try_get(2)?)?,
-                current_refresh_hash: hash(row.try_get(3)?)?,
-                previous_refresh_hash: row
-                    .try_get::<_, Option<Vec<u8>>>(4)?
-                    .map(hash)
-                    .transpose()?,
-            }))
-        };
-        read.await
-            .map_err(|e: Failed| e.during("reading a session's lineage"))
+        self.batches
+            .lineages
+            .call(handle.to_owned())
+            .await
+            .map_err(answered)
     }
 
     async fn update_session(
@@ -246,8 +395,16 @@ impl Sessions for PostgresStore {
         decide: &mut (dyn for<'r> FnMut(Option<&'r SessionRecord>) -> Change + Send),
     ) -> Result<Change, StoreError> {
         let op = "updating a session";
-        let mut client = self.client().await?;
         let mut tries = 0;
+        for _ in 0..OPTIMISTIC {
+            match self.try_swap(handle, decide).await {
+                Ok(Some(change)) => return Ok(change),
+                Ok(None) => {}
+                Err(e) => e.retry(op, &mut tries)?,
+            }
+        }
+        // Contended: hold the row's lock from the read to the write.
+        let mut client = self.client().await?;
         loop {
             match Self::try_update(&mut client, handle, decide).await {
                 Ok(change) => return Ok(change),
