@@ -183,6 +183,10 @@ where
             method,
             tenant = tracing::field::Empty,
             code = tracing::field::Empty,
+            // A gateway check's route and decision (`api::authz`).
+            host = tracing::field::Empty,
+            path = tracing::field::Empty,
+            outcome = tracing::field::Empty,
         );
         let recorder = Recorder {
             metrics: self.metrics.clone(),

@@ -19,7 +19,6 @@ use envoy_types::ext_authz::v3::pb::{
 };
 use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 use super::{
     ANTI_CSRF_HEADER, Ask, CHECK_DATABASE_EXTENSION, CLAIM_VALIDATORS_EXTENSION, Decision, Front,
@@ -39,11 +38,11 @@ impl EnvoyAuthz {
     }
 }
 
-fn header(key: &str, value: &str) -> HeaderValueOption {
+fn header(key: String, value: String) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
-            key: key.to_owned(),
-            value: value.to_owned(),
+            key,
+            value,
             ..Default::default()
         }),
         // Replace the client's copies: never append to them.
@@ -61,7 +60,7 @@ pub fn response(decision: Decision) -> CheckResponse {
                 ..Default::default()
             }),
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                headers: set.iter().map(|(k, v)| header(k, v)).collect(),
+                headers: set.into_iter().map(|(k, v)| header(k, v)).collect(),
                 headers_to_remove: remove,
                 ..Default::default()
             })),
@@ -77,7 +76,7 @@ pub fn response(decision: Decision) -> CheckResponse {
                 status: Some(HttpStatus {
                     code: i32::from(denial.http_status),
                 }),
-                headers: vec![header("content-type", "application/json")],
+                headers: vec![header("content-type".into(), "application/json".into())],
                 body: denial.body,
             })),
             ..Default::default()
@@ -93,14 +92,10 @@ impl Authorization for EnvoyAuthz {
         let extensions = &attributes.context_extensions;
         let headers = &http.headers;
         let get = |name: &str| headers.get(name).map(String::as_str);
-        let path = http.path.split('?').next().unwrap_or_default();
-        let span = tracing::info_span!(
-            "authz",
-            front = "grpc",
-            host = %http.host,
-            path = %path,
-            outcome = tracing::field::Empty,
-        );
+        // The call's own span (`api::observe`) is the decision's.
+        let span = tracing::Span::current();
+        span.record("host", http.host.as_str());
+        span.record("path", http.path.split('?').next().unwrap_or_default());
         let ask = Ask {
             method: &http.method,
             authorization: get("authorization"),
@@ -111,7 +106,7 @@ impl Authorization for EnvoyAuthz {
                 .get(CLAIM_VALIDATORS_EXTENSION)
                 .map(String::as_str),
         };
-        let decision = self.gate.decide(Front::Grpc, ask).instrument(span).await;
+        let decision = self.gate.decide(Front::Grpc, ask).await;
         Ok(Response::new(response(decision)))
     }
 }

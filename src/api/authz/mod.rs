@@ -34,7 +34,7 @@ use tonic_types::StatusExt;
 
 use crate::claims::Validators;
 use crate::error::Reason;
-use crate::metrics::Metrics;
+use crate::metrics::{AuthzRecorder, Metrics};
 use crate::pb;
 use crate::session::{SessionManager, Verify};
 
@@ -62,9 +62,9 @@ pub const ANTI_CSRF_HEADER: &str = "anti-csrf";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Front {
     /// `envoy.service.auth.v3.Authorization/Check`.
-    Grpc,
+    Grpc = 0,
     /// `/authz`.
-    Http,
+    Http = 1,
 }
 
 impl Front {
@@ -201,7 +201,8 @@ pub struct Gate {
     cookie_name: String,
     claim_headers: Vec<(String, String)>,
     validator: MessageDescriptor,
-    metrics: Arc<Metrics>,
+    /// The decisions' metrics, by front end: gRPC, HTTP.
+    recorders: [AuthzRecorder; 2],
 }
 
 impl std::fmt::Debug for Gate {
@@ -231,7 +232,10 @@ impl Gate {
             cookie_name,
             claim_headers,
             validator,
-            metrics,
+            recorders: [
+                metrics.authz(Front::Grpc.as_str()),
+                metrics.authz(Front::Http.as_str()),
+            ],
         })
     }
 
@@ -244,8 +248,7 @@ impl Gate {
             Decision::Deny(d) => outcome_label(&d.reason),
         };
         tracing::Span::current().record("outcome", outcome);
-        self.metrics
-            .authz_decision(front.as_str(), outcome, started.elapsed());
+        self.recorders[front as usize].record(outcome, started.elapsed());
         decision
     }
 
