@@ -51,33 +51,21 @@ pub struct FrontLabels {
     pub front: &'static str,
 }
 
-/// The outcomes of a gateway check, as counted.
-pub const AUTHZ_OUTCOMES: [&str; 7] = [
-    "allowed",
-    "unauthorised",
-    "try_refresh_token",
-    "invalid_claims",
-    "bad_policy",
-    "store_unavailable",
-    "error",
-];
-
 /// Counts and times one front end's gateway checks ([`Metrics::authz`]).
 #[derive(Debug, Clone)]
 pub struct AuthzRecorder {
-    decisions: [Counter; AUTHZ_OUTCOMES.len()],
+    /// One series per outcome, in the order the outcomes were given.
+    decisions: Vec<Counter>,
     latency: Histogram,
 }
 
 impl AuthzRecorder {
-    /// A check ended with `outcome` (an entry of [`AUTHZ_OUTCOMES`]; any
-    /// other counts as `error`) after `elapsed`.
-    pub fn record(&self, outcome: &str, elapsed: Duration) {
-        let i = AUTHZ_OUTCOMES
-            .iter()
-            .position(|o| *o == outcome)
-            .unwrap_or(AUTHZ_OUTCOMES.len() - 1);
-        self.decisions[i].inc();
+    /// A check ended with outcome number `outcome` (in the list given to
+    /// [`Metrics::authz`]) after `elapsed`.
+    pub fn record(&self, outcome: usize, elapsed: Duration) {
+        if let Some(counter) = self.decisions.get(outcome) {
+            counter.inc();
+        }
         self.latency.observe(elapsed.as_secs_f64());
     }
 }
@@ -290,15 +278,19 @@ impl Metrics {
             .inc();
     }
 
-    /// The recorder of `front`'s gateway checks, its series resolved once
-    /// (a check is as frequent as a call can be).
-    pub fn authz(&self, front: &'static str) -> AuthzRecorder {
+    /// The recorder of `front`'s gateway checks ending in one of
+    /// `outcomes`, its series resolved once (a check is as frequent as a
+    /// call can be).
+    pub fn authz(&self, front: &'static str, outcomes: &[&'static str]) -> AuthzRecorder {
         AuthzRecorder {
-            decisions: AUTHZ_OUTCOMES.map(|outcome| {
-                self.authz_decisions
-                    .get_or_create(&AuthzLabels { front, outcome })
-                    .clone()
-            }),
+            decisions: outcomes
+                .iter()
+                .map(|&outcome| {
+                    self.authz_decisions
+                        .get_or_create(&AuthzLabels { front, outcome })
+                        .clone()
+                })
+                .collect(),
             latency: self
                 .authz_latency
                 .get_or_create(&FrontLabels { front })

@@ -232,10 +232,8 @@ impl Gate {
             cookie_name,
             claim_headers,
             validator,
-            recorders: [
-                metrics.authz(Front::Grpc.as_str()),
-                metrics.authz(Front::Http.as_str()),
-            ],
+            recorders: [Front::Grpc, Front::Http]
+                .map(|front| metrics.authz(front.as_str(), &OUTCOMES)),
         })
     }
 
@@ -244,10 +242,10 @@ impl Gate {
         let started = Instant::now();
         let decision = self.decide_uncounted(front, ask).await;
         let outcome = match &decision {
-            Decision::Allow { .. } => "allowed",
-            Decision::Deny(d) => outcome_label(&d.reason),
+            Decision::Allow { .. } => 0,
+            Decision::Deny(d) => outcome_of(&d.reason),
         };
-        tracing::Span::current().record("outcome", outcome);
+        tracing::Span::current().record("outcome", OUTCOMES[outcome]);
         self.recorders[front as usize].record(outcome, started.elapsed());
         decision
     }
@@ -407,15 +405,26 @@ fn safe_method(method: &str) -> bool {
         .any(|m| m.eq_ignore_ascii_case(method.trim()))
 }
 
-/// The metric label of a refusal's reason (a small fixed set).
-fn outcome_label(reason: &str) -> &'static str {
+/// The outcomes of a decision, as metrics and spans name them.
+const OUTCOMES: [&str; 7] = [
+    "allowed",
+    "unauthorised",
+    "try_refresh_token",
+    "invalid_claims",
+    "bad_policy",
+    "store_unavailable",
+    "error",
+];
+
+/// The outcome (an index in [`OUTCOMES`]) of a refusal for `reason`.
+fn outcome_of(reason: &str) -> usize {
     match reason {
-        "TRY_REFRESH_TOKEN" => "try_refresh_token",
-        "UNAUTHORISED" => "unauthorised",
-        "INVALID_CLAIMS" => "invalid_claims",
-        "INVALID_ARGUMENT" => "bad_policy",
-        "STORE_UNAVAILABLE" => "store_unavailable",
-        _ => "error",
+        "UNAUTHORISED" => 1,
+        "TRY_REFRESH_TOKEN" => 2,
+        "INVALID_CLAIMS" => 3,
+        "INVALID_ARGUMENT" => 4,
+        "STORE_UNAVAILABLE" => 5,
+        _ => 6,
     }
 }
 
