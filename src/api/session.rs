@@ -253,6 +253,17 @@ impl SessionService for SessionApi {
         }))
     }
 
+    async fn revoke_other_sessions(
+        &self,
+        req: Request<pb::RevokeOtherSessionsRequest>,
+    ) -> Result<Response<pb::RevokeOtherSessionsResponse>, Status> {
+        let keep = handle("session_handle", &req.into_inner().session_handle)?;
+        let revoked = self.manager.revoke_others(keep).await?;
+        Ok(Response::new(pb::RevokeOtherSessionsResponse {
+            session_handles_revoked: revoked,
+        }))
+    }
+
     async fn get_session_information(
         &self,
         req: Request<pb::GetSessionInformationRequest>,

@@ -34,6 +34,28 @@ impl SessionManager {
         self.delete(&handles).await
     }
 
+    /// RevokeOtherSessions: the user's other sessions in the tenant of
+    /// `keep`, which must be live.
+    pub async fn revoke_others(&self, keep: SessionHandle) -> Result<Vec<String>> {
+        let keep = keep.to_string();
+        let now = self.now();
+        let kept = self
+            .store
+            .session_lineage(&keep)
+            .await?
+            .filter(|l| l.expires_at_ms > now)
+            .ok_or(Error::SessionNotFound)?;
+        let others: Vec<String> = self
+            .store
+            .user_sessions(&kept.user_id, Some(&kept.tenant_id))
+            .await?
+            .into_iter()
+            .map(|s| s.handle)
+            .filter(|h| *h != keep)
+            .collect();
+        self.delete(&others).await
+    }
+
     /// Deletes sessions durably; returns the handles of those that were live
     /// (expired ones are removed too, but were already invisible).
     pub(super) async fn delete(&self, handles: &[String]) -> Result<Vec<String>> {

@@ -138,6 +138,14 @@ async fn a_server_on_postgres_creates_checks_refreshes_and_revokes() {
     );
 }
 
+#[tokio::test]
+async fn revoke_other_sessions_on_postgres() {
+    let Some(db) = harness::postgres("revoke_other_sessions_on_postgres") else {
+        return;
+    };
+    crate::sessions::revoking_the_other_sessions_keeps_one(&server_on(&db).await).await;
+}
+
 /// A CA and a certificate for 127.0.0.1 signed by it, and another CA, as
 /// PEM files in a directory the server's user can read.
 fn database_pki() -> (tempfile::TempDir, std::path::PathBuf) {

@@ -313,3 +313,87 @@ async fn a_revocation_over_the_handle_limit_names_the_limit_in_the_right_number(
         status.message()
     );
 }
+
+/// RevokeOtherSessions against `server`: the kept session lives, the user's
+/// other sessions in its tenant are revoked (and returned), sessions of
+/// other tenants and users are untouched, and an unknown or malformed
+/// handle is refused. Run on every store.
+pub async fn revoking_the_other_sessions_keeps_one(server: &TestServer) {
+    let mut c = server.sessions().await;
+    let in_tenant = |user: &str, tenant: &str| pb::CreateNewSessionRequest {
+        user_id: user.into(),
+        tenant_id: tenant.into(),
+        ..Default::default()
+    };
+    let mut made = Vec::new();
+    for req in [
+        in_tenant("u", "public"),
+        in_tenant("u", "public"),
+        in_tenant("u", "public"),
+        in_tenant("u", "acme"),
+        in_tenant("v", "public"),
+    ] {
+        made.push(c.create_new_session(req).await.unwrap().into_inner());
+    }
+    let keep = handle(&made[0]);
+    let mut revoked = c
+        .revoke_other_sessions(pb::RevokeOtherSessionsRequest {
+            session_handle: keep.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session_handles_revoked;
+    revoked.sort();
+    let mut expected = vec![handle(&made[1]), handle(&made[2])];
+    expected.sort();
+    assert_eq!(revoked, expected);
+    verify(&mut c, &access(&made[0]), true).await.unwrap();
+    for gone in &made[1..3] {
+        assert_status(
+            verify(&mut c, &access(gone), true).await,
+            Code::Unauthenticated,
+            "UNAUTHORISED",
+        );
+    }
+    for kept in &made[3..] {
+        verify(&mut c, &access(kept), true)
+            .await
+            .expect("another tenant's or user's session is untouched");
+    }
+    let again = c
+        .revoke_other_sessions(pb::RevokeOtherSessionsRequest {
+            session_handle: keep,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.session_handles_revoked.is_empty());
+
+    c.revoke_session(pb::RevokeSessionRequest {
+        session_handle: handle(&made[3]),
+    })
+    .await
+    .unwrap();
+    assert_status(
+        c.revoke_other_sessions(pb::RevokeOtherSessionsRequest {
+            session_handle: handle(&made[3]),
+        })
+        .await,
+        Code::NotFound,
+        "SESSION_NOT_FOUND",
+    );
+    let bad = c
+        .revoke_other_sessions(pb::RevokeOtherSessionsRequest {
+            session_handle: "not a handle".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert_eq!(bad_field(&bad), "session_handle");
+}
+
+#[tokio::test]
+async fn revoke_other_sessions_signs_out_everywhere_else() {
+    revoking_the_other_sessions_keeps_one(&TestServer::start().await).await;
+}
