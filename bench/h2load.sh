@@ -13,15 +13,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 bin="${CARGO_TARGET_DIR:-$root/target}/release"
 . "$root/bench/lib.sh"
 requests=${1:-200000}
-if ! command -v h2load >/dev/null; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq nghttp2-client >/dev/null
-fi
-python3 -c 'import grpc, grpc_tools' 2>/dev/null || python3 -m pip install --quiet -r "$root/examples/python/requirements.txt"
-"$root/examples/python/generate.sh"
-work=$(mktemp -d)
-start_sessiond "$work/server.log" --listen 127.0.0.1:0 --data-dir "$work/data"
+h2load_setup
 trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$work"' EXIT
 addr=$(wait_for_address "$work/server.log")
 

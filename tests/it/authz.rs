@@ -315,22 +315,7 @@ async fn forward(
         request.push_str(&format!("{k}: {v}\r\n"));
     }
     request.push_str("Content-Length: 0\r\n\r\n");
-    let raw = String::from_utf8(http1_exchange(addr, request.as_bytes()).await).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let mut lines = head.split("\r\n");
-    let code = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_owned()))
-        .collect();
-    (code, headers, body.to_owned())
+    http1_answer(&http1_exchange(addr, request.as_bytes()).await)
 }
 
 #[tokio::test]

@@ -972,21 +972,7 @@ async fn istio_http_check(
         request.push_str(&format!("{k}: {v}\r\n"));
     }
     request.push_str("\r\n");
-    let raw = String::from_utf8(http1_exchange(server.addr, request.as_bytes()).await).unwrap();
-    let head = raw.split("\r\n\r\n").next().unwrap();
-    let mut lines = head.split("\r\n");
-    let code = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_owned()))
-        .collect();
+    let (code, headers, _) = http1_answer(&http1_exchange(server.addr, request.as_bytes()).await);
     (code, headers)
 }
 

@@ -367,6 +367,27 @@ pub async fn http1_exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
     raw
 }
 
+/// An HTTP/1.1 answer: its status code, its headers (names lowercased)
+/// and its body.
+pub fn http1_answer(raw: &[u8]) -> (u16, std::collections::HashMap<String, String>, String) {
+    let raw = String::from_utf8_lossy(raw);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let mut lines = head.split("\r\n");
+    let code = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_owned()))
+        .collect();
+    (code, headers, body.to_owned())
+}
+
 /// A gRPC-web POST of one message over HTTP/1.1; `headers` are raw header
 /// lines, each ending in CRLF. Returns the raw response.
 pub async fn grpc_web_post(
