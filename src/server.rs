@@ -220,6 +220,8 @@ async fn run(
             SessionConfig {
                 access_lifetime_ms: config.access_token_lifetime.as_millis() as u64,
                 refresh_lifetime_ms: config.refresh_token_lifetime.as_millis() as u64,
+                max_lifetime_ms: (!config.session_max_lifetime.is_zero())
+                    .then_some(config.session_max_lifetime.as_millis() as u64),
                 grace_ms: config.refresh_grace_period.as_millis() as u64,
                 payload_limits,
                 max_handles_per_call: config.limits.max_handles_per_call,

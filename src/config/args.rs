@@ -58,6 +58,9 @@ pub struct ServeArgs {
     /// Access token lifetime [default: 1h].
     #[arg(long, env = "SESSIOND_ACCESS_TOKEN_LIFETIME", value_name = "DUR")]
     pub access_token_lifetime: Option<String>,
+    /// Longest a session lives from its creation, however often it is refreshed (0s: no limit) [default: 0s].
+    #[arg(long, env = "SESSIOND_SESSION_MAX_LIFETIME", value_name = "DUR")]
+    pub session_max_lifetime: Option<String>,
     /// Refresh token lifetime, sliding on every refresh [default: 100d].
     #[arg(long, env = "SESSIOND_REFRESH_TOKEN_LIFETIME", value_name = "DUR")]
     pub refresh_token_lifetime: Option<String>,

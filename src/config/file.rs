@@ -25,6 +25,7 @@ pub(super) struct FileConfig {
     pub(super) api_keys: Vec<String>,
     pub(super) access_token_lifetime: Option<String>,
     pub(super) refresh_token_lifetime: Option<String>,
+    pub(super) session_max_lifetime: Option<String>,
     pub(super) refresh_grace_period: Option<String>,
     pub(super) signing_algorithm: Option<String>,
     pub(super) key_rotation_interval: Option<String>,

@@ -116,6 +116,8 @@ pub struct Config {
     pub access_token_lifetime: Duration,
     /// Refresh token lifetime (sliding).
     pub refresh_token_lifetime: Duration,
+    /// Longest a session lives from its creation (zero: no limit).
+    pub session_max_lifetime: Duration,
     /// Window in which a rotated-out refresh token may rotate again.
     pub refresh_grace_period: Duration,
     /// Algorithm of newly generated signing keys.
@@ -188,6 +190,7 @@ impl Config {
             api_keys: Vec::new(),
             access_token_lifetime: Duration::from_secs(3600),
             refresh_token_lifetime: Duration::from_secs(100 * 86_400),
+            session_max_lifetime: Duration::ZERO,
             refresh_grace_period: Duration::from_secs(30),
             signing_algorithm: SigningAlgorithm::ES256,
             key_rotation_interval: Duration::from_secs(168 * 3600),

@@ -98,6 +98,12 @@ impl Config {
             &mut c.refresh_token_lifetime,
         )?;
         dur(
+            "session-max-lifetime",
+            &args.session_max_lifetime,
+            file.session_max_lifetime,
+            &mut c.session_max_lifetime,
+        )?;
+        dur(
             "refresh-grace-period",
             &args.refresh_grace_period,
             file.refresh_grace_period,

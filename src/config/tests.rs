@@ -310,6 +310,17 @@ fn a_database_url_and_pool_size_are_read_and_its_password_never_shown() {
 }
 
 #[test]
+fn the_session_max_lifetime_is_off_or_within_bounds() {
+    assert!(resolve(|_| {}).unwrap().session_max_lifetime.is_zero());
+    let c = resolve(|a| a.session_max_lifetime = Some("12h".into())).unwrap();
+    assert_eq!(c.session_max_lifetime, Duration::from_secs(12 * 3600));
+    for bad in ["30s", "soon", "4000d"] {
+        let e = resolve(|a| a.session_max_lifetime = Some(bad.into())).unwrap_err();
+        assert_eq!(e.setting, "session-max-lifetime", "{bad}");
+    }
+}
+
+#[test]
 fn gateway_check_settings_are_checked_and_header_names_lowercased() {
     let c = resolve(|a| {
         a.authz_cookie_name = Some("sid".into());

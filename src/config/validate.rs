@@ -55,6 +55,13 @@ impl Config {
         if self.refresh_token_lifetime > secs(10 * 365 * 86_400) {
             return Err(bad("refresh-token-lifetime", "must be at most 3650d"));
         }
+        let max = self.session_max_lifetime;
+        if !max.is_zero() && (max < secs(60) || max > secs(10 * 365 * 86_400)) {
+            return Err(bad(
+                "session-max-lifetime",
+                "must be 0s (no limit) or between 1m and 3650d",
+            ));
+        }
         if self.access_token_lifetime > self.refresh_token_lifetime {
             return Err(bad(
                 "access-token-lifetime",

@@ -35,7 +35,7 @@ impl SessionManager {
             access_payload: new.access_payload.into_map(),
             data: new.data.into_map(),
             created_at_ms: now,
-            expires_at_ms: now + self.config.refresh_lifetime_ms,
+            expires_at_ms: self.session_end(now, now),
             current: Generation {
                 refresh_hash: crate::token::refresh::hash(&refresh),
                 anti_csrf_hash: anti_csrf.as_deref().map(|t| sha256(t.as_bytes())),

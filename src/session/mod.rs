@@ -62,6 +62,8 @@ pub struct SessionConfig {
     pub access_lifetime_ms: u64,
     /// Refresh token lifetime, ms (sliding).
     pub refresh_lifetime_ms: u64,
+    /// Longest a session lives from its creation, ms (`None`: no limit).
+    pub max_lifetime_ms: Option<u64>,
     /// Refresh grace period, ms.
     pub grace_ms: u64,
     /// Size and depth limits of payloads and session data.
@@ -224,6 +226,16 @@ impl SessionManager {
         self.issue(key, &next, now)
     }
 
+    /// When a session created at `created_ms` and refreshed (or created)
+    /// at `now` ends: one refresh lifetime on, but never past its maximum
+    /// lifetime.
+    fn session_end(&self, created_ms: u64, now: u64) -> u64 {
+        let sliding = now + self.config.refresh_lifetime_ms;
+        self.config
+            .max_lifetime_ms
+            .map_or(sliding, |max| sliding.min(created_ms + max))
+    }
+
     fn tokens(
         &self,
         key: &SigningKey,
@@ -239,7 +251,8 @@ impl SessionManager {
             refresh_token_hash: record.current.refresh_hash.to_hex(),
             anti_csrf_token: anti_csrf.clone(),
             iat: now / 1000,
-            exp: (now + self.config.access_lifetime_ms) / 1000,
+            // No access token outlives its session.
+            exp: (now + self.config.access_lifetime_ms).min(record.expires_at_ms) / 1000,
             iss: Some(self.config.issuer.clone()),
             payload: record.access_payload.clone(),
         };

@@ -42,6 +42,7 @@ fn manager(rt: &tokio::runtime::Runtime) -> (Arc<ManualClock>, SessionManager) {
             SessionConfig {
                 access_lifetime_ms: 3_600_000,
                 refresh_lifetime_ms: 86_400_000,
+                max_lifetime_ms: None,
                 grace_ms: 30_000,
                 payload_limits: payload::JsonLimits {
                     bytes: 64 * 1024,

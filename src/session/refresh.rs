@@ -29,7 +29,7 @@ impl SessionManager {
         let new_anti_csrf = random_token();
         let key = self.signer().await?;
         let now = self.now();
-        let (grace, lifetime) = (self.config.grace_ms, self.config.refresh_lifetime_ms);
+        let grace = self.config.grace_ms;
 
         enum Outcome {
             Gone,
@@ -73,7 +73,7 @@ impl SessionManager {
                 if is_current {
                     next.previous = Some(r.current.clone());
                     next.rotated_at_ms = now;
-                    next.expires_at_ms = now + lifetime;
+                    next.expires_at_ms = self.session_end(r.created_at_ms, now);
                 }
                 let rotated = Outcome::Rotated(Box::new(next.clone()), is_current);
                 (Change::Put(Box::new(next)), rotated)

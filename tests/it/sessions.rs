@@ -397,3 +397,55 @@ pub async fn revoking_the_other_sessions_keeps_one(server: &TestServer) {
 async fn revoke_other_sessions_signs_out_everywhere_else() {
     revoking_the_other_sessions_keeps_one(&TestServer::start().await).await;
 }
+
+#[tokio::test]
+async fn refresh_never_carries_a_session_past_its_maximum_lifetime() {
+    let server = TestServer::start_with(|c| {
+        c.refresh_token_lifetime = Duration::from_secs(86_400);
+        c.session_max_lifetime = Duration::from_secs(7_200);
+    })
+    .await;
+    let mut c = server.sessions().await;
+    let created = create(&mut c, "u", json!({})).await;
+    let born_ms = created
+        .access_token
+        .as_ref()
+        .unwrap()
+        .created_time
+        .as_ref()
+        .unwrap()
+        .seconds
+        * 1000;
+    let end_s = born_ms / 1000 + 7_200;
+    let expiry = |t: &pb::Token| t.expiry.as_ref().unwrap().seconds;
+    assert_eq!(
+        expiry(created.refresh_token.as_ref().unwrap()),
+        end_s,
+        "the maximum is shorter than one refresh lifetime"
+    );
+
+    server.clock.advance(Duration::from_secs(5_400));
+    let refreshed = refresh(&mut c, &refresh_token(&created)).await.unwrap();
+    assert_eq!(expiry(refreshed.refresh_token.as_ref().unwrap()), end_s);
+    let access = refreshed.access_token.as_ref().unwrap();
+    assert_eq!(
+        expiry(access),
+        end_s,
+        "no access token outlives its session"
+    );
+    let info = session_info(&mut c, &handle(&created)).await.unwrap();
+    assert_eq!(info.expiry.unwrap().seconds, end_s);
+
+    server.clock.advance(Duration::from_secs(1_801));
+    let next = refreshed.refresh_token.unwrap().token;
+    assert_status(
+        refresh(&mut c, &next).await,
+        Code::Unauthenticated,
+        "UNAUTHORISED",
+    );
+    assert_status(
+        session_info(&mut c, &handle(&created)).await,
+        Code::NotFound,
+        "SESSION_NOT_FOUND",
+    );
+}
