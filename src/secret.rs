@@ -56,6 +56,27 @@ pub mod sealed {
         value.strip_prefix(PREFIX)?.split_at_checked(NONCE_LEN)
     }
 
+    /// A sealed value's nonce and ciphertext, held apart.
+    pub type Parts = (Vec<u8>, Vec<u8>);
+
+    /// A private key as the formats that keep a sealed key's nonce and
+    /// ciphertext in fields of their own hold it: the plaintext (empty when
+    /// sealed), and the nonce and ciphertext when sealed.
+    pub fn apart(value: &[u8]) -> (Vec<u8>, Option<Parts>) {
+        match split(value) {
+            Some((nonce, ciphertext)) => (Vec::new(), Some((nonce.to_vec(), ciphertext.to_vec()))),
+            None => (value.to_vec(), None),
+        }
+    }
+
+    /// The value [`apart`]'s parts stand for.
+    pub fn together(plaintext: Vec<u8>, sealed: Option<Parts>) -> Vec<u8> {
+        match sealed {
+            Some((nonce, ciphertext)) => join(&nonce, &ciphertext),
+            None => plaintext,
+        }
+    }
+
     #[cfg(test)]
     mod tests {
         #[test]

@@ -263,8 +263,12 @@ async fn run(
     let api_keys = ApiKeys::new(&config.api_keys);
     let limits = config.limits.clone();
     let max_message = limits.max_message_bytes;
+    // Built once: Connect transcodes JSON with them, and the gateway check
+    // reads claim validators with them.
+    let descriptors = crate::api::connect::descriptors().map_err(ServeError::Connect)?;
     let gate = Arc::new(
         Gate::new(
+            &descriptors,
             manager.clone(),
             config.authz_cookie_name.clone(),
             config.authz_claim_headers.clone(),
@@ -328,10 +332,7 @@ async fn run(
         .layer(tonic_web::GrpcWebLayer::new())
         // Outermost: Connect calls become gRPC ones before anything else
         // sees them (gRPC-Web's layer would refuse them over HTTP/1.1).
-        .layer(ConnectLayer::new(
-            crate::api::connect::descriptors().map_err(ServeError::Connect)?,
-            max_message,
-        ))
+        .layer(ConnectLayer::new(descriptors, max_message))
         .merge(crate::http::router(
             jwt,
             metrics.clone(),

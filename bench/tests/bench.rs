@@ -121,15 +121,10 @@ async fn every_scenario_runs_without_errors_and_is_reported_as_json() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    // The server runs on this test's runtime: wait for the child elsewhere.
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_sessiond-bench"))
-            .args(&args)
-            .output()
-            .unwrap()
+    let out = run_bench(move |c| {
+        c.args(&args);
     })
-    .await
-    .unwrap();
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -177,16 +172,12 @@ async fn a_refused_call_is_a_clear_error_not_a_panic() {
     })
     .await;
     let addr = server.addr.to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_sessiond-bench"))
-            .args(["--addr", &addr, "--api-key", "not-the-key"])
+    let out = run_bench(move |c| {
+        c.args(["--addr", &addr, "--api-key", "not-the-key"])
             .args(["--scenarios", "health", "--population", "2"])
-            .args(["--duration", "100ms", "--warmup", "0s"])
-            .output()
-            .unwrap()
+            .args(["--duration", "100ms", "--warmup", "0s"]);
     })
-    .await
-    .unwrap();
+    .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -202,18 +193,14 @@ async fn rounds_interleave_the_scenarios_and_report_the_median_ratio() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
     let (addr, path) = (server.addr.to_string(), json.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_sessiond-bench"))
-            .args(["--addr", &addr, "--scenarios", "health,get,create"])
+    let out = run_bench(move |c| {
+        c.args(["--addr", &addr, "--scenarios", "health,get,create"])
             .args(["--rounds", "3", "--connections", "1", "--concurrency", "2"])
             .args(["--duration", "500ms", "--warmup", "0s", "--population", "4"])
             .arg("--json")
-            .arg(&path)
-            .output()
-            .unwrap()
+            .arg(&path);
     })
-    .await
-    .unwrap();
+    .await;
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -280,16 +267,12 @@ async fn mixed_revokes_only_its_own_sessions_so_later_scenarios_find_the_populat
     let addr = server.addr.to_string();
     // Eight workers: each would otherwise revoke a population member with
     // a chance of 2 in 5 before its first create.
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_sessiond-bench"))
-            .args(["--addr", &addr, "--scenarios", "mixed,get-db,bucket-get"])
+    let out = run_bench(move |c| {
+        c.args(["--addr", &addr, "--scenarios", "mixed,get-db,bucket-get"])
             .args(["--connections", "1", "--concurrency", "8"])
-            .args(["--duration", "300ms", "--warmup", "0s", "--population", "4"])
-            .output()
-            .unwrap()
+            .args(["--duration", "300ms", "--warmup", "0s", "--population", "4"]);
     })
-    .await
-    .unwrap();
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     for scenario in ["mixed", "get-db", "bucket-get"] {
@@ -340,21 +323,17 @@ async fn on_postgres_pgbench_runs_around_each_round_and_is_the_reference_of_its_
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
     let (addr, path, url) = (server.addr.to_string(), json.clone(), db.url.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_sessiond-bench"))
-            .args(["--addr", &addr, "--scenarios", "health,get-db,create"])
+    let out = run_bench(move |c| {
+        c.args(["--addr", &addr, "--scenarios", "health,get-db,create"])
             .args(["--rounds", "2", "--connections", "1", "--concurrency", "2"])
             .args(["--duration", "1s", "--warmup", "0s", "--population", "4"])
             .args(["--database-url", &url, "--pgbench", "--pgbench-scale", "1"])
             .arg("--pgbench-path")
             .arg(&pgbench)
             .arg("--json")
-            .arg(&path)
-            .output()
-            .unwrap()
+            .arg(&path);
     })
-    .await
-    .unwrap();
+    .await;
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -413,4 +392,16 @@ async fn on_postgres_pgbench_runs_around_each_round_and_is_the_reference_of_its_
         rows.trim().parse::<u64>().unwrap() > 4,
         "the server ran on the database"
     );
+}
+
+/// Runs the load generator as `configure` sets it up, and waits for it off
+/// this test's runtime (the server under load runs on it).
+async fn run_bench(configure: impl FnOnce(&mut Command) + Send + 'static) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sessiond-bench"));
+        configure(&mut command);
+        command.output().unwrap()
+    })
+    .await
+    .unwrap()
 }

@@ -146,19 +146,14 @@ struct SealedJson {
 
 impl From<&KeyRecord> for KeyJson {
     fn from(k: &KeyRecord) -> Self {
+        // A sealed key keeps its nonce and ciphertext in fields of their
+        // own, as earlier releases wrote it.
+        let (private_pkcs8, sealed) = sealed::apart(&k.private_key);
         Self {
             kid: k.kid.clone(),
             alg: k.alg.clone(),
-            // A sealed key keeps its nonce and ciphertext in fields of
-            // their own, as earlier releases wrote it.
-            private_pkcs8: match sealed::split(&k.private_key) {
-                Some(_) => Vec::new(),
-                None => k.private_key.clone(),
-            },
-            sealed: sealed::split(&k.private_key).map(|(nonce, ciphertext)| SealedJson {
-                nonce: nonce.to_vec(),
-                ciphertext: ciphertext.to_vec(),
-            }),
+            private_pkcs8,
+            sealed: sealed.map(|(nonce, ciphertext)| SealedJson { nonce, ciphertext }),
             created_at_ms: k.created_at_ms,
             signs_from_ms: k.signs_from_ms,
             max_token_lifetime_ms: k.max_token_lifetime_ms,
@@ -173,10 +168,10 @@ impl From<KeyJson> for KeyRecord {
         Self {
             kid: k.kid,
             alg: k.alg,
-            private_key: match k.sealed {
-                Some(s) => sealed::join(&s.nonce, &s.ciphertext),
-                None => k.private_pkcs8,
-            },
+            private_key: sealed::together(
+                k.private_pkcs8,
+                k.sealed.map(|s| (s.nonce, s.ciphertext)),
+            ),
             created_at_ms: k.created_at_ms,
             signs_from_ms: k.signs_from_ms,
             max_token_lifetime_ms: k.max_token_lifetime_ms,

@@ -217,16 +217,19 @@ impl std::fmt::Debug for Gate {
 impl Gate {
     /// Decides with `manager`'s rules, reading the token from the cookie
     /// `cookie_name` when no Bearer token is sent, and forwarding each
-    /// `(claim, header)` of `claim_headers` upstream.
+    /// `(claim, header)` of `claim_headers` upstream; claim validators are
+    /// read from JSON with `descriptors` (those of
+    /// [`connect::descriptors`](super::connect::descriptors)).
     pub fn new(
+        descriptors: &prost_reflect::DescriptorPool,
         manager: Arc<SessionManager>,
         cookie_name: String,
         claim_headers: Vec<(String, String)>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
-        let validator = super::connect::descriptors()?
+        let validator = descriptors
             .get_message_by_name("sessiond.v1.ClaimValidator")
-            .ok_or("the descriptors lack sessiond.v1.ClaimValidator")?;
+            .ok_or_else(|| "the descriptors lack sessiond.v1.ClaimValidator".to_owned())?;
         Ok(Self {
             manager,
             cookie_name,
