@@ -220,6 +220,8 @@ pub(super) async fn list_user_sessions(
             user_id,
             tenant_id: tenant.unwrap_or_default(),
             fetch_across_all_tenants: all_tenants,
+            page_size: 0,
+            page_token: String::new(),
         }))
         .await
         .map_err(from_status)?

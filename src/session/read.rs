@@ -1,5 +1,5 @@
-//! Reads of stored sessions: a user's handles, every session a page at a
-//! time, one session's information. Nothing here writes.
+//! Reads of stored sessions: every session a page at a time, one
+//! session's information. Nothing here writes.
 
 use super::*;
 
@@ -23,24 +23,6 @@ pub struct SessionInfo {
 }
 
 impl SessionManager {
-    /// GetAllSessionHandlesForUser: of one tenant, or of every tenant when
-    /// `tenant` is `None`.
-    pub async fn handles_for_user(
-        &self,
-        user_id: &UserId,
-        tenant: Option<&TenantId>,
-    ) -> Result<Vec<String>> {
-        let now = self.now();
-        Ok(self
-            .store
-            .user_sessions(user_id.as_str(), tenant.map(TenantId::as_str))
-            .await?
-            .into_iter()
-            .filter(|s| s.expires_at_ms > now)
-            .map(|s| s.handle)
-            .collect())
-    }
-
     /// ListAllSessions: the live sessions of every user (of one tenant when
     /// `tenant_id` is given), in handle order, from just after `after`, at
     /// most `limit` of them.

@@ -310,8 +310,8 @@ async fn a_backup_under_write_load_restores_every_session_acknowledged_before_it
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("backup written"), "{err}");
     assert!(
-        err.contains("2 signing keys, 1 server secret"),
-        "a rotating and the static key, and the refresh MAC secret: {err}"
+        err.contains("2 signing keys, 2 server secrets"),
+        "a rotating and the static key, and the refresh-token and page-token MAC secrets: {err}"
     );
     #[cfg(unix)]
     {
