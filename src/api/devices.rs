@@ -131,7 +131,8 @@ pub fn own_timeouts(
     })
 }
 
-fn pb_device(d: Device) -> Option<pb::Device> {
+/// A stored device as answered: unset when nothing is known.
+pub fn pb_device(d: Device) -> Option<pb::Device> {
     (d != Device::default()).then_some(pb::Device {
         ip_address: d.ip_address,
         user_agent: d.user_agent,

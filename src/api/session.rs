@@ -314,6 +314,8 @@ impl SessionService for SessionApi {
             custom_claims_in_access_token_payload: Some(json_to_struct(&info.access_payload)),
             time_created: Some(timestamp(info.created_ms)),
             expiry: Some(timestamp(info.expires_ms)),
+            last_active_time: Some(timestamp(info.last_active_ms)),
+            device: devices::pb_device(info.device),
         }))
     }
 

@@ -20,6 +20,10 @@ pub struct SessionInfo {
     pub created_ms: u64,
     /// Refresh expiry, ms.
     pub expires_ms: u64,
+    /// Last recorded activity, ms.
+    pub last_active_ms: u64,
+    /// Where it is used from.
+    pub device: crate::store::Device,
 }
 
 impl SessionManager {
@@ -54,6 +58,8 @@ impl SessionManager {
             access_payload: r.access_payload,
             created_ms: r.created_at_ms,
             expires_ms: r.expires_at_ms,
+            last_active_ms: r.last_active_ms,
+            device: r.device,
         })
     }
 }
