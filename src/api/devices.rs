@@ -23,6 +23,14 @@ pub const SESSIONS_PAGE: (usize, usize) = (50, 500);
 /// gRPC clients accept by default.
 pub const HANDLES_PAGE: (usize, usize) = (10_000, 10_000);
 
+/// Revoked handles as a reply lists them: at most a page of them (so the
+/// reply stays far below gRPC's 4 MiB), with how many there were.
+pub fn at_most_a_page(mut handles: Vec<String>) -> (Vec<String>, u64) {
+    let count = handles.len() as u64;
+    handles.truncate(HANDLES_PAGE.1);
+    (handles, count)
+}
+
 /// The checked `Device` of a request (`field` names it); none is empty.
 pub fn device(field: &str, d: Option<pb::Device>) -> Result<Device, Status> {
     let Some(d) = d else {
@@ -224,6 +232,16 @@ mod tests {
             own_timeouts(None, None, (None, None)).unwrap(),
             Timeouts::default()
         );
+    }
+
+    #[test]
+    fn revoked_handles_are_listed_a_page_at_most_and_all_counted() {
+        let handles: Vec<String> = (0..10_001).map(|i| format!("h{i}")).collect();
+        let (listed, count) = at_most_a_page(handles);
+        assert_eq!((listed.len(), count), (10_000, 10_001));
+        assert_eq!(listed[0], "h0");
+        let (listed, count) = at_most_a_page(vec!["a".into()]);
+        assert_eq!((listed, count), (vec!["a".to_owned()], 1));
     }
 
     #[test]

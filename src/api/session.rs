@@ -226,8 +226,10 @@ impl SessionService for SessionApi {
         let r = req.into_inner();
         let (user, tenant) = user_scope(r.user_id, &r.tenant_id, r.revoke_across_all_tenants)?;
         let revoked = self.manager.revoke_user(&user, tenant.as_ref()).await?;
+        let (session_handles_revoked, revoked_count) = devices::at_most_a_page(revoked);
         Ok(Response::new(pb::RevokeAllSessionsForUserResponse {
-            session_handles_revoked: revoked,
+            session_handles_revoked,
+            revoked_count,
         }))
     }
 
@@ -295,8 +297,10 @@ impl SessionService for SessionApi {
     ) -> Result<Response<pb::RevokeOtherSessionsResponse>, Status> {
         let keep = handle("session_handle", &req.into_inner().session_handle)?;
         let revoked = self.manager.revoke_others(keep).await?;
+        let (session_handles_revoked, revoked_count) = devices::at_most_a_page(revoked);
         Ok(Response::new(pb::RevokeOtherSessionsResponse {
-            session_handles_revoked: revoked,
+            session_handles_revoked,
+            revoked_count,
         }))
     }
 

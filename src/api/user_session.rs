@@ -378,8 +378,10 @@ impl UserSessionService for UserSessionApi {
         let me = self.me(&req).await?;
         let keep = payload::handle("session_handle", &me.session_handle)?;
         let revoked = self.sessions.revoke_others(keep).await?;
+        let (session_handles_revoked, revoked_count) = devices::at_most_a_page(revoked);
         Ok(Response::new(pb::RevokeMyOtherSessionsResponse {
-            session_handles_revoked: revoked,
+            session_handles_revoked,
+            revoked_count,
         }))
     }
 }

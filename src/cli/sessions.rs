@@ -91,9 +91,9 @@ pub(super) async fn run_sessions(command: SessionsCommand, conn: &Connection) ->
             tenant,
             all_tenants,
         } => {
-            let revoked = match user {
+            let (revoked, count) = match user {
                 Some(user_id) => {
-                    sessions
+                    let r = sessions
                         .revoke_all_sessions_for_user(client.request(
                             pb::RevokeAllSessionsForUserRequest {
                                 user_id,
@@ -103,11 +103,11 @@ pub(super) async fn run_sessions(command: SessionsCommand, conn: &Connection) ->
                         ))
                         .await
                         .map_err(from_status)?
-                        .into_inner()
-                        .session_handles_revoked
+                        .into_inner();
+                    (r.session_handles_revoked, r.revoked_count)
                 }
                 None => {
-                    sessions
+                    let revoked = sessions
                         .revoke_multiple_sessions(client.request(
                             pb::RevokeMultipleSessionsRequest {
                                 session_handles: handles,
@@ -116,7 +116,9 @@ pub(super) async fn run_sessions(command: SessionsCommand, conn: &Connection) ->
                         .await
                         .map_err(from_status)?
                         .into_inner()
-                        .session_handles_revoked
+                        .session_handles_revoked;
+                    let count = revoked.len() as u64;
+                    (revoked, count)
                 }
             };
             for handle in &revoked {
@@ -124,8 +126,11 @@ pub(super) async fn run_sessions(command: SessionsCommand, conn: &Connection) ->
             }
             eprintln!(
                 "revoked {}",
-                crate::text::count(revoked.len() as u64, "session", "sessions")
+                crate::text::count(count, "session", "sessions")
             );
+            if count > revoked.len() as u64 {
+                eprintln!("(the first {} listed)", revoked.len());
+            }
             Ok(())
         }
     }
