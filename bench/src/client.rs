@@ -140,10 +140,20 @@ impl Client {
     }
 
     pub(crate) async fn create(&self, user: String) -> Result<Member, Status> {
+        self.create_on(user, None).await
+    }
+
+    /// CreateNewSession naming the device it is made on, if any.
+    pub(crate) async fn create_on(
+        &self,
+        user: String,
+        device: Option<pb::Device>,
+    ) -> Result<Member, Status> {
         let request = pb::CreateNewSessionRequest {
             user_id: user,
             access_token_payload: Some(varied(&self.payload)),
             disable_anti_csrf: true,
+            device,
             ..Default::default()
         };
         let reply = self
@@ -170,10 +180,16 @@ impl Client {
             .map(drop)
     }
 
-    pub(crate) async fn refresh(&self, member: &mut Member) -> Result<(), Status> {
+    /// RefreshSession naming the device it is made from, if any.
+    pub(crate) async fn refresh_on(
+        &self,
+        member: &mut Member,
+        device: Option<pb::Device>,
+    ) -> Result<(), Status> {
         let request = pb::RefreshSessionRequest {
             refresh_token: member.refresh.clone(),
             disable_anti_csrf: true,
+            device,
             ..Default::default()
         };
         let reply = self

@@ -63,6 +63,10 @@ enum Scenario {
     Create,
     /// RefreshSession, each worker following its own rotating chain (a durable write).
     Refresh,
+    /// CreateNewSession with a Device (IP address, browser user agent, label).
+    CreateDevice,
+    /// RefreshSession with a Device, as a browser's refresh sends it.
+    RefreshDevice,
     /// GetUserSession of the public bucket, with the user's token.
     BucketGet,
     /// UpdateUserSession of the public bucket (a durable write).
@@ -83,6 +87,8 @@ impl Scenario {
             Self::GetDb => "get-db",
             Self::Create => "create",
             Self::Refresh => "refresh",
+            Self::CreateDevice => "create-device",
+            Self::RefreshDevice => "refresh-device",
             Self::BucketGet => "bucket-get",
             Self::BucketUpdate => "bucket-update",
             Self::Mixed => "mixed",

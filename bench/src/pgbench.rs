@@ -45,7 +45,11 @@ impl Reference {
     /// The reference a scenario is measured against, if any.
     pub(crate) fn of(scenario: Scenario) -> Option<Self> {
         match scenario {
-            Scenario::Create | Scenario::Refresh | Scenario::BucketUpdate => Some(Self::Inserts),
+            Scenario::Create
+            | Scenario::Refresh
+            | Scenario::CreateDevice
+            | Scenario::RefreshDevice
+            | Scenario::BucketUpdate => Some(Self::Inserts),
             Scenario::GetDb | Scenario::BucketGet => Some(Self::Selects),
             Scenario::Health
             | Scenario::Get

@@ -12,6 +12,7 @@ use tonic::Status;
 
 use crate::client::{Client, Member};
 use crate::{Args, Scenario};
+use sessiond::pb;
 
 /// What one worker measures.
 pub(crate) struct Tally {
@@ -87,8 +88,13 @@ pub(crate) async fn one(
         Scenario::Get => client.get(&member.access, false).await,
         Scenario::GetDb => client.get(&member.access, true).await,
         Scenario::Create => client.create(format!("bench-{id}-{n}")).await.map(|_| ()),
-        Scenario::Refresh => {
-            let result = client.refresh(&mut w.mine).await;
+        Scenario::CreateDevice => client
+            .create_on(format!("bench-{id}-{n}"), Some(device(n)))
+            .await
+            .map(|_| ()),
+        Scenario::Refresh | Scenario::RefreshDevice => {
+            let device = (scenario == Scenario::RefreshDevice).then(|| device(n));
+            let result = client.refresh_on(&mut w.mine, device).await;
             if result.is_err() {
                 // Start a new chain, so one failure does not fail all later calls.
                 if let Ok(fresh) = client.create(format!("bench-chain-{id}-{n}")).await {
@@ -179,4 +185,16 @@ pub(crate) async fn run(
         total.merge(w.await.expect("a worker panicked"));
     }
     total
+}
+
+/// The device a browser's calls name: an address that varies, a current
+/// browser's user agent and a label.
+fn device(n: u64) -> pb::Device {
+    pb::Device {
+        ip_address: format!("203.0.113.{}", n % 256),
+        user_agent: "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 \
+                     (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+            .into(),
+        label: "Chrome on macOS".into(),
+    }
 }
