@@ -143,7 +143,7 @@ pub async fn write(store: &dyn Store, out: impl Write + Send) -> Result<Summary,
         let written = match &item {
             Exported::Session(r) => {
                 summary.sessions += 1;
-                w.entry(SESSION, r.handle.as_bytes(), &json(&SessionJson::from(r)))
+                w.entry(SESSION, r.handle.as_bytes(), &json(&SessionJson::from(&**r)))
             }
             Exported::UserData {
                 tenant_id,
@@ -221,6 +221,7 @@ fn decode_entry(
                 serde_json::from_slice::<SessionJson>(value)
                     .map_err(|e| corrupt("session", e))?
                     .try_into()
+                    .map(Box::new)
                     .map_err(|e| invalid(format!("a session entry does not decode: {e}")))?,
             )
         }
@@ -427,6 +428,9 @@ mod tests {
                     },
                     previous: None,
                     rotated_at_ms: 1,
+                    last_active_ms: 1,
+                    timeouts: Default::default(),
+                    device: Default::default(),
                 })
                 .await
                 .unwrap();

@@ -57,6 +57,8 @@ pub enum Reason {
     StoreUnavailable,
     /// A stored record cannot be read back.
     StoreCorrupt,
+    /// The user holds as many sessions as allowed.
+    SessionLimitReached,
     /// A failure inside sessiond; never caused by input.
     Internal,
 }
@@ -84,6 +86,7 @@ impl Reason {
             Self::Cancelled => "CANCELLED",
             Self::StoreUnavailable => "STORE_UNAVAILABLE",
             Self::StoreCorrupt => "STORE_CORRUPT",
+            Self::SessionLimitReached => "SESSION_LIMIT_REACHED",
             Self::Internal => "INTERNAL",
         }
     }
@@ -101,7 +104,7 @@ impl Reason {
             Self::ProtectedClaim | Self::InvalidArgument => Code::InvalidArgument,
             Self::ClaimProviderUnavailable => Code::Unavailable,
             Self::NoClaimProvider => Code::FailedPrecondition,
-            Self::Overloaded => Code::ResourceExhausted,
+            Self::Overloaded | Self::SessionLimitReached => Code::ResourceExhausted,
             Self::Timeout => Code::DeadlineExceeded,
             Self::MessageTooLarge => Code::OutOfRange,
             Self::Unimplemented => Code::Unimplemented,
@@ -179,6 +182,25 @@ pub enum Error {
         /// The rotation interval, ms.
         most_ms: u64,
     },
+    /// The user already holds the most sessions allowed, and the limit
+    /// refuses new ones.
+    #[error(
+        "the user already has {max} live sessions in this tenant, the most allowed: \
+         sign out of one first"
+    )]
+    SessionLimitReached {
+        /// The limit.
+        max: usize,
+    },
+    /// A page token that this server did not hand out for this listing.
+    #[error(
+        "is not a page token of this listing; pass next_page_token as it came, \
+         with the same user and tenant"
+    )]
+    BadPageToken,
+    /// An end user named a session that is not one of their own.
+    #[error("this is not a session of yours")]
+    NotYourSession,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -28,6 +28,13 @@ pub struct RpcLabels {
     pub code: &'static str,
 }
 
+/// Labels of why sessions ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Why.
+    pub reason: &'static str,
+}
+
 /// Labels of outcome counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -87,6 +94,8 @@ pub struct Metrics {
     thefts: Counter,
     revocations: Counter,
     swept: Counter,
+    evicted: Counter,
+    ended: Family<ReasonLabels, Counter>,
     key_rotations: Counter,
     flushes: Histogram,
     store_bytes: Gauge,
@@ -156,6 +165,19 @@ impl Metrics {
             "Expired sessions removed by the sweeper",
             swept.clone(),
         );
+        let evicted = Counter::default();
+        registry.register(
+            "sessiond_sessions_evicted",
+            "Sessions ended to make room for a new one under --max-sessions-per-user",
+            evicted.clone(),
+        );
+        let ended = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "sessiond_sessions_expired",
+            "Sessions found over and removed, by why they ended: idle (--session-idle-timeout), \
+             lifetime (--session-max-lifetime) or refresh (the refresh token expired unused)",
+            ended.clone(),
+        );
         let key_rotations = Counter::default();
         registry.register(
             "sessiond_key_rotations",
@@ -211,6 +233,8 @@ impl Metrics {
             thefts,
             revocations,
             swept,
+            evicted,
+            ended,
             key_rotations,
             flushes,
             store_bytes,
@@ -259,6 +283,16 @@ impl Metrics {
     /// Sessions swept.
     pub fn swept(&self, n: u64) {
         self.swept.inc_by(n);
+    }
+
+    /// Sessions ended to make room under the per-user limit.
+    pub fn evicted(&self, n: u64) {
+        self.evicted.inc_by(n);
+    }
+
+    /// A session found over for `reason` (idle, lifetime, refresh) and removed.
+    pub fn expired(&self, reason: &'static str) {
+        self.ended.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     /// A rotating key was published.

@@ -39,7 +39,7 @@ use crate::pb::jwt_service_server::JwtServiceServer;
 use crate::pb::session_service_server::SessionServiceServer;
 use crate::pb::user_session_service_server::UserSessionServiceServer;
 use crate::reload::Live;
-use crate::session::{SessionConfig, SessionManager};
+use crate::session::{SessionConfig, SessionLimits, SessionManager};
 use crate::store::FlushObserver;
 use crate::store::{PostgresStore, SledStore, Store, StoreError};
 use crate::token::KeyError;
@@ -222,6 +222,12 @@ async fn run(
                 refresh_lifetime_ms: config.refresh_token_lifetime.as_millis() as u64,
                 max_lifetime_ms: (!config.session_max_lifetime.is_zero())
                     .then_some(config.session_max_lifetime.as_millis() as u64),
+                idle_timeout_ms: (!config.session_idle_timeout.is_zero())
+                    .then_some(config.session_idle_timeout.as_millis() as u64),
+                session_limit: (config.max_sessions_per_user > 0).then_some(SessionLimits {
+                    max_per_user: config.max_sessions_per_user,
+                    action: config.session_limit_action,
+                }),
                 grace_ms: config.refresh_grace_period.as_millis() as u64,
                 payload_limits,
                 max_handles_per_call: config.limits.max_handles_per_call,

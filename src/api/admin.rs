@@ -175,6 +175,8 @@ impl AdminService for AdminApi {
                 tenant_id: s.tenant_id,
                 time_created: Some(timestamp(s.created_at_ms)),
                 expiry: Some(timestamp(s.expires_at_ms)),
+                last_active_time: Some(timestamp(s.last_active_ms)),
+                device: super::devices::pb_device(s.device),
             })
             .collect();
         Ok(Response::new(pb::ListAllSessionsResponse {

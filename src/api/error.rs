@@ -123,6 +123,16 @@ impl From<Error> for Status {
                 HashMap::from([("claim_key".to_owned(), claim_key)]),
                 None,
             ),
+            Error::SessionLimitReached { max } => status(
+                Reason::SessionLimitReached,
+                message,
+                HashMap::from([("max_sessions_per_user".to_owned(), max.to_string())]),
+                None,
+            ),
+            Error::BadPageToken => invalid("page_token", &message),
+            Error::NotYourSession => {
+                status(Reason::PermissionDenied, message, HashMap::new(), None)
+            }
             Error::Store(inner) | Error::Key(KeyError::Store(inner)) => store_failure(&inner),
             Error::Key(inner) => internal(&inner),
         }

@@ -12,6 +12,7 @@ pub mod codec;
 pub mod connect;
 pub mod convert;
 pub mod details;
+pub mod devices;
 pub mod error;
 pub mod guard;
 pub mod jwt;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::convert::{json_to_struct, opt_struct, timestamp};
+use super::devices;
 use crate::buckets::UserIdentifier;
 use crate::claims::{ClaimKey, ClaimValue};
 use crate::ids::SessionHandle;
@@ -99,8 +100,13 @@ fn user_scope(
     Ok((user, tenant))
 }
 
-/// CreateNewSession's request, checked against the payload limits.
-fn new_session(r: pb::CreateNewSessionRequest, limits: JsonLimits) -> Result<NewSession, Status> {
+/// CreateNewSession's request, checked against the payload limits and the
+/// server's timeouts (`(idle, max lifetime)`, ms).
+fn new_session(
+    r: pb::CreateNewSessionRequest,
+    limits: JsonLimits,
+    timeouts: (Option<u64>, Option<u64>),
+) -> Result<NewSession, Status> {
     let access_payload = opt_struct("access_token_payload", r.access_token_payload)?;
     let data = opt_struct("session_data_in_database", r.session_data_in_database)?;
     let user_id = UserId::parse("user_id", r.user_id)?;
@@ -110,6 +116,8 @@ fn new_session(r: pb::CreateNewSessionRequest, limits: JsonLimits) -> Result<New
     let user_identifier = non_empty(r.user_identifier)
         .map(|id| UserIdentifier::parse("user_identifier", id))
         .transpose()?;
+    let device = devices::device("device", r.device)?;
+    let timeouts = devices::own_timeouts(r.session_idle_timeout, r.session_max_lifetime, timeouts)?;
     Ok(NewSession {
         user_id,
         tenant_id,
@@ -117,6 +125,8 @@ fn new_session(r: pb::CreateNewSessionRequest, limits: JsonLimits) -> Result<New
         data,
         anti_csrf: !r.disable_anti_csrf,
         user_identifier,
+        device,
+        timeouts,
     })
 }
 
@@ -142,10 +152,15 @@ impl TryFrom<pb::RefreshSessionRequest> for Refresh {
         if r.refresh_token.is_empty() {
             return Err(super::error::invalid("refresh_token", "must not be empty"));
         }
+        let device = r
+            .device
+            .map(|d| devices::device("device", Some(d)))
+            .transpose()?;
         Ok(Self {
             refresh_token: r.refresh_token,
             anti_csrf_token: non_empty(r.anti_csrf_token),
             disable_anti_csrf: r.disable_anti_csrf,
+            device,
         })
     }
 }
@@ -156,7 +171,11 @@ impl SessionService for SessionApi {
         &self,
         req: Request<pb::CreateNewSessionRequest>,
     ) -> Result<Response<pb::CreateNewSessionResponse>, Status> {
-        let new = new_session(req.into_inner(), self.manager.payload_limits())?;
+        let new = new_session(
+            req.into_inner(),
+            self.manager.payload_limits(),
+            self.manager.configured_timeouts(),
+        )?;
         let tokens = self.manager.create(new).await?;
         super::record_tenant(&tokens.session.tenant_id);
         Ok(Response::new(tokens.into()))
@@ -244,12 +263,29 @@ impl SessionService for SessionApi {
     ) -> Result<Response<pb::GetAllSessionHandlesForUserResponse>, Status> {
         let r = req.into_inner();
         let (user, tenant) = user_scope(r.user_id, &r.tenant_id, r.fetch_across_all_tenants)?;
+        let page = devices::page(r.page_size, r.page_token, devices::HANDLES_PAGE);
         let handles = self
             .manager
-            .handles_for_user(&user, tenant.as_ref())
+            .handles_for_user(&user, tenant.as_ref(), page)
             .await?;
         Ok(Response::new(pb::GetAllSessionHandlesForUserResponse {
-            session_handles: handles,
+            session_handles: handles.items,
+            next_page_token: handles.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn list_sessions(
+        &self,
+        req: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let r = req.into_inner();
+        let user = UserId::parse("user_id", r.user_id)?;
+        let tenant = TenantId::parse("tenant_id", &r.tenant_id)?;
+        let page = devices::page(r.page_size, r.page_token, devices::SESSIONS_PAGE);
+        let listed = self.manager.list_sessions(&user, &tenant, page).await?;
+        Ok(Response::new(pb::ListSessionsResponse {
+            sessions: listed.items.into_iter().map(devices::summary).collect(),
+            next_page_token: listed.next_page_token.unwrap_or_default(),
         }))
     }
 
@@ -278,6 +314,8 @@ impl SessionService for SessionApi {
             custom_claims_in_access_token_payload: Some(json_to_struct(&info.access_payload)),
             time_created: Some(timestamp(info.created_ms)),
             expiry: Some(timestamp(info.expires_ms)),
+            last_active_time: Some(timestamp(info.last_active_ms)),
+            device: devices::pb_device(info.device),
         }))
     }
 

@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 
 use super::ApiKeys;
 use super::convert::{json_to_struct, opt_struct};
+use super::devices;
 use super::error::{invalid, status};
 use super::keys::Scope;
 use super::secrets::{HashedSecrets, sha256};
@@ -344,5 +345,90 @@ impl UserSessionService for UserSessionApi {
             .clear(&caller.tenant_id, &caller.user_id, which, caller.private)
             .await?;
         Ok(Response::new(cleared.into()))
+    }
+
+    async fn list_my_sessions(
+        &self,
+        req: Request<pb::ListMySessionsRequest>,
+    ) -> Result<Response<pb::ListMySessionsResponse>, Status> {
+        let me = self.me(&req).await?;
+        let r = req.into_inner();
+        let page = devices::page(r.page_size, r.page_token, devices::SESSIONS_PAGE);
+        let listed = self.sessions.list_mine(me.caller(), page).await?;
+        Ok(Response::new(pb::ListMySessionsResponse {
+            sessions: listed.items.into_iter().map(devices::summary).collect(),
+            next_page_token: listed.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn revoke_my_session(
+        &self,
+        req: Request<pb::RevokeMySessionRequest>,
+    ) -> Result<Response<pb::RevokeMySessionResponse>, Status> {
+        let me = self.me(&req).await?;
+        let handle = payload::handle("session_handle", &req.get_ref().session_handle)?;
+        let revoked = self.sessions.revoke_mine(me.caller(), handle).await?;
+        Ok(Response::new(pb::RevokeMySessionResponse { revoked }))
+    }
+
+    async fn revoke_my_other_sessions(
+        &self,
+        req: Request<pb::RevokeMyOtherSessionsRequest>,
+    ) -> Result<Response<pb::RevokeMyOtherSessionsResponse>, Status> {
+        let me = self.me(&req).await?;
+        let keep = payload::handle("session_handle", &me.session_handle)?;
+        let revoked = self.sessions.revoke_others(keep).await?;
+        Ok(Response::new(pb::RevokeMyOtherSessionsResponse {
+            session_handles_revoked: revoked,
+        }))
+    }
+}
+
+/// The end user of a self-service call: the session of its access token.
+struct Me {
+    user_id: UserId,
+    tenant_id: TenantId,
+    session_handle: String,
+}
+
+impl Me {
+    fn caller(&self) -> crate::session::Caller<'_> {
+        crate::session::Caller {
+            user_id: &self.user_id,
+            tenant_id: &self.tenant_id,
+            session_handle: &self.session_handle,
+        }
+    }
+}
+
+impl UserSessionApi {
+    /// The caller of a self-service call, from its Bearer access token,
+    /// checked against the store (a revoked session's token is refused).
+    /// Only end users call these: an API key or client secret alone names
+    /// no session.
+    async fn me<T>(&self, req: &Request<T>) -> Result<Me, Status> {
+        let Some(token) = bearer(req.metadata())? else {
+            return Err(status(
+                Reason::MissingCredentials,
+                "this call is an end user's: it needs `authorization: Bearer <access token>`",
+                HashMap::new(),
+                None,
+            ));
+        };
+        let verified = self
+            .sessions
+            .verify(Verify {
+                access_token: token,
+                check_database: true,
+                ..Default::default()
+            })
+            .await?;
+        let claims = &verified.claims;
+        super::record_tenant(&claims.tenant_id);
+        Ok(Me {
+            user_id: UserId::parse("user_id", claims.user_id.clone())?,
+            tenant_id: TenantId::parse("tenant_id", &claims.tenant_id)?,
+            session_handle: claims.session_handle.clone(),
+        })
     }
 }

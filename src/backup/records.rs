@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::secret::sealed;
-use crate::store::{Generation, KeyRecord, SessionRecord, TokenHash, UserData};
+use crate::store::{Device, Generation, KeyRecord, SessionRecord, Timeouts, TokenHash, UserData};
 
 /// A session entry's value.
 #[derive(Serialize, Deserialize)]
@@ -23,6 +23,29 @@ pub(super) struct SessionJson {
     current: GenerationJson,
     previous: Option<GenerationJson>,
     rotated_at_ms: u64,
+    /// Absent in backups of earlier versions: the last rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_active_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    idle_timeout_ms: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    max_lifetime_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device: Option<DeviceJson>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[derive(Serialize, Deserialize)]
+struct DeviceJson {
+    #[serde(default)]
+    ip_address: String,
+    #[serde(default)]
+    user_agent: String,
+    #[serde(default)]
+    label: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -67,6 +90,14 @@ impl From<&SessionRecord> for SessionJson {
             current: (&r.current).into(),
             previous: r.previous.as_ref().map(GenerationJson::from),
             rotated_at_ms: r.rotated_at_ms,
+            last_active_ms: Some(r.last_active_ms),
+            idle_timeout_ms: r.timeouts.idle_ms,
+            max_lifetime_ms: r.timeouts.max_lifetime_ms,
+            device: (r.device != Device::default()).then(|| DeviceJson {
+                ip_address: r.device.ip_address.clone(),
+                user_agent: r.device.user_agent.clone(),
+                label: r.device.label.clone(),
+            }),
         }
     }
 }
@@ -85,6 +116,19 @@ impl TryFrom<SessionJson> for SessionRecord {
             current: r.current.try_into()?,
             previous: r.previous.map(Generation::try_from).transpose()?,
             rotated_at_ms: r.rotated_at_ms,
+            last_active_ms: r.last_active_ms.unwrap_or(r.rotated_at_ms),
+            timeouts: Timeouts {
+                idle_ms: r.idle_timeout_ms,
+                max_lifetime_ms: r.max_lifetime_ms,
+            },
+            device: r
+                .device
+                .map(|d| Device {
+                    ip_address: d.ip_address,
+                    user_agent: d.user_agent,
+                    label: d.label,
+                })
+                .unwrap_or_default(),
         })
     }
 }

@@ -18,8 +18,9 @@ use super::{Outcome, exit};
 /// `sessiond sessions ...`
 #[derive(Debug, Subcommand)]
 pub enum SessionsCommand {
-    /// List sessions with their creation and expiry times: a user's, or
-    /// without --user every user's (an admin key's call).
+    /// List sessions with their creation, expiry and last activity times
+    /// and their devices: a user's (newest first), or without --user every
+    /// user's (an admin key's call).
     List {
         /// Only this user's sessions.
         #[arg(long)]
@@ -130,6 +131,42 @@ pub(super) async fn run_sessions(command: SessionsCommand, conn: &Connection) ->
     }
 }
 
+/// One row of `sessions list`.
+pub(super) struct Row<'a> {
+    pub(super) handle: &'a str,
+    pub(super) user_id: &'a str,
+    pub(super) tenant_id: &'a str,
+    pub(super) created: Option<&'a prost_types::Timestamp>,
+    pub(super) expiry: Option<&'a prost_types::Timestamp>,
+    pub(super) last_active: Option<&'a prost_types::Timestamp>,
+    pub(super) device: Option<&'a pb::Device>,
+}
+
+/// How a device reads in the table: its label, else its user agent (cut
+/// short), then its IP address in brackets; `-` when nothing is known.
+fn device_text(device: Option<&pb::Device>) -> String {
+    const MOST: usize = 40;
+    let Some(d) = device else {
+        return "-".to_owned();
+    };
+    let mut name: String = if d.label.is_empty() {
+        d.user_agent.chars().take(MOST).collect()
+    } else {
+        d.label.clone()
+    };
+    if !d.ip_address.is_empty() {
+        if !name.is_empty() {
+            name.push(' ');
+        }
+        name.push_str(&format!("[{}]", d.ip_address));
+    }
+    if name.is_empty() {
+        "-".to_owned()
+    } else {
+        name
+    }
+}
+
 /// The rows `sessions list` prints: a table or JSON lines, up to a limit.
 pub(super) struct SessionTable {
     pub(super) json: bool,
@@ -144,8 +181,8 @@ impl SessionTable {
     pub(super) fn new(json: bool, limit: usize) -> Self {
         if !json {
             println!(
-                "{:<36}  {:<20}  {:<16}  {:<20}  {:<20}",
-                "HANDLE", "USER", "TENANT", "CREATED", "EXPIRES"
+                "{:<36}  {:<20}  {:<16}  {:<20}  {:<20}  {:<20}  DEVICE",
+                "HANDLE", "USER", "TENANT", "CREATED", "EXPIRES", "LAST ACTIVE"
             );
         }
         Self {
@@ -164,33 +201,40 @@ impl SessionTable {
         }
     }
 
-    pub(super) fn row(
-        &mut self,
-        handle: &str,
-        user_id: &str,
-        tenant_id: &str,
-        created: Option<&prost_types::Timestamp>,
-        expiry: Option<&prost_types::Timestamp>,
-    ) {
+    pub(super) fn row(&mut self, r: Row<'_>) {
         if self.room() == 0 {
             self.more = true;
             return;
         }
         self.shown += 1;
         if self.json {
+            let device = r.device.map(|d| {
+                serde_json::json!({
+                    "ip_address": d.ip_address,
+                    "user_agent": d.user_agent,
+                    "label": d.label,
+                })
+            });
             let line = serde_json::json!({
-                "session_handle": handle,
-                "user_id": user_id,
-                "tenant_id": tenant_id,
-                "created": json_time(created),
-                "expires": json_time(expiry),
+                "session_handle": r.handle,
+                "user_id": r.user_id,
+                "tenant_id": r.tenant_id,
+                "created": json_time(r.created),
+                "expires": json_time(r.expiry),
+                "last_active": json_time(r.last_active),
+                "device": device,
             });
             println!("{line}");
         } else {
             println!(
-                "{handle:<36}  {user_id:<20}  {tenant_id:<16}  {:<20}  {:<20}",
-                rfc3339(created),
-                rfc3339(expiry)
+                "{:<36}  {:<20}  {:<16}  {:<20}  {:<20}  {:<20}  {}",
+                r.handle,
+                r.user_id,
+                r.tenant_id,
+                rfc3339(r.created),
+                rfc3339(r.expiry),
+                rfc3339(r.last_active),
+                device_text(r.device)
             );
         }
     }
@@ -206,7 +250,9 @@ impl SessionTable {
     }
 }
 
-/// A user's sessions: their handles, then each one's information.
+/// A user's sessions, newest first: in one tenant through ListSessions
+/// (device and last activity included), in every tenant through the
+/// user's handles and each session's information.
 pub(super) async fn list_user_sessions(
     client: &Client,
     user_id: String,
@@ -214,43 +260,103 @@ pub(super) async fn list_user_sessions(
     all_tenants: bool,
     out: &mut SessionTable,
 ) -> Outcome {
+    if !all_tenants {
+        return list_user_tenant_sessions(client, user_id, tenant.unwrap_or_default(), out).await;
+    }
     let mut sessions = client.sessions();
-    let handles = sessions
-        .get_all_session_handles_for_user(client.request(pb::GetAllSessionHandlesForUserRequest {
-            user_id,
-            tenant_id: tenant.unwrap_or_default(),
-            fetch_across_all_tenants: all_tenants,
-        }))
-        .await
-        .map_err(from_status)?
-        .into_inner()
-        .session_handles;
-    for handle in handles {
-        if out.room() == 0 {
-            // Known to exist a moment ago; not worth a call to confirm.
-            out.more = true;
-            break;
+    let mut page_token = String::new();
+    loop {
+        let page = sessions
+            .get_all_session_handles_for_user(client.request(
+                pb::GetAllSessionHandlesForUserRequest {
+                    user_id: user_id.clone(),
+                    tenant_id: String::new(),
+                    fetch_across_all_tenants: true,
+                    page_size: out.room().min(10_000) as u32,
+                    page_token,
+                },
+            ))
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        for handle in page.session_handles {
+            if out.room() == 0 {
+                // Known to exist a moment ago; not worth a call to confirm.
+                out.more = true;
+                return Ok(());
+            }
+            let info = match sessions
+                .get_session_information(client.request(pb::GetSessionInformationRequest {
+                    session_handle: handle,
+                }))
+                .await
+            {
+                Ok(info) => info.into_inner(),
+                // Revoked or expired between the two calls.
+                Err(s) if s.code() == Code::NotFound => continue,
+                Err(s) => return Err(from_status(s)),
+            };
+            out.row(Row {
+                handle: &info.session_handle,
+                user_id: &info.user_id,
+                tenant_id: &info.tenant_id,
+                created: info.time_created.as_ref(),
+                expiry: info.expiry.as_ref(),
+                last_active: info.last_active_time.as_ref(),
+                device: info.device.as_ref(),
+            });
         }
-        let info = match sessions
-            .get_session_information(client.request(pb::GetSessionInformationRequest {
-                session_handle: handle,
+        if page.next_page_token.is_empty() {
+            return Ok(());
+        }
+        if out.room() == 0 {
+            out.more = true;
+            return Ok(());
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// A user's sessions in one tenant, page by page.
+async fn list_user_tenant_sessions(
+    client: &Client,
+    user_id: String,
+    tenant_id: String,
+    out: &mut SessionTable,
+) -> Outcome {
+    let mut sessions = client.sessions();
+    let mut page_token = String::new();
+    loop {
+        let page = sessions
+            .list_sessions(client.request(pb::ListSessionsRequest {
+                user_id: user_id.clone(),
+                tenant_id: tenant_id.clone(),
+                page_size: out.room().min(500) as u32,
+                page_token,
             }))
             .await
-        {
-            Ok(info) => info.into_inner(),
-            // Revoked or expired between the two calls.
-            Err(s) if s.code() == Code::NotFound => continue,
-            Err(s) => return Err(from_status(s)),
-        };
-        out.row(
-            &info.session_handle,
-            &info.user_id,
-            &info.tenant_id,
-            info.time_created.as_ref(),
-            info.expiry.as_ref(),
-        );
+            .map_err(from_status)?
+            .into_inner();
+        for s in &page.sessions {
+            out.row(Row {
+                handle: &s.session_handle,
+                user_id: &user_id,
+                tenant_id: &s.tenant_id,
+                created: s.time_created.as_ref(),
+                expiry: s.expiry.as_ref(),
+                last_active: s.last_active_time.as_ref(),
+                device: s.device.as_ref(),
+            });
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(());
+        }
+        if out.room() == 0 {
+            out.more = true;
+            return Ok(());
+        }
+        page_token = page.next_page_token;
     }
-    Ok(())
 }
 
 /// Every user's sessions (of one tenant when given), page by page.
@@ -275,13 +381,15 @@ pub(super) async fn list_all_sessions(
             .map_err(from_status)?
             .into_inner();
         for s in &page.sessions {
-            out.row(
-                &s.session_handle,
-                &s.user_id,
-                &s.tenant_id,
-                s.time_created.as_ref(),
-                s.expiry.as_ref(),
-            );
+            out.row(Row {
+                handle: &s.session_handle,
+                user_id: &s.user_id,
+                tenant_id: &s.tenant_id,
+                created: s.time_created.as_ref(),
+                expiry: s.expiry.as_ref(),
+                last_active: s.last_active_time.as_ref(),
+                device: s.device.as_ref(),
+            });
         }
         // The server sets a token only when more sessions follow.
         if page.next_page_token.is_empty() {

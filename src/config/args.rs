@@ -61,6 +61,15 @@ pub struct ServeArgs {
     /// Longest a session lives from its creation, however often it is refreshed (0s: no limit) [default: 0s].
     #[arg(long, env = "SESSIOND_SESSION_MAX_LIFETIME", value_name = "DUR")]
     pub session_max_lifetime: Option<String>,
+    /// A session with no refresh and no database-checked use for this long is over (0s: off) [default: 0s].
+    #[arg(long, env = "SESSIOND_SESSION_IDLE_TIMEOUT", value_name = "DUR")]
+    pub session_idle_timeout: Option<String>,
+    /// Most live sessions a user may hold per tenant (0: no limit) [default: 0].
+    #[arg(long, env = "SESSIOND_MAX_SESSIONS_PER_USER", value_name = "N")]
+    pub max_sessions_per_user: Option<String>,
+    /// What creating a session over --max-sessions-per-user does: evict-oldest (end the least recently active) or refuse [default: evict-oldest].
+    #[arg(long, env = "SESSIOND_SESSION_LIMIT_ACTION", value_name = "ACTION")]
+    pub session_limit_action: Option<String>,
     /// Refresh token lifetime, sliding on every refresh [default: 100d].
     #[arg(long, env = "SESSIOND_REFRESH_TOKEN_LIFETIME", value_name = "DUR")]
     pub refresh_token_lifetime: Option<String>,

@@ -118,6 +118,12 @@ pub struct Config {
     pub refresh_token_lifetime: Duration,
     /// Longest a session lives from its creation (zero: no limit).
     pub session_max_lifetime: Duration,
+    /// A session unused this long is over (zero: no idle timeout).
+    pub session_idle_timeout: Duration,
+    /// Most live sessions per user and tenant (0: no limit).
+    pub max_sessions_per_user: usize,
+    /// What a create over the limit does.
+    pub session_limit_action: crate::session::LimitAction,
     /// Window in which a rotated-out refresh token may rotate again.
     pub refresh_grace_period: Duration,
     /// Algorithm of newly generated signing keys.
@@ -191,6 +197,9 @@ impl Config {
             access_token_lifetime: Duration::from_secs(3600),
             refresh_token_lifetime: Duration::from_secs(100 * 86_400),
             session_max_lifetime: Duration::ZERO,
+            session_idle_timeout: Duration::ZERO,
+            max_sessions_per_user: 0,
+            session_limit_action: crate::session::LimitAction::EvictOldest,
             refresh_grace_period: Duration::from_secs(30),
             signing_algorithm: SigningAlgorithm::ES256,
             key_rotation_interval: Duration::from_secs(168 * 3600),

@@ -104,6 +104,41 @@ impl Config {
             &mut c.session_max_lifetime,
         )?;
         dur(
+            "session-idle-timeout",
+            &args.session_idle_timeout,
+            file.session_idle_timeout,
+            &mut c.session_idle_timeout,
+        )?;
+        if let Some(n) = count_setting(
+            "max-sessions-per-user",
+            &args.max_sessions_per_user,
+            file.max_sessions_per_user,
+        )? {
+            if n > MAX_SESSIONS_PER_USER {
+                return Err(bad(
+                    "max-sessions-per-user",
+                    format!("must be between 0 (no limit) and {MAX_SESSIONS_PER_USER}"),
+                ));
+            }
+            c.max_sessions_per_user = n as usize;
+        }
+        if let Some(v) = args
+            .session_limit_action
+            .as_ref()
+            .or(file.session_limit_action.as_ref())
+        {
+            c.session_limit_action = match v.trim() {
+                "evict-oldest" => crate::session::LimitAction::EvictOldest,
+                "refuse" => crate::session::LimitAction::Refuse,
+                other => {
+                    return Err(bad(
+                        "session-limit-action",
+                        format!("`{other}` is not evict-oldest or refuse"),
+                    ));
+                }
+            };
+        }
+        dur(
             "refresh-grace-period",
             &args.refresh_grace_period,
             file.refresh_grace_period,
@@ -365,6 +400,10 @@ fn open_keks(
 
 /// Most connections one process may keep to the database.
 const MAX_DATABASE_POOL_SIZE: u64 = 1000;
+
+/// Highest --max-sessions-per-user: each create under the limit reads the
+/// user's live sessions in its tenant.
+const MAX_SESSIONS_PER_USER: u64 = 10_000;
 
 /// Checks a database URL without connecting: its scheme, its `sslmode`,
 /// and that the client can read it. The error never repeats the URL, which

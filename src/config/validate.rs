@@ -62,6 +62,13 @@ impl Config {
                 "must be 0s (no limit) or between 1m and 3650d",
             ));
         }
+        let idle = self.session_idle_timeout;
+        if !idle.is_zero() && (idle < secs(120) || idle > secs(10 * 365 * 86_400)) {
+            return Err(bad(
+                "session-idle-timeout",
+                "must be 0s (off) or between 2m and 3650d (activity is recorded to the minute)",
+            ));
+        }
         if self.access_token_lifetime > self.refresh_token_lifetime {
             return Err(bad(
                 "access-token-lifetime",

@@ -2,6 +2,7 @@
 //! identifier. Never sees protobuf types.
 
 use super::*;
+use crate::store::{Device, Timeouts};
 
 /// Input of [`SessionManager::create`].
 #[derive(Debug, Clone)]
@@ -18,6 +19,11 @@ pub struct NewSession {
     pub anti_csrf: bool,
     /// The user's identifier for UserSessionService, when given.
     pub user_identifier: Option<UserIdentifier>,
+    /// Where the session is used from.
+    pub device: Device,
+    /// The session's own timeouts (0: the server's), no longer than the
+    /// server's (the edge checks).
+    pub timeouts: Timeouts,
 }
 
 impl SessionManager {
@@ -35,15 +41,18 @@ impl SessionManager {
             access_payload: new.access_payload.into_map(),
             data: new.data.into_map(),
             created_at_ms: now,
-            expires_at_ms: self.session_end(now, now),
+            expires_at_ms: self.session_end(now, now, new.timeouts),
             current: Generation {
                 refresh_hash: crate::token::refresh::hash(&refresh),
                 anti_csrf_hash: anti_csrf.as_deref().map(|t| sha256(t.as_bytes())),
             },
             previous: None,
             rotated_at_ms: now,
+            last_active_ms: now,
+            timeouts: self.timeouts_now(new.timeouts),
+            device: new.device,
         };
-        self.store.create_session(&record).await?;
+        self.admit(&record, now).await?;
         if let Some(id) = &new.user_identifier {
             buckets::set_identifier(self.store.as_ref(), &new.tenant_id, &new.user_id, id).await?;
         }

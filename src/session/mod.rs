@@ -25,6 +25,9 @@
 mod claims;
 mod create;
 mod data;
+mod listing;
+mod pages;
+mod policy;
 #[cfg(test)]
 mod proptests;
 mod read;
@@ -33,6 +36,8 @@ mod revoke;
 mod verify;
 
 pub use create::NewSession;
+pub use listing::{Caller, Listing, Page, SessionSummary};
+pub use policy::{ACTIVITY_GRANULARITY_MS, LimitAction, SessionLimits};
 pub use read::SessionInfo;
 pub use refresh::Refresh;
 pub use verify::{Verified, Verify};
@@ -64,6 +69,10 @@ pub struct SessionConfig {
     pub refresh_lifetime_ms: u64,
     /// Longest a session lives from its creation, ms (`None`: no limit).
     pub max_lifetime_ms: Option<u64>,
+    /// A session unused this long is over, ms (`None`: no idle timeout).
+    pub idle_timeout_ms: Option<u64>,
+    /// How many sessions a user may hold per tenant (`None`: no limit).
+    pub session_limit: Option<SessionLimits>,
     /// Refresh grace period, ms.
     pub grace_ms: u64,
     /// Size and depth limits of payloads and session data.
@@ -131,6 +140,7 @@ pub struct SessionManager {
     config: SessionConfig,
     metrics: Arc<Metrics>,
     verifier: Verifier,
+    pages: pages::PageTokens,
 }
 
 impl std::fmt::Debug for SessionManager {
@@ -168,12 +178,20 @@ impl SessionManager {
             .vault()
             .secret(RefreshTokens::SECRET_NAME, RefreshTokens::SECRET_WHAT)
             .await?;
+        let page_key = keys
+            .vault()
+            .secret(
+                pages::PageTokens::SECRET_NAME,
+                pages::PageTokens::SECRET_WHAT,
+            )
+            .await?;
         store.durable().await?;
         Ok(Self {
             store,
             verifier: Verifier::new(Arc::clone(&keys), config.token_cache_size),
             keys,
             refresh_tokens: RefreshTokens::new(&secret),
+            pages: pages::PageTokens::new(&page_key),
             claims,
             clock,
             config,
@@ -197,7 +215,7 @@ impl SessionManager {
 
     fn live(&self, record: Option<SessionRecord>) -> Option<SessionRecord> {
         let now = self.now();
-        record.filter(|r| r.expires_at_ms > now)
+        record.filter(|r| self.ends_at(r.expires_at_ms, r.last_active_ms, r.timeouts) > now)
     }
 
     fn issue(&self, key: &SigningKey, claims: &AccessClaims, now: u64) -> Result<IssuedToken> {
@@ -226,16 +244,6 @@ impl SessionManager {
         self.issue(key, &next, now)
     }
 
-    /// When a session created at `created_ms` and refreshed (or created)
-    /// at `now` ends: one refresh lifetime on, but never past its maximum
-    /// lifetime.
-    fn session_end(&self, created_ms: u64, now: u64) -> u64 {
-        let sliding = now + self.config.refresh_lifetime_ms;
-        self.config
-            .max_lifetime_ms
-            .map_or(sliding, |max| sliding.min(created_ms + max))
-    }
-
     fn tokens(
         &self,
         key: &SigningKey,
@@ -252,7 +260,11 @@ impl SessionManager {
             anti_csrf_token: anti_csrf.clone(),
             iat: now / 1000,
             // No access token outlives its session.
-            exp: (now + self.config.access_lifetime_ms).min(record.expires_at_ms) / 1000,
+            exp: (now + self.config.access_lifetime_ms).min(self.ends_at(
+                record.expires_at_ms,
+                record.last_active_ms,
+                record.timeouts,
+            )) / 1000,
             iss: Some(self.config.issuer.clone()),
             payload: record.access_payload.clone(),
         };
@@ -280,15 +292,18 @@ impl SessionManager {
         self.config.max_handles_per_call
     }
 
-    /// Removes expired sessions; returns how many.
+    /// Removes sessions that are over; returns how many.
     pub async fn sweep(&self) -> Result<usize> {
         const BATCH: usize = 1000;
         let mut total = 0;
         loop {
             let now = self.now();
-            let n = self.store.sweep_expired(now, BATCH).await?;
-            total += n;
-            if n < BATCH {
+            let removed = self.store.sweep_expired(now, BATCH).await?;
+            total += removed.len();
+            for gone in &removed {
+                self.metrics.expired(self.why_ended(gone));
+            }
+            if removed.len() < BATCH {
                 break;
             }
         }

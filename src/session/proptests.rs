@@ -43,6 +43,8 @@ fn manager(rt: &tokio::runtime::Runtime) -> (Arc<ManualClock>, SessionManager) {
                 access_lifetime_ms: 3_600_000,
                 refresh_lifetime_ms: 86_400_000,
                 max_lifetime_ms: None,
+                idle_timeout_ms: None,
+                session_limit: None,
                 grace_ms: 30_000,
                 payload_limits: payload::JsonLimits {
                     bytes: 64 * 1024,
@@ -110,6 +112,8 @@ proptest! {
                     data: SessionData::default(),
                     anti_csrf: true,
                     user_identifier: None,
+                    device: Default::default(),
+                    timeouts: Default::default(),
                 })
                 .await
                 .unwrap();
@@ -171,6 +175,8 @@ proptest! {
                     data: SessionData::default(),
                     anti_csrf: false,
                     user_identifier: None,
+                    device: Default::default(),
+                    timeouts: Default::default(),
                 })
                 .await
                 .unwrap();

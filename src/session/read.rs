@@ -1,5 +1,5 @@
-//! Reads of stored sessions: a user's handles, every session a page at a
-//! time, one session's information. Nothing here writes.
+//! Reads of stored sessions: every session a page at a time, one
+//! session's information. Nothing here writes.
 
 use super::*;
 
@@ -20,27 +20,13 @@ pub struct SessionInfo {
     pub created_ms: u64,
     /// Refresh expiry, ms.
     pub expires_ms: u64,
+    /// Last recorded activity, ms.
+    pub last_active_ms: u64,
+    /// Where it is used from.
+    pub device: crate::store::Device,
 }
 
 impl SessionManager {
-    /// GetAllSessionHandlesForUser: of one tenant, or of every tenant when
-    /// `tenant` is `None`.
-    pub async fn handles_for_user(
-        &self,
-        user_id: &UserId,
-        tenant: Option<&TenantId>,
-    ) -> Result<Vec<String>> {
-        let now = self.now();
-        Ok(self
-            .store
-            .user_sessions(user_id.as_str(), tenant.map(TenantId::as_str))
-            .await?
-            .into_iter()
-            .filter(|s| s.expires_at_ms > now)
-            .map(|s| s.handle)
-            .collect())
-    }
-
     /// ListAllSessions: the live sessions of every user (of one tenant when
     /// `tenant_id` is given), in handle order, from just after `after`, at
     /// most `limit` of them.
@@ -72,6 +58,8 @@ impl SessionManager {
             access_payload: r.access_payload,
             created_ms: r.created_at_ms,
             expires_ms: r.expires_at_ms,
+            last_active_ms: r.last_active_ms,
+            device: r.device,
         })
     }
 }

@@ -14,6 +14,9 @@ pub struct Refresh {
     pub anti_csrf_token: Option<String>,
     /// Skip the anti-CSRF comparison.
     pub disable_anti_csrf: bool,
+    /// Where the session is used from now: its non-empty fields replace
+    /// the stored ones.
+    pub device: Option<crate::store::Device>,
 }
 
 impl SessionManager {
@@ -33,6 +36,7 @@ impl SessionManager {
 
         enum Outcome {
             Gone,
+            Ended(&'static str),
             AntiCsrfMismatch,
             Theft(String),
             Rotated(Box<SessionRecord>, bool),
@@ -43,8 +47,9 @@ impl SessionManager {
                 let Some(r) = record else {
                     return (Change::Keep, Outcome::Gone);
                 };
-                if r.expires_at_ms <= now {
-                    return (Change::Delete, Outcome::Gone);
+                if self.ends_at(r.expires_at_ms, r.last_active_ms, r.timeouts) <= now {
+                    let why = self.why_ended(&crate::store::ListedSession::of(r));
+                    return (Change::Delete, Outcome::Ended(why));
                 }
                 let in_grace = now <= r.rotated_at_ms.saturating_add(grace);
                 let (generation, is_current) = if r.current.refresh_hash == presented {
@@ -73,7 +78,20 @@ impl SessionManager {
                 if is_current {
                     next.previous = Some(r.current.clone());
                     next.rotated_at_ms = now;
-                    next.expires_at_ms = self.session_end(r.created_at_ms, now);
+                    next.expires_at_ms = self.session_end(r.created_at_ms, now, r.timeouts);
+                }
+                next.last_active_ms = now;
+                next.timeouts = self.timeouts_now(r.timeouts);
+                if let Some(device) = &req.device {
+                    for (stored, given) in [
+                        (&mut next.device.ip_address, &device.ip_address),
+                        (&mut next.device.user_agent, &device.user_agent),
+                        (&mut next.device.label, &device.label),
+                    ] {
+                        if !given.is_empty() {
+                            given.clone_into(stored);
+                        }
+                    }
                 }
                 let rotated = Outcome::Rotated(Box::new(next.clone()), is_current);
                 (Change::Put(Box::new(next)), rotated)
@@ -83,6 +101,12 @@ impl SessionManager {
         match outcome {
             Outcome::Gone => {
                 self.metrics.refresh("rejected");
+                Err(session_gone())
+            }
+            Outcome::Ended(why) => {
+                self.store.durable().await?;
+                self.metrics.refresh("rejected");
+                self.metrics.expired(why);
                 Err(session_gone())
             }
             Outcome::AntiCsrfMismatch => {

@@ -58,7 +58,7 @@ impl SessionManager {
                 .store
                 .session_lineage(&claims.session_handle)
                 .await?
-                .filter(|l| l.expires_at_ms > now)
+                .filter(|l| self.ends_at(l.expires_at_ms, l.last_active_ms, l.timeouts) > now)
                 .ok_or_else(session_gone)?;
             // The token carries the hash as hex; one that is not a SHA-256
             // is in no lineage.
@@ -71,6 +71,8 @@ impl SessionManager {
                     "the access token belongs to a refresh token that was rotated out".into(),
                 ));
             }
+            self.note_activity(&claims.session_handle, &lineage, now)
+                .await;
         }
         if req.validators.is_empty() {
             return Ok(Verified {

@@ -7,7 +7,12 @@ use serde_json::{Map, json};
 
 use super::{Change, Generation, SessionQuery, SessionRecord, Store, TokenHash};
 
+mod control;
 mod keys;
+pub use control::{
+    a_users_sessions_come_in_pages_newest_first, idle_sessions_end_and_are_swept,
+    the_least_recently_active_session_is_evicted, the_session_limit_holds_under_concurrent_creates,
+};
 pub use keys::{keys_and_secrets, keys_are_added_once_per_place};
 
 fn record(handle: &str, user: &str, tenant: &str, expires_at_ms: u64) -> SessionRecord {
@@ -25,6 +30,9 @@ fn record(handle: &str, user: &str, tenant: &str, expires_at_ms: u64) -> Session
         },
         previous: None,
         rotated_at_ms: 1,
+        last_active_ms: 1,
+        timeouts: Default::default(),
+        device: Default::default(),
     }
 }
 
@@ -158,6 +166,9 @@ pub async fn sessions_are_listed_in_pages_across_users(store: Arc<dyn Store>) {
             tenant_id: "t2".into(),
             created_at_ms: 1,
             expires_at_ms: 100,
+            last_active_ms: 1,
+            timeouts: Default::default(),
+            device: Default::default(),
         }
     );
 }
@@ -228,15 +239,15 @@ pub async fn update_moves_indexes_and_sweep_follows(store: Arc<dyn Store>) {
         500
     );
 
-    assert_eq!(store.sweep_expired(200, 100).await.unwrap(), 1);
+    assert_eq!(store.sweep_expired(200, 100).await.unwrap().len(), 1);
     assert!(store.session("y").await.unwrap().is_none());
     assert!(store.session("x").await.unwrap().is_some());
     assert_eq!(
         handles(store.user_sessions("u", None).await.unwrap()),
         ["x"]
     );
-    assert_eq!(store.sweep_expired(499, 100).await.unwrap(), 0);
-    assert_eq!(store.sweep_expired(500, 100).await.unwrap(), 1);
+    assert_eq!(store.sweep_expired(499, 100).await.unwrap().len(), 0);
+    assert_eq!(store.sweep_expired(500, 100).await.unwrap().len(), 1);
     assert!(store.user_sessions("u", None).await.unwrap().is_empty());
 
     // Delete through update, and Keep on a missing session.
@@ -435,6 +446,10 @@ macro_rules! for_each_case {
         $case!(user_data_updates_are_atomic);
         $case!(concurrent_refreshes_leave_one_lineage);
         $case!(concurrent_bucket_merges_lose_nothing);
+        $case!(a_users_sessions_come_in_pages_newest_first);
+        $case!(idle_sessions_end_and_are_swept);
+        $case!(the_session_limit_holds_under_concurrent_creates);
+        $case!(the_least_recently_active_session_is_evicted);
     };
 }
 

@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    BoxFuture, Change, Durability, Exported, KeyRecord, KeySlot, KeysAndSecrets, SessionQuery,
-    SessionRecord, Sessions, SessionsPage, StoreError, UserData, UserDataStore, UserSession,
+    Admission, BoxFuture, Change, Durability, Exported, KeyRecord, KeySlot, KeysAndSecrets,
+    ListedSession, SessionLimit, SessionQuery, SessionRecord, Sessions, SessionsPage, StoreError,
+    UserData, UserDataStore, UserQuery, UserSession,
 };
 
 #[derive(Default)]
@@ -116,19 +117,57 @@ impl Sessions for MemoryStore {
             .collect())
     }
 
-    async fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
+    async fn sweep_expired(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<ListedSession>, StoreError> {
         let mut records = self.lock();
-        let expired: Vec<String> = records
+        let expired: Vec<ListedSession> = records
             .sessions
             .values()
-            .filter(|r| r.expires_at_ms <= now_ms)
+            .filter(|r| r.ends_at_ms() <= now_ms)
             .take(limit)
-            .map(|r| r.handle.clone())
+            .map(ListedSession::of)
             .collect();
-        for handle in &expired {
-            records.sessions.remove(handle);
+        for gone in &expired {
+            records.sessions.remove(&gone.handle);
         }
-        Ok(expired.len())
+        Ok(expired)
+    }
+
+    async fn user_sessions_page(&self, query: &UserQuery<'_>) -> Result<SessionsPage, StoreError> {
+        let records = self.lock();
+        let sessions = records.sessions.values().map(ListedSession::of);
+        Ok(super::user_sessions_page_of(sessions, query))
+    }
+
+    async fn create_session_within(
+        &self,
+        record: &SessionRecord,
+        limit: &SessionLimit,
+    ) -> Result<Admission, StoreError> {
+        let mut records = self.lock();
+        let live: Vec<ListedSession> = records
+            .sessions
+            .values()
+            .filter(|r| {
+                r.user_id == record.user_id
+                    && r.tenant_id == record.tenant_id
+                    && r.ends_at_ms() > limit.live_at_ms
+            })
+            .map(ListedSession::of)
+            .collect();
+        let Some(evicted) = limit.make_room(live) else {
+            return Ok(Admission::Refused);
+        };
+        for gone in &evicted {
+            records.sessions.remove(&gone.handle);
+        }
+        records
+            .sessions
+            .insert(record.handle.clone(), record.clone());
+        Ok(Admission::Created { evicted })
     }
 
     async fn count_sessions(&self) -> Result<u64, StoreError> {
@@ -253,7 +292,8 @@ impl Durability for MemoryStore {
         // A snapshot, so that `visit` may call the store.
         let items: Vec<Exported> = {
             let records = self.lock();
-            let sessions = records.sessions.values().cloned().map(Exported::Session);
+            let sessions =
+                (records.sessions.values().cloned()).map(|r| Exported::Session(Box::new(r)));
             let buckets =
                 records
                     .user_data
@@ -280,7 +320,7 @@ impl Durability for MemoryStore {
         let mut records = self.lock();
         match item {
             Exported::Session(r) => {
-                records.sessions.insert(r.handle.clone(), r);
+                records.sessions.insert(r.handle.clone(), *r);
             }
             Exported::UserData {
                 tenant_id,

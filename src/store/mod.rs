@@ -18,6 +18,7 @@
 //! - the store never interprets tokens or payloads, and never logs records
 //!   (they hold refresh token hashes and user data).
 
+mod listing;
 mod memory;
 mod postgres;
 mod sled;
@@ -33,12 +34,16 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+pub use self::listing::{
+    Admission, ListedSession, SessionLimit, SessionQuery, SessionsPage, UserCursor, UserQuery,
+    UserSession,
+};
 pub use self::memory::MemoryStore;
 pub use self::postgres::{DEFAULT_POOL_SIZE as DEFAULT_DATABASE_POOL_SIZE, PostgresStore};
 pub use self::sled::SledStore;
 use self::sled::wal;
-pub(crate) use self::traits::list_sessions_by_export;
 pub use self::traits::{Durability, KeysAndSecrets, Sessions, Store, UserDataStore};
+pub(crate) use self::traits::{list_sessions_by_export, user_sessions_page_of};
 
 /// Copies the write-ahead log of the data directory `from_dir`, from log
 /// position `position` on (its archive, then its live log), into the data
@@ -119,6 +124,55 @@ pub struct SessionRecord {
     pub previous: Option<Generation>,
     /// When `previous` was rotated out, ms since the epoch.
     pub rotated_at_ms: u64,
+    /// Last recorded activity (creation, a refresh, a database-checked
+    /// use), ms since the epoch.
+    pub last_active_ms: u64,
+    /// This session's own timeouts, when shorter than the server's.
+    pub timeouts: Timeouts,
+    /// Where the session is used from.
+    pub device: Device,
+}
+
+/// A session's own timeouts, each in ms, 0 when it has none of its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Idle timeout: the session is over this long after its last activity.
+    pub idle_ms: u64,
+    /// Maximum lifetime from creation.
+    pub max_lifetime_ms: u64,
+}
+
+/// Where a session is used from, as its client said; empty fields are unknown.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Device {
+    /// IP address, in text form.
+    pub ip_address: String,
+    /// User-Agent.
+    pub user_agent: String,
+    /// A name users recognise.
+    pub label: String,
+}
+
+impl SessionRecord {
+    /// When the store counts the session as over: its refresh expiry, or
+    /// its idle timeout after its last activity, whichever comes first.
+    pub fn ends_at_ms(&self) -> u64 {
+        ends_at(
+            self.expires_at_ms,
+            self.last_active_ms,
+            self.timeouts.idle_ms,
+        )
+    }
+}
+
+/// The earlier of `expires_at_ms` and `idle_ms` after `last_active_ms`
+/// (no idle timeout when 0).
+pub fn ends_at(expires_at_ms: u64, last_active_ms: u64, idle_ms: u64) -> u64 {
+    if idle_ms == 0 {
+        expires_at_ms
+    } else {
+        expires_at_ms.min(last_active_ms.saturating_add(idle_ms))
+    }
 }
 
 impl fmt::Debug for SessionRecord {
@@ -145,6 +199,12 @@ pub struct Lineage {
     pub current_refresh_hash: TokenHash,
     /// Hash of the previous refresh token, if any.
     pub previous_refresh_hash: Option<TokenHash>,
+    /// Creation, ms.
+    pub created_at_ms: u64,
+    /// Last recorded activity, ms.
+    pub last_active_ms: u64,
+    /// The session's own timeouts.
+    pub timeouts: Timeouts,
 }
 
 impl Lineage {
@@ -156,7 +216,19 @@ impl Lineage {
             expires_at_ms: r.expires_at_ms,
             current_refresh_hash: r.current.refresh_hash,
             previous_refresh_hash: r.previous.as_ref().map(|p| p.refresh_hash),
+            created_at_ms: r.created_at_ms,
+            last_active_ms: r.last_active_ms,
+            timeouts: r.timeouts,
         }
+    }
+
+    /// When the store counts the session as over ([`SessionRecord::ends_at_ms`]).
+    pub fn ends_at_ms(&self) -> u64 {
+        ends_at(
+            self.expires_at_ms,
+            self.last_active_ms,
+            self.timeouts.idle_ms,
+        )
     }
 }
 
@@ -169,6 +241,9 @@ impl From<SessionRecord> for Lineage {
             expires_at_ms: r.expires_at_ms,
             current_refresh_hash: r.current.refresh_hash,
             previous_refresh_hash: r.previous.map(|p| p.refresh_hash),
+            created_at_ms: r.created_at_ms,
+            last_active_ms: r.last_active_ms,
+            timeouts: r.timeouts,
         }
     }
 }
@@ -275,7 +350,7 @@ impl fmt::Debug for UserData {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Exported {
     /// A session.
-    Session(SessionRecord),
+    Session(Box<SessionRecord>),
     /// A user's buckets.
     UserData {
         /// Tenant.
@@ -305,87 +380,6 @@ pub enum Change {
     Put(Box<SessionRecord>),
     /// Remove the session.
     Delete,
-}
-
-/// A session of a user, as listed by the per-user index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserSession {
-    /// The session handle.
-    pub handle: String,
-    /// The session's tenant.
-    pub tenant_id: String,
-    /// Refresh expiry, ms.
-    pub expires_at_ms: u64,
-}
-
-/// A session as listed across users: who and when, without payload or data.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListedSession {
-    /// The session handle.
-    pub handle: String,
-    /// The session's user.
-    pub user_id: String,
-    /// The session's tenant.
-    pub tenant_id: String,
-    /// Creation, ms.
-    pub created_at_ms: u64,
-    /// Refresh expiry, ms.
-    pub expires_at_ms: u64,
-}
-
-impl ListedSession {
-    fn of(r: &SessionRecord) -> Self {
-        Self {
-            handle: r.handle.clone(),
-            user_id: r.user_id.clone(),
-            tenant_id: r.tenant_id.clone(),
-            created_at_ms: r.created_at_ms,
-            expires_at_ms: r.expires_at_ms,
-        }
-    }
-}
-
-/// Which sessions [`Sessions::list_sessions`] lists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SessionQuery<'a> {
-    /// Only handles after this one (`None`: from the first). It need not
-    /// name a session that still exists.
-    pub after: Option<&'a str>,
-    /// Only sessions of this tenant (`None`: every tenant).
-    pub tenant_id: Option<&'a str>,
-    /// Only sessions whose refresh expiry is after this time, ms.
-    pub live_at_ms: u64,
-    /// At most this many.
-    pub limit: usize,
-}
-
-impl SessionQuery<'_> {
-    fn matches(&self, s: &ListedSession) -> bool {
-        s.expires_at_ms > self.live_at_ms && self.tenant_id.is_none_or(|t| t == s.tenant_id)
-    }
-}
-
-/// One page of [`Sessions::list_sessions`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SessionsPage {
-    /// The sessions, in handle order (byte order).
-    pub sessions: Vec<ListedSession>,
-    /// True when a session the query matches follows the last one listed:
-    /// the next page starts after that last handle.
-    pub more: bool,
-}
-
-impl SessionsPage {
-    /// Adds `session` if the page has room, else marks that more follow.
-    /// Returns false once the page is full and the scan can stop.
-    fn offer(&mut self, session: ListedSession, limit: usize) -> bool {
-        if self.sessions.len() >= limit {
-            self.more = true;
-            return false;
-        }
-        self.sessions.push(session);
-        true
-    }
 }
 
 /// What callers are told while the store's disk is full.

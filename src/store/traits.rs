@@ -12,8 +12,9 @@
 use async_trait::async_trait;
 
 use super::{
-    BoxFuture, Change, Exported, KeyRecord, KeySlot, Lineage, SessionQuery, SessionRecord,
-    SessionsPage, StoreError, UserData, UserSession,
+    Admission, BoxFuture, Change, Exported, KeyRecord, KeySlot, Lineage, ListedSession,
+    SessionLimit, SessionQuery, SessionRecord, SessionsPage, StoreError, UserData, UserQuery,
+    UserSession,
 };
 
 /// Sessions: created, read, updated atomically, listed, removed and swept.
@@ -56,9 +57,31 @@ pub trait Sessions: Send + Sync {
     /// Lists the sessions `query` matches, across users, in handle order.
     async fn list_sessions(&self, query: &SessionQuery<'_>) -> Result<SessionsPage, StoreError>;
 
-    /// Removes up to `limit` sessions whose refresh expiry is at or before
-    /// `now_ms`; returns how many were removed.
-    async fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError>;
+    /// One page of a user's sessions that `query` matches: tenant by
+    /// tenant (in the backend's order of tenants), newest first within a
+    /// tenant, then by handle. Reads no other tenant's sessions when
+    /// `query.tenant_id` is given, and no other user's.
+    async fn user_sessions_page(&self, query: &UserQuery<'_>) -> Result<SessionsPage, StoreError>;
+
+    /// Creates a session unless its user already holds `limit.max` live
+    /// sessions in its tenant; then either the least recently active of
+    /// them are removed first ([`SessionLimit::make_room`]) or nothing is
+    /// written. Checked and written in one step against every concurrent
+    /// create of the same user and tenant, from any process sharing the
+    /// store.
+    async fn create_session_within(
+        &self,
+        record: &SessionRecord,
+        limit: &SessionLimit,
+    ) -> Result<Admission, StoreError>;
+
+    /// Removes up to `limit` sessions that end ([`SessionRecord::ends_at_ms`])
+    /// at or before `now_ms`; returns those it removed.
+    async fn sweep_expired(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<ListedSession>, StoreError>;
 
     /// How many sessions are stored, expired or not.
     async fn count_sessions(&self) -> Result<u64, StoreError>;
@@ -223,6 +246,44 @@ impl dyn Store {
 /// The value of a closure the backend must have run once at least.
 fn ran<R>(result: Option<R>) -> Result<R, StoreError> {
     result.ok_or_else(|| StoreError::Backend("the store applied an update it never decided".into()))
+}
+
+/// [`Sessions::user_sessions_page`] over every session of the user (any
+/// tenant) in `sessions`, for a backend that holds them all at hand.
+pub(crate) fn user_sessions_page_of(
+    sessions: impl Iterator<Item = ListedSession>,
+    query: &UserQuery<'_>,
+) -> SessionsPage {
+    let mut found: Vec<ListedSession> = sessions
+        .filter(|s| {
+            s.user_id == query.user_id
+                && query.tenant_id.is_none_or(|t| t == s.tenant_id)
+                && s.ends_at_ms() > query.live_at_ms
+        })
+        .collect();
+    found.sort_by(|a, b| order_in_user(a).cmp(&order_in_user(b)));
+    let mut page = SessionsPage::default();
+    for session in found {
+        if let Some(after) = query.after
+            && order_in_user(&session)
+                <= (
+                    &after.tenant_id,
+                    std::cmp::Reverse(after.created_at_ms),
+                    &after.handle,
+                )
+        {
+            continue;
+        }
+        if !page.offer(session, query.limit) {
+            break;
+        }
+    }
+    page
+}
+
+/// The order of one user's sessions where tenants sort by name.
+fn order_in_user(s: &ListedSession) -> (&str, std::cmp::Reverse<u64>, &str) {
+    (&s.tenant_id, std::cmp::Reverse(s.created_at_ms), &s.handle)
 }
 
 /// [`Sessions::list_sessions`] for a backend with no ordered scan of its

@@ -74,6 +74,7 @@ async fn revoke_many_and_revoke_all_for_a_user() {
         user_id: user.into(),
         tenant_id: tenant.into(),
         fetch_across_all_tenants: all,
+        ..Default::default()
     };
     let mut listed = c
         .get_all_session_handles_for_user(list("ann", "", false))

@@ -71,6 +71,68 @@ async fn keyed_session(server: &TestServer, user: &str) -> pb::CreateNewSessionR
         .into_inner()
 }
 
+/// `sessions list --user` shows where each session is used from and when
+/// it was last active, newest first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_list_shows_devices_and_last_activity() {
+    let server = keyed_server().await;
+    let older = keyed_session(&server, "dev-user").await;
+    server.clock.advance(std::time::Duration::from_secs(90));
+    let newer = server
+        .sessions()
+        .await
+        .create_new_session(with_metadata(
+            pb::CreateNewSessionRequest {
+                user_id: "dev-user".into(),
+                device: Some(pb::Device {
+                    ip_address: "198.51.100.4".into(),
+                    user_agent: "Mozilla/5.0 (X11; Linux x86_64)".into(),
+                    label: "Work laptop".into(),
+                }),
+                ..Default::default()
+            },
+            &[("x-api-key", API_KEY)],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let (code, out, err) = sessiond(args(
+        &["sessions", "list", "--user", "dev-user"],
+        &server,
+        Some(API_KEY),
+    ))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].contains("LAST ACTIVE") && lines[0].ends_with("DEVICE"),
+        "{out}"
+    );
+    assert!(lines[1].starts_with(&handle(&newer)), "newest first: {out}");
+    assert!(lines[1].ends_with("Work laptop [198.51.100.4]"), "{out}");
+    assert!(
+        lines[2].starts_with(&handle(&older)) && lines[2].ends_with(" -"),
+        "{out}"
+    );
+
+    let (code, out, _) = sessiond(args(
+        &["sessions", "list", "--user", "dev-user", "--json"],
+        &server,
+        Some(API_KEY),
+    ))
+    .await;
+    assert_eq!(code, 0);
+    let rows: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows[0]["device"]["label"], "Work laptop");
+    assert_eq!(rows[0]["device"]["ip_address"], "198.51.100.4");
+    assert!(rows[1]["device"].is_null());
+    assert_ne!(rows[0]["last_active"], rows[1]["last_active"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_list_and_revoke() {
     let server = keyed_server().await;
@@ -105,6 +167,7 @@ async fn sessions_list_and_revoke() {
         .collect();
     assert_eq!(rows.len(), 2);
     assert!(rows[0]["expires"].as_str().unwrap().ends_with('Z'));
+    assert!(rows[0]["last_active"].as_str().unwrap().ends_with('Z'));
 
     let (code, out, err) = sessiond(args(
         &["sessions", "revoke", &handle(&a)],
@@ -310,8 +373,8 @@ async fn a_backup_under_write_load_restores_every_session_acknowledged_before_it
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("backup written"), "{err}");
     assert!(
-        err.contains("2 signing keys, 1 server secret"),
-        "a rotating and the static key, and the refresh MAC secret: {err}"
+        err.contains("2 signing keys, 2 server secrets"),
+        "a rotating and the static key, and the refresh-token and page-token MAC secrets: {err}"
     );
     #[cfg(unix)]
     {

@@ -256,7 +256,7 @@ async fn an_online_backup_of_a_server_on_postgres_restores_into_the_embedded_sto
     )
     .await;
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("1 server secret"), "{err}");
+    assert!(err.contains("2 server secrets"), "{err}");
 
     let data = dir.path().join("data");
     let (code, _, err) = crate::cli::sessiond(

@@ -229,6 +229,7 @@ async fn anti_csrf_on_refresh_and_bad_refresh_tokens() {
         refresh_token: refresh_token(&created),
         anti_csrf_token: anti.into(),
         disable_anti_csrf: disable,
+        ..Default::default()
     };
     assert_status(
         c.refresh_session(req("wrong", false)).await,

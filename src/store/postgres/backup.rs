@@ -51,7 +51,7 @@ impl PostgresStore {
             .await?;
         let sql = format!("SELECT {} FROM sessiond_sessions", sessions::COLUMNS);
         each_row(&tx, &sql, |row| {
-            Ok(visit(Exported::Session(sessions::decode(row)?))?)
+            Ok(visit(Exported::Session(Box::new(sessions::decode(row)?)))?)
         })
         .await?;
         let sql = "SELECT public, private, user_identifier, tenant_id, user_id \

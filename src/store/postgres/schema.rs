@@ -85,6 +85,31 @@ pub(super) const MIGRATIONS: &[&str] = &[
         DROP COLUMN sealed_nonce,
         DROP COLUMN sealed_ciphertext;
     "#,
+    // 3: session activity, timeouts of their own and devices; the end the
+    // sweep and listings go by (the refresh expiry, or the idle timeout
+    // after the last activity, whichever is first); a user's sessions
+    // indexed per tenant, newest first.
+    r#"
+    ALTER TABLE sessiond_sessions
+        ADD COLUMN last_active_ms bigint,
+        ADD COLUMN idle_timeout_ms bigint NOT NULL DEFAULT 0,
+        ADD COLUMN max_lifetime_ms bigint NOT NULL DEFAULT 0,
+        ADD COLUMN device_ip text NOT NULL DEFAULT '',
+        ADD COLUMN device_user_agent text NOT NULL DEFAULT '',
+        ADD COLUMN device_label text NOT NULL DEFAULT '';
+    UPDATE sessiond_sessions SET last_active_ms = rotated_at_ms;
+    ALTER TABLE sessiond_sessions ALTER COLUMN last_active_ms SET NOT NULL;
+    ALTER TABLE sessiond_sessions ADD COLUMN ends_at_ms bigint GENERATED ALWAYS AS (
+        CASE WHEN idle_timeout_ms > 0
+            THEN least(expires_at_ms, last_active_ms + idle_timeout_ms)
+            ELSE expires_at_ms END
+    ) STORED;
+    DROP INDEX sessiond_sessions_user;
+    CREATE INDEX sessiond_sessions_user
+        ON sessiond_sessions (user_id, tenant_id, created_at_ms DESC, handle);
+    DROP INDEX sessiond_sessions_expiry;
+    CREATE INDEX sessiond_sessions_ends ON sessiond_sessions (ends_at_ms);
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -128,9 +128,9 @@ async fn an_export_reads_every_row_of_a_table_larger_than_its_batch() {
         .sql(
             &db.name,
             "INSERT INTO sessiond_sessions (handle, user_id, tenant_id, access_payload, data, \
-             created_at_ms, expires_at_ms, refresh_hash, rotated_at_ms) \
+             created_at_ms, expires_at_ms, refresh_hash, rotated_at_ms, last_active_ms) \
              SELECT 'h' || i, 'u' || i, 'public', '{}', '{}', 1, 9, \
-             decode(repeat('01', 32), 'hex'), 1 FROM generate_series(1, 2500) AS i",
+             decode(repeat('01', 32), 'hex'), 1, 1 FROM generate_series(1, 2500) AS i",
         )
         .unwrap();
     let mut handles = std::collections::BTreeSet::new();
@@ -246,8 +246,10 @@ async fn a_row_the_store_cannot_read_back_is_corrupt_not_an_outage() {
     db.cluster()
         .sql(
             &db.name,
-            "INSERT INTO sessiond_sessions VALUES ('h', 'u', 'public', '[1]', '{}', 1, 9, \
-             decode(repeat('01', 32), 'hex'), NULL, NULL, NULL, 1)",
+            "INSERT INTO sessiond_sessions (handle, user_id, tenant_id, access_payload, data, \
+             created_at_ms, expires_at_ms, refresh_hash, rotated_at_ms, last_active_ms) \
+             VALUES ('h', 'u', 'public', '[1]', '{}', 1, 9, \
+             decode(repeat('01', 32), 'hex'), 1, 1)",
         )
         .unwrap();
     let e = store.session("h").await.unwrap_err();

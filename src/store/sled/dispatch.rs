@@ -9,9 +9,9 @@ use tokio::sync::watch;
 
 use super::SledStore;
 use crate::store::{
-    BoxFuture, Change, Durability, Exported, KeyRecord, KeySlot, KeysAndSecrets, Lineage,
-    SessionQuery, SessionRecord, Sessions, SessionsPage, StoreError, UserData, UserDataStore,
-    UserSession,
+    Admission, BoxFuture, Change, Durability, Exported, KeyRecord, KeySlot, KeysAndSecrets,
+    Lineage, ListedSession, SessionLimit, SessionQuery, SessionRecord, Sessions, SessionsPage,
+    StoreError, UserData, UserDataStore, UserQuery, UserSession,
 };
 
 /// Runs a call that touches many records (a revocation of hundreds of
@@ -70,7 +70,27 @@ impl Sessions for SledStore {
         blocking(|| self.read("list_sessions", |s| s.list_sessions(query)))
     }
 
-    async fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
+    async fn user_sessions_page(&self, query: &UserQuery<'_>) -> Result<SessionsPage, StoreError> {
+        blocking(|| self.read("user_sessions_page", |s| s.user_sessions_page(query)))
+    }
+
+    async fn create_session_within(
+        &self,
+        record: &SessionRecord,
+        limit: &SessionLimit,
+    ) -> Result<Admission, StoreError> {
+        blocking(|| {
+            self.write("create_session_within", |s| {
+                s.create_session_within(record, limit)
+            })
+        })
+    }
+
+    async fn sweep_expired(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<ListedSession>, StoreError> {
         blocking(|| self.write("sweep_expired", |s| s.sweep_expired(now_ms, limit)))
     }
 

@@ -1,12 +1,15 @@
 //! [`SledInstance`]: one opening of the embedded default backend, on sled
 //! 0.34 (`store::sled` holds one at a time as the `SledStore`).
 //!
-//! Trees: `sessions` (handle → record), `sessions_by_user_hash` (the first
-//! 8 bytes of the SHA-256 of the user id, handle → filed expiry), `keys`
-//! (kid → key record), `secrets`, and `user_data` (len-prefixed tenant,
-//! len-prefixed user → buckets).
+//! Trees: `sessions` (handle → record), `sessions_by_user_tenant_time` (the
+//! first 8 bytes of the SHA-256 of the user id, the same of the tenant id,
+//! the creation time inverted, handle → filed end), `keys` (kid → key
+//! record), `secrets`, and `user_data` (len-prefixed tenant, len-prefixed
+//! user → buckets).
 //!
-//! The user index is keyed by a hash of the user id rather than the id
+//! The user index lists one user's sessions in one tenant as one key range,
+//! newest first, so a page of them is one range scan that reads no other
+//! tenant's. It is keyed by a hash of the user id rather than the id
 //! itself so that its inserts land at random places: with ids that grow
 //! (as database sequences do), each insert went just after the last one,
 //! sled's half-split leaves were never filled again, and 100 000 sessions
@@ -14,18 +17,19 @@
 //! sessions are still one key range; the record of each entry says whose
 //! session it is, so a collision of two users' hashes lists nothing wrong.
 //!
-//! A session's user entry holds a time at or before its expiry (its filed
-//! expiry). The sweep reads the user index in key order, a pass spread over
-//! its calls, and looks at the record of each entry that has come due: an
-//! expired session is removed, a live one filed again under its real
-//! expiry. A refresh, which only ever moves expiry later, therefore
-//! rewrites the record alone; only a write that moves expiry earlier (or
-//! changes the user) rewrites the entry at once. There is no expiry index:
-//! in sled its entries cost about as much disk as the user index's, and
-//! every create paid for one more B-tree insert. Data directories written
-//! before carry a `sessions_by_expiry` tree, which the first open drops,
-//! and a `sessions_by_user` tree keyed by the user id itself, which it
-//! copies into the hashed index before dropping it.
+//! A session's user entry holds a time at or before its end (its filed
+//! end: the refresh expiry, or the idle timeout after the last activity,
+//! whichever is first). The sweep reads the user index in key order, a
+//! pass spread over its calls, and looks at the record of each entry that
+//! has come due: an ended session is removed, a live one filed again under
+//! its real end. A refresh, which only ever moves the end later, therefore
+//! rewrites the record alone; only a write that moves it earlier rewrites
+//! the entry at once. There is no expiry index: in sled its entries cost
+//! about as much disk as the user index's, and every create paid for one
+//! more B-tree insert. Data directories written before carry older user
+//! indexes (`sessions_by_user`, `sessions_by_user_hash`) and perhaps a
+//! `sessions_by_expiry` tree: the first open builds the current index from
+//! the records and drops them.
 //!
 //! No sled transaction is used: sled 0.34 writes and syncs an I/O buffer for
 //! every transaction, which capped durable writes at the disk's sync rate.
@@ -59,7 +63,7 @@ use super::dir as sled_dir;
 use super::record;
 use super::wal::{self, Entry, TreeId, Wal};
 use crate::clock::{Clock, SystemClock};
-use crate::store::{Change, FlushObserver, StoreError};
+use crate::store::{Change, FlushObserver, ListedSession, StoreError};
 
 mod calls;
 mod trees;
@@ -70,7 +74,7 @@ mod write;
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// The user index.
-const USER_TREE: &str = "sessions_by_user_hash";
+const USER_TREE: &str = "sessions_by_user_tenant_time";
 
 /// Key in `meta` of the log position the last whole backup began at.
 const LAST_BACKUP: &str = "last_backup_log_position";
@@ -96,6 +100,8 @@ pub(super) struct SledInstance {
     users: Tree,
     wal: Wal,
     stripes: Box<[Mutex<()>]>,
+    /// Serialise creates of one user and tenant under a session limit.
+    limit_stripes: Box<[Mutex<()>]>,
     /// Log segments waiting for a successful sled flush before deletion.
     retired: Mutex<Vec<PathBuf>>,
     flush_requests: mpsc::Sender<Waiter>,
@@ -140,7 +146,7 @@ impl SledInstance {
         let meta = tree("meta")?;
         // Before the log is replayed, so that its writes find the index in
         // the current layout.
-        upgrade_indexes(&db, dir, &sessions.by_user)?;
+        upgrade_indexes(&db, dir, &sessions)?;
         // The session count a clean close saved is good for this start only:
         // it is removed (durably) before anything can change the count.
         let saved_count = meta.remove(SESSION_COUNT).map_err(backend)?;
@@ -190,6 +196,7 @@ impl SledInstance {
             users,
             wal: opened.wal,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            limit_stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             retired: Mutex::new(Vec::new()),
             flush_requests,
             _checkpoints: checkpoints,
@@ -272,17 +279,30 @@ impl SledInstance {
 
     /// The sweep's visit of one user index entry: nothing unless its filed
     /// expiry has come. Returns true when it removed an expired session.
-    fn sweep_one(&self, key: &[u8], filed: &[u8], now_ms: u64) -> Result<bool, StoreError> {
+    /// The turn of creates of one user and tenant (`key`) under a session
+    /// limit. Taken before any write stripe, never while one is held.
+    fn limit_turn(&self, key: &[u8]) -> std::sync::MutexGuard<'_, ()> {
+        self.limit_stripes[stripe_index(TreeId::Sessions, key)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sweep_one(
+        &self,
+        key: &[u8],
+        filed: &[u8],
+        now_ms: u64,
+    ) -> Result<Option<ListedSession>, StoreError> {
         if filed_at(filed).is_some_and(|filed| filed > now_ms) {
-            return Ok(false);
+            return Ok(None);
         }
         let Some(handle) = handle_of_user_key(key) else {
             self.sessions.by_user.remove(key).map_err(backend)?;
-            return Ok(false);
+            return Ok(None);
         };
         let swept = self.logged(TreeId::Sessions, &[handle.as_bytes()], |log| {
             let removed = self.sessions.sweep_entry(key, handle, now_ms)?;
-            if removed {
+            if removed.is_some() {
                 log.put(handle.as_bytes(), None);
             }
             Ok(removed)
@@ -297,7 +317,7 @@ impl SledInstance {
                     error = %e,
                     "the sweeper skipped a session whose record does not decode"
                 );
-                Ok(false)
+                Ok(None)
             }
             Err(e) => Err(e),
         }

@@ -1,13 +1,17 @@
 //! The stored form of a session record.
 //!
-//! Version 3 is a compact binary layout; the handle is the record's key
-//! and is not repeated in it. Version 2 was the same layout with the
-//! handle first, and version 1 JSON with field names; both are still read.
+//! Version 4 is a compact binary layout; the handle is the record's key
+//! and is not repeated in it. Version 3 was the same layout without the
+//! activity, timeouts and device (read as: last active when last rotated,
+//! no timeouts of its own, no device), version 2 version 3 with the handle
+//! first, and version 1 JSON with field names; all are still read.
 //!
 //! ```text
-//! 3
+//! 4
 //! user_id, tenant_id                       u16 length + UTF-8 each
 //! created_at_ms, expires_at_ms, rotated_at_ms   u64 big-endian each
+//! last_active_ms, idle_ms, max_lifetime_ms      u64 big-endian each (v4)
+//! device ip_address, user_agent, label     u16 length + UTF-8 each (v4)
 //! current generation                       hash, optional hash
 //! previous generation                      u8 0, or u8 1 + generation
 //! access_payload, data                     u32 length + JSON object each
@@ -28,14 +32,16 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::store::{Generation, Lineage, SessionRecord, TokenHash};
+use crate::store::{Device, Generation, Lineage, SessionRecord, Timeouts, TokenHash};
 
 /// Version byte of JSON records.
 pub(super) const V1: u8 = 1;
 /// Version byte of binary session records that hold their handle.
 const V2: u8 = 2;
-/// Version byte of binary session records.
+/// Version byte of binary session records without activity or device.
 const V3: u8 = 3;
+/// Version byte of binary session records.
+const V4: u8 = 4;
 
 const HASH_TEXT: u8 = 0;
 const HASH_SHA256: u8 = 1;
@@ -89,6 +95,9 @@ impl TryFrom<V1Session> for SessionRecord {
             current: r.current.try_into()?,
             previous: r.previous.map(Generation::try_from).transpose()?,
             rotated_at_ms: r.rotated_at_ms,
+            last_active_ms: r.rotated_at_ms,
+            timeouts: Timeouts::default(),
+            device: Device::default(),
         })
     }
 }
@@ -117,13 +126,25 @@ impl From<&SessionRecord> for V1Session {
 
 /// Encodes a session in the current layout.
 pub(super) fn encode_session(r: &SessionRecord) -> Vec<u8> {
-    let mut out = Vec::with_capacity(160 + r.user_id.len() + r.tenant_id.len() + 2 * 64);
-    out.push(V3);
+    let d = &r.device;
+    let strings = r.user_id.len() + r.tenant_id.len() + d.ip_address.len() + d.user_agent.len();
+    let mut out = Vec::with_capacity(200 + strings + d.label.len() + 2 * 64);
+    out.push(V4);
     for s in [&r.user_id, &r.tenant_id] {
         push_str(&mut out, s);
     }
-    for n in [r.created_at_ms, r.expires_at_ms, r.rotated_at_ms] {
+    for n in [
+        r.created_at_ms,
+        r.expires_at_ms,
+        r.rotated_at_ms,
+        r.last_active_ms,
+        r.timeouts.idle_ms,
+        r.timeouts.max_lifetime_ms,
+    ] {
         out.extend_from_slice(&n.to_be_bytes());
+    }
+    for s in [&d.ip_address, &d.user_agent, &d.label] {
+        push_str(&mut out, s);
     }
     push_generation(&mut out, &r.current);
     match &r.previous {
@@ -144,13 +165,14 @@ pub(super) fn encode_session(r: &SessionRecord) -> Vec<u8> {
     out
 }
 
-/// A binary record (version 2 or 3): a reader at its fixed fields, and the
-/// handle version 2 stores. `None` for other versions.
+/// A binary record (version 2, 3 or 4): a reader at its fixed fields, and
+/// the handle version 2 stores. `None` for other versions.
 fn binary(bytes: &[u8]) -> Option<Result<(Reader<'_>, Option<String>), String>> {
     match bytes.split_first() {
-        Some((&V3, rest)) => Some(Ok((Reader(rest), None))),
+        Some((&V4, rest)) => Some(Ok((Reader(rest, true), None))),
+        Some((&V3, rest)) => Some(Ok((Reader(rest, false), None))),
         Some((&V2, rest)) => {
-            let mut r = Reader(rest);
+            let mut r = Reader(rest, false);
             let stored = r.str();
             Some(stored.map(|h| (r, Some(h))))
         }
@@ -231,7 +253,8 @@ fn push_generation(out: &mut Vec<u8>, g: &Generation) {
     }
 }
 
-struct Reader<'a>(&'a [u8]);
+/// The bytes still to read, and whether they hold version 4's fields.
+struct Reader<'a>(&'a [u8], bool);
 
 impl Reader<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8], String> {
@@ -266,6 +289,22 @@ impl Reader<'_> {
     fn fixed_part(&mut self, handle: String) -> Result<SessionRecord, String> {
         let (user_id, tenant_id) = (self.str()?, self.str()?);
         let (created_at_ms, expires_at_ms, rotated_at_ms) = (self.u64()?, self.u64()?, self.u64()?);
+        let (last_active_ms, timeouts, device) = if self.1 {
+            let (last_active_ms, idle_ms, max_lifetime_ms) =
+                (self.u64()?, self.u64()?, self.u64()?);
+            let device = Device {
+                ip_address: self.str()?,
+                user_agent: self.str()?,
+                label: self.str()?,
+            };
+            let timeouts = Timeouts {
+                idle_ms,
+                max_lifetime_ms,
+            };
+            (last_active_ms, timeouts, device)
+        } else {
+            (rotated_at_ms, Timeouts::default(), Device::default())
+        };
         let current = self.generation()?;
         let previous = match self.u8()? {
             0 => None,
@@ -282,6 +321,9 @@ impl Reader<'_> {
             current,
             previous,
             rotated_at_ms,
+            last_active_ms,
+            timeouts,
+            device,
         })
     }
 
@@ -340,12 +382,43 @@ mod tests {
                 anti_csrf_hash: None,
             }),
             rotated_at_ms: 42,
+            last_active_ms: 42,
+            timeouts: Timeouts::default(),
+            device: Device::default(),
         }
+    }
+
+    /// A record with what only version 4 holds.
+    fn sample_with_device() -> SessionRecord {
+        SessionRecord {
+            last_active_ms: 99,
+            timeouts: Timeouts {
+                idle_ms: 60_000,
+                max_lifetime_ms: 3_600_000,
+            },
+            device: Device {
+                ip_address: "2001:db8::1".into(),
+                user_agent: "Mozilla/5.0 (X11; Linux x86_64)".into(),
+                label: "Laptop ü".into(),
+            },
+            ..sample()
+        }
+    }
+
+    /// `r` (no activity, timeouts or device of its own) in version 3:
+    /// version 4 without those fields.
+    fn version_3(r: &SessionRecord) -> Vec<u8> {
+        let v4 = encode_session(r);
+        let times = 1 + (2 + r.user_id.len()) + (2 + r.tenant_id.len()) + 24;
+        let mut v3 = vec![V3];
+        v3.extend_from_slice(&v4[1..times]);
+        v3.extend_from_slice(&v4[times + 24 + 6..]);
+        v3
     }
 
     /// `r` in version 2: version 3 with the handle after the version byte.
     fn version_2(r: &SessionRecord) -> Vec<u8> {
-        let v3 = encode_session(r);
+        let v3 = version_3(r);
         let mut v2 = vec![V2];
         push_str(&mut v2, &r.handle);
         v2.extend_from_slice(&v3[1..]);
@@ -376,6 +449,21 @@ mod tests {
             r,
             "version 2 is still read"
         );
+        let v3 = version_3(&r);
+        assert_eq!(
+            decode_session(&r.handle, &v3).unwrap(),
+            r,
+            "version 3 is still read"
+        );
+        let full = sample_with_device();
+        let v4 = encode_session(&full);
+        assert_eq!(decode_session(&full.handle, &v4).unwrap(), full);
+        assert_eq!(decode_lineage(&v4).unwrap(), Lineage::of(&full));
+        assert_eq!(
+            decode_head(&full.handle, &v4).unwrap().device,
+            full.device,
+            "the device is in the fixed part"
+        );
         assert_eq!(decode_lineage(&v2).unwrap(), Lineage::of(&r));
         assert!(
             bytes.len() + 190 < v1.len(),
@@ -391,9 +479,9 @@ mod tests {
     fn a_hash_stored_as_text_reads_as_its_bytes() {
         let r = sample();
         let bytes = encode_session(&r);
-        // The current refresh hash follows the version, the two strings and
-        // the three times.
-        let at = 1 + (2 + r.user_id.len()) + (2 + r.tenant_id.len()) + 24;
+        // The current refresh hash follows the version, the two strings,
+        // the six numbers and the three empty device strings.
+        let at = 1 + (2 + r.user_id.len()) + (2 + r.tenant_id.len()) + 48 + 6;
         assert_eq!(bytes[at], HASH_SHA256);
         let as_text = |text: &str| {
             let mut old = bytes[..at].to_vec();
@@ -415,7 +503,12 @@ mod tests {
         // The payload and data, each with its length, close the record.
         let json = |m: &Map<String, Value>| 4 + serde_json::to_vec(m).unwrap().len();
         let maps = json(&r.access_payload) + json(&r.data);
-        for bytes in [encode_session(&r), version_2(&r)] {
+        for bytes in [
+            encode_session(&r),
+            encode_session(&sample_with_device()),
+            version_3(&r),
+            version_2(&r),
+        ] {
             let fixed = bytes.len() - maps;
             for cut in 0..bytes.len() {
                 assert!(decode_session("h", &bytes[..cut]).is_err(), "cut at {cut}");

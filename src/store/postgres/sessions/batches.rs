@@ -14,7 +14,7 @@ use tokio_postgres::types::Json;
 use super::super::batch::{self, Batched, Job, copy};
 use super::super::{Failed, from_db};
 use super::{Bound, UPDATE_IF, UPDATE_LINEAGE_IF, Version, decode, hash, insert};
-use crate::store::{Lineage, SessionRecord};
+use crate::store::{Lineage, SessionRecord, Timeouts};
 
 /// Whole records with their versions, by handle (batched).
 const READ_VERSIONED: &str = concat!(
@@ -25,14 +25,16 @@ const READ_VERSIONED: &str = concat!(
 
 /// Lineages by handle (batched).
 const READ_LINEAGES: &str = "SELECT handle, user_id, tenant_id, expires_at_ms, refresh_hash, \
-     previous_refresh_hash FROM sessiond_sessions WHERE handle = ANY($1)";
+     previous_refresh_hash, created_at_ms, last_active_ms, idle_timeout_ms, max_lifetime_ms \
+     FROM sessiond_sessions WHERE handle = ANY($1)";
 
 /// New records, one per element of the arrays (batched).
 const INSERT_MANY: &str = concat!(
     "INSERT INTO sessiond_sessions (",
     columns!(),
     ") SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[], \
-     $6::int8[], $7::int8[], $8::bytea[], $9::bytea[], $10::bytea[], $11::bytea[], $12::int8[])"
+     $6::int8[], $7::int8[], $8::bytea[], $9::bytea[], $10::bytea[], $11::bytea[], $12::int8[], \
+     $13::int8[], $14::int8[], $15::int8[], $16::text[], $17::text[], $18::text[])"
 );
 
 /// [`UPDATE_IF`] for many records (batched): each row is rewritten only if
@@ -43,12 +45,17 @@ const UPDATE_MANY_IF: &str = "UPDATE sessiond_sessions AS s SET user_id = v.user
      data = coalesce(v.data, s.data), created_at_ms = v.created_at_ms, \
      expires_at_ms = v.expires_at_ms, refresh_hash = v.refresh_hash, \
      anti_csrf_hash = v.anti_csrf_hash, previous_refresh_hash = v.previous_refresh_hash, \
-     previous_anti_csrf_hash = v.previous_anti_csrf_hash, rotated_at_ms = v.rotated_at_ms \
+     previous_anti_csrf_hash = v.previous_anti_csrf_hash, rotated_at_ms = v.rotated_at_ms, \
+     last_active_ms = v.last_active_ms, idle_timeout_ms = v.idle_timeout_ms, \
+     max_lifetime_ms = v.max_lifetime_ms, device_ip = v.device_ip, \
+     device_user_agent = v.device_user_agent, device_label = v.device_label \
      FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], \
-     $7::int8[], $8::int8[], $9::bytea[], $10::bytea[], $11::bytea[], $12::bytea[], $13::int8[]) \
+     $7::int8[], $8::int8[], $9::bytea[], $10::bytea[], $11::bytea[], $12::bytea[], $13::int8[], \
+     $14::int8[], $15::int8[], $16::int8[], $17::text[], $18::text[], $19::text[]) \
      AS v(handle, version, user_id, tenant_id, access_payload, data, created_at_ms, \
      expires_at_ms, refresh_hash, anti_csrf_hash, previous_refresh_hash, \
-     previous_anti_csrf_hash, rotated_at_ms) \
+     previous_anti_csrf_hash, rotated_at_ms, last_active_ms, idle_timeout_ms, max_lifetime_ms, \
+     device_ip, device_user_agent, device_label) \
      WHERE s.handle = v.handle AND s.xmin::text = v.version \
      RETURNING s.handle";
 
@@ -232,6 +239,12 @@ async fn insert_many(client: &impl GenericClient, records: &[SessionRecord]) -> 
                 &c.previous,
                 &c.previous_anti_csrf,
                 &c.rotated,
+                &c.last_active,
+                &c.idle,
+                &c.max_lifetime,
+                &c.device_ip,
+                &c.device_user_agent,
+                &c.device_label,
             ],
         )
         .await?;
@@ -253,6 +266,12 @@ struct Columns<'a> {
     previous: Vec<Option<&'a [u8]>>,
     previous_anti_csrf: Vec<Option<&'a [u8]>>,
     rotated: Vec<i64>,
+    last_active: Vec<i64>,
+    idle: Vec<i64>,
+    max_lifetime: Vec<i64>,
+    device_ip: Vec<&'a str>,
+    device_user_agent: Vec<&'a str>,
+    device_label: Vec<&'a str>,
 }
 
 impl<'a> Columns<'a> {
@@ -274,6 +293,19 @@ impl<'a> Columns<'a> {
             previous: bound.iter().map(|b| b.previous).collect(),
             previous_anti_csrf: bound.iter().map(|b| b.previous_anti_csrf).collect(),
             rotated: bound.iter().map(|b| b.rotated).collect(),
+            last_active: bound.iter().map(|b| b.last_active).collect(),
+            idle: bound.iter().map(|b| b.idle).collect(),
+            max_lifetime: bound.iter().map(|b| b.max_lifetime).collect(),
+            device_ip: (bound.iter())
+                .map(|b| b.record.device.ip_address.as_str())
+                .collect(),
+            device_user_agent: (bound.iter())
+                .map(|b| b.record.device.user_agent.as_str())
+                .collect(),
+            device_label: bound
+                .iter()
+                .map(|b| b.record.device.label.as_str())
+                .collect(),
         }
     }
 }
@@ -325,6 +357,12 @@ async fn swap_many(
                 &c.previous,
                 &c.previous_anti_csrf,
                 &c.rotated,
+                &c.last_active,
+                &c.idle,
+                &c.max_lifetime,
+                &c.device_ip,
+                &c.device_user_agent,
+                &c.device_label,
             ],
         )
         .await?;
@@ -335,7 +373,7 @@ async fn swap_many(
 
 /// A record and its version from a row of [`READ_VERSIONED`].
 fn versioned(row: &Row) -> Result<(SessionRecord, Version), Failed> {
-    Ok((decode(row)?, row.try_get(12)?))
+    Ok((decode(row)?, row.try_get(18)?))
 }
 
 /// A lineage from a row of [`READ_LINEAGES`].
@@ -349,6 +387,12 @@ fn lineage(row: &Row) -> Result<Lineage, Failed> {
             .try_get::<_, Option<Vec<u8>>>(5)?
             .map(hash)
             .transpose()?,
+        created_at_ms: from_db(row.try_get(6)?)?,
+        last_active_ms: from_db(row.try_get(7)?)?,
+        timeouts: Timeouts {
+            idle_ms: from_db(row.try_get(8)?)?,
+            max_lifetime_ms: from_db(row.try_get(9)?)?,
+        },
     })
 }
 
@@ -380,6 +424,9 @@ mod tests {
             },
             previous: None,
             rotated_at_ms: 1,
+            last_active_ms: 1,
+            timeouts: Default::default(),
+            device: Default::default(),
         }
     }
 

@@ -28,8 +28,8 @@ use tokio_postgres::types::{Json, ToSql};
 
 use super::{Failed, PostgresStore, from_db, to_db};
 use crate::store::{
-    Change, Generation, Lineage, ListedSession, SessionQuery, SessionRecord, Sessions,
-    SessionsPage, StoreError, TokenHash, UserSession,
+    Admission, Change, Device, Generation, Lineage, ListedSession, SessionLimit, SessionQuery,
+    SessionRecord, Sessions, SessionsPage, StoreError, Timeouts, TokenHash, UserQuery, UserSession,
 };
 
 /// The columns of a whole record, in the order [`decode`] reads them.
@@ -37,7 +37,8 @@ macro_rules! columns {
     () => {
         "handle, user_id, tenant_id, access_payload, data, created_at_ms, expires_at_ms, \
          refresh_hash, anti_csrf_hash, previous_refresh_hash, previous_anti_csrf_hash, \
-         rotated_at_ms"
+         rotated_at_ms, last_active_ms, idle_timeout_ms, max_lifetime_ms, device_ip, \
+         device_user_agent, device_label"
     };
 }
 
@@ -45,15 +46,18 @@ macro_rules! columns {
 pub(super) const COLUMNS: &str = columns!();
 
 mod batches;
+mod listing;
 
 pub(super) use batches::Batches;
 use batches::Swap;
+use listing::{LISTED, listed};
 
 /// Writes a whole record, whether or not its handle exists.
 const UPSERT: &str = concat!(
     "INSERT INTO sessiond_sessions (",
     columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+     $13, $14, $15, $16, $17, $18) \
      ON CONFLICT (handle) DO UPDATE SET user_id = EXCLUDED.user_id, \
      tenant_id = EXCLUDED.tenant_id, access_payload = EXCLUDED.access_payload, \
      data = EXCLUDED.data, created_at_ms = EXCLUDED.created_at_ms, \
@@ -61,37 +65,46 @@ const UPSERT: &str = concat!(
      anti_csrf_hash = EXCLUDED.anti_csrf_hash, \
      previous_refresh_hash = EXCLUDED.previous_refresh_hash, \
      previous_anti_csrf_hash = EXCLUDED.previous_anti_csrf_hash, \
-     rotated_at_ms = EXCLUDED.rotated_at_ms"
+     rotated_at_ms = EXCLUDED.rotated_at_ms, last_active_ms = EXCLUDED.last_active_ms, \
+     idle_timeout_ms = EXCLUDED.idle_timeout_ms, max_lifetime_ms = EXCLUDED.max_lifetime_ms, \
+     device_ip = EXCLUDED.device_ip, device_user_agent = EXCLUDED.device_user_agent, \
+     device_label = EXCLUDED.device_label"
 );
 
 /// Writes a new record; fails with a unique violation if its handle exists.
 const INSERT: &str = concat!(
     "INSERT INTO sessiond_sessions (",
     columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+     $13, $14, $15, $16, $17, $18)"
 );
 
 /// Writes a record where there was none; no row when there is one now.
 const INSERT_IF_ABSENT: &str = concat!(
     "INSERT INTO sessiond_sessions (",
     columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+     $13, $14, $15, $16, $17, $18) \
      ON CONFLICT (handle) DO NOTHING"
 );
 
-/// Rewrites a record if the row is still at version `$13`.
+/// Rewrites a record if the row is still at version `$19`.
 const UPDATE_IF: &str = "UPDATE sessiond_sessions SET user_id = $2, tenant_id = $3, \
      access_payload = $4, data = $5, created_at_ms = $6, expires_at_ms = $7, \
      refresh_hash = $8, anti_csrf_hash = $9, previous_refresh_hash = $10, \
-     previous_anti_csrf_hash = $11, rotated_at_ms = $12 \
-     WHERE handle = $1 AND xmin::text = $13";
+     previous_anti_csrf_hash = $11, rotated_at_ms = $12, last_active_ms = $13, \
+     idle_timeout_ms = $14, max_lifetime_ms = $15, device_ip = $16, \
+     device_user_agent = $17, device_label = $18 \
+     WHERE handle = $1 AND xmin::text = $19";
 
 /// [`UPDATE_IF`] for a record whose payload and data stay as they are (a
 /// refresh): neither is sent nor parsed again.
 const UPDATE_LINEAGE_IF: &str = "UPDATE sessiond_sessions SET user_id = $2, tenant_id = $3, \
      created_at_ms = $4, expires_at_ms = $5, refresh_hash = $6, anti_csrf_hash = $7, \
-     previous_refresh_hash = $8, previous_anti_csrf_hash = $9, rotated_at_ms = $10 \
-     WHERE handle = $1 AND xmin::text = $11";
+     previous_refresh_hash = $8, previous_anti_csrf_hash = $9, rotated_at_ms = $10, \
+     last_active_ms = $11, idle_timeout_ms = $12, max_lifetime_ms = $13, device_ip = $14, \
+     device_user_agent = $15, device_label = $16 \
+     WHERE handle = $1 AND xmin::text = $17";
 
 /// Deletes a record if the row is still at version `$2`.
 const DELETE_IF: &str = "DELETE FROM sessiond_sessions WHERE handle = $1 AND xmin::text = $2";
@@ -119,6 +132,9 @@ struct Bound<'a> {
     previous: Option<&'a [u8]>,
     previous_anti_csrf: Option<&'a [u8]>,
     rotated: i64,
+    last_active: i64,
+    idle: i64,
+    max_lifetime: i64,
 }
 
 impl<'a> Bound<'a> {
@@ -139,11 +155,14 @@ impl<'a> Bound<'a> {
                 .and_then(|p| p.anti_csrf_hash.as_ref())
                 .map(|h| &h.0[..]),
             rotated: to_db(record.rotated_at_ms)?,
+            last_active: to_db(record.last_active_ms)?,
+            idle: to_db(record.timeouts.idle_ms)?,
+            max_lifetime: to_db(record.timeouts.max_lifetime_ms)?,
         })
     }
 
-    /// `$1` to `$12`.
-    fn all(&self) -> [&(dyn ToSql + Sync); 12] {
+    /// `$1` to `$18`.
+    fn all(&self) -> [&(dyn ToSql + Sync); 18] {
         [
             &self.handle,
             &self.record.user_id,
@@ -157,11 +176,17 @@ impl<'a> Bound<'a> {
             &self.previous,
             &self.previous_anti_csrf,
             &self.rotated,
+            &self.last_active,
+            &self.idle,
+            &self.max_lifetime,
+            &self.record.device.ip_address,
+            &self.record.device.user_agent,
+            &self.record.device.label,
         ]
     }
 
-    /// `$1` to `$10` of [`UPDATE_LINEAGE_IF`]: all but payload and data.
-    fn lineage(&self) -> [&(dyn ToSql + Sync); 10] {
+    /// `$1` to `$16` of [`UPDATE_LINEAGE_IF`]: all but payload and data.
+    fn lineage(&self) -> [&(dyn ToSql + Sync); 16] {
         [
             &self.handle,
             &self.record.user_id,
@@ -173,6 +198,12 @@ impl<'a> Bound<'a> {
             &self.previous,
             &self.previous_anti_csrf,
             &self.rotated,
+            &self.last_active,
+            &self.idle,
+            &self.max_lifetime,
+            &self.record.device.ip_address,
+            &self.record.device.user_agent,
+            &self.record.device.label,
         ]
     }
 }
@@ -265,6 +296,16 @@ pub(super) fn decode(row: &Row) -> Result<SessionRecord, Failed> {
         },
         previous,
         rotated_at_ms: from_db(row.try_get(11)?)?,
+        last_active_ms: from_db(row.try_get(12)?)?,
+        timeouts: Timeouts {
+            idle_ms: from_db(row.try_get(13)?)?,
+            max_lifetime_ms: from_db(row.try_get(14)?)?,
+        },
+        device: Device {
+            ip_address: row.try_get(15)?,
+            user_agent: row.try_get(16)?,
+            label: row.try_get(17)?,
+        },
     })
 }
 
@@ -348,16 +389,16 @@ impl PostgresStore {
         Ok(change)
     }
 
-    async fn sweep_batch(&self, now: i64, limit: i64) -> Result<usize, Failed> {
+    async fn sweep_batch(&self, now: i64, limit: i64) -> Result<Vec<ListedSession>, Failed> {
         let client = self.client().await?;
-        let statement = client
-            .prepare_cached(
-                "DELETE FROM sessiond_sessions WHERE handle IN (\
-                   SELECT handle FROM sessiond_sessions WHERE expires_at_ms <= $1 \
-                   ORDER BY expires_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            )
-            .await?;
-        Ok(client.execute(&statement, &[&now, &limit]).await? as usize)
+        let sql = format!(
+            "DELETE FROM sessiond_sessions WHERE handle IN (\
+               SELECT handle FROM sessiond_sessions WHERE ends_at_ms <= $1 \
+               ORDER BY ends_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING {LISTED}"
+        );
+        let statement = client.prepare_cached(&sql).await?;
+        let rows = client.query(&statement, &[&now, &limit]).await?;
+        rows.iter().map(listed).collect()
     }
 }
 
@@ -451,53 +492,49 @@ impl Sessions for PostgresStore {
     }
 
     async fn list_sessions(&self, query: &SessionQuery<'_>) -> Result<SessionsPage, StoreError> {
-        let list = async {
-            let live = to_db(query.live_at_ms)?;
-            // One more than the page holds tells whether more follow.
-            let limit = i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX);
-            let client = self.client().await?;
-            let statement = client
-                .prepare_cached(
-                    "SELECT handle, user_id, tenant_id, created_at_ms, expires_at_ms \
-                     FROM sessiond_sessions \
-                     WHERE ($1::text IS NULL OR handle > $1) \
-                       AND ($2::text IS NULL OR tenant_id = $2) AND expires_at_ms > $3 \
-                     ORDER BY handle LIMIT $4",
-                )
-                .await?;
-            let rows = client
-                .query(&statement, &[&query.after, &query.tenant_id, &live, &limit])
-                .await?;
-            let mut page = SessionsPage::default();
-            for row in &rows {
-                let listed = ListedSession {
-                    handle: row.try_get(0)?,
-                    user_id: row.try_get(1)?,
-                    tenant_id: row.try_get(2)?,
-                    created_at_ms: from_db(row.try_get(3)?)?,
-                    expires_at_ms: from_db(row.try_get(4)?)?,
-                };
-                if !page.offer(listed, query.limit) {
-                    break;
-                }
-            }
-            Ok(page)
-        };
-        list.await.map_err(|e: Failed| e.during("listing sessions"))
+        self.list_page(query)
+            .await
+            .map_err(|e: Failed| e.during("listing sessions"))
     }
 
-    async fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
+    async fn user_sessions_page(&self, query: &UserQuery<'_>) -> Result<SessionsPage, StoreError> {
+        self.user_page(query)
+            .await
+            .map_err(|e: Failed| e.during("listing a user's sessions"))
+    }
+
+    async fn create_session_within(
+        &self,
+        record: &SessionRecord,
+        limit: &SessionLimit,
+    ) -> Result<Admission, StoreError> {
+        let op = "creating a session under the limit";
+        let mut tries = 0;
+        loop {
+            match self.create_within(record, limit).await {
+                Ok(admission) => return Ok(admission),
+                Err(e) => e.retry(op, &mut tries)?,
+            }
+        }
+    }
+
+    async fn sweep_expired(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<ListedSession>, StoreError> {
         let op = "sweeping expired sessions";
         let now = to_db(now_ms)?;
-        let mut removed = 0;
-        while removed < limit {
-            let batch = (limit - removed).min(SWEEP_BATCH);
+        let mut removed = Vec::new();
+        while removed.len() < limit {
+            let batch = (limit - removed.len()).min(SWEEP_BATCH);
             let deleted = self
                 .sweep_batch(now, batch as i64)
                 .await
                 .map_err(|e| e.during(op))?;
-            removed += deleted;
-            if deleted < batch {
+            let short = deleted.len() < batch;
+            removed.extend(deleted);
+            if short {
                 break;
             }
         }

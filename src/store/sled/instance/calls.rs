@@ -9,7 +9,8 @@ use std::sync::atomic::Ordering;
 use tokio::sync::oneshot;
 
 use super::trees::{
-    decode, encode, handle_of_user_key, split_user_data_key, user_data_key, user_prefix,
+    decode, encode, handle_of_user_key, split_user_data_key, user_data_key, user_key, user_key_of,
+    user_prefix, user_tenant_prefix,
 };
 use super::{SledInstance, backend, write_key};
 use crate::store::Lineage;
@@ -17,8 +18,8 @@ use crate::store::sled::format::{StoredKey, StoredUserData};
 use crate::store::sled::record;
 use crate::store::sled::wal::TreeId;
 use crate::store::{
-    BoxFuture, Change, Exported, KeyRecord, KeySlot, ListedSession, SessionQuery, SessionRecord,
-    SessionsPage, StoreError, UserData, UserSession,
+    Admission, BoxFuture, Change, Exported, KeyRecord, KeySlot, ListedSession, SessionLimit,
+    SessionQuery, SessionRecord, SessionsPage, StoreError, UserData, UserQuery, UserSession,
 };
 
 /// The lock stripe key of the key ring as a whole: every key write takes it.
@@ -90,32 +91,112 @@ impl SledInstance {
         tenant_id: Option<&str>,
     ) -> Result<Vec<UserSession>, StoreError> {
         let mut out = Vec::new();
-        for key in self
+        self.scan_user(user_id, tenant_id, None, &mut |head| {
+            out.push(UserSession {
+                handle: head.handle.clone(),
+                tenant_id: head.tenant_id.clone(),
+                expires_at_ms: head.expires_at_ms,
+            });
+            true
+        })?;
+        Ok(out)
+    }
+
+    pub(crate) fn user_sessions_page(
+        &self,
+        query: &UserQuery<'_>,
+    ) -> Result<SessionsPage, StoreError> {
+        let mut page = SessionsPage::default();
+        self.scan_user(query.user_id, query.tenant_id, query.after, &mut |head| {
+            let listed = ListedSession::of(head);
+            listed.ends_at_ms() <= query.live_at_ms || page.offer(listed, query.limit)
+        })?;
+        Ok(page)
+    }
+
+    /// Hands `visit` the heads (no payload or data) of the sessions of
+    /// `user_id` (in `tenant_id`, or in every tenant) in index order, from
+    /// just after `after`, until it returns false. The record decides what
+    /// an entry means: an entry left by a crash in the middle of a write may
+    /// name no session, or (when two ids share a hash, or after an import
+    /// moved a handle) somebody else's, and is skipped.
+    fn scan_user(
+        &self,
+        user_id: &str,
+        tenant_id: Option<&str>,
+        after: Option<&crate::store::UserCursor>,
+        visit: &mut dyn FnMut(&SessionRecord) -> bool,
+    ) -> Result<(), StoreError> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let prefix: Vec<u8> = match tenant_id {
+            Some(t) => user_tenant_prefix(user_id, t).to_vec(),
+            None => user_prefix(user_id).to_vec(),
+        };
+        let start = match after {
+            Some(c) => Excluded(user_key_of(
+                user_id,
+                &c.tenant_id,
+                c.created_at_ms,
+                &c.handle,
+            )),
+            None => Included(prefix.clone()),
+        };
+        for entry in self
             .sessions
             .by_user
-            .scan_prefix(user_prefix(user_id))
-            .keys()
+            .range::<Vec<u8>, _>((start, Unbounded))
         {
-            let key = key.map_err(backend)?;
+            let (key, _) = entry.map_err(backend)?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
             let handle = handle_of_user_key(&key)
                 .ok_or_else(|| StoreError::Corrupt("user index key".into()))?;
-            // The record decides: an entry left by a crash in the middle of
-            // a write may name no session, or (after an import moved a
-            // handle to another user, or when two user ids share a hash)
-            // somebody else's session.
-            let Some(lineage) = self.sessions.lineage(handle)? else {
+            let Some(head) = self
+                .sessions
+                .read_with(handle, |bytes| record::decode_head(handle, bytes))?
+            else {
                 continue;
             };
-            if lineage.user_id != user_id || tenant_id.is_some_and(|t| t != lineage.tenant_id) {
+            if head.user_id != user_id || user_key(&head) != key.as_ref() {
                 continue;
             }
-            out.push(UserSession {
-                handle: handle.to_owned(),
-                tenant_id: lineage.tenant_id,
-                expires_at_ms: lineage.expires_at_ms,
-            });
+            if !visit(&head) {
+                break;
+            }
         }
-        Ok(out)
+        Ok(())
+    }
+
+    pub(crate) fn create_session_within(
+        &self,
+        record: &SessionRecord,
+        limit: &SessionLimit,
+    ) -> Result<Admission, StoreError> {
+        // Creates of one user and tenant under a limit take their turn
+        // here, before any write stripe: count, make room, create.
+        let _turn = self.limit_turn(&user_tenant_prefix(&record.user_id, &record.tenant_id));
+        let mut live = Vec::new();
+        self.scan_user(
+            &record.user_id,
+            Some(&record.tenant_id),
+            None,
+            &mut |head| {
+                if head.tenant_id == record.tenant_id && head.ends_at_ms() > limit.live_at_ms {
+                    live.push(ListedSession::of(head));
+                }
+                true
+            },
+        )?;
+        let Some(evicted) = limit.make_room(live) else {
+            return Ok(Admission::Refused);
+        };
+        if !evicted.is_empty() {
+            let handles: Vec<String> = evicted.iter().map(|s| s.handle.clone()).collect();
+            self.delete_sessions(&handles)?;
+        }
+        self.create_session(record)?;
+        Ok(Admission::Created { evicted })
     }
 
     pub(crate) fn list_sessions(
@@ -140,10 +221,15 @@ impl SledInstance {
         Ok(page)
     }
 
-    pub(crate) fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
+    pub(crate) fn sweep_expired(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<ListedSession>, StoreError> {
         use std::ops::Bound::{Excluded, Included, Unbounded};
+        let mut removed = Vec::new();
         if limit == 0 {
-            return Ok(0);
+            return Ok(removed);
         }
         // One pass over the user index, from where a call that met its limit
         // (or an error) stopped, round to where it started. Entries not yet
@@ -158,7 +244,6 @@ impl SledInstance {
                 (Unbounded, Excluded(k.clone())),
             ],
         };
-        let mut removed = 0;
         for range in legs {
             for entry in self.sessions.by_user.range::<sled::IVec, _>(range) {
                 let (key, value) = match entry {
@@ -169,10 +254,10 @@ impl SledInstance {
                     }
                 };
                 match self.sweep_one(&key, &value, now_ms) {
-                    Ok(false) => {}
-                    Ok(true) => {
-                        removed += 1;
-                        if removed == limit {
+                    Ok(None) => {}
+                    Ok(Some(gone)) => {
+                        removed.push(gone);
+                        if removed.len() == limit {
                             *from = Some(key);
                             return Ok(removed);
                         }
@@ -245,9 +330,9 @@ impl SledInstance {
             let (key, value) = item.map_err(backend)?;
             let handle = std::str::from_utf8(&key)
                 .map_err(|_| StoreError::Corrupt("session handle".into()))?;
-            visit(Exported::Session(
+            visit(Exported::Session(Box::new(
                 record::decode_session(handle, &value).map_err(StoreError::Corrupt)?,
-            ))?;
+            )))?;
         }
         for item in self.users.iter() {
             let (key, value) = item.map_err(backend)?;

@@ -1,7 +1,7 @@
 use serde_json::Map;
 
 use super::trees::{encode, push_lp, user_data_key, user_key, user_prefix};
-use super::upgrade::{OLD_EXPIRY_TREE, OLD_USER_TREE};
+use super::upgrade::{OLD_EXPIRY_TREE, OLD_USER_TREES};
 use super::*;
 use crate::store::{SessionRecord, UserData};
 
@@ -42,6 +42,9 @@ fn record(handle: &str, user: &str, expires_at_ms: u64) -> SessionRecord {
         },
         previous: None,
         rotated_at_ms: 1,
+        last_active_ms: 1,
+        timeouts: Default::default(),
+        device: Default::default(),
     }
 }
 
@@ -124,7 +127,7 @@ async fn a_log_left_by_a_crash_is_replayed_on_open() {
     assert_eq!(listed[0].expires_at_ms, 100);
     assert!(store.user_sessions("bob", None).unwrap().is_empty());
     // The user index follows the last image: nothing is due at 50.
-    assert_eq!(store.sweep_expired(50, 10).unwrap(), 0);
+    assert_eq!(store.sweep_expired(50, 10).unwrap().len(), 0);
     assert_eq!(store.user_data("public", "alice").unwrap(), Some(data));
     assert_eq!(
         store.secret("s", &mut || b"other".to_vec()).unwrap(),
@@ -132,7 +135,7 @@ async fn a_log_left_by_a_crash_is_replayed_on_open() {
     );
     // After a crash the count comes from a scan.
     assert_eq!(store.count_sessions().unwrap(), 1);
-    assert_eq!(store.sweep_expired(100, 10).unwrap(), 1);
+    assert_eq!(store.sweep_expired(100, 10).unwrap().len(), 1);
     assert_eq!(store.count_sessions().unwrap(), 0);
     // The replayed segments are gone once sled holds their writes.
     let left = std::fs::read_dir(dir.path().join("wal")).unwrap().count();
@@ -166,13 +169,13 @@ async fn dangling_index_entries_are_skipped_and_swept() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].handle, "live");
     assert_eq!(
-        store.sweep_expired(50, 10).unwrap(),
+        store.sweep_expired(50, 10).unwrap().len(),
         0,
         "nothing real was due"
     );
     assert!(trees.by_user.get(user_key(&ghost)).unwrap().is_none());
     assert!(trees.by_user.get(user_key(&stolen)).unwrap().is_some());
-    assert_eq!(store.sweep_expired(60, 10).unwrap(), 0);
+    assert_eq!(store.sweep_expired(60, 10).unwrap().len(), 0);
     assert!(trees.by_user.get(user_key(&stolen)).unwrap().is_none());
     assert!(store.session("live").unwrap().is_some());
     assert_eq!(store.user_sessions("alice", None).unwrap().len(), 1);
@@ -207,11 +210,11 @@ async fn a_later_expiry_keeps_the_entries_until_the_sweep_refiles() {
     set_expiry(&store, "s", 500);
     assert_eq!(filed_under(&store, &first), Some(100));
 
-    assert_eq!(store.sweep_expired(200, 10).unwrap(), 0);
+    assert_eq!(store.sweep_expired(200, 10).unwrap().len(), 0);
     assert_eq!(filed_under(&store, &first), Some(500));
     assert!(store.session("s").unwrap().is_some());
 
-    assert_eq!(store.sweep_expired(500, 10).unwrap(), 1);
+    assert_eq!(store.sweep_expired(500, 10).unwrap().len(), 1);
     assert!(store.sessions.by_user.is_empty());
 }
 
@@ -225,8 +228,8 @@ async fn an_earlier_expiry_moves_the_entries_at_once() {
     store.create_session(&first).unwrap();
     set_expiry(&store, "s", 100);
     assert_eq!(filed_under(&store, &first), Some(100));
-    assert_eq!(store.sweep_expired(99, 10).unwrap(), 0);
-    assert_eq!(store.sweep_expired(100, 10).unwrap(), 1);
+    assert_eq!(store.sweep_expired(99, 10).unwrap().len(), 0);
+    assert_eq!(store.sweep_expired(100, 10).unwrap().len(), 1);
     assert!(store.sessions.by_user.is_empty());
 }
 
@@ -242,7 +245,7 @@ async fn refiled_sessions_do_not_hide_expired_ones_from_the_sweep() {
     }
     // Filed at 10 like the extended ones, but sorted after them.
     store.create_session(&record("z", "u", 10)).unwrap();
-    assert_eq!(store.sweep_expired(50, 2).unwrap(), 1);
+    assert_eq!(store.sweep_expired(50, 2).unwrap().len(), 1);
     assert!(store.session("z").unwrap().is_none());
     assert_eq!(store.count_sessions().unwrap(), 5);
 }
@@ -267,25 +270,25 @@ async fn a_sweep_pass_continues_where_the_limit_stopped_it() {
     store.create_session(&record("live", &u[2], 100)).unwrap();
     let gone = |user: &str| store.session(user).unwrap().is_none();
 
-    assert_eq!(store.sweep_expired(50, 1).unwrap(), 1);
+    assert_eq!(store.sweep_expired(50, 1).unwrap().len(), 1);
     assert!(gone(&u[1]) && !gone(&u[2]));
     // Due, but before the point where the pass stands now: a call that
     // started from the beginning would take it first.
     store.create_session(&record(&u[0], &u[0], 20)).unwrap();
-    assert_eq!(store.sweep_expired(50, 1).unwrap(), 1);
+    assert_eq!(store.sweep_expired(50, 1).unwrap().len(), 1);
     assert!(gone(&u[2]) && !gone(&u[0]));
-    assert_eq!(store.sweep_expired(50, 1).unwrap(), 1);
+    assert_eq!(store.sweep_expired(50, 1).unwrap().len(), 1);
     assert!(gone(&u[3]) && !gone(&u[0]));
     // Round past the end to where the pass began.
-    assert_eq!(store.sweep_expired(50, 1).unwrap(), 1);
+    assert_eq!(store.sweep_expired(50, 1).unwrap().len(), 1);
     assert!(gone(&u[0]));
-    assert_eq!(store.sweep_expired(50, 1).unwrap(), 0);
+    assert_eq!(store.sweep_expired(50, 1).unwrap().len(), 0);
     assert_eq!(store.count_sessions().unwrap(), 1);
     assert!(store.session("live").unwrap().is_some());
 
     // A pass that ran to its end begins at the start again.
     store.create_session(&record(&u[0], &u[0], 60)).unwrap();
-    assert_eq!(store.sweep_expired(70, 10).unwrap(), 1);
+    assert_eq!(store.sweep_expired(70, 10).unwrap().len(), 1);
     assert_eq!(store.count_sessions().unwrap(), 1);
 }
 
@@ -304,9 +307,9 @@ async fn a_damaged_record_does_not_stop_the_sweep() {
         .records
         .insert(u[0].as_bytes(), &[9, 9])
         .unwrap();
-    assert_eq!(store.sweep_expired(50, 10).unwrap(), 2);
+    assert_eq!(store.sweep_expired(50, 10).unwrap().len(), 2);
     store.create_session(&record("late", &u[1], 20)).unwrap();
-    assert_eq!(store.sweep_expired(50, 10).unwrap(), 1);
+    assert_eq!(store.sweep_expired(50, 10).unwrap().len(), 1);
     assert!(store.session("late").unwrap().is_none());
 }
 
@@ -322,7 +325,7 @@ async fn an_expired_session_with_damaged_data_is_swept() {
     *bytes.last_mut().unwrap() = b'!';
     store.sessions.records.insert("s", bytes).unwrap();
     assert!(matches!(store.session("s"), Err(StoreError::Corrupt(_))));
-    assert_eq!(store.sweep_expired(50, 10).unwrap(), 1);
+    assert_eq!(store.sweep_expired(50, 10).unwrap().len(), 1);
     assert_eq!(store.session("s").unwrap(), None);
     assert_eq!(store.count_sessions().unwrap(), 0);
     assert!(store.sessions.by_user.is_empty());
@@ -341,13 +344,14 @@ async fn a_create_over_a_handle_keeps_the_earlier_filed_time() {
     assert_eq!(filed_under(&store, &first), Some(100));
     store.create_session(&record("s", "alice", 50)).unwrap();
     assert_eq!(filed_under(&store, &first), Some(50));
-    assert_eq!(store.sweep_expired(60, 10).unwrap(), 1);
+    assert_eq!(store.sweep_expired(60, 10).unwrap().len(), 1);
 }
 
-/// A tenant is not part of the index key: moving a session to another
-/// tenant of the same user rewrites the record alone.
+/// The tenant is part of the index key (a tenant's sessions are one key
+/// range): should a write move a session to another tenant, its entry
+/// moves with it.
 #[tokio::test]
-async fn a_tenant_change_keeps_the_entry() {
+async fn a_tenant_change_moves_the_entry() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), 8 << 20, None).unwrap();
     let first = record("s", "alice", 100);
@@ -360,7 +364,10 @@ async fn a_tenant_change_keeps_the_entry() {
             Change::Put(Box::new(r))
         })
         .unwrap();
-    assert_eq!(filed_under(&store, &first), Some(100));
+    assert_eq!(filed_under(&store, &first), None);
+    let mut moved = first.clone();
+    moved.tenant_id = "acme".into();
+    assert_eq!(filed_under(&store, &moved), Some(500));
     let listed = store.user_sessions("alice", Some("acme")).unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].expires_at_ms, 500);
@@ -373,8 +380,8 @@ async fn a_tenant_change_keeps_the_entry() {
 }
 
 /// A data directory of an earlier version (an expiry index, a user index
-/// keyed by the user id itself, perhaps a copy cut short) opens with its
-/// indexes upgraded.
+/// keyed by the user id itself, one keyed by its hash and the handle,
+/// perhaps a build cut short) opens with its index built from the records.
 #[tokio::test]
 async fn an_older_data_directory_is_upgraded_on_open() {
     let dir = tempfile::tempdir().unwrap();
@@ -390,7 +397,8 @@ async fn an_older_data_directory_is_upgraded_on_open() {
     }
     store.durable().await.unwrap();
     // Rewrite the index as earlier versions kept it.
-    let old = store.db.open_tree(OLD_USER_TREE).unwrap();
+    let old = store.db.open_tree(OLD_USER_TREES[0]).unwrap();
+    let hashed = store.db.open_tree(OLD_USER_TREES[1]).unwrap();
     for item in store.sessions.by_user.iter() {
         let (key, filed) = item.unwrap();
         let handle = handle_of_user_key(&key).unwrap();
@@ -399,7 +407,10 @@ async fn an_older_data_directory_is_upgraded_on_open() {
         push_lp(&mut old_key, &r.user_id);
         push_lp(&mut old_key, &r.tenant_id);
         old_key.extend_from_slice(handle.as_bytes());
-        old.insert(old_key, filed).unwrap();
+        old.insert(old_key, filed.clone()).unwrap();
+        let mut hashed_key = user_prefix(&r.user_id).to_vec();
+        hashed_key.extend_from_slice(handle.as_bytes());
+        hashed.insert(hashed_key, filed).unwrap();
     }
     old.insert(b"not a key", &[]).unwrap();
     store.sessions.by_user.clear().unwrap();
@@ -413,12 +424,14 @@ async fn an_older_data_directory_is_upgraded_on_open() {
     let expiry = store.db.open_tree(OLD_EXPIRY_TREE).unwrap();
     expiry.insert(100u64.to_be_bytes(), &[]).unwrap();
     store.db.flush().unwrap();
-    drop((old, expiry, store));
+    drop((old, hashed, expiry, store));
 
     let store = reopen(dir.path());
     let names = store.db.tree_names();
     assert!(!names.iter().any(|n| n == OLD_EXPIRY_TREE.as_bytes()));
-    assert!(!names.iter().any(|n| n == OLD_USER_TREE.as_bytes()));
+    for old in OLD_USER_TREES {
+        assert!(!names.iter().any(|n| n == old.as_bytes()));
+    }
     assert_eq!(store.sessions.by_user.len(), 3);
     let mut alice: Vec<_> = store
         .user_sessions("alice", None)
@@ -433,7 +446,7 @@ async fn an_older_data_directory_is_upgraded_on_open() {
     );
     let acme = store.user_sessions("alice", Some("acme")).unwrap();
     assert_eq!(acme.len(), 1);
-    assert_eq!(store.sweep_expired(100, 10).unwrap(), 1);
+    assert_eq!(store.sweep_expired(100, 10).unwrap().len(), 1);
     assert!(store.session("s").unwrap().is_none());
     assert_eq!(store.user_sessions("bob", None).unwrap()[0].handle, "b");
 }

@@ -11,7 +11,7 @@ use sled::Tree;
 use super::backend;
 use crate::store::Lineage;
 use crate::store::sled::record;
-use crate::store::{Change, SessionRecord, StoreError};
+use crate::store::{Change, ListedSession, SessionRecord, StoreError};
 
 pub(super) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     let mut out = vec![record::V1];
@@ -33,28 +33,54 @@ pub(super) fn push_lp(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// Where a user's sessions are in the user index.
-pub(super) fn user_prefix(user_id: &str) -> [u8; 8] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, user_id.as_bytes());
+fn hash8(text: &str) -> [u8; 8] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
     digest.as_ref()[..8]
         .try_into()
         .expect("a SHA-256 has 8 bytes")
 }
 
-pub(super) fn user_key(r: &SessionRecord) -> Vec<u8> {
-    user_key_of(&r.user_id, &r.handle)
+/// Where a user's sessions are in the user index.
+pub(super) fn user_prefix(user_id: &str) -> [u8; 8] {
+    hash8(user_id)
 }
 
-pub(super) fn user_key_of(user_id: &str, handle: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8 + handle.len());
-    k.extend_from_slice(&user_prefix(user_id));
+/// Where a user's sessions in one tenant are in the user index.
+pub(super) fn user_tenant_prefix(user_id: &str, tenant_id: &str) -> [u8; 16] {
+    let mut k = [0; 16];
+    k[..8].copy_from_slice(&hash8(user_id));
+    k[8..].copy_from_slice(&hash8(tenant_id));
+    k
+}
+
+/// Bytes of a user index key before the handle.
+const BEFORE_HANDLE: usize = 24;
+
+/// A session's user index key: its user's and tenant's hashes, its
+/// creation time inverted (so that a scan meets the newest first), then
+/// its handle. None of these ever changes for a session.
+pub(super) fn user_key(r: &SessionRecord) -> Vec<u8> {
+    user_key_of(&r.user_id, &r.tenant_id, r.created_at_ms, &r.handle)
+}
+
+/// The user index key of the session `handle` of `user_id` in `tenant_id`,
+/// created at `created_at_ms`.
+pub(super) fn user_key_of(
+    user_id: &str,
+    tenant_id: &str,
+    created_at_ms: u64,
+    handle: &str,
+) -> Vec<u8> {
+    let mut k = Vec::with_capacity(BEFORE_HANDLE + handle.len());
+    k.extend_from_slice(&user_tenant_prefix(user_id, tenant_id));
+    k.extend_from_slice(&(!created_at_ms).to_be_bytes());
     k.extend_from_slice(handle.as_bytes());
     k
 }
 
 /// The handle in a user index key.
 pub(super) fn handle_of_user_key(key: &[u8]) -> Option<&str> {
-    std::str::from_utf8(key.get(8..)?).ok()
+    std::str::from_utf8(key.get(BEFORE_HANDLE..)?).ok()
 }
 
 pub(super) fn user_data_key(tenant_id: &str, user_id: &str) -> Vec<u8> {
@@ -142,18 +168,19 @@ impl SessionTrees {
     /// replaced comes back from the insert and its user entry is fixed.
     pub(super) fn create(&self, new: &SessionRecord, bytes: &[u8]) -> Result<(), StoreError> {
         // An entry already there may index the record this insert replaces:
-        // it keeps the earlier time, which is at or before both expiries,
+        // it keeps the earlier time, which is at or before both ends,
         // should a crash keep the entry and lose the record.
         let key = user_key(new);
-        let filed = new.expires_at_ms.to_be_bytes();
+        let ends = new.ends_at_ms();
+        let filed = ends.to_be_bytes();
         let added = self
             .by_user
             .compare_and_swap(&key, None as Option<&[u8]>, Some(&filed[..]))
             .map_err(backend)?;
         if let Err(present) = added {
             let earlier = present.current.as_deref().and_then(filed_at);
-            if earlier.is_none_or(|t| t > new.expires_at_ms) {
-                self.file(&key, new.expires_at_ms)?;
+            if earlier.is_none_or(|t| t > ends) {
+                self.file(&key, ends)?;
             }
         }
         let replaced = self.records.insert(&new.handle, bytes).map_err(backend)?;
@@ -178,15 +205,15 @@ impl SessionTrees {
         Ok(())
     }
 
-    /// Files `new` in the user index under its expiry.
+    /// Files `new` in the user index under its end.
     pub(super) fn add_entry(&self, new: &SessionRecord) -> Result<(), StoreError> {
-        self.file(&user_key(new), new.expires_at_ms)
+        self.file(&user_key(new), new.ends_at_ms())
     }
 
-    /// Sets the user entry `key`'s filed expiry.
-    pub(super) fn file(&self, key: &[u8], expires_at_ms: u64) -> Result<(), StoreError> {
+    /// Sets the user entry `key`'s filed end.
+    pub(super) fn file(&self, key: &[u8], ends_at_ms: u64) -> Result<(), StoreError> {
         self.by_user
-            .insert(key, &expires_at_ms.to_be_bytes())
+            .insert(key, &ends_at_ms.to_be_bytes())
             .map_err(backend)?;
         Ok(())
     }
@@ -205,32 +232,32 @@ impl SessionTrees {
     }
 
     /// Deals with the user entry `key` (of session `handle`), which has come
-    /// due by `now_ms`: the session is removed if it expired, filed again
-    /// under its expiry if it was filed early, and the entry dropped if it
+    /// due by `now_ms`: the session is removed if it ended, filed again
+    /// under its end if it was filed early, and the entry dropped if it
     /// names no session of its user (a crash between an entry's write and
     /// its record's, or an import that moved the handle). The caller holds
-    /// the session's lock stripe and logs a removal: returns true when the
-    /// session was removed.
+    /// the session's lock stripe and logs a removal: returns the session
+    /// when it was removed.
     pub(super) fn sweep_entry(
         &self,
         key: &[u8],
         handle: &str,
         now_ms: u64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<ListedSession>, StoreError> {
         // The record's fixed part says all the sweep needs: no JSON is parsed.
-        match self.lineage(handle)? {
-            Some(l) if user_key_of(&l.user_id, handle) == key => {
-                if l.expires_at_ms <= now_ms {
+        match self.read_with(handle, |bytes| record::decode_head(handle, bytes))? {
+            Some(head) if user_key(&head) == key => {
+                if head.ends_at_ms() <= now_ms {
                     self.remove(handle, Some(key))?;
-                    return Ok(true);
+                    return Ok(Some(ListedSession::of(&head)));
                 }
-                self.file(key, l.expires_at_ms)?;
+                self.file(key, head.ends_at_ms())?;
             }
             _ => {
                 self.by_user.remove(key).map_err(backend)?;
             }
         }
-        Ok(false)
+        Ok(None)
     }
 
     /// Reads a session and applies `decide`'s change to it. The caller holds
@@ -262,10 +289,13 @@ impl SessionTrees {
 }
 
 /// True when the entry that indexes `old` still indexes `new`: the same
-/// user (the tenant is not in the key), and an expiry no earlier (so the
-/// time `old` was filed under is still at or before it).
+/// key, and an end no earlier (so the time `old` was filed under is still
+/// at or before it).
 pub(super) fn still_filed(old: &SessionRecord, new: &SessionRecord) -> bool {
-    old.user_id == new.user_id && new.expires_at_ms >= old.expires_at_ms
+    old.user_id == new.user_id
+        && old.tenant_id == new.tenant_id
+        && old.created_at_ms == new.created_at_ms
+        && new.ends_at_ms() >= old.ends_at_ms()
 }
 
 /// The filed expiry a user index value holds.
