@@ -4,11 +4,19 @@
 //   SERVER_URL    sessiond, such as http://127.0.0.1:SERVERPORT (another origin)
 //   ACCESS_TOKEN  an access token of user "browser-user" (ann@example.com)
 //   SECRET        a value seeded in that user's private bucket
+//   GRPC_ADDR     sessiond's address for grpcurl (the backend's view)
+//   PAGE_HANDLE   the session handle of ACCESS_TOKEN
+//   LAPTOP_HANDLE, PHONE_HANDLE  two more sessions of "browser-user", with
+//                 devices labelled "Laptop" and "Phone"
+//   OTHER_USER_HANDLE  a session of another user in the same tenant
 //   OTHER_PAGE_URL (optional) the same page from an origin sessiond does not
 //                 allow, such as http://localhost:PAGEPORT/
 //   SCREENSHOT    (optional) where to save a PNG of the page at the end
 // Prints one line per check; exits non-zero on the first failure.
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { promisify } from "node:util";
 import { chromium } from "playwright-core";
 
 const env = (name) => {
@@ -20,6 +28,11 @@ const pageUrl = env("PAGE_URL");
 const serverUrl = env("SERVER_URL").replace(/\/+$/, "");
 const token = env("ACCESS_TOKEN");
 const secret = env("SECRET");
+const grpcAddr = env("GRPC_ADDR");
+const pageHandle = env("PAGE_HANDLE");
+const laptopHandle = env("LAPTOP_HANDLE");
+const phoneHandle = env("PHONE_HANDLE");
+const otherUserHandle = env("OTHER_USER_HANDLE");
 const otherPageUrl = process.env.OTHER_PAGE_URL;
 const screenshot = process.env.SCREENSHOT;
 
@@ -28,6 +41,27 @@ setTimeout(() => {
   console.error("FAIL: check.mjs took longer than 90 s");
   process.exit(2);
 }, 90_000).unref();
+
+// One call as the backend (plaintext gRPC, no CORS, no bearer token): the
+// gRPC code (0 for OK) and the answer, or with -format-error the status.
+async function grpcurl(method, body) {
+  const args = ["-plaintext", "-format-error", "-max-time", "10", "-d", JSON.stringify(body)];
+  try {
+    const { stdout } = await promisify(execFile)("grpcurl", [...args, grpcAddr, method], {
+      timeout: 15_000,
+    });
+    return { code: 0, body: JSON.parse(stdout) };
+  } catch (err) {
+    // grpcurl exits with 64 + the gRPC code, the status as JSON on stderr.
+    if (typeof err.code === "number" && err.code > 64) {
+      const status = JSON.parse(err.stderr);
+      assert.equal(status.code, err.code - 64, err.stderr);
+      return { code: status.code, body: status };
+    }
+    throw err;
+  }
+}
+const NOT_FOUND = 5;
 
 let passed = 0;
 async function check(name, fn) {
@@ -83,11 +117,11 @@ async function openPage(context, url) {
   return page;
 }
 
-// Clicks a button and waits for the page to finish that call: #status's
-// data-seq counts finished calls.
+// Clicks a button (by id, or any selector) and waits for the page to finish
+// that call: #status's data-seq counts finished calls.
 async function act(page, button) {
   const before = Number(await page.getAttribute("#status", "data-seq"));
-  await page.click(`#${button}`);
+  await page.click(/^[\w-]+$/.test(button) ? `#${button}` : button);
   await page.waitForFunction(
     (n) => Number(document.getElementById("status").dataset.seq) > n,
     before,
@@ -100,6 +134,27 @@ async function act(page, button) {
 
 const text = async (page, selector) => ((await page.textContent(selector)) ?? "").trim();
 const json = async (page, selector) => JSON.parse(await text(page, selector));
+
+// The rows of #devices as the page shows them.
+const devices = (page) =>
+  page.$$eval("#devices li[data-handle]", (rows) =>
+    rows.map((li) => {
+      const field = (name) => li.querySelector(`[data-field="${name}"]`);
+      return {
+        handle: li.dataset.handle,
+        current: li.dataset.current === "true",
+        label: li.querySelector(".device-label")?.textContent ?? "",
+        text: li.innerText,
+        userAgent: field("user-agent")?.textContent ?? "",
+        ipAddress: field("ip-address")?.textContent ?? "",
+        created: field("created")?.querySelector("time")?.dateTime ?? "",
+        lastActive: field("last-active")?.textContent ?? "",
+        signOut: li.querySelector('button[data-action="sign-out"]') !== null,
+      };
+    }),
+  );
+const row = (handle) => `#devices li[data-handle="${handle}"]`;
+const handles = (rows) => rows.map((r) => r.handle).sort();
 
 let page;
 let failure;
@@ -178,6 +233,96 @@ try {
     assert.match(r.text, /UNAUTHENTICATED \(16\)/);
     console.log(`   #status: ${r.text}`);
     await page.fill("#token", token);
+  });
+
+  await check("list devices: this user's 3 sessions, this one marked current", async () => {
+    const r = await act(page, "list-devices");
+    assert.equal(r.state, "ok", r.text);
+    const rows = await devices(page);
+    assert.deepEqual(handles(rows), [pageHandle, laptopHandle, phoneHandle].sort());
+    assert.deepEqual(
+      rows.filter((d) => d.current).map((d) => d.handle),
+      [pageHandle],
+    );
+    const byHandle = Object.fromEntries(rows.map((d) => [d.handle, d]));
+    assert.equal(byHandle[pageHandle].label, "This browser");
+    assert.match(byHandle[pageHandle].text, /\(this device\)/);
+    assert.equal(byHandle[laptopHandle].label, "Laptop");
+    assert.equal(byHandle[laptopHandle].ipAddress, "203.0.113.7");
+    assert.match(byHandle[laptopHandle].userAgent, /Firefox/);
+    assert.equal(byHandle[phoneHandle].label, "Phone");
+    assert.equal(byHandle[phoneHandle].ipAddress, "2001:db8::17");
+    for (const d of rows) {
+      assert.equal(d.signOut, !d.current, `sign-out button on ${d.label}`);
+      assert.ok(
+        Math.abs(Date.parse(d.created) - Date.now()) < 10 * 60_000,
+        `${d.label} created at "${d.created}"`,
+      );
+      assert.ok(await page.locator(`${row(d.handle)} .device-label`).isVisible(), d.label);
+    }
+    assert.equal(await text(page, "#devices-result"), "3 sessions.");
+    console.log(`   ${rows.map((d) => `${d.label}${d.current ? " (current)" : ""}`).join(", ")}`);
+    console.log(`   last active: ${rows.map((d) => d.lastActive).join(", ")}`);
+  });
+
+  await check("sign out the Laptop: 2 left, and the backend no longer finds it", async () => {
+    const r = await act(page, `${row(laptopHandle)} button[data-action="sign-out"]`);
+    assert.equal(r.state, "ok", r.text);
+    assert.deepEqual(handles(await devices(page)), [pageHandle, phoneHandle].sort());
+    assert.equal(await text(page, "#devices-result"), "Signed out Laptop. 2 sessions.");
+    const info = await grpcurl("sessiond.v1.SessionService/GetSessionInformation", {
+      sessionHandle: laptopHandle,
+    });
+    assert.equal(info.code, NOT_FOUND, JSON.stringify(info.body));
+  });
+
+  await check("sign out another user's session: PERMISSION_DENIED (7), nothing revoked", async () => {
+    await page.fill("#revoke-handle", otherUserHandle);
+    const r = await act(page, "revoke-by-handle");
+    assert.equal(r.state, "error", r.text);
+    assert.match(r.text, /PERMISSION_DENIED \(7\)/);
+    const shown = await text(page, "#devices-error");
+    assert.match(shown, /^PERMISSION_DENIED \(7\): \S/, shown);
+    console.log(`   #devices-error: ${shown}`);
+    const info = await grpcurl("sessiond.v1.SessionService/GetSessionInformation", {
+      sessionHandle: otherUserHandle,
+    });
+    assert.equal(info.code, 0, JSON.stringify(info.body));
+    assert.equal(info.body.userId, "other-user");
+    assert.equal((await devices(page)).length, 2);
+  });
+
+  await check("sign out a handle that does not exist: PERMISSION_DENIED (7) too", async () => {
+    await page.fill("#revoke-handle", randomUUID());
+    const r = await act(page, "revoke-by-handle");
+    assert.equal(r.state, "error", r.text);
+    assert.match(await text(page, "#devices-error"), /^PERMISSION_DENIED \(7\): \S/);
+    await page.fill("#revoke-handle", "");
+  });
+
+  await check("sign out everywhere else: only this device is left, and it still works", async () => {
+    const r = await act(page, "revoke-others");
+    assert.equal(r.state, "ok", r.text);
+    const rows = await devices(page);
+    assert.deepEqual(
+      rows.map((d) => [d.handle, d.current]),
+      [[pageHandle, true]],
+    );
+    assert.equal(await text(page, "#devices-result"), "Signed out 1 other session. 1 session.");
+    const phone = await grpcurl("sessiond.v1.SessionService/GetSessionInformation", {
+      sessionHandle: phoneHandle,
+    });
+    assert.equal(phone.code, NOT_FOUND, JSON.stringify(phone.body));
+    const other = await grpcurl("sessiond.v1.SessionService/GetSessionInformation", {
+      sessionHandle: otherUserHandle,
+    });
+    assert.equal(other.code, 0, `another user's session: ${JSON.stringify(other.body)}`);
+    const mine = await grpcurl("sessiond.v1.SessionService/GetSession", {
+      accessToken: token,
+      checkDatabase: true,
+    });
+    assert.equal(mine.code, 0, JSON.stringify(mine.body));
+    assert.equal(mine.body.session.sessionHandle, pageHandle);
   });
 
   await check("the private bucket's secret never reaches the page", async () => {

@@ -3,7 +3,9 @@
 # (Connect-ES over gRPC-Web), serves it from one origin, starts sessiond on
 # another with --cors-origin for the page, and drives the page in Debian's
 # Chromium (playwright-core, tests/browser/check.mjs): read, merge twice and
-# re-read the public bucket, and see the private bucket refused.
+# re-read the public bucket, see the private bucket refused, then list the
+# user's devices, sign one out, be refused another user's session, and sign
+# out everywhere else, with grpcurl confirming each step on the backend.
 # Needs: node + npm, grpcurl, python3, and /usr/bin/chromium
 # (apt-get install -y chromium). Never downloads a browser.
 # Usage: tests/browser/run.sh path/to/sessiond
@@ -72,10 +74,27 @@ addr=$(wait_for "$work/server.log" 's/.*listening on \([0-9.:]*\).*/\1/p' "$serv
   fail "sessiond never became ready"
 echo "server at $addr"
 
-echo "== grpcurl (backend): a session, and a secret in the private bucket"
-created=$(grpcurl -plaintext -d '{"userId": "browser-user", "userIdentifier": "ann@example.com"}' \
+echo "== grpcurl (backend): the page's session, two more devices, another user, and a secret"
+# new_session USER DEVICE_JSON: prints the handle of a new session of USER.
+new_session() {
+  local out
+  out=$(grpcurl -plaintext -d "{\"userId\": \"$1\", \"device\": $2}" \
+    "$addr" sessiond.v1.SessionService/CreateNewSession) || return 1
+  json 'd["session"]["sessionHandle"]' <<<"$out"
+}
+created=$(grpcurl -plaintext -d '{"userId": "browser-user", "userIdentifier": "ann@example.com",
+    "device": {"label": "This browser", "userAgent": "Chromium (tests/browser)", "ipAddress": "127.0.0.1"}}' \
   "$addr" sessiond.v1.SessionService/CreateNewSession) || fail "CreateNewSession"
 token=$(json 'd["accessToken"]["token"]' <<<"$created")
+page_handle=$(json 'd["session"]["sessionHandle"]' <<<"$created")
+laptop_handle=$(new_session browser-user '{"label": "Laptop", "ipAddress": "203.0.113.7",
+  "userAgent": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"}') ||
+  fail "CreateNewSession (Laptop)"
+phone_handle=$(new_session browser-user '{"label": "Phone", "ipAddress": "2001:db8::17",
+  "userAgent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) Mobile/15E148 Safari/604.1"}') ||
+  fail "CreateNewSession (Phone)"
+other_user_handle=$(new_session other-user '{"label": "Not yours", "ipAddress": "198.51.100.23"}') ||
+  fail "CreateNewSession (another user)"
 secret="private-secret-$RANDOM$RANDOM"
 grpcurl -plaintext -d "{\"bucket\": \"BUCKET_PRIVATE\", \"userId\": \"browser-user\", \"data\": {\"secret\": \"$secret\"}}" \
   "$addr" sessiond.v1.UserSessionService/UpdateUserSession >/dev/null || fail "seeding the private bucket"
@@ -86,6 +105,11 @@ PAGE_URL="$page_origin/" \
   SERVER_URL="http://$addr" \
   ACCESS_TOKEN="$token" \
   SECRET="$secret" \
+  GRPC_ADDR="$addr" \
+  PAGE_HANDLE="$page_handle" \
+  LAPTOP_HANDLE="$laptop_handle" \
+  PHONE_HANDLE="$phone_handle" \
+  OTHER_USER_HANDLE="$other_user_handle" \
   SCREENSHOT="${BROWSER_SCREENSHOT:-}" \
   node "$here/check.mjs" || fail "the browser checks failed"
 

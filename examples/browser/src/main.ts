@@ -3,6 +3,8 @@
 import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
+import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
+import type { SessionSummary } from "./gen/sessiond/v1/session_pb";
 import { Bucket, UserSessionService } from "./gen/sessiond/v1/user_session_pb";
 
 function byId<T extends HTMLElement = HTMLElement>(id: string): T {
@@ -19,6 +21,10 @@ const userOut = byId("user");
 const privateOut = byId("private");
 const privateError = byId("private-error");
 const status = byId("status");
+const devicesList = byId<HTMLUListElement>("devices");
+const devicesResult = byId("devices-result");
+const devicesError = byId("devices-error");
+const revokeHandleInput = byId<HTMLInputElement>("revoke-handle");
 
 // ?server=...&token=... prefill the fields; the token is then dropped from the
 // address bar so that it does not stay in the history.
@@ -117,5 +123,153 @@ byId("read-private").addEventListener("click", () =>
       privateError.textContent = describe(err);
       throw err;
     }
+  }),
+);
+
+// "Your devices": the caller's own sessions (ListMySessions), signing out one
+// of them (RevokeMySession) or all but this one (RevokeMyOtherSessions). The
+// server decides which sessions are the caller's from the access token alone.
+
+// Stops paging after this many pages, so that a server that keeps answering
+// with a next_page_token cannot keep the page busy forever.
+const maxDevicePages = 20;
+
+// Runs a devices call through run(), with its outcome in #devices-result and
+// its refusal, if any, in #devices-error.
+function devicesCall(name: string, action: () => Promise<void>): Promise<void> {
+  return run(name, async () => {
+    devicesResult.textContent = "";
+    devicesError.textContent = "";
+    try {
+      await action();
+    } catch (err) {
+      devicesError.textContent = err instanceof ConnectError ? describe(err) : String(err);
+      throw err;
+    }
+  });
+}
+
+function deviceName(s: SessionSummary): string {
+  return s.device?.label || s.device?.userAgent || "Unnamed device";
+}
+
+function timeElement(ts: Timestamp | undefined): HTMLElement {
+  if (!ts) {
+    const unknown = document.createElement("span");
+    unknown.textContent = "unknown";
+    return unknown;
+  }
+  const date = timestampDate(ts);
+  const time = document.createElement("time");
+  time.dateTime = date.toISOString();
+  time.textContent = date.toLocaleString();
+  return time;
+}
+
+// One <li> per session. Labels and user agents come from whoever created the
+// session, so they only ever go in as text, never as HTML.
+function deviceRow(s: SessionSummary): HTMLLIElement {
+  const li = document.createElement("li");
+  li.dataset.handle = s.sessionHandle;
+  li.dataset.current = String(s.current);
+  if (s.current) li.setAttribute("aria-current", "true");
+
+  const name = document.createElement("strong");
+  name.className = "device-label";
+  name.textContent = deviceName(s);
+  li.append(name);
+  if (s.current) {
+    const mark = document.createElement("span");
+    mark.className = "this-device";
+    mark.textContent = " (this device)";
+    li.append(mark);
+  }
+
+  const details = document.createElement("dl");
+  const field = (key: string, term: string, value: string | HTMLElement) => {
+    const dt = document.createElement("dt");
+    dt.textContent = term;
+    const dd = document.createElement("dd");
+    dd.dataset.field = key;
+    dd.append(value);
+    details.append(dt, dd);
+  };
+  field("user-agent", "User agent", s.device?.userAgent || "unknown");
+  field("ip-address", "IP address", s.device?.ipAddress || "unknown");
+  field("created", "Signed in", timeElement(s.timeCreated));
+  field("last-active", "Last active", timeElement(s.lastActiveTime));
+  li.append(details);
+
+  if (!s.current) {
+    const signOut = document.createElement("button");
+    signOut.type = "button";
+    signOut.dataset.action = "sign-out";
+    signOut.textContent = "Sign out";
+    signOut.setAttribute("aria-label", `Sign out ${deviceName(s)}`);
+    li.append(signOut);
+  }
+  return li;
+}
+
+// Lists the caller's sessions in #devices; returns how many, for #devices-result.
+async function refreshDevices(): Promise<string> {
+  const sessions: SessionSummary[] = [];
+  let pageToken = "";
+  let pages = 0;
+  do {
+    const res = await client().listMySessions({ pageToken }, callOptions());
+    sessions.push(...res.sessions);
+    pageToken = res.nextPageToken;
+    pages += 1;
+  } while (pageToken && pages < maxDevicePages);
+  devicesList.replaceChildren(...sessions.map(deviceRow));
+  const count = `${sessions.length} session${sessions.length === 1 ? "" : "s"}`;
+  return pageToken ? `${count} shown; there are more.` : `${count}.`;
+}
+
+// Says what a call did, then lists the sessions again and adds their count.
+async function reportAndRefresh(outcome: string): Promise<void> {
+  devicesResult.textContent = outcome;
+  devicesResult.textContent = `${outcome} ${await refreshDevices()}`;
+}
+
+// Signs out one session, then lists the sessions again.
+async function revokeDevice(handle: string, name: string): Promise<void> {
+  const res = await client().revokeMySession({ sessionHandle: handle }, callOptions());
+  await reportAndRefresh(res.revoked ? `Signed out ${name}.` : `${name} was already signed out.`);
+}
+
+byId("list-devices").addEventListener("click", () =>
+  devicesCall("list devices", async () => {
+    devicesResult.textContent = await refreshDevices();
+  }),
+);
+
+devicesList.addEventListener("click", (event) => {
+  const target = event.target;
+  if (!(target instanceof HTMLButtonElement) || target.dataset.action !== "sign-out") return;
+  const row = target.closest("li");
+  const handle = row?.dataset.handle;
+  if (!row || !handle) return;
+  const name = row.querySelector(".device-label")?.textContent ?? handle;
+  target.disabled = true;
+  void devicesCall("sign out device", () => revokeDevice(handle, name)).finally(() => {
+    target.disabled = false;
+  });
+});
+
+byId("revoke-by-handle").addEventListener("click", () =>
+  devicesCall("sign out session by handle", async () => {
+    const handle = revokeHandleInput.value.trim();
+    if (!handle) throw new Error("enter a session handle");
+    await revokeDevice(handle, `session ${handle}`);
+  }),
+);
+
+byId("revoke-others").addEventListener("click", () =>
+  devicesCall("sign out everywhere else", async () => {
+    const res = await client().revokeMyOtherSessions({}, callOptions());
+    const n = res.sessionHandlesRevoked.length;
+    await reportAndRefresh(`Signed out ${n} other session${n === 1 ? "" : "s"}.`);
   }),
 );
