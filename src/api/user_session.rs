@@ -195,15 +195,7 @@ impl UserSessionApi {
             return named(true);
         }
         if let Some(token) = token {
-            let verified = self
-                .sessions
-                .verify(Verify {
-                    access_token: token,
-                    check_database: true,
-                    ..Default::default()
-                })
-                .await?;
-            let session = &verified.claims;
+            let session = &self.verified(token).await?;
             if (!user_id.is_empty() && user_id != session.user_id)
                 || (!tenant_id.is_empty() && tenant_id != session.tenant_id)
             {
@@ -242,6 +234,23 @@ impl UserSessionApi {
             HashMap::new(),
             None,
         ))
+    }
+
+    /// The claims of an end user's access token, checked against the
+    /// store (a revoked session's token is refused).
+    async fn verified(
+        &self,
+        token: String,
+    ) -> Result<Arc<crate::token::access::AccessClaims>, Status> {
+        let verified = self
+            .sessions
+            .verify(Verify {
+                access_token: token,
+                check_database: true,
+                ..Default::default()
+            })
+            .await?;
+        Ok(verified.claims)
     }
 
     /// Whether the caller may reach `bucket` (a read naming none reaches
@@ -417,15 +426,7 @@ impl UserSessionApi {
                 None,
             ));
         };
-        let verified = self
-            .sessions
-            .verify(Verify {
-                access_token: token,
-                check_database: true,
-                ..Default::default()
-            })
-            .await?;
-        let claims = &verified.claims;
+        let claims = self.verified(token).await?;
         super::record_tenant(&claims.tenant_id);
         Ok(Me {
             user_id: UserId::parse("user_id", claims.user_id.clone())?,

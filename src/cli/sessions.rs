@@ -244,6 +244,20 @@ impl SessionTable {
         }
     }
 
+    /// The token of the page to fetch next, if any: none when the server
+    /// set none (it does only when more sessions follow), or when the
+    /// limit is reached (more then exist).
+    pub(super) fn next_page(&mut self, token: String) -> Option<String> {
+        if token.is_empty() {
+            return None;
+        }
+        if self.room() == 0 {
+            self.more = true;
+            return None;
+        }
+        Some(token)
+    }
+
     /// Says on stderr when sessions were left out.
     pub(super) fn finish(self) {
         if self.more {
@@ -311,14 +325,10 @@ pub(super) async fn list_user_sessions(
                 device: info.device.as_ref(),
             });
         }
-        if page.next_page_token.is_empty() {
-            return Ok(());
+        match out.next_page(page.next_page_token) {
+            Some(next) => page_token = next,
+            None => return Ok(()),
         }
-        if out.room() == 0 {
-            out.more = true;
-            return Ok(());
-        }
-        page_token = page.next_page_token;
     }
 }
 
@@ -353,14 +363,10 @@ async fn list_user_tenant_sessions(
                 device: s.device.as_ref(),
             });
         }
-        if page.next_page_token.is_empty() {
-            return Ok(());
+        match out.next_page(page.next_page_token) {
+            Some(next) => page_token = next,
+            None => return Ok(()),
         }
-        if out.room() == 0 {
-            out.more = true;
-            return Ok(());
-        }
-        page_token = page.next_page_token;
     }
 }
 
@@ -396,14 +402,9 @@ pub(super) async fn list_all_sessions(
                 device: s.device.as_ref(),
             });
         }
-        // The server sets a token only when more sessions follow.
-        if page.next_page_token.is_empty() {
-            return Ok(());
+        match out.next_page(page.next_page_token) {
+            Some(next) => page_token = next,
+            None => return Ok(()),
         }
-        if out.room() == 0 {
-            out.more = true;
-            return Ok(());
-        }
-        page_token = page.next_page_token;
     }
 }
