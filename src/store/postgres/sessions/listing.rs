@@ -145,42 +145,57 @@ impl PostgresStore {
 
     /// [`Sessions::user_sessions_page`].
     pub(super) async fn user_page(&self, query: &UserQuery<'_>) -> Result<SessionsPage, Failed> {
-        {
-            let live = to_db(query.live_at_ms)?;
-            let client = self.client().await?;
-            // Rows after the cursor in (tenant, newest first, handle)
-            // order, which the user index holds.
-            let (tenant, created, handle) = match query.after {
-                Some(c) => (
-                    Some(c.tenant_id.as_str()),
-                    Some(to_db(c.created_at_ms)?),
-                    Some(c.handle.as_str()),
+        let live = to_db(query.live_at_ms)?;
+        // Rows after the cursor in (tenant, newest first, handle) order,
+        // the user index's, written so that the index seeks to the cursor
+        // (a row comparison in mixed directions would scan up to it). With
+        // no cursor: before the latest time, after the empty tenant and
+        // handle (a stored tenant is never empty).
+        let (tenant, created, handle) = match query.after {
+            Some(c) => (
+                c.tenant_id.as_str(),
+                to_db(c.created_at_ms)?,
+                c.handle.as_str(),
+            ),
+            None => ("", i64::MAX, ""),
+        };
+        let (sql, scope) = match query.tenant_id {
+            Some(only) => (
+                format!(
+                    "SELECT {LISTED} FROM sessiond_sessions \
+                     WHERE user_id = $1 AND tenant_id = $2 AND created_at_ms <= $3 \
+                       AND (created_at_ms < $3 OR handle > $4) AND ends_at_ms > $5 \
+                     ORDER BY created_at_ms DESC, handle LIMIT $6"
                 ),
-                None => (None, None, None),
-            };
-            let sql = format!(
-                "SELECT {LISTED} FROM sessiond_sessions \
-                 WHERE user_id = $1 AND ($2::text IS NULL OR tenant_id = $2) \
-                   AND ($3::text IS NULL OR (tenant_id, -created_at_ms, handle) > ($3, -$4::int8, $5)) \
-                   AND ends_at_ms > $6 \
-                 ORDER BY tenant_id, created_at_ms DESC, handle LIMIT $7"
-            );
-            let statement = client.prepare_cached(&sql).await?;
-            let rows = client
-                .query(
-                    &statement,
-                    &[
-                        &query.user_id,
-                        &query.tenant_id,
-                        &tenant,
-                        &created,
-                        &handle,
-                        &live,
-                        &one_more(query.limit),
-                    ],
-                )
-                .await?;
-            page_of(&rows, query.limit)
-        }
+                only,
+            ),
+            None => (
+                format!(
+                    "SELECT {LISTED} FROM sessiond_sessions \
+                     WHERE user_id = $1 AND tenant_id >= $2 \
+                       AND (tenant_id > $2 OR created_at_ms < $3 \
+                            OR (created_at_ms = $3 AND handle > $4)) \
+                       AND ends_at_ms > $5 \
+                     ORDER BY tenant_id, created_at_ms DESC, handle LIMIT $6"
+                ),
+                tenant,
+            ),
+        };
+        let client = self.client().await?;
+        let statement = client.prepare_cached(&sql).await?;
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &query.user_id,
+                    &scope,
+                    &created,
+                    &handle,
+                    &live,
+                    &one_more(query.limit),
+                ],
+            )
+            .await?;
+        page_of(&rows, query.limit)
     }
 }
