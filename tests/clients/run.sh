@@ -71,6 +71,32 @@ call SetClaimValue "{\"sessionHandle\": \"$handle\", \"claimKey\": \"st-role\", 
 valid=$(call ValidateClaims "{\"sessionHandle\": \"$handle\", \"claimValidators\": [{\"claimKey\": \"st-role\", \"includes\": \"admin\"}, {\"claimKey\": \"st-ev\", \"isTrue\": {}}]}")
 [ "$(json '[c["claimKey"] + ":" + c["message"] for c in d["invalidClaims"]]' <<<"$valid")" = "['st-ev:value does not exist']" ] || fail "claims: $valid"
 
+echo "== grpcurl: session control (devices, pages, the user's own sessions)"
+laptop=$(call CreateNewSession '{"userId": "devices-user", "device": {"ipAddress": "198.51.100.7", "userAgent": "Firefox/133.0", "label": "Laptop"}}')
+phone=$(call CreateNewSession '{"userId": "devices-user", "device": {"label": "Phone"}}')
+laptop_handle=$(json 'd["session"]["sessionHandle"]' <<<"$laptop")
+phone_handle=$(json 'd["session"]["sessionHandle"]' <<<"$phone")
+phone_access=$(json 'd["accessToken"]["token"]' <<<"$phone")
+page=$(call ListSessions '{"userId": "devices-user", "pageSize": 1}')
+[ "$(json 'len(d["sessions"])' <<<"$page")" = 1 ] || fail "ListSessions page size: $page"
+token=$(json 'd["nextPageToken"]' <<<"$page")
+[ -n "$token" ] || fail "ListSessions: no next page token: $page"
+rest=$(call ListSessions "{\"userId\": \"devices-user\", \"pageToken\": \"$token\"}")
+labels=$(python3 -c 'import json, sys
+pages = [json.loads(p) for p in sys.argv[1:]]
+print(sorted(s["device"]["label"] for p in pages for s in p["sessions"]))' "$page" "$rest")
+[ "$labels" = "['Laptop', 'Phone']" ] || fail "ListSessions devices: $labels"
+[ "$(json 'd.get("nextPageToken", "")' <<<"$rest")" = "" ] || fail "ListSessions: a third page: $rest"
+if out=$(call ListSessions '{"userId": "devices-user", "pageToken": "bm90LWEtdG9rZW4"}' 2>&1); then
+  fail "a made-up page token was accepted: $out"
+fi
+grep -q '"field":"page_token"' <<<"$out" || fail "bad page token field: $out"
+mine=$(grpcurl -plaintext -H "authorization: Bearer $phone_access" "$addr" sessiond.v1.UserSessionService/ListMySessions)
+[ "$(json '[s["sessionHandle"] for s in d["sessions"] if s.get("current")]' <<<"$mine")" = "['$phone_handle']" ] ||
+  fail "ListMySessions current: $mine"
+others=$(grpcurl -plaintext -H "authorization: Bearer $phone_access" "$addr" sessiond.v1.UserSessionService/RevokeMyOtherSessions)
+[ "$(json 'd["sessionHandlesRevoked"]' <<<"$others")" = "['$laptop_handle']" ] || fail "RevokeMyOtherSessions: $others"
+
 echo "== grpcurl: Envoy external authorization (Check) through reflection"
 grep -qx envoy.service.auth.v3.Authorization <<<"$services" || fail "Check not listed: $services"
 grpcurl -plaintext "$addr" describe envoy.service.auth.v3.CheckRequest >/dev/null || fail "describe CheckRequest"
