@@ -163,6 +163,13 @@ impl TestServer {
         self.restart_after(|_| {}).await
     }
 
+    /// Starts a server again on what [`Self::stop`] returned.
+    pub async fn start_again(
+        (dir, clock, config): (Arc<tempfile::TempDir>, Arc<ManualClock>, Config),
+    ) -> Self {
+        Self::launch(dir, clock, config).await
+    }
+
     /// [`Self::restart`], doing `between` to the data directory while no
     /// server has it open (what a crash leaves behind, say).
     pub async fn restart_after(self, between: impl FnOnce(&std::path::Path)) -> Self {

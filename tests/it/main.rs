@@ -9,6 +9,8 @@ mod callers;
 mod claims;
 mod cli;
 mod connect;
+mod control;
+mod control_pages;
 mod disk_full;
 mod durability;
 mod envoy_example;

@@ -146,6 +146,41 @@ async fn revoke_other_sessions_on_postgres() {
     crate::sessions::revoking_the_other_sessions_keeps_one(&server_on(&db).await).await;
 }
 
+/// The store setting of a shared case's server on `db` (a small pool).
+pub fn backend(db: &harness::Database) -> impl Fn(&mut sessiond::config::Config) + Send + Sync {
+    let url = url_of(db);
+    move |c| {
+        c.database_url = Some(url.clone());
+        c.database_pool_size = 4;
+    }
+}
+
+/// Runs each shared case against a server on a database of its own.
+macro_rules! on_postgres {
+    ($($test:ident => $case:path;)+) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            let Some(db) = harness::postgres(stringify!($test)) else {
+                return;
+            };
+            $case(&backend(&db)).await;
+        }
+    )+};
+}
+
+on_postgres! {
+    devices_on_postgres => crate::control::devices_are_listed_and_refresh_updates_the_fields_given;
+    bad_devices_on_postgres => crate::control::bad_devices_are_refused_naming_the_field;
+    activity_on_postgres =>
+        crate::control::activity_is_recorded_by_refresh_and_by_checked_use_to_the_minute;
+    my_sessions_on_postgres => crate::control::end_users_list_and_revoke_their_own_sessions_only;
+    list_sessions_on_postgres =>
+        crate::control_pages::sessions_are_listed_newest_first_a_page_at_a_time;
+    page_tokens_on_postgres => crate::control_pages::page_tokens_only_continue_their_own_listing;
+    handle_pages_on_postgres =>
+        crate::control_pages::handles_are_paged_in_one_tenant_and_across_all;
+}
+
 /// A CA and a certificate for 127.0.0.1 signed by it, and another CA, as
 /// PEM files in a directory the server's user can read.
 fn database_pki() -> (tempfile::TempDir, std::path::PathBuf) {
