@@ -10,6 +10,7 @@ mod claims;
 mod cli;
 mod connect;
 mod control;
+mod control_limits;
 mod control_pages;
 mod disk_full;
 mod durability;

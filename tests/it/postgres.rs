@@ -179,6 +179,15 @@ on_postgres! {
     page_tokens_on_postgres => crate::control_pages::page_tokens_only_continue_their_own_listing;
     handle_pages_on_postgres =>
         crate::control_pages::handles_are_paged_in_one_tenant_and_across_all;
+    evict_oldest_on_postgres =>
+        crate::control_limits::evict_oldest_ends_the_least_recently_active;
+    refuse_on_postgres => crate::control_limits::refuse_answers_resource_exhausted_and_ends_nothing;
+    concurrent_creates_on_postgres => crate::control_limits::concurrent_creates_hold_the_limit;
+    idle_timeout_on_postgres => crate::control_limits::an_idle_session_ends_and_use_keeps_one_alive;
+    lowered_idle_timeout_on_postgres =>
+        crate::control_limits::a_lowered_idle_timeout_is_enforced_by_check_database;
+    own_timeouts_on_postgres => crate::control_limits::own_timeouts_may_only_shorten_the_servers;
+    sweeper_on_postgres => crate::control_limits::the_sweeper_removes_ended_sessions_and_counts_why;
 }
 
 /// A CA and a certificate for 127.0.0.1 signed by it, and another CA, as
