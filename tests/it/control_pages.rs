@@ -196,40 +196,18 @@ pub async fn handles_are_paged_in_one_tenant_and_across_all(backend: Backend<'_>
     assert_eq!(handle_pages(&mut c, req(0, true)).await, [all]);
 }
 
-/// A user with 200 000 sessions: the default page of
-/// GetAllSessionHandlesForUser fits a client's default 4 MiB decode limit,
-/// and paging through yields every handle once. (All of them in one reply
-/// would be about 7.6 MB.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_hundred_thousand_sessions_page_within_the_default_4_mib() {
-    const N: usize = 200_000;
-    let server = TestServer::start().await;
-    let mut c = server.sessions().await;
-    let mut made = HashSet::new();
-    for _ in 0..10 {
-        made.insert(handle(&create_in(&mut c, "many", "public").await));
-    }
-    // Creating 200 000 sessions through gRPC takes about 100 s in a debug
-    // build on two cores, even 256 at a time; the rest are written through
-    // the server's own store while it is stopped (the records a create
-    // writes), which takes seconds. Every read is through gRPC.
-    let stopped = server.stop().await;
-    let now = stopped.1.now_ms();
-    {
-        let store = open_store(stopped.0.path());
-        for i in 0..N - made.len() {
-            let record = bulk_record("many", now - (i as u64 / 3));
-            made.insert(record.handle.clone());
-            sessiond::store::Sessions::create_session(store.as_ref(), &record)
-                .await
-                .unwrap();
-        }
-        sessiond::store::Durability::durable(store.as_ref())
-            .await
-            .unwrap();
-    }
-    let server = TestServer::start_again(stopped).await;
-    // A client at tonic's defaults: 4 MiB the most it decodes.
+/// How many sessions the user of the 4 MiB cases has.
+pub const MANY: usize = 200_000;
+
+/// Pages through the handles of `user` with the default page size and a
+/// client at tonic's defaults (4 MiB the most it decodes): every reply is
+/// under 4 MiB, more than one is needed (all 200 000 handles in one reply
+/// would be about 7.6 MB), and together they hold `made`, each once.
+pub async fn every_handle_pages_within_the_default_4_mib(
+    server: &TestServer,
+    user: &str,
+    made: &HashSet<String>,
+) {
     let mut c = SessionServiceClient::new(server.channel().await);
     let started = std::time::Instant::now();
     let mut seen = HashSet::new();
@@ -239,7 +217,7 @@ async fn two_hundred_thousand_sessions_page_within_the_default_4_mib() {
         let page = handles_page(
             &mut c,
             pb::GetAllSessionHandlesForUserRequest {
-                user_id: "many".into(),
+                user_id: user.into(),
                 page_token,
                 ..Default::default()
             },
@@ -255,15 +233,60 @@ async fn two_hundred_thousand_sessions_page_within_the_default_4_mib() {
         }
         page_token = page.next_page_token;
     }
-    assert_eq!(seen.len(), N);
-    assert_eq!(seen, made);
+    assert_eq!(seen.len(), made.len());
+    assert!(seen == *made, "the handles listed are the sessions made");
     assert!(pages > 1, "no single reply holds them all");
-    eprintln!("{N} handles in {pages} pages: {:?}", started.elapsed());
+    eprintln!(
+        "{} handles in {pages} pages: {:?}",
+        made.len(),
+        started.elapsed()
+    );
+}
+
+/// Creates 10 sessions of `user` through gRPC; returns their handles.
+pub async fn a_few_through_grpc(server: &TestServer, user: &str) -> HashSet<String> {
+    let mut c = server.sessions().await;
+    let mut made = HashSet::new();
+    for _ in 0..10 {
+        made.insert(handle(&create_in(&mut c, user, "public").await));
+    }
+    made
+}
+
+/// A user with 200 000 sessions on sled pages within a client's default
+/// 4 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_thousand_sessions_page_within_the_default_4_mib() {
+    let server = TestServer::start().await;
+    let mut made = a_few_through_grpc(&server, "many").await;
+    // Creating 200 000 sessions through gRPC takes about 100 s in a debug
+    // build on two cores, even 256 at a time; the rest are written through
+    // the server's own store while it is stopped (the records a create
+    // writes), which takes seconds. Every read is through gRPC.
+    let stopped = server.stop().await;
+    let now = stopped.1.now_ms();
+    {
+        let store = open_store(stopped.0.path());
+        for i in 0..MANY - made.len() {
+            // Three at a time share a creation time: pages must not
+            // split or repeat them.
+            let record = bulk_record("many", now - (i as u64 / 3));
+            made.insert(record.handle.clone());
+            sessiond::store::Sessions::create_session(store.as_ref(), &record)
+                .await
+                .unwrap();
+        }
+        sessiond::store::Durability::durable(store.as_ref())
+            .await
+            .unwrap();
+    }
+    let server = TestServer::start_again(stopped).await;
+    every_handle_pages_within_the_default_4_mib(&server, "many", &made).await;
 }
 
 /// A stored session of `user` created at `created_ms`, as CreateNewSession
 /// writes one (the tokens it would carry are not needed to list it).
-fn bulk_record(user: &str, created_ms: u64) -> sessiond::store::SessionRecord {
+pub fn bulk_record(user: &str, created_ms: u64) -> sessiond::store::SessionRecord {
     use sessiond::store::{Generation, SessionRecord};
     let handle = sessiond::ids::SessionHandle::random().to_string();
     SessionRecord {
