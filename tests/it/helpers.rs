@@ -163,6 +163,22 @@ impl TestServer {
         self.restart_after(|_| {}).await
     }
 
+    /// Stops the server and starts a new one on the same data directory
+    /// and clock, with its configuration changed by `configure` (what an
+    /// operator's edit and restart does).
+    pub async fn restart_with(self, configure: impl FnOnce(&mut Config)) -> Self {
+        let (dir, clock, mut config) = self.stop().await;
+        configure(&mut config);
+        Self::launch(dir, clock, config).await
+    }
+
+    /// Starts a server again on what [`Self::stop`] returned.
+    pub async fn start_again(
+        (dir, clock, config): (Arc<tempfile::TempDir>, Arc<ManualClock>, Config),
+    ) -> Self {
+        Self::launch(dir, clock, config).await
+    }
+
     /// [`Self::restart`], doing `between` to the data directory while no
     /// server has it open (what a crash leaves behind, say).
     pub async fn restart_after(self, between: impl FnOnce(&std::path::Path)) -> Self {

@@ -3,7 +3,8 @@
 //! the others see, theft and revocation found through one replica hold on
 //! all of them, concurrent refreshes spread over them leave one lineage,
 //! and a replica killed with SIGKILL under load loses nothing it
-//! acknowledged while the others keep serving.
+//! acknowledged while the others keep serving, and creates spread over
+//! them stay within one per-user session limit.
 //!
 //! Each replica is a real process of the binary, so nothing is shared but
 //! the database: each has its own cache of verified tokens and its own key
@@ -720,5 +721,102 @@ async fn replicas_started_together_on_an_empty_database_verify_each_others_token
                 .await
                 .unwrap_or_else(|s| panic!("{} made, {} checked: {s:?}", from.name, to.name));
         }
+    }
+}
+
+/// 32 creates for one user at once, spread over the three replicas,
+/// against `--max-sessions-per-user 3` with `action`: every replica
+/// serialises through the database, so the limit holds across processes.
+/// Returns how many creates succeeded, after checking that exactly 3
+/// sessions are live and every replica lists and accepts the same 3;
+/// `None` when PostgreSQL is missing (and not required).
+async fn creates_over_three_replicas_within_the_limit(test: &str, action: &str) -> Option<usize> {
+    const RACERS: usize = 32;
+    let limit = [
+        "--max-sessions-per-user",
+        "3",
+        "--session-limit-action",
+        action,
+    ];
+    let (_db, r) = three_replicas(test, &limit).await?;
+    let start = Arc::new(tokio::sync::Barrier::new(RACERS));
+    let racers: Vec<_> = (0..RACERS)
+        .map(|i| {
+            let (mut client, start) = (r[i % 3].sessions(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                client
+                    .create_new_session(pb::CreateNewSessionRequest {
+                        user_id: "crowd".into(),
+                        ..Default::default()
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let mut created = Vec::new();
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(made) => created.push(made.into_inner()),
+            Err(s) => {
+                assert_eq!(action, "refuse", "evict-oldest refuses nothing: {s:?}");
+                assert_status::<()>(Err(s), Code::ResourceExhausted, "SESSION_LIMIT_REACHED");
+            }
+        }
+    }
+    let mut live_on = Vec::new();
+    for replica in &r {
+        let mut c = replica.sessions();
+        let mut live: Vec<String> = Vec::new();
+        for made in &created {
+            if check(&mut c, &access(made), true).await.is_ok() {
+                live.push(handle(made));
+            }
+        }
+        live.sort();
+        let mut listed: Vec<String> = c
+            .list_sessions(pb::ListSessionsRequest {
+                user_id: "crowd".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .sessions
+            .into_iter()
+            .map(|s| s.session_handle)
+            .collect();
+        listed.sort();
+        assert_eq!(listed, live, "{} lists what it accepts", replica.name);
+        assert_eq!(live.len(), 3, "live on {}: {live:?}", replica.name);
+        live_on.push(live);
+    }
+    assert!(live_on.iter().all(|l| *l == live_on[0]), "{live_on:?}");
+    let mut evicted = 0;
+    for replica in &r {
+        evicted += replica.counter("sessiond_sessions_evicted_total").await;
+    }
+    assert_eq!(
+        evicted as usize,
+        created.len() - 3,
+        "each session is evicted once, by one replica"
+    );
+    Some(created.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refuse_holds_the_per_user_limit_across_replicas() {
+    let test = "refuse_holds_the_per_user_limit_across_replicas";
+    if let Some(created) = creates_over_three_replicas_within_the_limit(test, "refuse").await {
+        assert_eq!(created, 3);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn evict_oldest_holds_the_per_user_limit_across_replicas() {
+    let test = "evict_oldest_holds_the_per_user_limit_across_replicas";
+    if let Some(created) = creates_over_three_replicas_within_the_limit(test, "evict-oldest").await
+    {
+        assert_eq!(created, 32);
     }
 }
