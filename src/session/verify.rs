@@ -42,7 +42,13 @@ impl SessionManager {
     /// GetSession.
     pub async fn verify(&self, req: Verify) -> Result<Verified> {
         let now = self.now();
-        let claims = self.verified(&req.access_token, now)?;
+        let claims = match self.verifier.verify(&req.access_token, now) {
+            Ok(claims) => claims,
+            Err(TokenError::Expired) if req.check_database => {
+                return Err(self.expired(&req.access_token, now).await);
+            }
+            Err(e) => return Err(unauthorised(e)),
+        };
         if req.check_anti_csrf
             && let Some(expected) = &claims.anti_csrf_token
         {
@@ -82,6 +88,24 @@ impl SessionManager {
             });
         }
         self.verify_claims(claims, &req.validators, now).await
+    }
+
+    /// Why a database-checked GetSession refuses an expired token: the
+    /// session is over (idle, past its lifetime, revoked), so a refresh
+    /// would fail too (UNAUTHORISED); or it lives, and a refresh mints a
+    /// new token (TRY_REFRESH_TOKEN).
+    async fn expired(&self, token: &str, now: u64) -> Error {
+        let try_refresh = unauthorised(TokenError::Expired);
+        let Ok(claims) = access::signed(self.keys.as_ref(), token) else {
+            return try_refresh;
+        };
+        match self.store.session_lineage(&claims.session_handle).await {
+            Ok(Some(l)) if self.ends_at(l.expires_at_ms, l.last_active_ms, l.timeouts) > now => {
+                try_refresh
+            }
+            Ok(_) => session_gone(),
+            Err(e) => e.into(),
+        }
     }
 
     /// Verifies an access token (through the token verifier's cache).

@@ -227,8 +227,16 @@ pub async fn an_idle_session_ends_and_use_keeps_one_alive(backend: Backend<'_>) 
     verify(&mut c, &access(&checked), true).await.unwrap();
 
     server.clock.advance(secs(120));
+    // Its token has expired with it: a database check says the session is
+    // over (a refresh would fail too), a stateless one only that the token
+    // expired.
     assert_status(
         verify(&mut c, &access(&unused), true).await,
+        Code::Unauthenticated,
+        "UNAUTHORISED",
+    );
+    assert_status(
+        verify(&mut c, &access(&unused), false).await,
         Code::Unauthenticated,
         "TRY_REFRESH_TOKEN",
     );

@@ -187,12 +187,34 @@ async fn an_expired_access_token_asks_for_a_refresh() {
         "TRY_REFRESH_TOKEN",
     );
     assert!(status.message().contains("expired"), "{}", status.message());
+    // With the store checked too: the session lives, so a refresh helps.
+    assert_status(
+        verify(&mut c, &access(&created), true).await,
+        Code::Unauthenticated,
+        "TRY_REFRESH_TOKEN",
+    );
 
     // The refresh token still works and gives a fresh access token.
     let refreshed = refresh(&mut c, &refresh_token(&created)).await.unwrap();
-    verify(&mut c, &refreshed.access_token.unwrap().token, true)
-        .await
-        .unwrap();
+    let fresh = refreshed.access_token.unwrap().token;
+    verify(&mut c, &fresh, true).await.unwrap();
+
+    // The expired token of a session that is over: no refresh can help.
+    c.revoke_session(pb::RevokeSessionRequest {
+        session_handle: handle(&created),
+    })
+    .await
+    .unwrap();
+    assert_status(
+        verify(&mut c, &access(&created), true).await,
+        Code::Unauthenticated,
+        "UNAUTHORISED",
+    );
+    assert_status(
+        verify(&mut c, &access(&created), false).await,
+        Code::Unauthenticated,
+        "TRY_REFRESH_TOKEN",
+    );
 }
 
 #[tokio::test]
