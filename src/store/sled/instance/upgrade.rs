@@ -33,7 +33,7 @@ pub(super) fn upgrade_indexes(
         let began = std::time::Instant::now();
         tracing::info!(
             "rebuilding the session index of a data directory written by an earlier \
-             version (once; about 20 s and 800 MiB per million sessions)"
+             version (once; about 20 s and 520 MiB per million sessions)"
         );
         let mut filed = 0u64;
         for item in sessions.records.iter() {
