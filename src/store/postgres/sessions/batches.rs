@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use deadpool_postgres::{Client, GenericClient, Pool};
 use serde_json::{Map, Value};
 use tokio_postgres::Row;
-use tokio_postgres::types::Json;
+use tokio_postgres::types::{Json, ToSql};
 
 use super::super::batch::{self, Batched, Job, copy};
 use super::super::{Failed, from_db};
@@ -223,31 +223,7 @@ async fn insert_many(client: &impl GenericClient, records: &[SessionRecord]) -> 
         .collect::<Result<Vec<_>, _>>()?;
     let c = Columns::of(&bound, |_| true);
     let statement = client.prepare_cached(INSERT_MANY).await?;
-    client
-        .execute(
-            &statement,
-            &[
-                &c.handles,
-                &c.users,
-                &c.tenants,
-                &c.payloads,
-                &c.data,
-                &c.created,
-                &c.expires,
-                &c.refresh,
-                &c.anti_csrf,
-                &c.previous,
-                &c.previous_anti_csrf,
-                &c.rotated,
-                &c.last_active,
-                &c.idle,
-                &c.max_lifetime,
-                &c.device_ip,
-                &c.device_user_agent,
-                &c.device_label,
-            ],
-        )
-        .await?;
+    client.execute(&statement, &c.params()).await?;
     Ok(())
 }
 
@@ -275,6 +251,31 @@ struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
+    /// The arrays in the order of [`COLUMNS`](super::COLUMNS), as a
+    /// statement binds them.
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.handles,
+            &self.users,
+            &self.tenants,
+            &self.payloads,
+            &self.data,
+            &self.created,
+            &self.expires,
+            &self.refresh,
+            &self.anti_csrf,
+            &self.previous,
+            &self.previous_anti_csrf,
+            &self.rotated,
+            &self.last_active,
+            &self.idle,
+            &self.max_lifetime,
+            &self.device_ip,
+            &self.device_user_agent,
+            &self.device_label,
+        ]
+    }
+
     fn of(bound: &[Bound<'a>], json: impl Fn(usize) -> bool) -> Self {
         Self {
             handles: bound.iter().map(|b| b.handle).collect(),
@@ -339,33 +340,11 @@ async fn swap_many(
         .collect::<Result<Vec<_>, _>>()?;
     let versions: Vec<&str> = swaps.iter().map(|s| s.version.as_str()).collect();
     let c = Columns::of(&bound, |i| !swaps[i].same_json);
+    // The handles, then the versions, then the other columns.
+    let mut params = c.params();
+    params.insert(1, &versions);
     let statement = client.prepare_cached(UPDATE_MANY_IF).await?;
-    let rows = client
-        .query(
-            &statement,
-            &[
-                &c.handles,
-                &versions,
-                &c.users,
-                &c.tenants,
-                &c.payloads,
-                &c.data,
-                &c.created,
-                &c.expires,
-                &c.refresh,
-                &c.anti_csrf,
-                &c.previous,
-                &c.previous_anti_csrf,
-                &c.rotated,
-                &c.last_active,
-                &c.idle,
-                &c.max_lifetime,
-                &c.device_ip,
-                &c.device_user_agent,
-                &c.device_label,
-            ],
-        )
-        .await?;
+    let rows = client.query(&statement, &params).await?;
     rows.iter()
         .map(|row| Ok(row.try_get::<_, String>(0)?))
         .collect()

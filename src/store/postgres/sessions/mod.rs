@@ -185,26 +185,11 @@ impl<'a> Bound<'a> {
         ]
     }
 
-    /// `$1` to `$16` of [`UPDATE_LINEAGE_IF`]: all but payload and data.
-    fn lineage(&self) -> [&(dyn ToSql + Sync); 16] {
-        [
-            &self.handle,
-            &self.record.user_id,
-            &self.record.tenant_id,
-            &self.created,
-            &self.expires,
-            &self.refresh,
-            &self.anti_csrf,
-            &self.previous,
-            &self.previous_anti_csrf,
-            &self.rotated,
-            &self.last_active,
-            &self.idle,
-            &self.max_lifetime,
-            &self.record.device.ip_address,
-            &self.record.device.user_agent,
-            &self.record.device.label,
-        ]
+    /// `$1` to `$16` of [`UPDATE_LINEAGE_IF`]: all but payload and data
+    /// (`$4` and `$5` of [`all`](Self::all)).
+    fn lineage(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let all = self.all();
+        [&all[..3], &all[5..]].concat()
     }
 }
 
