@@ -123,7 +123,7 @@ impl SessionManager {
         let theirs = self.store.session_lineage(&handle).await?.filter(|l| {
             l.user_id == caller.user_id.as_str()
                 && l.tenant_id == caller.tenant_id.as_str()
-                && self.ends_at(l.expires_at_ms, l.last_active_ms, l.timeouts) > now
+                && self.ends_at(l) > now
         });
         if theirs.is_none() {
             return Err(Error::NotYourSession);
@@ -157,7 +157,7 @@ impl SessionManager {
         let items = found
             .sessions
             .into_iter()
-            .filter(|s| self.ends_at(s.expires_at_ms, s.last_active_ms, s.timeouts) > now)
+            .filter(|s| self.ends_at(s) > now)
             .collect();
         Ok(Listing {
             items,
@@ -170,7 +170,7 @@ impl SessionManager {
             handle: s.handle.clone(),
             tenant_id: s.tenant_id.clone(),
             created_ms: s.created_at_ms,
-            expiry_ms: self.ends_at(s.expires_at_ms, s.last_active_ms, s.timeouts),
+            expiry_ms: self.ends_at(s),
             last_active_ms: s.last_active_ms,
             device: s.device.clone(),
             current: false,

@@ -215,7 +215,7 @@ impl SessionManager {
 
     fn live(&self, record: Option<SessionRecord>) -> Option<SessionRecord> {
         let now = self.now();
-        record.filter(|r| self.ends_at(r.expires_at_ms, r.last_active_ms, r.timeouts) > now)
+        record.filter(|r| self.ends_at(r) > now)
     }
 
     fn issue(&self, key: &SigningKey, claims: &AccessClaims, now: u64) -> Result<IssuedToken> {
@@ -260,11 +260,7 @@ impl SessionManager {
             anti_csrf_token: anti_csrf.clone(),
             iat: now / 1000,
             // No access token outlives its session.
-            exp: (now + self.config.access_lifetime_ms).min(self.ends_at(
-                record.expires_at_ms,
-                record.last_active_ms,
-                record.timeouts,
-            )) / 1000,
+            exp: (now + self.config.access_lifetime_ms).min(self.ends_at(record)) / 1000,
             iss: Some(self.config.issuer.clone()),
             payload: record.access_payload.clone(),
         };

@@ -3,7 +3,7 @@
 //! recorded activity, and why a session ended. Never sees protobuf types.
 
 use super::*;
-use crate::store::{Admission, Lineage, ListedSession, SessionLimit, Timeouts};
+use crate::store::{Admission, Ends, Lineage, ListedSession, SessionLimit, Timeouts};
 
 /// A session's last activity is written at most this often (ms): a refresh
 /// always writes it, a database-checked GetSession only when the recorded
@@ -59,12 +59,8 @@ impl SessionManager {
 
     /// When a session is over: its refresh expiry, or its idle timeout
     /// after its last recorded activity, whichever is first.
-    pub(super) fn ends_at(&self, expires_at_ms: u64, last_active_ms: u64, own: Timeouts) -> u64 {
-        store::ends_at(
-            expires_at_ms,
-            last_active_ms,
-            self.timeouts_now(own).idle_ms,
-        )
+    pub(super) fn ends_at(&self, session: &impl Ends) -> u64 {
+        session.ends_at_idle(self.timeouts_now(session.ending().2).idle_ms)
     }
 
     /// The refresh expiry of a session created at `created_ms` and
@@ -132,10 +128,7 @@ impl SessionManager {
         let noted = self
             .store
             .update_session(handle, &mut |current| match current {
-                Some(r)
-                    if r.last_active_ms < now
-                        && self.ends_at(r.expires_at_ms, r.last_active_ms, r.timeouts) > now =>
-                {
+                Some(r) if r.last_active_ms < now && self.ends_at(r) > now => {
                     let mut next = r.clone();
                     next.last_active_ms = now;
                     next.timeouts = self.timeouts_now(r.timeouts);

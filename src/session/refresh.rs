@@ -47,7 +47,7 @@ impl SessionManager {
                 let Some(r) = record else {
                     return (Change::Keep, Outcome::Gone);
                 };
-                if self.ends_at(r.expires_at_ms, r.last_active_ms, r.timeouts) <= now {
+                if self.ends_at(r) <= now {
                     let why = self.why_ended(&crate::store::ListedSession::of(r));
                     return (Change::Delete, Outcome::Ended(why));
                 }

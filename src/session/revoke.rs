@@ -43,7 +43,7 @@ impl SessionManager {
             .store
             .session_lineage(&keep)
             .await?
-            .filter(|l| self.ends_at(l.expires_at_ms, l.last_active_ms, l.timeouts) > now)
+            .filter(|l| self.ends_at(l) > now)
             .ok_or(Error::SessionNotFound)?;
         let others: Vec<String> = self
             .store

@@ -64,7 +64,7 @@ impl SessionManager {
                 .store
                 .session_lineage(&claims.session_handle)
                 .await?
-                .filter(|l| self.ends_at(l.expires_at_ms, l.last_active_ms, l.timeouts) > now)
+                .filter(|l| self.ends_at(l) > now)
                 .ok_or_else(session_gone)?;
             // The token carries the hash as hex; one that is not a SHA-256
             // is in no lineage.
@@ -100,9 +100,7 @@ impl SessionManager {
             return try_refresh;
         };
         match self.store.session_lineage(&claims.session_handle).await {
-            Ok(Some(l)) if self.ends_at(l.expires_at_ms, l.last_active_ms, l.timeouts) > now => {
-                try_refresh
-            }
+            Ok(Some(l)) if self.ends_at(&l) > now => try_refresh,
             Ok(_) => session_gone(),
             Err(e) => e.into(),
         }

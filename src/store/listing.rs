@@ -2,7 +2,7 @@
 //! time), every user's (in handle order), and the per-user limit a create
 //! may be held to.
 
-use super::{Device, SessionRecord, Timeouts, ends_at};
+use super::{Device, Ends, SessionRecord, Timeouts};
 
 /// A session of a user, as listed by the per-user index.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,15 +52,6 @@ impl ListedSession {
         }
     }
 
-    /// When the store counts the session as over ([`SessionRecord::ends_at_ms`]).
-    pub fn ends_at_ms(&self) -> u64 {
-        ends_at(
-            self.expires_at_ms,
-            self.last_active_ms,
-            self.timeouts.idle_ms,
-        )
-    }
-
     /// Where a listing of its user's sessions continues after it.
     pub fn cursor(&self) -> UserCursor {
         UserCursor {
@@ -71,8 +62,14 @@ impl ListedSession {
     }
 }
 
+impl Ends for ListedSession {
+    fn ending(&self) -> (u64, u64, Timeouts) {
+        (self.expires_at_ms, self.last_active_ms, self.timeouts)
+    }
+}
+
 /// A place in the listing of one user's sessions
-/// ([`Sessions::user_sessions_page`]): tenant, then newest first, then
+/// ([`Sessions::user_sessions_page`](super::Sessions::user_sessions_page)): tenant, then newest first, then
 /// handle. The order of tenants is the backend's own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserCursor {
@@ -84,7 +81,7 @@ pub struct UserCursor {
     pub handle: String,
 }
 
-/// Which of one user's sessions [`Sessions::user_sessions_page`] lists.
+/// Which of one user's sessions [`Sessions::user_sessions_page`](super::Sessions::user_sessions_page) lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UserQuery<'a> {
     /// The user.
@@ -93,14 +90,14 @@ pub struct UserQuery<'a> {
     pub tenant_id: Option<&'a str>,
     /// Only sessions after this place (`None`: from the first).
     pub after: Option<&'a UserCursor>,
-    /// Only sessions that end ([`ListedSession::ends_at_ms`]) after this, ms.
+    /// Only sessions that end ([`Ends::ends_at_ms`]) after this, ms.
     pub live_at_ms: u64,
     /// At most this many.
     pub limit: usize,
 }
 
 /// How many sessions a user may hold in a tenant, for
-/// [`Sessions::create_session_within`].
+/// [`Sessions::create_session_within`](super::Sessions::create_session_within).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionLimit {
     /// At most this many live sessions per user and tenant (at least 1).
@@ -112,7 +109,7 @@ pub struct SessionLimit {
     pub live_at_ms: u64,
 }
 
-/// What [`Sessions::create_session_within`] did.
+/// What [`Sessions::create_session_within`](super::Sessions::create_session_within) did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
     /// The session was created; these sessions were removed to make room.
@@ -148,7 +145,7 @@ impl SessionLimit {
     }
 }
 
-/// Which sessions [`Sessions::list_sessions`] lists.
+/// Which sessions [`Sessions::list_sessions`](super::Sessions::list_sessions) lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionQuery<'a> {
     /// Only handles after this one (`None`: from the first). It need not
@@ -168,7 +165,7 @@ impl SessionQuery<'_> {
     }
 }
 
-/// One page of [`Sessions::list_sessions`].
+/// One page of [`Sessions::list_sessions`](super::Sessions::list_sessions).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionsPage {
     /// The sessions, in handle order (byte order).

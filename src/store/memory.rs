@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    Admission, BoxFuture, Change, Durability, Exported, KeyRecord, KeySlot, KeysAndSecrets,
+    Admission, BoxFuture, Change, Durability, Ends, Exported, KeyRecord, KeySlot, KeysAndSecrets,
     ListedSession, SessionLimit, SessionQuery, SessionRecord, Sessions, SessionsPage, StoreError,
     UserData, UserDataStore, UserQuery, UserSession,
 };

@@ -153,25 +153,35 @@ pub struct Device {
     pub label: String,
 }
 
-impl SessionRecord {
-    /// When the store counts the session as over: its refresh expiry, or
-    /// its idle timeout after its last activity, whichever comes first.
-    pub fn ends_at_ms(&self) -> u64 {
-        ends_at(
-            self.expires_at_ms,
-            self.last_active_ms,
-            self.timeouts.idle_ms,
-        )
+/// What a session's end is reckoned from, in whichever form it was read
+/// (a whole record, a lineage, a listing).
+pub trait Ends {
+    /// The refresh expiry, the last recorded activity and the session's
+    /// own timeouts, ms.
+    fn ending(&self) -> (u64, u64, Timeouts);
+
+    /// When the session is over with an idle timeout of `idle_ms` (0:
+    /// none): its refresh expiry, or `idle_ms` after its last activity,
+    /// whichever comes first.
+    fn ends_at_idle(&self, idle_ms: u64) -> u64 {
+        let (expires_at_ms, last_active_ms, _) = self.ending();
+        if idle_ms == 0 {
+            expires_at_ms
+        } else {
+            expires_at_ms.min(last_active_ms.saturating_add(idle_ms))
+        }
+    }
+
+    /// When the store counts the session as over: with the idle timeout
+    /// it was last written with.
+    fn ends_at_ms(&self) -> u64 {
+        self.ends_at_idle(self.ending().2.idle_ms)
     }
 }
 
-/// The earlier of `expires_at_ms` and `idle_ms` after `last_active_ms`
-/// (no idle timeout when 0).
-pub fn ends_at(expires_at_ms: u64, last_active_ms: u64, idle_ms: u64) -> u64 {
-    if idle_ms == 0 {
-        expires_at_ms
-    } else {
-        expires_at_ms.min(last_active_ms.saturating_add(idle_ms))
+impl Ends for SessionRecord {
+    fn ending(&self) -> (u64, u64, Timeouts) {
+        (self.expires_at_ms, self.last_active_ms, self.timeouts)
     }
 }
 
@@ -221,14 +231,11 @@ impl Lineage {
             timeouts: r.timeouts,
         }
     }
+}
 
-    /// When the store counts the session as over ([`SessionRecord::ends_at_ms`]).
-    pub fn ends_at_ms(&self) -> u64 {
-        ends_at(
-            self.expires_at_ms,
-            self.last_active_ms,
-            self.timeouts.idle_ms,
-        )
+impl Ends for Lineage {
+    fn ending(&self) -> (u64, u64, Timeouts) {
+        (self.expires_at_ms, self.last_active_ms, self.timeouts)
     }
 }
 

@@ -12,7 +12,7 @@
 use async_trait::async_trait;
 
 use super::{
-    Admission, BoxFuture, Change, Exported, KeyRecord, KeySlot, Lineage, ListedSession,
+    Admission, BoxFuture, Change, Ends, Exported, KeyRecord, KeySlot, Lineage, ListedSession,
     SessionLimit, SessionQuery, SessionRecord, SessionsPage, StoreError, UserData, UserQuery,
     UserSession,
 };
@@ -75,7 +75,7 @@ pub trait Sessions: Send + Sync {
         limit: &SessionLimit,
     ) -> Result<Admission, StoreError>;
 
-    /// Removes up to `limit` sessions that end ([`SessionRecord::ends_at_ms`])
+    /// Removes up to `limit` sessions that end ([`Ends::ends_at_ms`])
     /// at or before `now_ms`; returns those it removed.
     async fn sweep_expired(
         &self,

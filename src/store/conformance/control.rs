@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::record;
 use crate::store::{
-    Admission, Change, Device, ListedSession, SessionLimit, SessionRecord, Store, Timeouts,
+    Admission, Change, Device, Ends, ListedSession, SessionLimit, SessionRecord, Store, Timeouts,
     UserCursor, UserQuery,
 };
 

@@ -18,7 +18,7 @@ use crate::store::sled::format::{StoredKey, StoredUserData};
 use crate::store::sled::record;
 use crate::store::sled::wal::TreeId;
 use crate::store::{
-    Admission, BoxFuture, Change, Exported, KeyRecord, KeySlot, ListedSession, SessionLimit,
+    Admission, BoxFuture, Change, Ends, Exported, KeyRecord, KeySlot, ListedSession, SessionLimit,
     SessionQuery, SessionRecord, SessionsPage, StoreError, UserData, UserQuery, UserSession,
 };
 

@@ -11,7 +11,7 @@ use sled::Tree;
 use super::backend;
 use crate::store::Lineage;
 use crate::store::sled::record;
-use crate::store::{Change, ListedSession, SessionRecord, StoreError};
+use crate::store::{Change, Ends, ListedSession, SessionRecord, StoreError};
 
 pub(super) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     let mut out = vec![record::V1];

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use super::trees::{SessionTrees, user_key};
 use super::{backend, flush_durably};
-use crate::store::StoreError;
 use crate::store::sled::record;
+use crate::store::{Ends, StoreError};
 
 /// The expiry index of earlier versions, dropped on open.
 pub(super) const OLD_EXPIRY_TREE: &str = "sessions_by_expiry";
