@@ -67,7 +67,7 @@ impl SessionManager {
         page: Page,
     ) -> Result<Listing<SessionSummary>> {
         let scope = Scope {
-            listing: pages::Listing::Sessions,
+            kind: pages::Kind::Sessions,
             user_id: user_id.as_str(),
             tenant_id: Some(tenant.as_str()),
         };
@@ -87,7 +87,7 @@ impl SessionManager {
         page: Page,
     ) -> Result<Listing<String>> {
         let scope = Scope {
-            listing: pages::Listing::Handles,
+            kind: pages::Kind::Handles,
             user_id: user_id.as_str(),
             tenant_id: tenant.map(TenantId::as_str),
         };

@@ -23,7 +23,7 @@ const MAX_TOKEN_LEN: usize = 1024;
 
 /// Which listing a token continues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Listing {
+pub(super) enum Kind {
     /// ListSessions and ListMySessions.
     Sessions = 1,
     /// GetAllSessionHandlesForUser.
@@ -34,7 +34,7 @@ pub(super) enum Listing {
 /// (`None`: every tenant).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Scope<'a> {
-    pub listing: Listing,
+    pub kind: Kind,
     pub user_id: &'a str,
     pub tenant_id: Option<&'a str>,
 }
@@ -59,7 +59,7 @@ impl PageTokens {
     fn tag(&self, scope: &Scope<'_>, body: &[u8]) -> hmac::Tag {
         let mut ctx = hmac::Context::with_key(&self.key);
         ctx.update(b"sessiond page token\0");
-        ctx.update(&[scope.listing as u8]);
+        ctx.update(&[scope.kind as u8]);
         push_lp(&mut ctx, scope.user_id.as_bytes());
         match scope.tenant_id {
             None => ctx.update(&[0]),
@@ -140,7 +140,7 @@ mod tests {
 
     fn scope(user_id: &str) -> Scope<'_> {
         Scope {
-            listing: Listing::Sessions,
+            kind: Kind::Sessions,
             user_id,
             tenant_id: Some("public"),
         }
@@ -165,7 +165,7 @@ mod tests {
         };
         assert!(pages.open(&all, &token).is_err());
         let handles = Scope {
-            listing: Listing::Handles,
+            kind: Kind::Handles,
             ..scope("ann")
         };
         assert!(pages.open(&handles, &token).is_err());
